@@ -1,0 +1,62 @@
+# Helmsman's entry points. `make demo` and `make test` are the two that matter; both create or
+# reuse .venv on their own. Run `make help` for the rest.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+# uv is also pinned in requirements-dev.in; this copy only bootstraps the first install.
+UV_VERSION := 0.13.8
+# What the quality gates look at. The test suite overrides these to prove each gate can fail.
+RUFF_PATHS ?= dags plugins images localcluster tests tools bench
+MYPY_PATHS ?= plugins/helmsman images/steps/src/helmsman_steps tools
+PYTEST_ARGS ?=
+
+.PHONY: help setup lock lock-check lint format test demo down clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Helmsman needs Python 3.11, got " + sys.version' \
+	  || { echo "Set PYTHON=/path/to/python3.11 (make PYTHON=... $(MAKECMDGOALS))" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# The stamp is newer than the lock once the venv holds exactly what the lock says.
+$(VENV)/.installed: requirements-dev.txt requirements.txt | $(BIN)/python
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements-dev.txt
+	@touch $@
+
+setup: $(VENV)/.installed ## Create or update .venv from the locks (idempotent)
+
+lock: | $(BIN)/python ## Re-resolve requirements*.txt from the *.in inputs
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python tools/lockcheck.py compile
+
+lock-check: setup ## Fail when a lock no longer matches its inputs
+	$(BIN)/python tools/lockcheck.py check
+
+lint: setup ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check --config pyproject.toml $(RUFF_PATHS)
+	$(BIN)/ruff format --config pyproject.toml --check $(RUFF_PATHS)
+	$(BIN)/mypy --config-file pyproject.toml $(MYPY_PATHS)
+
+format: setup ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix $(RUFF_PATHS)
+	$(BIN)/ruff format $(RUFF_PATHS)
+
+test: setup lock-check lint ## Quality gates, then the whole test suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+demo: setup ## Run the whole pipeline on this machine
+	$(BIN)/python tools/demo.py up
+
+down: ## Stop every process `make demo` started
+	@if [ -x $(BIN)/python ]; then $(BIN)/python tools/demo.py down; fi
+
+clean: down ## Remove the venv, the demo state and caches
+	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache

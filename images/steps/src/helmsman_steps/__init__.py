@@ -1,0 +1,5 @@
+"""The step code that runs inside Helmsman's pods, one module per pipeline stage.
+
+Every image (pipeline, training, serving) installs this one package; images differ in base
+and dependencies, never in copies of this code.
+"""

@@ -1,0 +1,22 @@
+"""Exit codes every step command uses, so a pod's exit code says what went wrong.
+
+Airflow and Kubernetes see only the container's exit code. Keeping bad input apart from an
+internal failure lets a retry policy skip the first (retrying cannot fix the data) and lets a
+person triaging a failed task know where to look before reading the log.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    # Something inside the step broke (a bug, an unreachable MLflow, a full disk): retry-worthy.
+    INTERNAL = 1
+    # The input is wrong (bad options, data that fails validation): fix the input, not the code.
+    BAD_INPUT = 2
+
+
+class BadInputError(Exception):
+    """Raised for input a person must fix; the CLI maps it to ExitCode.BAD_INPUT."""

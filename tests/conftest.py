@@ -1,0 +1,17 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.dev_env import airflow_env
+
+
+@pytest.fixture(scope="session")
+def dev_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """os.environ plus the development Airflow settings, for subprocesses."""
+    airflow_home: Path = tmp_path_factory.mktemp("airflow_home")
+    return {**os.environ, **airflow_env(airflow_home)}
