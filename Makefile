@@ -25,10 +25,13 @@ $(BIN)/python:
 	  || { echo "Set PYTHON=/path/to/python3.11 (make PYTHON=... $(MAKECMDGOALS))" >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-# The stamp is newer than the lock once the venv holds exactly what the lock says.
-$(VENV)/.installed: requirements-dev.txt requirements.txt | $(BIN)/python
+# The stamp is newer than the locks once the venv holds exactly what they say. torch comes last
+# and from pip, which may take a CPU build the machine's pip configuration offers (ADR 0002).
+$(VENV)/.installed: requirements-dev.txt requirements.txt requirements-torch.txt | $(BIN)/python
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 	$(BIN)/uv pip sync --quiet --python $(BIN)/python requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -r requirements-torch.txt
+	$(BIN)/python -m pip check --disable-pip-version-check
 	@touch $@
 
 setup: $(VENV)/.installed ## Create or update .venv from the locks (idempotent)

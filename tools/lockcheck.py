@@ -1,9 +1,10 @@
 """Keep each dependency lock in step with the human-edited input it was resolved from.
 
-Every ``*.in`` file in LOCK_INPUTS (what we depend on, and why) has a resolved lock beside it
-(``*.txt``, every package pinned with hashes). ``compile`` resolves the inputs and stamps each
-lock with a digest of its inputs; ``check`` fails when an input changed after its lock was made,
-or when a pin no longer satisfies what an input asks for. ``check`` needs no network.
+Every ``*.in`` file in LOCK_INPUTS and IMAGE_INPUTS_GLOB (what we depend on, and why) has a
+resolved lock beside it (``*.txt``, every package pinned with hashes). ``compile`` resolves the
+inputs and stamps each lock with a digest of its inputs; ``check`` fails when an input changed
+after its lock was made, or when a pin no longer satisfies what an input asks for. ``check``
+needs no network.
 
 Usage: python tools/lockcheck.py {compile,check} [--root DIR]
 """
@@ -26,6 +27,8 @@ from packaging.utils import canonicalize_name
 LOCK_INPUTS = ("requirements.in", "requirements-dev.in")
 IMAGE_INPUTS_GLOB = "images/*/requirements.in"
 PYTHON_VERSION = "3.11"
+# Image locks are resolved under the dev lock, so the images ship the versions the tests ran.
+IMAGE_CONSTRAINT = "requirements-dev.txt"
 STAMP = "# inputs-sha256: "
 COMPILE_COMMAND = "make lock"
 
@@ -47,6 +50,16 @@ def lock_inputs(root: Path) -> list[Path]:
 
 def lock_path(input_path: Path) -> Path:
     return input_path.with_suffix(".txt")
+
+
+def load_input(root: Path, input_path: Path) -> Input:
+    """Parse an input together with the constraint its lock is compiled under, if any."""
+    parsed = parse_input(input_path)
+    if input_path.parent.parent == root / "images":
+        constraint = root / IMAGE_CONSTRAINT
+        parsed.constraint_files.append(constraint)
+        parsed.normalized.extend(_logical_lines(constraint))
+    return parsed
 
 
 def _logical_lines(path: Path) -> list[str]:
@@ -123,7 +136,7 @@ def check(root: Path) -> list[str]:
 def _compare(root: Path, input_path: Path, lock: Path) -> list[str]:
     problems: list[str] = []
     rel_in, rel_lock = input_path.relative_to(root), lock.relative_to(root)
-    parsed = parse_input(input_path)
+    parsed = load_input(root, input_path)
     pins = read_pins(lock)
     stamp = next((ln for ln in lock.read_text().splitlines() if ln.startswith(STAMP)), None)
     if stamp is None or stamp[len(STAMP) :].strip() != inputs_digest(parsed):
@@ -157,17 +170,21 @@ def compile_locks(root: Path) -> None:
         raise SystemExit("uv is not on PATH: run `make setup` first")
     for input_path in lock_inputs(root):
         lock = lock_path(input_path)
+        parsed = load_input(root, input_path)
+        constraints = [f"--constraint={c.relative_to(root)}" for c in parsed.constraint_files
+                       if c.name == IMAGE_CONSTRAINT]  # fmt: skip
         subprocess.run(
             [uv, "pip", "compile", "--quiet", "--generate-hashes",
              "--python-version", PYTHON_VERSION, "--custom-compile-command", COMPILE_COMMAND,
-             "--output-file", str(lock.relative_to(root)), str(input_path.relative_to(root))],
+             *constraints, "--output-file", str(lock.relative_to(root)),
+             str(input_path.relative_to(root))],
             cwd=root,
             check=True,
         )  # fmt: skip
         body = lock.read_text().splitlines(keepends=True)
         stamped = [ln for ln in body if not ln.startswith(STAMP)]
         header_end = next(i for i, ln in enumerate(stamped) if not ln.startswith("#"))
-        stamped.insert(header_end, f"{STAMP}{inputs_digest(parse_input(input_path))}\n")
+        stamped.insert(header_end, f"{STAMP}{inputs_digest(parsed)}\n")
         lock.write_text("".join(stamped))
         print(f"locked {lock.relative_to(root)}")
 

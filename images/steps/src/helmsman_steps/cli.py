@@ -1,0 +1,260 @@
+"""``helmsman-step``: every pipeline stage as one typed command-line tool.
+
+Exit codes: 0 success; 2 bad input (options, data) -- fix the input, a retry will not help;
+1 internal failure (a bug, MLflow unreachable) -- worth a retry. Logs are JSON lines on
+stderr; the command's result is one JSON object on stdout. Stage modules are imported inside
+each command, so the serving image needs none of the training dependencies.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from dataclasses import asdict, is_dataclass
+from typing import Annotated, Any
+
+import typer
+
+from helmsman_steps import logs
+from helmsman_steps.exitcodes import BadInputError, ExitCode
+
+app = typer.Typer(
+    name="helmsman-step",
+    help="Helmsman pipeline stages: etl, train, evaluate, serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+Day = Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"])]
+DatasetUri = Annotated[
+    str,
+    typer.Option(
+        envvar="HELMSMAN_DATASET_URI",
+        help="Root of the dataset store: a local path or fsspec URL (s3://bucket/datasets).",
+    ),
+]
+ModelName = Annotated[
+    str, typer.Option(envvar="HELMSMAN_MODEL_NAME", help="Registered model name in MLflow.")
+]
+RunKey = Annotated[
+    str,
+    typer.Option(
+        envvar="HELMSMAN_RUN_KEY",
+        help="Identifies this pipeline run (the DAG passes dag_id/run_id); a retry with the "
+        "same key resumes or reuses the earlier attempt's MLflow run.",
+    ),
+]
+
+
+def _emit(result: Any) -> None:
+    payload = asdict(result) if is_dataclass(result) and not isinstance(result, type) else result
+    sys.stdout.write(json.dumps(payload, default=str) + "\n")
+
+
+@app.callback()
+def _setup(
+    log_level: Annotated[
+        str, typer.Option(envvar="HELMSMAN_LOG_LEVEL", help="Log level.")
+    ] = "INFO",
+) -> None:
+    logs.configure(log_level.upper())
+
+
+@app.command()
+def etl(
+    start: Annotated[
+        dt.datetime, typer.Option(help="Data interval start (inclusive), YYYY-MM-DD.")
+    ],
+    end: Annotated[dt.datetime, typer.Option(help="Data interval end (exclusive), YYYY-MM-DD.")],
+    dataset_uri: DatasetUri,
+    source_uri: Annotated[
+        str,
+        typer.Option(
+            envvar="HELMSMAN_SOURCE_URI",
+            help="Raw records: synthetic://churn?rows_per_day=N&seed=S, or a path/URL prefix "
+            "holding YYYY-MM-DD.parquet|csv files.",
+        ),
+    ] = "synthetic://churn",
+    max_bad_share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Fail if a day's share of invalid rows exceeds this."),
+    ] = 0.05,
+    run_key: RunKey = "",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment for ETL runs.")] = (
+        "helmsman-etl"
+    ),
+) -> None:
+    """Validate and featurize the raw records of [start, end) into dataset partitions."""
+    import mlflow
+
+    from helmsman_steps import etl as stage
+    from helmsman_steps import registry, sources
+    from helmsman_steps.store import DatasetStore
+
+    source = sources.from_uri(source_uri)
+    reports = stage.run(source, DatasetStore(dataset_uri), start.date(), end.date(), max_bad_share)
+    key = run_key or f"local/{start.date()}_{end.date()}/etl"
+    lineage = registry.Lineage.from_env(
+        interval_start=str(start.date()), interval_end=str(end.date())
+    )
+    with registry.get_or_start_run(experiment, key, f"etl {start.date()}", lineage.tags()):
+        digest = registry.dataset_hash(reports)
+        mlflow.log_metrics(
+            {
+                "raw_rows": sum(r["raw_rows"] for r in reports),
+                "valid_rows": sum(r["valid_rows"] for r in reports),
+                "quarantined_rows": sum(r["quarantined_rows"] for r in reports),
+                "bad_row_share": max(r["bad_row_share"] for r in reports),
+            }
+        )
+        mlflow.set_tags({"helmsman.dataset_hash": digest, "helmsman.source_uri": source_uri})
+        mlflow.log_dict({"days": reports}, "etl/reports.json")
+    _emit({"dataset_hash": digest, "days": reports})
+
+
+@app.command()
+def train(
+    start: Annotated[
+        dt.datetime, typer.Option(help="Data interval start (inclusive), YYYY-MM-DD.")
+    ],
+    end: Annotated[dt.datetime, typer.Option(help="Data interval end (exclusive), YYYY-MM-DD.")],
+    dataset_uri: DatasetUri,
+    model_name: ModelName = "churn",
+    run_key: RunKey = "",
+    window_days: Annotated[
+        int, typer.Option(min=1, help="Train on the interval plus earlier days, this many in all.")
+    ] = 7,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training rows.")] = 8,
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per optimizer step.")] = 1024,
+    learning_rate: Annotated[float, typer.Option(min=0.0, help="AdamW learning rate.")] = 3e-3,
+    hidden: Annotated[
+        str, typer.Option(help="Hidden layer widths, comma-separated, e.g. 64,32.")
+    ] = "64,32",
+    seed: Annotated[int, typer.Option(help="Seed for weights and batch order.")] = 42,
+    experiment: Annotated[str, typer.Option(help="MLflow experiment for training runs.")] = (
+        "helmsman-training"
+    ),
+) -> None:
+    """Train the model on the dataset window ending at END and register a model version."""
+    from helmsman_steps import registry
+    from helmsman_steps import train as stage
+    from helmsman_steps.store import DatasetStore
+
+    try:
+        widths = tuple(int(w) for w in hidden.split(",") if w.strip())
+    except ValueError as exc:
+        raise BadInputError(f"--hidden must be comma-separated integers, got {hidden!r}") from exc
+    if not widths or min(widths) < 1:
+        raise BadInputError(f"--hidden needs at least one positive width, got {hidden!r}")
+    config = stage.TrainConfig(epochs, batch_size, learning_rate, 1e-4, widths, seed, window_days)
+    lineage = registry.Lineage.from_env(
+        interval_start=str(start.date()), interval_end=str(end.date())
+    )
+    key = run_key or f"local/{start.date()}_{end.date()}/train"
+    result = stage.run(
+        DatasetStore(dataset_uri), start.date(), end.date(), model_name, key, config, lineage,
+        experiment,
+    )  # fmt: skip
+    _emit(result)
+
+
+@app.command()
+def evaluate(
+    start: Annotated[
+        dt.datetime, typer.Option(help="Data interval start (inclusive), YYYY-MM-DD.")
+    ],
+    end: Annotated[dt.datetime, typer.Option(help="Data interval end (exclusive), YYYY-MM-DD.")],
+    dataset_uri: DatasetUri,
+    model_name: ModelName = "churn",
+    challenger_version: Annotated[
+        str, typer.Option(help="Model version to evaluate; default: the one --run-key trained.")
+    ] = "",
+    run_key: Annotated[
+        str,
+        typer.Option(
+            envvar="HELMSMAN_TRAIN_RUN_KEY",
+            help="Run key of the training run whose model version is the challenger.",
+        ),
+    ] = "",
+    min_primary: Annotated[float, typer.Option(help="Absolute ROC AUC floor.")] = 0.60,
+    min_improvement: Annotated[
+        float, typer.Option(help="Required ROC AUC gain over the champion.")
+    ] = 0.0,
+    max_secondary_regression: Annotated[
+        float, typer.Option(help="Allowed rise of log loss and Brier score.")
+    ] = 0.01,
+    max_ci_regression: Annotated[
+        float, typer.Option(help="Reject if the AUC gain's CI lower bound is below minus this.")
+    ] = 0.02,
+    n_bootstrap: Annotated[int, typer.Option(min=50, help="Bootstrap resamples for the CI.")] = 300,
+    golden_size: Annotated[int, typer.Option(min=1, help="Rows in the golden set.")] = 256,
+    training_experiment: Annotated[
+        str, typer.Option(help="MLflow experiment of the training runs.")
+    ] = "helmsman-training",
+) -> None:
+    """Compare the challenger with @champion on held-out rows and record the decision."""
+    from helmsman_steps import evaluate as stage
+    from helmsman_steps import registry
+    from helmsman_steps.store import DatasetStore
+
+    version = challenger_version
+    if not version:
+        if not run_key:
+            raise BadInputError("give --challenger-version or --run-key of the training run")
+        trained = registry.find_run(training_experiment, run_key)
+        version = trained.data.tags.get("helmsman.model_version", "") if trained else ""
+        if not version:
+            raise BadInputError(f"no model version was registered by training run {run_key!r}")
+    rules = stage.Rules(min_primary, min_improvement, max_secondary_regression,
+                        max_ci_regression, n_bootstrap)  # fmt: skip
+    decision = stage.run(
+        DatasetStore(dataset_uri), start.date(), end.date(), model_name, version, rules, golden_size
+    )
+    _emit(decision)
+
+
+@app.command()
+def serve(
+    model_uri: Annotated[
+        str,
+        typer.Option(
+            envvar="HELMSMAN_MODEL_URI",
+            help="models:/NAME/VERSION or models:/NAME@ALIAS, resolved once at start.",
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(envvar="POD_IP", help="Address to bind (the pod's IP in Kubernetes).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="HELMSMAN_PORT", min=1, max=65535)] = 8080,
+    graceful_seconds: Annotated[
+        int, typer.Option(min=0, help="On SIGTERM, wait this long for requests in flight.")
+    ] = 20,
+) -> None:
+    """Serve one model version over HTTP until SIGTERM."""
+    from helmsman_steps import serve as stage
+
+    code = stage.serve(model_uri, host, port, graceful_seconds)
+    if code:
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    """Entry point: run the app and map failures to the documented exit codes.
+
+    Usage errors (a missing or malformed option) are reported by typer, which exits 2 --
+    the same code as any other bad input.
+    """
+    try:
+        app()
+    except BadInputError as exc:
+        logs.get("helmsman_steps").error("bad input", error=str(exc))
+        sys.exit(ExitCode.BAD_INPUT)
+    except Exception:
+        logs.get("helmsman_steps").exception("internal failure")
+        sys.exit(ExitCode.INTERNAL)
+
+
+if __name__ == "__main__":
+    main()

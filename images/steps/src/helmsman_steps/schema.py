@@ -1,0 +1,58 @@
+"""The raw record schema and the model's features, declared once for every stage.
+
+The demo's data is customer churn: one row per customer per day, with a 0/1 ``churned`` label.
+To use your own data, change this module (columns, checks, categories) and the source.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandera.pandas as pa
+
+ID_COLUMN = "customer_id"
+DATE_COLUMN = "event_date"
+LABEL = "churned"
+
+# Numeric raw columns with the range a valid row must be in (inclusive).
+NUMERIC_RANGES: dict[str, tuple[float, float]] = {
+    "age": (18, 100),
+    "tenure_months": (0, 240),
+    "monthly_charges": (0.01, 1_000.0),
+    "total_charges": (0.0, 250_000.0),
+    "support_calls": (0, 50),
+}
+# Categorical raw columns and their closed vocabularies; one-hot encoded in this order.
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "plan": ("basic", "standard", "premium"),
+    "region": ("north", "south", "east", "west"),
+}
+RAW_FEATURES = (*NUMERIC_RANGES, *CATEGORIES)
+# Columns features.derive adds to the raw ones.
+DERIVED = ("charges_per_tenure", "log_monthly_charges", "is_new_customer")
+NUMERIC_INPUTS = (*NUMERIC_RANGES, *DERIVED)
+
+
+def raw_schema() -> pa.DataFrameSchema:
+    """The pandera schema a raw row must satisfy to enter the dataset."""
+    import pandera.pandas as pa
+
+    columns: dict[str, pa.Column] = {
+        ID_COLUMN: pa.Column(str, pa.Check.str_length(min_value=1), nullable=False),
+        DATE_COLUMN: pa.Column("datetime64[ns]", nullable=False),
+        LABEL: pa.Column(int, pa.Check.isin([0, 1]), nullable=False),
+    }
+    for name, (low, high) in NUMERIC_RANGES.items():
+        columns[name] = pa.Column(float, pa.Check.in_range(low, high), nullable=False)
+    for name, vocabulary in CATEGORIES.items():
+        columns[name] = pa.Column(str, pa.Check.isin(list(vocabulary)), nullable=False)
+    return pa.DataFrameSchema(
+        columns,
+        unique=[ID_COLUMN, DATE_COLUMN],
+        # A repeated record is quarantined; its first occurrence is kept.
+        report_duplicates="exclude_first",
+        coerce=True,
+        strict="filter",
+        name="churn_raw",
+    )

@@ -1,0 +1,241 @@
+"""Serve: an HTTP model server for one model version, fast enough to need one core.
+
+Endpoints (what the Deployment's probes and the rollout's health gate use):
+  GET  /healthz   200 while the process is alive
+  GET  /readyz    200 once the model is loaded and warmed, 503 before
+  GET  /metadata  model name, version, run id, aliases it was resolved through
+  POST /predict   {"instances": [{feature: value, ...}, ...]} -> {"predictions": [...]};
+                  MLflow's {"dataframe_records": [...]} is accepted too. Bad input gets a 400
+                  that says what is wrong and where, never a 500.
+  GET  /metrics   Prometheus: requests and errors by endpoint and code, latency histogram,
+                  the model version being served
+
+The model is the numpy export of the version (helmsman_steps.model), loaded after the port is
+bound so /healthz answers during the download; the server is a bare ASGI app on uvicorn with
+uvloop and httptools, and requests are decoded and validated in one pass by msgspec.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import msgspec
+import numpy as np
+
+from helmsman_steps import logs, registry
+from helmsman_steps.exitcodes import BadInputError, ExitCode
+from helmsman_steps.model import NumpyModel
+from helmsman_steps.schema import CATEGORIES, NUMERIC_RANGES
+
+log = logs.get(__name__)
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+MAX_BATCH = 10_000
+MAX_BODY_BYTES = 8 * 1024 * 1024
+
+
+def _instance_type() -> type[msgspec.Struct]:
+    """A msgspec type for one input row, derived from the declared raw schema."""
+    fields: list[tuple[str, Any]] = [
+        (name, Annotated[float, msgspec.Meta(ge=low, le=high)])
+        for name, (low, high) in NUMERIC_RANGES.items()
+    ]
+    fields += [(name, Literal[vocabulary]) for name, vocabulary in CATEGORIES.items()]
+    return msgspec.defstruct("Instance", fields, forbid_unknown_fields=True)
+
+
+Instance = _instance_type()
+
+
+class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
+    instances: list[Instance] | None = None  # type: ignore[valid-type]
+    dataframe_records: list[Instance] | None = None  # type: ignore[valid-type]
+
+
+@dataclass
+class Metrics:
+    """Prometheus collectors in a registry of their own (no process-global state)."""
+
+    registry: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "helmsman_requests", "HTTP requests by endpoint and status code",
+            ["endpoint", "code"], registry=self.registry,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "helmsman_request_seconds", "Request latency by endpoint", ["endpoint"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )  # fmt: skip
+        self.rows = Counter("helmsman_predicted_rows", "Rows scored", registry=self.registry)
+        self.model = Gauge(
+            "helmsman_model_info", "The model version being served (value 1)",
+            ["name", "version", "run_id"], registry=self.registry,
+        )  # fmt: skip
+
+
+class App:
+    """The ASGI application."""
+
+    def __init__(self, model_uri: str) -> None:
+        self.model_uri = model_uri
+        self.model: NumpyModel | None = None
+        self.resolved: registry.ResolvedModel | None = None
+        self.metrics = Metrics()
+        self.decoder = msgspec.json.Decoder(PredictRequest)
+        self.encoder = msgspec.json.Encoder()
+        self.load_error: BaseException | None = None
+
+    # -- model loading -------------------------------------------------------------------
+    def load(self) -> None:
+        resolved = registry.resolve(self.model_uri)
+        with tempfile.TemporaryDirectory() as tmp:
+            model = NumpyModel.load(registry.download_serving_model(resolved, tmp))
+        # Warm up: the first calls allocate and pick kernels; do it before saying ready.
+        sample = {name: np.full(64, low) for name, (low, _) in NUMERIC_RANGES.items()}
+        sample |= {name: np.full(64, vocab[0]) for name, vocab in CATEGORIES.items()}
+        for _ in range(3):
+            model.predict(sample)
+        self.metrics.model.labels(resolved.name, resolved.version, resolved.run_id).set(1)
+        self.resolved, self.model = resolved, model
+        log.info("model ready", model=resolved.name, version=resolved.version)
+
+    # -- HTTP ----------------------------------------------------------------------------
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        path, method = scope["path"], scope["method"]
+        endpoint = (
+            path
+            if path in ("/healthz", "/readyz", "/metadata", "/predict", "/metrics")
+            else "other"
+        )
+        try:
+            code, body, content_type = await self._route(path, method, receive)
+        except Exception:  # a bug must still answer, and be counted
+            log.exception("unhandled error", path=path)
+            code, body, content_type = 500, b'{"error":"internal error"}', b"application/json"
+        await send({"type": "http.response.start", "status": code,
+                    "headers": [(b"content-type", content_type),
+                                (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        await send({"type": "http.response.body", "body": body})
+        self.metrics.requests.labels(endpoint, str(code)).inc()
+        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _json(self, code: int, payload: Any) -> tuple[int, bytes, bytes]:
+        return code, self.encoder.encode(payload), b"application/json"
+
+    async def _route(self, path: str, method: str, receive: Receive) -> tuple[int, bytes, bytes]:
+        if path == "/healthz":
+            return self._json(200, {"status": "alive"})
+        if path == "/readyz":
+            if self.model is None:
+                return self._json(503, {"status": "loading model"})
+            return self._json(200, {"status": "ready"})
+        if path == "/metadata":
+            if self.resolved is None:
+                return self._json(503, {"status": "loading model"})
+            r = self.resolved
+            return self._json(200, {"model_name": r.name, "model_version": r.version,
+                                    "run_id": r.run_id, "model_uri": self.model_uri,
+                                    "aliases": list(r.aliases)})  # fmt: skip
+        if path == "/metrics":
+            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+            return 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode()
+        if path == "/predict":
+            if method != "POST":
+                return self._json(405, {"error": "use POST with a JSON body"})
+            return self._predict(await self._body(receive))
+        return self._json(404, {"error": f"no such endpoint: {path}"})
+
+    async def _body(self, receive: Receive) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    def _predict(self, body: bytes | None) -> tuple[int, bytes, bytes]:
+        model = self.model
+        if model is None or self.resolved is None:
+            return self._json(503, {"error": "model not loaded yet"})
+        if body is None:
+            return self._json(413, {"error": f"request body over {MAX_BODY_BYTES} bytes"})
+        try:
+            request = self.decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            return self._json(400, {"error": f"invalid request: {exc}"})
+        except msgspec.DecodeError as exc:
+            return self._json(400, {"error": f"request body is not valid JSON: {exc}"})
+        rows = request.instances if request.instances is not None else request.dataframe_records
+        if not rows:
+            return self._json(
+                400, {"error": 'send {"instances": [ {...}, ... ]} with at least one row'}
+            )
+        if len(rows) > MAX_BATCH:
+            return self._json(400, {"error": f"{len(rows)} rows is over the {MAX_BATCH}-row limit"})
+        columns = {name: [getattr(r, name) for r in rows] for name in Instance.__struct_fields__}
+        predictions = model.predict(columns)
+        self.metrics.rows.inc(len(rows))
+        return self._json(200, {"predictions": predictions.tolist(),
+                                "model_version": self.resolved.version})  # fmt: skip
+
+
+def serve(model_uri: str, host: str, port: int, graceful_seconds: int = 20) -> int:
+    """Bind, load the model in the background, serve until SIGTERM; return the exit code."""
+    import uvicorn
+
+    app = App(model_uri)
+    config = uvicorn.Config(
+        app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
+        access_log=False, log_level="warning", timeout_graceful_shutdown=graceful_seconds,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+
+    def load() -> None:
+        try:
+            app.load()
+        except BaseException as exc:
+            app.load_error = exc
+            log.error("model failed to load; shutting down", model_uri=model_uri, error=str(exc))
+            server.should_exit = True
+
+    threading.Thread(target=load, name="model-loader", daemon=True).start()
+    log.info("serving", host=host, port=port, model_uri=model_uri)
+    server.run()
+    if isinstance(app.load_error, BadInputError):
+        return ExitCode.BAD_INPUT
+    if app.load_error is not None:
+        return ExitCode.INTERNAL
+    return ExitCode.OK

@@ -1,0 +1,151 @@
+"""Where raw records come from, selected by URI.
+
+- ``synthetic://churn?rows_per_day=50000&seed=7`` -- a deterministic generator for the demo
+  and tests: each day's rows come from a seed derived from that day, so a backfill of any past
+  day reproduces it exactly; the relationship between features and label drifts slowly over
+  time, and a small share of rows is dirty (out of range, unknown category, missing, duplicate).
+- any fsspec URI or local path (``s3://bucket/raw``, ``/data/raw``) -- one file per day named
+  ``YYYY-MM-DD.parquet`` (or ``.csv``) under that prefix.
+
+To plug in another source, add a class with ``read(day) -> DataFrame`` and a scheme below.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from helmsman_steps.exitcodes import BadInputError
+from helmsman_steps.schema import CATEGORIES, DATE_COLUMN, ID_COLUMN, LABEL
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+EPOCH = dt.date(2024, 1, 1)
+
+
+class RawSource(Protocol):
+    def read(self, day: dt.date) -> pd.DataFrame: ...
+
+
+@dataclass(frozen=True)
+class SyntheticChurn:
+    """Deterministic churn records; see the module docstring."""
+
+    rows_per_day: int = 50_000
+    seed: int = 7
+    dirty_share: float = 0.01
+
+    def _rng_for(self, day: dt.date) -> object:
+        import numpy as np
+
+        digest = hashlib.sha256(f"{self.seed}:{day.isoformat()}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def read(self, day: dt.date) -> pd.DataFrame:
+        import numpy as np
+        import pandas as pd
+
+        rng: np.random.Generator = self._rng_for(day)  # type: ignore[assignment]
+        n = self.rows_per_day
+        drift = (day - EPOCH).days / 365.0  # years since the epoch: slow drift
+        tenure = rng.gamma(2.0, 14.0, n).clip(0, 240).round()
+        monthly = rng.lognormal(np.log(60 + 5 * drift), 0.35, n).clip(5, 900).round(2)
+        total = (monthly * np.maximum(tenure, 1) * rng.uniform(0.9, 1.05, n)).round(2)
+        calls = rng.poisson(1.2 + 0.3 * drift, n).clip(0, 50)
+        age = rng.normal(42, 13, n).clip(18, 95).round()
+        plan = rng.choice(CATEGORIES["plan"], n, p=[0.5, 0.35, 0.15])
+        region = rng.choice(CATEGORIES["region"], n)
+        logit = (
+            -1.2
+            + (0.55 + 0.1 * drift) * (calls - 1.5)
+            - 0.035 * tenure
+            + 0.012 * (monthly - 60)
+            + np.where(plan == "premium", -0.6, np.where(plan == "basic", 0.35, 0.0))
+            + np.where(region == "south", 0.25, 0.0)
+            + 1.1 * ((tenure < 6) & (monthly > 80))  # a non-linear effect worth learning
+            - 0.01 * (age - 42)
+        )
+        churned = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+        frame = pd.DataFrame(
+            {
+                ID_COLUMN: [f"c{day:%Y%m%d}-{i:07d}" for i in range(n)],
+                DATE_COLUMN: pd.Timestamp(day),
+                "age": age,
+                "tenure_months": tenure,
+                "monthly_charges": monthly,
+                "total_charges": total,
+                "support_calls": calls.astype(float),
+                "plan": plan,
+                "region": region,
+                LABEL: churned,
+            }
+        )
+        return self._dirty(frame, rng)
+
+    def _dirty(self, frame: pd.DataFrame, rng: object) -> pd.DataFrame:
+        """Spoil a small share of rows the way real feeds do."""
+        import numpy as np
+        import pandas as pd
+
+        gen: np.random.Generator = rng  # type: ignore[assignment]
+        bad = gen.choice(len(frame), int(len(frame) * self.dirty_share), replace=False)
+        kinds = gen.integers(0, 5, len(bad))
+        frame = frame.astype({"age": "float64", "plan": "object"})
+        for kind, rows in ((k, bad[kinds == k]) for k in range(5)):
+            if kind == 0:
+                frame.loc[rows, "age"] = np.nan
+            elif kind == 1:
+                frame.loc[rows, "monthly_charges"] = -frame.loc[rows, "monthly_charges"]
+            elif kind == 2:
+                frame.loc[rows, "plan"] = "platinum"
+            elif kind == 3:
+                frame.loc[rows, "tenure_months"] = 999
+        duplicates = frame.iloc[bad[kinds == 4]]
+        return pd.concat([frame, duplicates], ignore_index=True)
+
+
+@dataclass(frozen=True)
+class DailyFiles:
+    """One file per day under an fsspec prefix: ``{prefix}/YYYY-MM-DD.{parquet,csv}``."""
+
+    prefix: str
+
+    def read(self, day: dt.date) -> pd.DataFrame:
+        import fsspec
+        import pandas as pd
+
+        for suffix, reader in (("parquet", pd.read_parquet), ("csv", pd.read_csv)):
+            path = f"{self.prefix.rstrip('/')}/{day.isoformat()}.{suffix}"
+            fs, fs_path = fsspec.core.url_to_fs(path)
+            if fs.exists(fs_path):
+                with fs.open(fs_path, "rb") as handle:
+                    frame: pd.DataFrame = reader(handle)
+                return frame
+        raise BadInputError(f"no raw file for {day} under {self.prefix} (.parquet or .csv)")
+
+
+def from_uri(uri: str) -> RawSource:
+    """Build the source a URI names; raise BadInputError with the accepted forms otherwise."""
+    parts = urlsplit(uri)
+    if parts.scheme == "synthetic":
+        if parts.netloc != "churn":
+            raise BadInputError(f"unknown synthetic source {parts.netloc!r}; use synthetic://churn")
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(query) - {"rows_per_day", "seed", "dirty_share"}
+        if unknown:
+            raise BadInputError(f"unknown synthetic source options: {', '.join(sorted(unknown))}")
+        try:
+            return SyntheticChurn(
+                rows_per_day=int(query.get("rows_per_day", 50_000)),
+                seed=int(query.get("seed", 7)),
+                dirty_share=float(query.get("dirty_share", 0.01)),
+            )
+        except ValueError as exc:
+            raise BadInputError(f"bad synthetic source option in {uri!r}: {exc}") from exc
+    if not uri:
+        raise BadInputError("empty source URI: give synthetic://churn or a path/URL prefix")
+    return DailyFiles(uri)

@@ -1,0 +1,122 @@
+"""The dataset store: one Parquet file per day, written atomically, under an fsspec root.
+
+Layout under the root (a local path or ``s3://...``):
+  features/date=YYYY-MM-DD.parquet    validated rows with derived features (what training reads)
+  quarantine/date=YYYY-MM-DD.parquet  rows that failed validation, with the reasons
+  reports/date=YYYY-MM-DD.json        counts, bad-row share, content hash
+
+A file is written under a temporary name in the same folder and then moved over the final
+name, so a reader sees either the old complete file or the new complete file, never a mix;
+a crash leaves at most a stray ``.tmp-*`` file, which the next write of that day removes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import hashlib
+import json
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any
+
+from helmsman_steps.exitcodes import BadInputError
+
+if TYPE_CHECKING:
+    import fsspec
+    import pandas as pd
+
+
+def content_hash(frame: pd.DataFrame) -> str:
+    """A hash of the rows' values (not of the file's bytes), stable across Parquet writers."""
+    import pandas as pd
+
+    hashed = pd.util.hash_pandas_object(frame.reset_index(drop=True), index=True).to_numpy()
+    digest = hashlib.sha256(hashed.tobytes())
+    digest.update(",".join(frame.columns).encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class DatasetStore:
+    root: str
+
+    @functools.cached_property
+    def _location(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        import fsspec
+
+        fs, base = fsspec.core.url_to_fs(self.root)
+        return fs, base.rstrip("/")
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self._location[0]
+
+    def _path(self, kind: str, day: dt.date, suffix: str) -> str:
+        return f"{self._location[1]}/{kind}/date={day.isoformat()}.{suffix}"
+
+    def features_path(self, day: dt.date) -> str:
+        return self._path("features", day, "parquet")
+
+    def _write_atomically(self, path: str, write: Callable[[IO[bytes]], Any]) -> None:
+        fs = self.fs
+        folder = path.rsplit("/", 1)[0]
+        fs.makedirs(folder, exist_ok=True)
+        stem = path.rsplit("/", 1)[1]
+        for stale in fs.glob(f"{folder}/.{stem}.tmp-*"):
+            fs.rm(stale)
+        temporary = f"{folder}/.{stem}.tmp-{uuid.uuid4().hex}"
+        try:
+            with fs.open(temporary, "wb") as handle:
+                write(handle)
+            fs.mv(temporary, path)
+        finally:
+            if fs.exists(temporary):
+                fs.rm(temporary)
+
+    def write_day(
+        self, day: dt.date, features: pd.DataFrame, quarantine: pd.DataFrame, report: dict[str, Any]
+    ) -> None:
+        """Write one day's three files; the features file, which readers use, goes last."""
+        self._write_atomically(
+            self._path("quarantine", day, "parquet"), lambda f: quarantine.to_parquet(f)
+        )
+        body = json.dumps(report, indent=2, sort_keys=True).encode()
+        self._write_atomically(self._path("reports", day, "json"), lambda f: f.write(body))
+        self._write_atomically(
+            self.features_path(day), lambda f: features.to_parquet(f, index=False)
+        )
+
+    def read_report(self, day: dt.date) -> dict[str, Any]:
+        with self.fs.open(self._path("reports", day, "json"), "rb") as handle:
+            report: dict[str, Any] = json.load(handle)
+        return report
+
+    def read_features(self, days: Iterable[dt.date]) -> pd.DataFrame:
+        """The features of the given days, in day order; every day must have been built."""
+        import pandas as pd
+
+        fs, frames, missing = self.fs, [], []
+        for day in days:
+            path = self.features_path(day)
+            if not fs.exists(path):
+                missing.append(day.isoformat())
+                continue
+            with fs.open(path, "rb") as handle:
+                frames.append(pd.read_parquet(handle))
+        if missing:
+            raise BadInputError(
+                f"no dataset partition for {', '.join(missing)} under {self.root}: "
+                "run `helmsman-step etl` for those days first"
+            )
+        if not frames:
+            raise BadInputError("the requested window holds no days")
+        return pd.concat(frames, ignore_index=True)
+
+
+def days_in(start: dt.date, end: dt.date) -> list[dt.date]:
+    """The days of the half-open interval [start, end), as Airflow's data intervals are."""
+    if end <= start:
+        raise BadInputError(f"empty data interval: end {end} must be after start {start}")
+    return [start + dt.timedelta(days=i) for i in range((end - start).days)]

@@ -1,0 +1,303 @@
+"""Train: a PyTorch network on a window of dataset partitions, registered in MLflow.
+
+- Same code on CPU and GPU: CUDA is used when the pod has a GPU.
+- Seeds are fixed and the batch order comes from a seeded generator, so a run is repeatable.
+- A checkpoint (weights, optimizer, generator state, history) goes to the run's artifacts
+  after every epoch; a retried pod finds its run by run key and resumes after the last
+  checkpointed epoch instead of starting over, and ends with the same weights as an
+  uninterrupted run.
+- The finished network is logged as an MLflow PyTorch model with signature and input example,
+  with the numpy export (helmsman_steps.model) beside it for serving, and registered as a new
+  model version tagged with its lineage. A run that already registered its version is not
+  trained again.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from helmsman_steps import features, logs, registry
+from helmsman_steps.model import FILENAME, NumpyModel
+from helmsman_steps.schema import ID_COLUMN, LABEL
+from helmsman_steps.store import DatasetStore, days_in
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+log = logs.get(__name__)
+
+EXPERIMENT = "helmsman-training"
+CHECKPOINT = "checkpoints/last.pt"
+# Rows are split by a hash of their id: bucket 0 is held out for evaluation, bucket 1
+# validates each epoch, the rest train. The same id always lands in the same bucket.
+HOLDOUT_BUCKET, VALIDATION_BUCKET, BUCKETS = 0, 1, 10
+# Fault injection for resume tests and chaos drills: exit as a preempted pod would, right
+# after checkpointing this epoch.
+FAULT_ENV = "HELMSMAN_FAULT_EXIT_AFTER_EPOCH"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 8
+    batch_size: int = 1024
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    hidden: tuple[int, ...] = (64, 32)
+    seed: int = 42
+    window_days: int = 7
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    model_name: str
+    model_version: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from_epoch: int | None = None
+    trained: bool = True
+
+
+def buckets(ids: pd.Series) -> npt.NDArray[np.int64]:
+    return np.fromiter((zlib.crc32(i.encode()) % BUCKETS for i in ids), np.int64, len(ids))
+
+
+def training_window(start: dt.date, end: dt.date, window_days: int) -> list[dt.date]:
+    """The days training reads: the interval itself, extended back to ``window_days`` days."""
+    first = min(start, end - dt.timedelta(days=window_days))
+    return days_in(first, end)
+
+
+def build_network(n_inputs: int, hidden: tuple[int, ...]) -> torch.nn.Sequential:
+    import torch
+
+    layers: list[torch.nn.Module] = []
+    width = n_inputs
+    for size in hidden:
+        layers += [torch.nn.Linear(width, size), torch.nn.ReLU()]
+        width = size
+    layers.append(torch.nn.Linear(width, 1))
+    return torch.nn.Sequential(*layers)
+
+
+def export(net: torch.nn.Sequential, mean: npt.NDArray[np.float32], scale: Any) -> NumpyModel:
+    import torch
+
+    linear = [m for m in net if isinstance(m, torch.nn.Linear)]
+    return NumpyModel(
+        inputs=features.input_names(),
+        mean=mean.astype(np.float32),
+        scale=np.asarray(scale, dtype=np.float32),
+        weights=[m.weight.detach().cpu().numpy().astype(np.float32) for m in linear],
+        biases=[m.bias.detach().cpu().numpy().astype(np.float32) for m in linear],
+    )
+
+
+def _probability_model(net: torch.nn.Sequential, mean: Any, scale: Any) -> torch.nn.Sequential:
+    """The logged model: raw inputs in, probability out (standardization folded into layer 1)."""
+    import copy
+
+    import torch
+
+    model = copy.deepcopy(net).cpu()
+    first = model[0]
+    if not isinstance(first, torch.nn.Linear):
+        raise TypeError(f"the network must start with a Linear layer, not {type(first).__name__}")
+    with torch.no_grad():
+        m = torch.as_tensor(mean, dtype=torch.float32)
+        s = torch.as_tensor(scale, dtype=torch.float32)
+        first.bias.sub_(first.weight @ (m / s))
+        first.weight.div_(s)
+    return torch.nn.Sequential(*model, torch.nn.Sigmoid())
+
+
+def _checkpoint_state(run_id: str) -> dict[str, Any] | None:
+    import mlflow
+    import torch
+
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=CHECKPOINT)
+    except Exception:  # no checkpoint yet: MLflow raises different errors per store
+        return None
+    state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+    return state
+
+
+def run(
+    store: DatasetStore,
+    start: dt.date,
+    end: dt.date,
+    model_name: str,
+    run_key: str,
+    config: TrainConfig,
+    lineage: registry.Lineage,
+    experiment: str = EXPERIMENT,
+) -> TrainResult:
+    import mlflow
+    import torch
+
+    days = training_window(start, end, config.window_days)
+    with registry.get_or_start_run(experiment, run_key, f"train {start}", lineage.tags()) as run:
+        run_id = run.info.run_id
+        done = run.data.tags.get("helmsman.model_version")
+        if done:
+            log.info("already trained; reusing its model version", run_id=run_id, version=done)
+            return TrainResult(run_id, model_name, done, trained=False)
+
+        frame = store.read_features(days)
+        reports = [store.read_report(d) for d in days]
+        dataset_hash = registry.dataset_hash(reports)
+        bucket = buckets(frame[ID_COLUMN])
+        x_all = features.to_matrix({c: frame[c].to_numpy() for c in frame.columns})
+        y_all = frame[LABEL].to_numpy(np.float32)
+        train_rows, val_rows = bucket > VALIDATION_BUCKET, bucket == VALIDATION_BUCKET
+        mean = x_all[train_rows].mean(axis=0)
+        scale = x_all[train_rows].std(axis=0) + 1e-6
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        torch.manual_seed(config.seed)
+        x_train = torch.as_tensor((x_all[train_rows] - mean) / scale, device=device)
+        y_train = torch.as_tensor(y_all[train_rows], device=device)
+        x_val = torch.as_tensor((x_all[val_rows] - mean) / scale, device=device)
+        y_val = torch.as_tensor(y_all[val_rows], device=device)
+
+        net = build_network(x_all.shape[1], config.hidden).to(device)
+        optimizer = torch.optim.AdamW(
+            net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        generator = torch.Generator().manual_seed(config.seed)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        first_epoch, history, resumed = 0, [], None
+
+        state = _checkpoint_state(run_id)
+        if state is not None:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            first_epoch, history, resumed = state["epoch"] + 1, state["history"], state["epoch"]
+            log.info("resuming from checkpoint", run_id=run_id, after_epoch=resumed)
+        else:
+            mlflow.log_params(
+                {
+                    **asdict(config),
+                    "device": device.type,
+                    "days": f"{days[0]}..{days[-1]}",
+                    "train_rows": int(train_rows.sum()),
+                    "validation_rows": int(val_rows.sum()),
+                    "dataset_hash": dataset_hash,
+                }
+            )
+
+        for epoch in range(first_epoch, config.epochs):
+            net.train()
+            order = torch.randperm(len(x_train), generator=generator).to(device)
+            total = 0.0
+            for i in range(0, len(order), config.batch_size):
+                batch = order[i : i + config.batch_size]
+                optimizer.zero_grad()
+                loss = loss_fn(net(x_train[batch]).squeeze(1), y_train[batch])
+                loss.backward()
+                optimizer.step()
+                total += loss.item() * len(batch)
+            net.eval()
+            with torch.no_grad():
+                logits = net(x_val).squeeze(1)
+                val_loss = float(loss_fn(logits, y_val))
+                val_acc = float(((logits > 0).float() == y_val).float().mean())
+            metrics = {"train_loss": total / len(x_train), "val_loss": val_loss,
+                       "val_accuracy": val_acc}  # fmt: skip
+            history.append(metrics)
+            mlflow.log_metrics(metrics, step=epoch)
+            _save_checkpoint(net, optimizer, generator, epoch, history)
+            log.info("epoch done", epoch=epoch, **{k: round(v, 5) for k, v in metrics.items()})
+            if os.environ.get(FAULT_ENV) == str(epoch):
+                log.warning("fault injection: exiting after checkpoint", epoch=epoch)
+                raise SystemExit(1)
+
+        exported = export(net, mean, scale)
+        version = _log_and_register(
+            net, exported, mean, scale, x_all[:5], model_name, lineage, run_key, dataset_hash
+        )
+        mlflow.set_tags({"helmsman.model_version": version, "helmsman.model_name": model_name})
+        final = history[-1] if history else {}
+        return TrainResult(run_id, model_name, version, final, resumed)
+
+
+def _save_checkpoint(
+    net: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    epoch: int,
+    history: list[dict[str, float]],
+) -> None:
+    import mlflow
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(CHECKPOINT).name
+        state = {
+            "epoch": epoch,
+            "model": {k: v.cpu() for k, v in net.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "generator": generator.get_state(),
+            "history": history,
+        }
+        torch.save(state, path)
+        mlflow.log_artifact(str(path), artifact_path=str(Path(CHECKPOINT).parent))
+
+
+def _log_and_register(
+    net: torch.nn.Sequential,
+    exported: NumpyModel,
+    mean: Any,
+    scale: Any,
+    example: npt.NDArray[np.float32],
+    model_name: str,
+    lineage: registry.Lineage,
+    run_key: str,
+    dataset_hash: str,
+) -> str:
+    import mlflow
+    from mlflow.models import infer_signature
+
+    model = _probability_model(net, mean, scale)
+    with tempfile.TemporaryDirectory() as tmp:
+        npz = Path(tmp) / FILENAME
+        exported.save(npz)
+        (Path(tmp) / "inputs.json").write_text(json.dumps(features.input_names()))
+        import torch
+
+        with torch.no_grad():
+            output = model(torch.as_tensor(example)).numpy()
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=infer_signature(example, output),
+            input_example=example,
+            extra_files=[str(npz), str(Path(tmp) / "inputs.json")],
+            # Named rather than inferred: inference imports the model in a subprocess (~10 s),
+            # and would drop the local "+cpu" label of a CPU build anyway.
+            pip_requirements=[
+                f"torch=={torch.__version__.split('+')[0]}",
+                f"numpy=={np.__version__}",
+            ],
+            registered_model_name=model_name,
+            await_registration_for=60,
+        )
+    version = str(info.registered_model_version)
+    client = registry.client()
+    for key, value in {**lineage.tags(), "helmsman.dataset_hash": dataset_hash,
+                       registry.RUN_KEY_TAG: run_key}.items():  # fmt: skip
+        client.set_model_version_tag(model_name, version, key, value)
+    log.info("registered model version", model=model_name, version=version)
+    return version
