@@ -40,7 +40,8 @@ class NumpyModel:
             h = h @ w.T + b
             if i < len(self.weights) - 1:
                 np.maximum(h, 0.0, out=h)
-        out: FloatArray = (1.0 / (1.0 + np.exp(-h[:, 0]))).astype(np.float32)
+        # The logistic function in its tanh form: no overflow for large negative logits.
+        out: FloatArray = (0.5 * (1.0 + np.tanh(0.5 * h[:, 0]))).astype(np.float32)
         return out
 
     def predict(self, columns: features.Columns) -> FloatArray:

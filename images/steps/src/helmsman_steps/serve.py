@@ -216,12 +216,19 @@ def serve(model_uri: str, host: str, port: int, graceful_seconds: int = 20) -> i
     """Bind, load the model in the background, serve until SIGTERM; return the exit code."""
     import uvicorn
 
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises the signal after a graceful shutdown, so the process would end
+            # "killed by SIGTERM" (143). A drained shutdown is the normal end of a pod: exit 0.
+            self._captured_signals.clear()
+
     app = App(model_uri)
     config = uvicorn.Config(
         app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
         access_log=False, log_level="warning", timeout_graceful_shutdown=graceful_seconds,
     )  # fmt: skip
-    server = uvicorn.Server(config)
+    server = Server(config)
 
     def load() -> None:
         try:

@@ -19,7 +19,7 @@ import json
 import os
 import tempfile
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +147,7 @@ def run(
     import torch
 
     days = training_window(start, end, config.window_days)
+    lineage = replace(lineage, interval_start=str(start), interval_end=str(end))
     with registry.get_or_start_run(experiment, run_key, f"train {start}", lineage.tags()) as run:
         run_id = run.info.run_id
         done = run.data.tags.get("helmsman.model_version")

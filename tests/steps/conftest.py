@@ -1,0 +1,111 @@
+"""A real MLflow tracking server (SQLite backend, local artifacts) and a small trained model.
+
+The session's data is small (a few thousand rows a day) so that every stage runs for real in
+seconds. Stages are called in-process where that is what is tested, and through the
+``helmsman-step`` command line where exit codes or processes are.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.dev_env import REPO
+from tests.servers import Server, free_port
+
+STEPS_SRC = REPO / "images" / "steps" / "src"
+ROWS_PER_DAY = 5000
+SOURCE_URI = f"synthetic://churn?rows_per_day={ROWS_PER_DAY}&seed=7"
+FIRST_DAY = dt.date(2026, 3, 1)
+DAYS = 3
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    server = Server(
+        "mlflow",
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        f"http://127.0.0.1:{port}/health",
+        root / "server.log",
+    ).start(timeout=120)  # fmt: skip
+    uri = f"http://127.0.0.1:{port}"
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield uri
+    finally:
+        server.stop()
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
+
+
+@pytest.fixture(scope="session")
+def step_env(mlflow_server: str) -> dict[str, str]:
+    """Environment for a ``python -m helmsman_steps`` subprocess."""
+    return {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server, "PYTHONPATH": str(STEPS_SRC)}
+
+
+def run_step(
+    env: dict[str, str], *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "helmsman_steps", *args],
+        env={**env, **(extra_env or {})},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+
+
+@dataclass(frozen=True)
+class Trained:
+    dataset_uri: str
+    model_name: str
+    version: str
+    start: dt.date
+    end: dt.date
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from helmsman_steps import etl, sources
+    from helmsman_steps.store import DatasetStore
+
+    root = str(tmp_path_factory.mktemp("datasets"))
+    end = FIRST_DAY + dt.timedelta(days=DAYS)
+    etl.run(sources.from_uri(SOURCE_URI), DatasetStore(root), FIRST_DAY, end, 0.05)
+    return root
+
+
+@pytest.fixture(scope="session")
+def champion(mlflow_server: str, dataset: str) -> Trained:
+    """A model trained on the session's days, evaluated, and holding @champion."""
+    from helmsman_steps import evaluate, registry, train
+    from helmsman_steps.store import DatasetStore
+
+    end = FIRST_DAY + dt.timedelta(days=DAYS)
+    start = end - dt.timedelta(days=1)
+    result = train.run(
+        DatasetStore(dataset), start, end, "churn-test", "session/champion",
+        train.TrainConfig(epochs=6, window_days=DAYS), registry.Lineage(dag_id="tests"),
+    )  # fmt: skip
+    decision = evaluate.run(
+        DatasetStore(dataset), start, end, "churn-test", result.model_version, evaluate.Rules()
+    )
+    assert decision.decision == "promote", decision
+    registry.client().set_registered_model_alias("churn-test", "champion", result.model_version)
+    return Trained(dataset, "churn-test", result.model_version, start, end)

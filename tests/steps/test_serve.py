@@ -1,0 +1,135 @@
+"""The model server as a real process against a real MLflow server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+
+from helmsman_steps import evaluate, registry
+from tests.servers import Server, free_port
+from tests.steps.conftest import Trained
+
+ROW = {"age": 30, "tenure_months": 3, "monthly_charges": 95.5, "total_charges": 300,
+       "support_calls": 4, "plan": "basic", "region": "south"}  # fmt: skip
+
+
+def serve_cmd(model_uri: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "helmsman_steps", "serve", "--model-uri", model_uri,
+            "--port", str(port), "--graceful-seconds", "5"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def server(
+    champion: Trained, step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    port = free_port()
+    srv = Server(
+        "model server",
+        serve_cmd(f"models:/{champion.model_name}@champion", port),
+        f"http://127.0.0.1:{port}/readyz",
+        tmp_path_factory.mktemp("serve") / "serve.log",
+        env=step_env,
+    ).start()
+    srv.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def http(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=10) as client:  # type: ignore[attr-defined]
+        yield client
+
+
+def test_probes_and_metadata(http: httpx.Client, champion: Trained) -> None:
+    assert http.get("/healthz").json() == {"status": "alive"}
+    assert http.get("/readyz").status_code == 200
+    meta = http.get("/metadata").json()
+    assert meta["model_name"] == champion.model_name
+    assert meta["model_version"] == champion.version
+    assert (
+        meta["run_id"]
+        == registry.resolve(f"models:/{champion.model_name}/{champion.version}").run_id
+    )
+
+
+def test_served_predictions_match_the_offline_golden_set(
+    http: httpx.Client, champion: Trained
+) -> None:
+    run_id = registry.resolve(f"models:/{champion.model_name}/{champion.version}").run_id
+    golden = mlflow.artifacts.load_dict(f"runs:/{run_id}/{evaluate.GOLDEN_ARTIFACT}")
+    response = http.post("/predict", json={"instances": golden["inputs"]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model_version"] == champion.version
+    np.testing.assert_allclose(body["predictions"], golden["predictions"], rtol=1e-5, atol=1e-6)
+
+
+def test_mlflow_dataframe_records_are_accepted(http: httpx.Client) -> None:
+    a = http.post("/predict", json={"instances": [ROW]}).json()["predictions"]
+    b = http.post("/predict", json={"dataframe_records": [ROW]}).json()["predictions"]
+    assert a == b and 0 < a[0] < 1
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"instances": [{**ROW, "age": "thirty"}]}, "Expected `float`, got `str` - at `$.instances[0].age`"),
+        ({"instances": [{**ROW, "age": 250}]}, "Expected `float` <= 100.0 - at `$.instances[0].age`"),
+        ({"instances": [{**ROW, "plan": "gold"}]}, "Invalid enum value 'gold' - at `$.instances[0].plan`"),
+        ({"instances": [{k: v for k, v in ROW.items() if k != "region"}]}, "missing required field `region`"),
+        ({"instances": [{**ROW, "colour": "red"}]}, "unknown field `colour`"),
+        ({"instances": []}, "with at least one row"),
+        ({"rows": [ROW]}, "unknown field `rows`"),
+        ({"instances": [ROW] * 10_001}, "over the 10000-row limit"),
+        ("{not json", "not valid JSON"),
+    ],
+)  # fmt: skip
+def test_bad_requests_get_a_400_that_says_what_is_wrong(
+    http: httpx.Client, body: Any, message: str
+) -> None:
+    kwargs: dict[str, Any] = {"content": body} if isinstance(body, str) else {"json": body}
+    response = http.post("/predict", **kwargs)
+    assert response.status_code == 400
+    assert message in response.json()["error"]
+
+
+def test_wrong_method_and_path(http: httpx.Client) -> None:
+    assert http.get("/predict").status_code == 405
+    assert http.get("/nope").status_code == 404
+
+
+def test_metrics_count_requests_errors_and_name_the_version(
+    http: httpx.Client, champion: Trained
+) -> None:
+    http.post("/predict", json={"instances": [ROW]})
+    http.post("/predict", json={"instances": []})
+    text = http.get("/metrics").text
+    assert 'helmsman_requests_total{code="200",endpoint="/predict"}' in text
+    assert 'helmsman_requests_total{code="400",endpoint="/predict"}' in text
+    assert 'helmsman_request_seconds_bucket{endpoint="/predict",le="0.005"}' in text
+    assert f'version="{champion.version}"' in text and "helmsman_model_info{" in text
+
+
+def test_sigterm_shuts_down_cleanly(
+    champion: Trained, step_env: dict[str, str], tmp_path: Path
+) -> None:
+    port = free_port()
+    srv = Server("model server", serve_cmd(f"models:/{champion.model_name}/{champion.version}", port),
+                 f"http://127.0.0.1:{port}/readyz", tmp_path / "serve.log", env=step_env).start()  # fmt: skip
+    assert srv.stop(grace=15) == 0, srv.log()
+
+
+def test_a_missing_model_exits_with_bad_input(step_env: dict[str, str]) -> None:
+    proc = subprocess.run(serve_cmd("models:/no-such-model/1", free_port()), env=step_env,
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "models:/no-such-model/1 does not exist" in proc.stderr

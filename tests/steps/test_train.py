@@ -1,0 +1,145 @@
+"""Training against a real MLflow server: registration with lineage, resume, model behaviour."""
+
+from __future__ import annotations
+
+import datetime as dt
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helmsman_steps import registry, train
+from helmsman_steps.evaluate import holdout, metrics
+from helmsman_steps.model import NumpyModel
+from helmsman_steps.schema import CATEGORIES, LABEL, NUMERIC_RANGES
+from helmsman_steps.store import DatasetStore
+from tests.steps.conftest import Trained, run_step
+
+
+def load(name: str, version: str) -> NumpyModel:
+    resolved = registry.resolve(f"models:/{name}/{version}")
+    with tempfile.TemporaryDirectory() as tmp:
+        return NumpyModel.load(registry.download_serving_model(resolved, tmp))
+
+
+def test_version_carries_lineage_tags(champion: Trained) -> None:
+    mv = registry.client().get_model_version(champion.model_name, champion.version)
+    assert mv.tags["helmsman.dag_id"] == "tests"
+    assert mv.tags["helmsman.interval_start"] == str(champion.start)
+    assert mv.tags[registry.RUN_KEY_TAG] == "session/champion"
+    assert len(mv.tags["helmsman.dataset_hash"]) == 64
+
+
+def test_rerunning_a_finished_run_reuses_its_version(champion: Trained) -> None:
+    again = train.run(
+        DatasetStore(champion.dataset_uri), champion.start, champion.end, champion.model_name,
+        "session/champion", train.TrainConfig(epochs=6, window_days=3), registry.Lineage(),
+    )  # fmt: skip
+    assert (again.trained, again.model_version) == (False, champion.version)
+
+
+def test_a_retried_pod_resumes_from_its_checkpoint_and_ends_identical(
+    step_env: dict[str, str], dataset: str
+) -> None:
+    args = ["train", "--start", "2026-03-03", "--end", "2026-03-04", "--dataset-uri", dataset,
+            "--model-name", "churn-resume", "--epochs", "4", "--window-days", "2"]  # fmt: skip
+    crashed = run_step(step_env, *args, "--run-key", "resume/a",
+                       extra_env={train.FAULT_ENV: "1"})  # fmt: skip
+    assert crashed.returncode == 1, crashed.stderr
+    assert '"fault injection: exiting after checkpoint"' in crashed.stderr
+
+    resumed = run_step(step_env, *args, "--run-key", "resume/a")
+    assert resumed.returncode == 0, resumed.stderr
+    assert '"after_epoch": 1' in resumed.stderr  # picked up after the checkpointed epoch
+    assert '"epoch": 0,' not in resumed.stderr and '"epoch": 2,' in resumed.stderr
+
+    straight = run_step(step_env, *args, "--run-key", "resume/b")
+    assert straight.returncode == 0, straight.stderr
+    a, b = load("churn-resume", "1"), load("churn-resume", "2")
+    for wa, wb in zip(a.weights + a.biases, b.weights + b.biases, strict=True):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_missing_partitions_are_bad_input(step_env: dict[str, str], tmp_path: Path) -> None:
+    proc = run_step(step_env, "train", "--start", "2026-03-03", "--end", "2026-03-04",
+                    "--dataset-uri", str(tmp_path), "--window-days", "1")  # fmt: skip
+    assert proc.returncode == 2
+    assert "no dataset partition for 2026-03-03" in proc.stderr
+
+
+# -- model tests: behaviour of the trained champion ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model(champion: Trained) -> NumpyModel:
+    return load(champion.model_name, champion.version)
+
+
+def typical(n: int = 1, **overrides: object) -> dict[str, np.ndarray]:
+    row: dict[str, object] = {"age": 40.0, "tenure_months": 24.0, "monthly_charges": 60.0,
+                              "total_charges": 1440.0, "support_calls": 1.0, "plan": "standard",
+                              "region": "north"}  # fmt: skip
+    row.update(overrides)
+    return {k: np.full(n, v) for k, v in row.items()}
+
+
+def test_discriminates_better_than_the_strongest_single_feature(
+    champion: Trained, model: NumpyModel
+) -> None:
+    rows = holdout(DatasetStore(champion.dataset_uri), champion.start, champion.end)
+    y = rows[LABEL].to_numpy(np.float32)
+    scored = metrics(y, model.predict(rows.to_dict("list")))
+    baseline = metrics(y, rows["support_calls"].to_numpy(np.float32) / 50)
+    assert scored["roc_auc"] > 0.7
+    assert scored["roc_auc"] > baseline["roc_auc"] + 0.05
+
+
+def test_more_support_calls_raise_churn_risk(model: NumpyModel) -> None:
+    calm, angry = (
+        model.predict(typical(support_calls=0.0)),
+        model.predict(typical(support_calls=8.0)),
+    )
+    assert angry[0] > calm[0] + 0.1
+
+
+def test_long_tenure_lowers_churn_risk(model: NumpyModel) -> None:
+    new = model.predict(typical(tenure_months=2.0, total_charges=120.0))
+    loyal = model.predict(typical(tenure_months=120.0, total_charges=7200.0))
+    assert loyal[0] < new[0]
+
+
+def test_premium_plan_churns_less_than_basic(model: NumpyModel) -> None:
+    assert model.predict(typical(plan="premium"))[0] < model.predict(typical(plan="basic"))[0]
+
+
+def test_outputs_are_probabilities_over_the_whole_input_space(model: NumpyModel) -> None:
+    rng = np.random.default_rng(0)
+    n = 5000
+    columns = {k: rng.uniform(lo, hi, n) for k, (lo, hi) in NUMERIC_RANGES.items()}
+    columns |= {k: rng.choice(v, n) for k, v in CATEGORIES.items()}
+    p = model.predict(columns)
+    assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+
+
+def test_numpy_export_matches_the_logged_pytorch_model(
+    champion: Trained, model: NumpyModel
+) -> None:
+    import mlflow
+    import torch
+
+    from helmsman_steps import features
+
+    logged = mlflow.pytorch.load_model(f"models:/{champion.model_name}/{champion.version}")
+    rows = holdout(DatasetStore(champion.dataset_uri), champion.start, champion.end).head(500)
+    x = features.to_matrix(rows.to_dict("list"))
+    with torch.no_grad():
+        expected = logged(torch.as_tensor(x)).numpy()[:, 0]
+    np.testing.assert_allclose(model.predict_matrix(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_training_window_covers_the_interval_and_earlier_days() -> None:
+    days = train.training_window(dt.date(2026, 3, 10), dt.date(2026, 3, 11), 3)
+    assert days == [dt.date(2026, 3, 8), dt.date(2026, 3, 9), dt.date(2026, 3, 10)]
+    wide = train.training_window(dt.date(2026, 3, 1), dt.date(2026, 3, 8), 3)
+    assert wide[0] == dt.date(2026, 3, 1) and len(wide) == 7
