@@ -7,6 +7,7 @@ the whole group after a grace period, so no child process outlives the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -61,13 +62,9 @@ class Server:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         self.proc.wait()
         return self.proc.returncode

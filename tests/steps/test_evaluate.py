@@ -9,6 +9,7 @@ import mlflow
 import pytest
 
 from helmsman_steps import evaluate, registry, train
+from helmsman_steps.schema import RAW_FEATURES
 from helmsman_steps.store import DatasetStore
 from tests.steps.conftest import Trained
 
@@ -23,8 +24,15 @@ def contest(champion: Trained) -> dict[str, evaluate.Decision]:
     start = champion.end - dt.timedelta(days=3)
 
     def fit(key: str, config: train.TrainConfig) -> str:
-        result = train.run(store, champion.start, champion.end, MODEL, key, config,
-                           registry.Lineage(dag_id="tests"))  # fmt: skip
+        result = train.run(
+            store,
+            champion.start,
+            champion.end,
+            MODEL,
+            key,
+            config,
+            registry.Lineage(dag_id="tests"),
+        )
         return result.model_version
 
     def judge(version: str) -> evaluate.Decision:
@@ -56,7 +64,8 @@ def test_a_worse_challenger_is_rejected_with_reasons(contest: dict[str, evaluate
     worse = contest["worse"]
     assert worse.decision == "reject"
     assert worse.champion_version == contest["first"].challenger_version
-    assert worse.auc_difference is not None and worse.auc_difference < 0
+    assert worse.auc_difference is not None
+    assert worse.auc_difference < 0
     assert any("roc_auc gain" in r for r in worse.reasons), worse.reasons
     low, high = worse.auc_difference_ci or (0.0, 0.0)
     assert low <= worse.auc_difference <= high
@@ -65,7 +74,8 @@ def test_a_worse_challenger_is_rejected_with_reasons(contest: dict[str, evaluate
 def test_a_better_challenger_is_promoted(contest: dict[str, evaluate.Decision]) -> None:
     better = contest["better"]
     assert better.decision == "promote", better.reasons
-    assert better.auc_difference is not None and better.auc_difference > 0
+    assert better.auc_difference is not None
+    assert better.auc_difference > 0
     assert better.champion_version == contest["first"].challenger_version
 
 
@@ -83,16 +93,21 @@ def test_the_decision_is_recorded_on_the_version_and_the_run(
     assert stored["decision"] == "reject"
     golden = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{evaluate.GOLDEN_ARTIFACT}")
     assert len(golden["inputs"]) == len(golden["predictions"]) == 256
-    assert set(golden["inputs"][0]) == {"age", "tenure_months", "monthly_charges",
-                                        "total_charges", "support_calls", "plan", "region"}  # fmt: skip
+    assert set(golden["inputs"][0]) == set(RAW_FEATURES)
 
 
 def test_re_evaluating_returns_the_recorded_decision(
     champion: Trained, contest: dict[str, evaluate.Decision]
 ) -> None:
     first = contest["first"]  # now the champion itself: comparing it with itself must not happen
-    again = evaluate.run(DatasetStore(champion.dataset_uri), champion.start, champion.end, MODEL,
-                         first.challenger_version, evaluate.Rules(min_primary=0.99))  # fmt: skip
+    again = evaluate.run(
+        DatasetStore(champion.dataset_uri),
+        champion.start,
+        champion.end,
+        MODEL,
+        first.challenger_version,
+        evaluate.Rules(min_primary=0.99),
+    )
     assert json.dumps(again.__dict__, default=list) == json.dumps(first.__dict__, default=list)
 
 
@@ -100,17 +115,29 @@ def test_re_evaluating_returns_the_recorded_decision(
     ("challenger", "champion", "ci", "verdict", "reason"),
     [
         ({"roc_auc": 0.55, "log_loss": 0.5, "brier": 0.2}, None, None, "reject", "below the floor"),
-        ({"roc_auc": 0.80, "log_loss": 0.50, "brier": 0.20},
-         {"roc_auc": 0.79, "log_loss": 0.45, "brier": 0.20}, (0.0, 0.02), "reject",
-         "log_loss worsens by 0.0500"),
-        ({"roc_auc": 0.80, "log_loss": 0.45, "brier": 0.20},
-         {"roc_auc": 0.79, "log_loss": 0.45, "brier": 0.20}, (-0.05, 0.07), "reject",
-         "allows a regression beyond 0.02"),
-        ({"roc_auc": 0.80, "log_loss": 0.45, "brier": 0.20},
-         {"roc_auc": 0.79, "log_loss": 0.45, "brier": 0.20}, (-0.01, 0.03), "promote",
-         "roc_auc gain +0.0100"),
+        (
+            {"roc_auc": 0.80, "log_loss": 0.50, "brier": 0.20},
+            {"roc_auc": 0.79, "log_loss": 0.45, "brier": 0.20},
+            (0.0, 0.02),
+            "reject",
+            "log_loss worsens by 0.0500",
+        ),
+        (
+            {"roc_auc": 0.80, "log_loss": 0.45, "brier": 0.20},
+            {"roc_auc": 0.79, "log_loss": 0.45, "brier": 0.20},
+            (-0.05, 0.07),
+            "reject",
+            "allows a regression beyond 0.02",
+        ),
+        (
+            {"roc_auc": 0.80, "log_loss": 0.45, "brier": 0.20},
+            {"roc_auc": 0.79, "log_loss": 0.45, "brier": 0.20},
+            (-0.01, 0.03),
+            "promote",
+            "roc_auc gain +0.0100",
+        ),
     ],
-)  # fmt: skip
+)
 def test_decision_rules(
     challenger: dict[str, float],
     champion: dict[str, float] | None,

@@ -76,23 +76,36 @@ def test_served_predictions_match_the_offline_golden_set(
 def test_mlflow_dataframe_records_are_accepted(http: httpx.Client) -> None:
     a = http.post("/predict", json={"instances": [ROW]}).json()["predictions"]
     b = http.post("/predict", json={"dataframe_records": [ROW]}).json()["predictions"]
-    assert a == b and 0 < a[0] < 1
+    assert a == b
+    assert 0 < a[0] < 1
 
 
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        ({"instances": [{**ROW, "age": "thirty"}]}, "Expected `float`, got `str` - at `$.instances[0].age`"),
-        ({"instances": [{**ROW, "age": 250}]}, "Expected `float` <= 100.0 - at `$.instances[0].age`"),
-        ({"instances": [{**ROW, "plan": "gold"}]}, "Invalid enum value 'gold' - at `$.instances[0].plan`"),
-        ({"instances": [{k: v for k, v in ROW.items() if k != "region"}]}, "missing required field `region`"),
+        (
+            {"instances": [{**ROW, "age": "thirty"}]},
+            "Expected `float`, got `str` - at `$.instances[0].age`",
+        ),
+        (
+            {"instances": [{**ROW, "age": 250}]},
+            "Expected `float` <= 100.0 - at `$.instances[0].age`",
+        ),
+        (
+            {"instances": [{**ROW, "plan": "gold"}]},
+            "Invalid enum value 'gold' - at `$.instances[0].plan`",
+        ),
+        (
+            {"instances": [{k: v for k, v in ROW.items() if k != "region"}]},
+            "missing required field `region`",
+        ),
         ({"instances": [{**ROW, "colour": "red"}]}, "unknown field `colour`"),
         ({"instances": []}, "with at least one row"),
         ({"rows": [ROW]}, "unknown field `rows`"),
         ({"instances": [ROW] * 10_001}, "over the 10000-row limit"),
         ("{not json", "not valid JSON"),
     ],
-)  # fmt: skip
+)
 def test_bad_requests_get_a_400_that_says_what_is_wrong(
     http: httpx.Client, body: Any, message: str
 ) -> None:
@@ -116,20 +129,32 @@ def test_metrics_count_requests_errors_and_name_the_version(
     assert 'helmsman_requests_total{code="200",endpoint="/predict"}' in text
     assert 'helmsman_requests_total{code="400",endpoint="/predict"}' in text
     assert 'helmsman_request_seconds_bucket{endpoint="/predict",le="0.005"}' in text
-    assert f'version="{champion.version}"' in text and "helmsman_model_info{" in text
+    assert f'version="{champion.version}"' in text
+    assert "helmsman_model_info{" in text
 
 
 def test_sigterm_shuts_down_cleanly(
     champion: Trained, step_env: dict[str, str], tmp_path: Path
 ) -> None:
     port = free_port()
-    srv = Server("model server", serve_cmd(f"models:/{champion.model_name}/{champion.version}", port),
-                 f"http://127.0.0.1:{port}/readyz", tmp_path / "serve.log", env=step_env).start()  # fmt: skip
+    srv = Server(
+        "model server",
+        serve_cmd(f"models:/{champion.model_name}/{champion.version}", port),
+        f"http://127.0.0.1:{port}/readyz",
+        tmp_path / "serve.log",
+        env=step_env,
+    ).start()
     assert srv.stop(grace=15) == 0, srv.log()
 
 
 def test_a_missing_model_exits_with_bad_input(step_env: dict[str, str]) -> None:
-    proc = subprocess.run(serve_cmd("models:/no-such-model/1", free_port()), env=step_env,
-                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    proc = subprocess.run(
+        serve_cmd("models:/no-such-model/1", free_port()),
+        env=step_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "models:/no-such-model/1 does not exist" in proc.stderr

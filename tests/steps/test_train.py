@@ -52,7 +52,8 @@ def test_a_retried_pod_resumes_from_its_checkpoint_and_ends_identical(
     resumed = run_step(step_env, *args, "--run-key", "resume/a")
     assert resumed.returncode == 0, resumed.stderr
     assert '"after_epoch": 1' in resumed.stderr  # picked up after the checkpointed epoch
-    assert '"epoch": 0,' not in resumed.stderr and '"epoch": 2,' in resumed.stderr
+    assert '"epoch": 0,' not in resumed.stderr
+    assert '"epoch": 2,' in resumed.stderr
 
     straight = run_step(step_env, *args, "--run-key", "resume/b")
     assert straight.returncode == 0, straight.stderr
@@ -119,7 +120,9 @@ def test_outputs_are_probabilities_over_the_whole_input_space(model: NumpyModel)
     columns = {k: rng.uniform(lo, hi, n) for k, (lo, hi) in NUMERIC_RANGES.items()}
     columns |= {k: rng.choice(v, n) for k, v in CATEGORIES.items()}
     p = model.predict(columns)
-    assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+    assert np.isfinite(p).all()
+    assert (p >= 0).all()
+    assert (p <= 1).all()
 
 
 def test_numpy_export_matches_the_logged_pytorch_model(
@@ -142,4 +145,5 @@ def test_training_window_covers_the_interval_and_earlier_days() -> None:
     days = train.training_window(dt.date(2026, 3, 10), dt.date(2026, 3, 11), 3)
     assert days == [dt.date(2026, 3, 8), dt.date(2026, 3, 9), dt.date(2026, 3, 10)]
     wide = train.training_window(dt.date(2026, 3, 1), dt.date(2026, 3, 8), 3)
-    assert wide[0] == dt.date(2026, 3, 1) and len(wide) == 7
+    assert wide[0] == dt.date(2026, 3, 1)
+    assert len(wide) == 7
