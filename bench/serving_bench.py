@@ -39,10 +39,10 @@ ROW = {"age": 30.0, "tenure_months": 3.0, "monthly_charges": 95.5, "total_charge
 
 def train_model(workdir: Path) -> dict[str, str]:
     """Train and register a model in a local MLflow store; return the env that points at it."""
+    # `mlflow models serve` starts `uvicorn` by name: the venv's bin must be on PATH.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     env = {**os.environ, "PYTHONPATH": str(REPO / "images" / "steps" / "src"),
-           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}",
-           # `mlflow models serve` starts `uvicorn` by name: the venv's bin must be on PATH.
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}  # fmt: skip
+           "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}", "PATH": path}  # fmt: skip
     step = [sys.executable, "-m", "helmsman_steps"]
     common = ["--start", "2026-03-01", "--end", "2026-03-02", "--dataset-uri", str(workdir / "ds")]
     subprocess.run([*step, "etl", *common, "--source-uri", "synthetic://churn?rows_per_day=20000"],
@@ -144,7 +144,7 @@ def main() -> int:
         try:
             for server, _, _ in servers.values():
                 server.start(timeout=180)
-            for name, (_, url, body) in servers.items():  # warm-up, not measured
+            for _, url, body in servers.values():  # warm-up, not measured
                 load_in_subprocess(url, body, 1.0, args.concurrency)
             for round_no in range(args.rounds):
                 for name, (_, url, body) in servers.items():
