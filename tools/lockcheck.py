@@ -57,6 +57,9 @@ def load_input(root: Path, input_path: Path) -> Input:
     parsed = parse_input(input_path)
     if input_path.parent.parent == root / "images":
         constraint = root / IMAGE_CONSTRAINT
+        if not constraint.exists():
+            lock = lock_path(input_path).relative_to(root)
+            raise ValueError(f"{lock}: its constraint {IMAGE_CONSTRAINT} is missing")
         parsed.constraint_files.append(constraint)
         parsed.normalized.extend(_logical_lines(constraint))
     return parsed

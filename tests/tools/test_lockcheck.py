@@ -15,9 +15,12 @@ from tools import lockcheck
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    for name in ("requirements.in", "requirements.txt", "requirements-dev.in",
-                 "requirements-dev.txt"):  # fmt: skip
-        shutil.copy(REPO / name, tmp_path / name)
+    """A copy of every lock input and lock, at the same relative paths."""
+    for input_path in lockcheck.lock_inputs(REPO):
+        for path in (input_path, lockcheck.lock_path(input_path)):
+            target = tmp_path / path.relative_to(REPO)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
     return tmp_path
 
 
@@ -58,9 +61,23 @@ def test_a_hand_edited_pin_outside_the_input_range_fails(root: Path) -> None:
                for p in problems), problems  # fmt: skip
 
 
+def test_an_image_lock_must_agree_with_the_dev_lock(root: Path) -> None:
+    lock = root / "images" / "serve" / "requirements.txt"
+    lock.write_text(re.sub(r"^numpy==\S+", "numpy==2.0.0", lock.read_text(), flags=re.M))
+    problems = lockcheck.check(root)
+    assert any(p.startswith("images/serve/requirements.txt pins numpy==2.0.0 but its constraint "
+                            "requirements-dev.txt pins") for p in problems), problems  # fmt: skip
+
+
 def test_a_missing_lock_says_how_to_make_it(root: Path) -> None:
     (root / "requirements-dev.txt").unlink()
-    assert lockcheck.check(root) == ["requirements-dev.txt is missing: run `make lock`"]
+    problems = lockcheck.check(root)
+    assert problems[0] == "requirements-dev.txt is missing: run `make lock`"
+    # The image locks are compiled under the dev lock, so they cannot be checked either.
+    assert problems[1:] == [
+        f"images/{name}/requirements.txt: its constraint requirements-dev.txt is missing"
+        for name in ("pipeline", "serve", "train")
+    ]
 
 
 def test_cli_exit_code(root: Path) -> None:
