@@ -12,7 +12,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.13.8
 # What the quality gates look at. The test suite overrides these to prove each gate can fail.
 RUFF_PATHS ?= dags plugins images localcluster tests tools bench
-MYPY_PATHS ?= plugins/helmsman images/steps/src/helmsman_steps tools
+MYPY_PATHS ?= plugins/helmsman images/steps/src/helmsman_steps localcluster tools
 PYTEST_ARGS ?=
 
 .PHONY: help setup lock lock-check lint format test demo down clean

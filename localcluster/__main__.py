@@ -1,0 +1,127 @@
+"""``python -m localcluster serve``: run the cluster in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import yaml
+from aiohttp import web
+
+from localcluster import config as config_module
+from localcluster.apiserver import ApiServer
+from localcluster.kubelet import Kubelet
+from localcluster.resources import kind
+from localcluster.scheduler import Scheduler
+from localcluster.store import Store, ensure
+
+log = logging.getLogger("localcluster")
+NAMESPACES = kind("", "v1", "namespaces")
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def kubeconfig(server: str) -> dict[str, object]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "localcluster", "cluster": {"server": server}}],
+        "users": [{"name": "localcluster", "user": {"token": "localcluster"}}],
+        "contexts": [
+            {
+                "name": "localcluster",
+                "context": {
+                    "cluster": "localcluster",
+                    "user": "localcluster",
+                    "namespace": "default",
+                },
+            }
+        ],
+        "current-context": "localcluster",
+    }
+
+
+async def serve(args: argparse.Namespace) -> int:
+    cfg = config_module.load(args.config)
+    state = Path(args.state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    store = Store()
+    ensure(
+        store,
+        [
+            (
+                NAMESPACES,
+                {
+                    "metadata": {"name": n},
+                    "spec": {"finalizers": ["kubernetes"]},
+                    "status": {"phase": "Active"},
+                },
+            )
+            for n in SYSTEM_NAMESPACES
+        ],
+    )
+
+    api = ApiServer(store)
+    runner = web.AppRunner(api.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=1)
+    await site.start()
+    port = runner.addresses[0][1]
+    server = f"http://{args.host}:{port}"
+
+    kubelet = Kubelet(store, cfg, state, (args.host, port))
+    api.logs = kubelet
+    kubelet.register_nodes()
+    scheduler = Scheduler(store)
+    tasks = [asyncio.ensure_future(kubelet.run()), asyncio.ensure_future(scheduler.run())]
+
+    path = Path(args.kubeconfig)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(kubeconfig(server), sort_keys=False))
+    print(f"localcluster: serving {server}; kubeconfig {path}", flush=True)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    print("localcluster: stopping pods", flush=True)
+    await kubelet.shutdown(grace=args.grace_seconds)
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await runner.cleanup()
+    print("localcluster: stopped", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m localcluster", description="A local Kubernetes that runs pods as processes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("serve", help="run the API server, scheduler and kubelet until SIGTERM")
+    run.add_argument("--state-dir", required=True, help="folder for pod logs and volumes")
+    run.add_argument("--kubeconfig", required=True, help="where to write the kubeconfig")
+    run.add_argument("--port", type=int, default=0, help="API port (default: a free one)")
+    run.add_argument("--host", default="127.0.0.1", help="API address")
+    run.add_argument("--config", help="YAML file with nodes and the image map")
+    run.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=10,
+        help="on shutdown, how long pods get between SIGTERM and SIGKILL",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    return asyncio.run(serve(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

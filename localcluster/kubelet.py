@@ -1,0 +1,691 @@
+"""The kubelet: runs the containers of pods bound to localcluster's nodes as local processes.
+
+For each pod it assigns a loopback address of its own (``status.podIP``), resolves each
+container's image through the image map (an unknown image fails like a pull:
+``ErrImagePull``, then ``ImagePullBackOff``), builds the environment (``value``,
+``valueFrom`` with fieldRef / secretKeyRef / configMapKeyRef, ``envFrom``, ``$(VAR)``
+expansion), runs init containers in order and then the containers, each in its own process
+group, keeps their output as timestamped logs, applies ``restartPolicy`` with the doubling
+back-off of ``CrashLoopBackOff``, and reports container states, pod conditions and phases as
+the real kubelet does. A deleted pod's processes get SIGTERM, then SIGKILL after the grace
+period, before the pod object goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localcluster import errors, events
+from localcluster.config import Config, Runtime
+from localcluster.resources import kind
+from localcluster.scheduler import set_condition
+from localcluster.store import Obj, Store, now
+
+PODS = kind("", "v1", "pods")
+NODES = kind("", "v1", "nodes")
+SECRETS = kind("", "v1", "secrets")
+CONFIGMAPS = kind("", "v1", "configmaps")
+COMPONENT = "kubelet"
+MAX_BACKOFF = 300.0
+
+
+def rfc3339_nano(moment: dt.datetime | None = None) -> str:
+    moment = moment or dt.datetime.now(dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
+
+
+@dataclass
+class ContainerRun:
+    """One container of a pod: its attempts, log files and current state."""
+
+    name: str
+    spec: dict[str, Any]
+    restart_count: int = 0
+    process: asyncio.subprocess.Process | None = None
+    state: dict[str, Any] = field(
+        default_factory=lambda: {"waiting": {"reason": "ContainerCreating"}}
+    )
+    last_state: dict[str, Any] = field(default_factory=dict)
+    ready: bool = False
+    started: bool = False
+    log_dir: Path = Path()
+    attempt_done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def log_path(self, attempt: int | None = None) -> Path:
+        return self.log_dir / f"{self.restart_count if attempt is None else attempt}.log"
+
+    def status(self, image: str) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "name": self.name,
+            "image": image,
+            "imageID": f"localcluster://{image}",
+            "ready": self.ready,
+            "restartCount": self.restart_count,
+            "started": self.started,
+            "state": self.state,
+            "lastState": self.last_state,
+        }
+        if "running" in self.state or "terminated" in self.state:
+            status["containerID"] = f"localcluster://{self.name}-{self.restart_count}"
+        return status
+
+
+class PodWorker:
+    def __init__(self, kubelet: Kubelet, pod: Obj, ip: str) -> None:
+        self.kubelet, self.store = kubelet, kubelet.store
+        self.ns, self.name, self.uid = (
+            pod["metadata"]["namespace"],
+            pod["metadata"]["name"],
+            pod["metadata"]["uid"],
+        )
+        self.ip = ip
+        self.dir = kubelet.state_dir / "pods" / f"{self.ns}_{self.name}_{self.uid}"
+        spec = pod["spec"]
+        self.init = [ContainerRun(c["name"], c) for c in spec.get("initContainers", [])]
+        self.main = [ContainerRun(c["name"], c) for c in spec.get("containers", [])]
+        for run in self.init + self.main:
+            run.log_dir = self.dir / "logs" / run.name
+            run.log_dir.mkdir(parents=True, exist_ok=True)
+        self.restart_policy = spec.get("restartPolicy", "Always")
+        self.stopping = False
+        self.task: asyncio.Task[None] | None = None
+
+    # -- status ----------------------------------------------------------------------------
+    def publish(self, phase: str | None = None, reason: str = "", message: str = "") -> None:
+        def write(pod: Obj) -> None:
+            status = pod.setdefault("status", {})
+            if phase:
+                status["phase"] = phase
+            status.setdefault("phase", "Pending")
+            status["podIP"], status["hostIP"] = self.ip, "127.0.0.1"
+            status["podIPs"], status["hostIPs"] = [{"ip": self.ip}], [{"ip": "127.0.0.1"}]
+            status.setdefault("startTime", now())
+            status["qosClass"] = "BestEffort"
+            images = {
+                c["name"]: c.get("image", "")
+                for c in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", [])
+            }
+            status["containerStatuses"] = [r.status(images[r.name]) for r in self.main]
+            if self.init:
+                status["initContainerStatuses"] = [r.status(images[r.name]) for r in self.init]
+            initialized = all(
+                "terminated" in r.state and r.state["terminated"]["exitCode"] == 0
+                for r in self.init
+            )
+            ready = bool(self.main) and all(r.ready for r in self.main)
+            set_condition(pod, "PodReadyToStartContainers", "True")
+            set_condition(
+                pod,
+                "Initialized",
+                "True" if initialized else "False",
+                "" if initialized else "ContainersNotInitialized",
+            )
+            set_condition(
+                pod,
+                "ContainersReady",
+                "True" if ready else "False",
+                "" if ready else "ContainersNotReady",
+            )
+            set_condition(
+                pod, "Ready", "True" if ready else "False", "" if ready else "ContainersNotReady"
+            )
+            if reason:
+                status["reason"], status["message"] = reason, message
+
+        with contextlib.suppress(errors.ApiError):
+            self.store.update(PODS, self.ns, self.name, write, "status")
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        pod = self.store.find(PODS, self.ns, self.name)
+        if pod is not None:
+            events.record(self.store, pod, type_, reason, message, COMPONENT)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self) -> None:
+        pod = self.store.get(PODS, self.ns, self.name)
+        self.publish("Pending")
+        runtimes = await self._pull_images(pod)
+        if runtimes is None:
+            return
+        for run in self.init:
+            while True:
+                code = await self._run_once(pod, run, runtimes[run.name])
+                if code == 0 or self.stopping:
+                    break
+                if self.restart_policy == "Never":
+                    self.publish("Failed")
+                    return
+                await self._back_off(run)
+            if self.stopping:
+                return
+        self.publish("Running")
+        await asyncio.gather(
+            *(self._keep_running(pod, run, runtimes[run.name]) for run in self.main)
+        )
+        if not self.stopping:
+            failed = any(r.state.get("terminated", {}).get("exitCode", 0) != 0 for r in self.main)
+            self.publish("Failed" if failed else "Succeeded")
+
+    async def _pull_images(self, pod: Obj) -> dict[str, Runtime] | None:
+        runtimes: dict[str, Runtime] = {}
+        delay = self.kubelet.config.restart_backoff_seconds
+        while not self.stopping:
+            missing = []
+            for run in self.init + self.main:
+                image = run.spec.get("image", "")
+                runtime = self.kubelet.config.runtime_for(image)
+                if runtime is None:
+                    missing.append(run)
+                else:
+                    runtimes[run.name] = runtime
+            if not missing:
+                for run in self.init + self.main:
+                    self.event(
+                        "Normal",
+                        "Pulled",
+                        f'Container image "{run.spec.get("image")}" already present on machine',
+                    )
+                return runtimes
+            for run in missing:
+                image = run.spec.get("image", "")
+                message = (
+                    f'failed to pull and unpack image "{image}": failed to resolve reference '
+                    f'"{image}": not found in the localcluster image map'
+                )
+                self.event("Normal", "Pulling", f'Pulling image "{image}"')
+                self.event("Warning", "Failed", f'Failed to pull image "{image}": {message}')
+                self.event("Warning", "Failed", "Error: ErrImagePull")
+                run.state = {"waiting": {"reason": "ErrImagePull", "message": message}}
+            self.publish("Pending")
+            await asyncio.sleep(min(delay, 2.0))
+            for run in missing:
+                image = run.spec.get("image", "")
+                run.state = {
+                    "waiting": {
+                        "reason": "ImagePullBackOff",
+                        "message": f'Back-off pulling image "{image}"',
+                    }
+                }
+                self.event("Normal", "BackOff", f'Back-off pulling image "{image}"')
+                self.event("Warning", "Failed", "Error: ImagePullBackOff")
+            self.publish("Pending")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+        return None
+
+    async def _keep_running(self, pod: Obj, run: ContainerRun, runtime: Runtime) -> None:
+        while not self.stopping:
+            code = await self._run_once(pod, run, runtime)
+            if self.stopping or self.restart_policy == "Never":
+                return
+            if self.restart_policy == "OnFailure" and code == 0:
+                return
+            await self._back_off(run)
+
+    async def _back_off(self, run: ContainerRun) -> None:
+        delay = min(
+            self.kubelet.config.restart_backoff_seconds * 2 ** max(run.restart_count - 1, 0),
+            MAX_BACKOFF,
+        )
+        run.last_state = {"terminated": run.state.get("terminated", {})}
+        run.restart_count += 1
+        run.state = {
+            "waiting": {
+                "reason": "CrashLoopBackOff",
+                "message": f"back-off {delay:.0f}s restarting failed container="
+                f"{run.name} pod={self.name}_{self.ns}({self.uid})",
+            }
+        }
+        self.event("Warning", "BackOff", "Back-off restarting failed container")
+        self.publish()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped(), delay)
+
+    async def _stopped(self) -> None:
+        while not self.stopping:
+            await asyncio.sleep(0.1)
+
+    async def _run_once(self, pod: Obj, run: ContainerRun, runtime: Runtime) -> int:
+        run.attempt_done = asyncio.Event()
+        try:
+            argv, env, cwd = self._command(pod, run, runtime)
+        except errors.ApiError as exc:
+            run.state = {
+                "waiting": {"reason": "CreateContainerConfigError", "message": exc.message}
+            }
+            self.event("Warning", "Failed", f"Error: {exc.message}")
+            self.publish()
+            run.attempt_done.set()
+            await asyncio.sleep(self.kubelet.config.restart_backoff_seconds)
+            return 1
+        log_file = run.log_path().open("ab")
+        started = rfc3339_nano()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                env=env,
+                cwd=cwd,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            log_file.close()
+            message = f"exec: {argv[0]!r}: {exc.strerror}"
+            run.state = {
+                "terminated": {
+                    "exitCode": 128,
+                    "reason": "StartError",
+                    "message": message,
+                    "startedAt": started,
+                    "finishedAt": now(),
+                }
+            }
+            self.event("Warning", "Failed", f"Error: failed to start container: {message}")
+            self.publish()
+            run.attempt_done.set()
+            return 128
+        run.process = process
+        run.started, run.ready = True, "readinessProbe" not in run.spec
+        run.state = {"running": {"startedAt": started[:19] + "Z"}}
+        self.event("Normal", "Created", f"Created container {run.name}")
+        self.event("Normal", "Started", f"Started container {run.name}")
+        self.publish()
+        output = process.stdout
+        if output is None:  # never: stdout is a pipe
+            raise RuntimeError("container stdout is not captured")
+        try:
+            async for line in output:
+                log_file.write(rfc3339_nano().encode() + b" " + line)
+                log_file.flush()
+            code = await process.wait()
+        finally:
+            log_file.close()
+        exit_code = 128 - code if code < 0 else code
+        reason = "Completed" if exit_code == 0 else "Error"
+        if code < 0 and -code == signal.SIGKILL and run.spec.get("_oom"):
+            reason = "OOMKilled"
+        run.state = {
+            "terminated": {
+                "exitCode": exit_code,
+                "reason": reason,
+                "startedAt": started[:19] + "Z",
+                "finishedAt": now(),
+                "containerID": f"localcluster://{run.name}-{run.restart_count}",
+            }
+        }
+        run.ready, run.process = False, None
+        self.publish()
+        run.attempt_done.set()
+        return exit_code
+
+    def _command(
+        self, pod: Obj, run: ContainerRun, runtime: Runtime
+    ) -> tuple[list[str], dict[str, str], str]:
+        spec = run.spec
+        env = self._environment(pod, spec, runtime)
+        command = list(spec.get("command") or runtime.default_command)
+        args = list(spec.get("args") or [])
+        argv = [expand(a, env) for a in command + args]
+        if not argv:
+            raise errors.bad_request(
+                f"container {run.name} has no command and its image no entrypoint"
+            )
+        head = runtime.entrypoints.get(argv[0])
+        if head is not None:
+            argv = head + argv[1:]
+        if argv[0] == "python" or re.fullmatch(r"python3(\.\d+)?", argv[0]):
+            argv[0] = runtime.python
+        elif "/" not in argv[0]:
+            found = shutil.which(argv[0], path=env["PATH"])
+            argv[0] = found or argv[0]
+        cwd = spec.get("workingDir") or runtime.working_dir or str(self.dir)
+        Path(cwd).mkdir(parents=True, exist_ok=True)
+        return argv, env, cwd
+
+    def _environment(self, pod: Obj, spec: dict[str, Any], runtime: Runtime) -> dict[str, str]:
+        api = self.kubelet.api_address
+        env: dict[str, str] = {
+            "PATH": os.pathsep.join([*runtime.path, os.environ.get("PATH", "/usr/bin:/bin")]),
+            "HOME": str(self.dir),
+            "HOSTNAME": self.name,
+            "LANG": "C.UTF-8",
+            "KUBERNETES_SERVICE_HOST": api[0],
+            "KUBERNETES_SERVICE_PORT": str(api[1]),
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(runtime.env)
+        env.update(self.kubelet.service_env(self.ns))
+        for source in spec.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            if "configMapRef" in source:
+                data = self._data(CONFIGMAPS, source["configMapRef"], decode=False)
+            else:
+                data = self._data(SECRETS, source["secretRef"], decode=True)
+            env.update({prefix + k: v for k, v in data.items()})
+        for var in spec.get("env") or []:
+            if "valueFrom" in var:
+                value = self._value_from(pod, var["valueFrom"])
+                if value is None:
+                    continue
+                env[var["name"]] = value
+            else:
+                env[var["name"]] = expand(var.get("value", ""), env)
+        return env
+
+    def _data(self, kind: Any, ref: dict[str, Any], decode: bool) -> dict[str, str]:
+        obj = self.store.find(kind, self.ns, ref["name"])
+        if obj is None:
+            if ref.get("optional"):
+                return {}
+            raise errors.not_found(kind.plural, ref["name"])
+        data = dict(obj.get("data") or {})
+        if decode:
+            data = {k: base64.b64decode(v).decode() for k, v in data.items()}
+            data.update(obj.get("stringData") or {})
+        return data
+
+    def _value_from(self, pod: Obj, source: dict[str, Any]) -> str | None:
+        if "fieldRef" in source:
+            path = source["fieldRef"]["fieldPath"]
+            live = {
+                **pod,
+                "status": {**pod.get("status", {}), "podIP": self.ip, "hostIP": "127.0.0.1"},
+            }
+            match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+            if match:
+                return str((live["metadata"].get(match.group(1)) or {}).get(match.group(2), ""))
+            value: Any = live
+            for part in path.split("."):
+                value = value.get(part, "") if isinstance(value, dict) else ""
+            return str(value)
+        if "resourceFieldRef" in source:
+            return "0"
+        for key, source_kind, decode in (
+            ("secretKeyRef", SECRETS, True),
+            ("configMapKeyRef", CONFIGMAPS, False),
+        ):
+            if key in source:
+                ref = source[key]
+                data = self._data(source_kind, ref, decode)
+                if ref["key"] not in data:
+                    if ref.get("optional"):
+                        return None
+                    raise errors.bad_request(
+                        f"couldn't find key {ref['key']} in {kind.kind} {self.ns}/{ref['name']}"
+                    )
+                return data[ref["key"]]
+        return None
+
+    async def stop(self, grace: float) -> None:
+        """SIGTERM every container's process group, SIGKILL after ``grace`` seconds."""
+        self.stopping = True
+        running = [
+            r.process for r in self.init + self.main if r.process and r.process.returncode is None
+        ]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        if running:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), grace)
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        if running:
+            await asyncio.gather(*(p.wait() for p in running))
+        if self.task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self.task, 5)
+
+    # -- logs ------------------------------------------------------------------------------
+    def container(self, name: str) -> ContainerRun | None:
+        return next((r for r in self.init + self.main if r.name == name), None)
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes' ``$(VAR)`` expansion; ``$$(VAR)`` escapes; unknown references stay."""
+    return re.sub(
+        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
+        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
+        value,
+    )
+
+
+class Kubelet:
+    def __init__(
+        self, store: Store, config: Config, state_dir: Path, api_address: tuple[str, int]
+    ) -> None:
+        self.store, self.config, self.state_dir = store, config, state_dir
+        self.api_address = api_address
+        self.nodes = {n.name for n in config.nodes}
+        self.workers: dict[str, PodWorker] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._next_ip = 0
+
+    def _allocate_ip(self) -> str:
+        self._next_ip += 1
+        n = self._next_ip
+        return f"127.10.{(n // 250) % 250}.{n % 250 + 2}"
+
+    def service_env(self, namespace: str) -> dict[str, str]:
+        """Docker-link style variables for the Services of a namespace (set by controllers)."""
+        return {}
+
+    def register_nodes(self) -> None:
+        for spec in self.config.nodes:
+            if self.store.find(NODES, "", spec.name) is not None:
+                continue
+            self.store.create(
+                NODES,
+                "",
+                {
+                    "metadata": {
+                        "name": spec.name,
+                        "labels": {"kubernetes.io/hostname": spec.name, **spec.labels},
+                    },
+                    "spec": {"taints": list(spec.taints)} if spec.taints else {},
+                    "status": {
+                        "capacity": dict(spec.capacity),
+                        "allocatable": dict(spec.capacity),
+                        "conditions": [
+                            {
+                                "type": "Ready",
+                                "status": "True",
+                                "reason": "KubeletReady",
+                                "message": "kubelet is posting ready status",
+                                "lastHeartbeatTime": now(),
+                                "lastTransitionTime": now(),
+                            }
+                        ],
+                        "addresses": [
+                            {"type": "InternalIP", "address": "127.0.0.1"},
+                            {"type": "Hostname", "address": spec.name},
+                        ],
+                        "nodeInfo": {
+                            "kubeletVersion": "v1.32.0-localcluster",
+                            "operatingSystem": "linux",
+                            "architecture": "amd64",
+                            "containerRuntimeVersion": "localcluster://1",
+                        },
+                    },
+                },
+            )
+
+    async def run(self) -> None:
+        watch, replay = self.store.watch(PODS, None, "0")
+        try:
+            for event in replay:
+                self._handle(event.type, event.obj)
+            while True:
+                event = await watch.queue.get()
+                self._handle(event.type, event.obj)
+        finally:
+            self.store.unwatch(watch)
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _handle(self, type_: str, pod: Obj) -> None:
+        uid = pod["metadata"]["uid"]
+        if pod["spec"].get("nodeName") not in self.nodes:
+            return
+        worker = self.workers.get(uid)
+        if type_ == "DELETED":
+            if worker is not None:
+                self._background(self._finish(worker, 0, remove=False))
+            return
+        if pod["metadata"].get("deletionTimestamp"):
+            if worker is not None and not worker.stopping:
+                grace = float(pod["metadata"].get("deletionGracePeriodSeconds") or 0)
+                self._background(self._finish(worker, grace, remove=True))
+            elif worker is None:
+                self._remove(pod)
+            return
+        if worker is None and pod.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+            worker = PodWorker(self, pod, self._allocate_ip())
+            self.workers[uid] = worker
+            worker.task = asyncio.ensure_future(self._guard(worker))
+
+    async def _guard(self, worker: PodWorker) -> None:
+        try:
+            await worker.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug here must show on the pod, not vanish
+            worker.event("Warning", "FailedKubelet", f"localcluster kubelet error: {exc!r}")
+
+    async def _finish(self, worker: PodWorker, grace: float, remove: bool) -> None:
+        await worker.stop(grace)
+        self.workers.pop(worker.uid, None)
+        if remove:
+            pod = self.store.find(PODS, worker.ns, worker.name)
+            if pod is not None and pod["metadata"]["uid"] == worker.uid:
+                self._remove(pod)
+
+    def _remove(self, pod: Obj) -> None:
+        def clear(p: Obj) -> None:
+            p["metadata"]["finalizers"] = []
+
+        with contextlib.suppress(errors.ApiError):
+            ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+            current = self.store.get(PODS, ns, name)
+            current.setdefault("status", {})["phase"] = current["status"].get("phase", "Pending")
+            if current["metadata"].get("finalizers"):
+                return  # someone else's finalizer holds it; they remove it
+            self.store._remove(PODS, ns, name, current)  # the kubelet's final delete (grace 0)
+
+    async def shutdown(self, grace: float = 10) -> None:
+        """Stop every pod's processes: SIGTERM, then SIGKILL after ``grace`` seconds."""
+        await asyncio.gather(*(w.stop(grace) for w in list(self.workers.values())))
+
+    # -- logs ------------------------------------------------------------------------------
+    def stream_logs(
+        self, pod: Obj, container: str, options: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        name = pod["metadata"]["name"]
+        worker = self.workers.get(pod["metadata"]["uid"])
+        log_dir = (
+            self.state_dir
+            / "pods"
+            / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}_{pod['metadata']['uid']}"
+            / "logs"
+            / container
+        )
+        run = worker.container(container) if worker else None
+        attempt = run.restart_count if run else _latest_attempt(log_dir)
+        if options["previous"]:
+            if attempt is None or attempt == 0:
+                raise errors.bad_request(
+                    f'previous terminated container "{container}" in pod "{name}" not found'
+                )
+            attempt -= 1
+        if attempt is None:
+            raise errors.bad_request(
+                f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
+            )
+        path = log_dir / f"{attempt}.log"
+        if (
+            run is not None
+            and "waiting" in run.state
+            and not path.exists()
+            and not options["previous"]
+        ):
+            reason = run.state["waiting"].get("reason", "ContainerCreating")
+            raise errors.bad_request(
+                f'container "{container}" in pod "{name}" is waiting to start: {reason}'
+            )
+        return self._read(path, run if not options["previous"] else None, options)
+
+    async def _read(
+        self, path: Path, run: ContainerRun | None, options: dict[str, Any]
+    ) -> AsyncIterator[bytes]:
+        since = None
+        if options["since_seconds"] is not None:
+            since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=options["since_seconds"])
+        elif options["since_time"]:
+            since = dt.datetime.fromisoformat(options["since_time"].replace("Z", "+00:00"))
+
+        def render(raw: bytes) -> bytes | None:
+            stamp, _, text = raw.partition(b" ")
+            if since is not None:
+                moment = dt.datetime.fromisoformat(stamp[:26].decode() + "+00:00")
+                if moment < since:
+                    return None
+            return raw if options["timestamps"] else text
+
+        lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
+        complete = [ln for ln in lines if ln.endswith(b"\n")]
+        if options["tail_lines"] is not None:
+            complete = complete[-options["tail_lines"] :] if options["tail_lines"] else []
+        offset = sum(len(ln) for ln in lines if ln.endswith(b"\n"))
+        for line in complete:
+            out = render(line)
+            if out is not None:
+                yield out
+        if not options["follow"] or run is None:
+            return
+        done = run.attempt_done
+        if not path.exists():
+            return
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            pending = b""
+            while True:
+                chunk = handle.read()
+                if chunk:
+                    pending += chunk
+                    *full, pending = pending.split(b"\n")
+                    for line in full:
+                        out = render(line + b"\n")
+                        if out is not None:
+                            yield out
+                    continue
+                if done.is_set():
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), 0.2)
+
+
+def _latest_attempt(log_dir: Path) -> int | None:
+    attempts = [int(p.stem) for p in log_dir.glob("*.log") if p.stem.isdigit()]
+    return max(attempts) if attempts else None
+
+
+def dump(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

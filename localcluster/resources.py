@@ -1,0 +1,196 @@
+"""The kinds localcluster serves, and their discovery documents.
+
+Kinds it runs (pods, deployments, ...) and kinds it only stores so that ``kubectl apply`` of
+real manifests works (roles, network policies, ...) are listed alike; which components act on
+a kind is up to the components.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    namespaced: bool = True
+    subresources: tuple[str, ...] = ()
+    short_names: tuple[str, ...] = ()
+    verbs: tuple[str, ...] = (
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    )
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def key(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+
+KINDS: tuple[Kind, ...] = (
+    Kind(
+        "",
+        "v1",
+        "namespaces",
+        "Namespace",
+        namespaced=False,
+        subresources=("status",),
+        short_names=("ns",),
+    ),
+    Kind(
+        "", "v1", "nodes", "Node", namespaced=False, subresources=("status",), short_names=("no",)
+    ),
+    Kind(
+        "",
+        "v1",
+        "pods",
+        "Pod",
+        subresources=("status", "log", "binding", "eviction"),
+        short_names=("po",),
+    ),
+    Kind("", "v1", "events", "Event", short_names=("ev",)),
+    Kind("", "v1", "services", "Service", subresources=("status",), short_names=("svc",)),
+    Kind("", "v1", "endpoints", "Endpoints", short_names=("ep",)),
+    Kind("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
+    Kind("", "v1", "secrets", "Secret"),
+    Kind("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
+    Kind(
+        "",
+        "v1",
+        "persistentvolumeclaims",
+        "PersistentVolumeClaim",
+        subresources=("status",),
+        short_names=("pvc",),
+    ),
+    Kind(
+        "",
+        "v1",
+        "resourcequotas",
+        "ResourceQuota",
+        subresources=("status",),
+        short_names=("quota",),
+    ),
+    Kind("", "v1", "limitranges", "LimitRange", short_names=("limits",)),
+    Kind(
+        "apps",
+        "v1",
+        "deployments",
+        "Deployment",
+        subresources=("status", "scale"),
+        short_names=("deploy",),
+    ),
+    Kind(
+        "apps",
+        "v1",
+        "replicasets",
+        "ReplicaSet",
+        subresources=("status", "scale"),
+        short_names=("rs",),
+    ),
+    Kind("apps", "v1", "controllerrevisions", "ControllerRevision"),
+    Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
+    Kind(
+        "autoscaling",
+        "v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+        subresources=("status",),
+        short_names=("hpa",),
+    ),
+    Kind(
+        "policy",
+        "v1",
+        "poddisruptionbudgets",
+        "PodDisruptionBudget",
+        subresources=("status",),
+        short_names=("pdb",),
+    ),
+    Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short_names=("netpol",)),
+    Kind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
+    Kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
+    Kind("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False),
+    Kind(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        namespaced=False,
+    ),
+    Kind("batch", "v1", "jobs", "Job", subresources=("status",)),
+    Kind("coordination.k8s.io", "v1", "leases", "Lease"),
+)
+
+BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}
+BY_KIND = {(k.api_version, k.kind): k for k in KINDS}
+
+
+def lookup(group: str, version: str, plural: str) -> Kind | None:
+    return BY_PATH.get((group, version, plural))
+
+
+def kind(group: str, version: str, plural: str) -> Kind:
+    """A kind this module declares (for components' constants); KeyError otherwise."""
+    return BY_PATH[(group, version, plural)]
+
+
+def groups() -> dict[str, list[str]]:
+    """Group name -> versions served, in the order kinds are declared."""
+    result: dict[str, list[str]] = {}
+    for k in KINDS:
+        if k.group and k.version not in result.setdefault(k.group, []):
+            result[k.group].append(k.version)
+    return result
+
+
+def resource_list(group: str, version: str) -> dict[str, Any] | None:
+    kinds = [k for k in KINDS if (k.group, k.version) == (group, version)]
+    if not kinds:
+        return None
+    resources: list[dict[str, Any]] = []
+    for k in kinds:
+        resources.append(
+            {
+                "name": k.plural,
+                "singularName": k.kind.lower(),
+                "namespaced": k.namespaced,
+                "kind": k.kind,
+                "verbs": list(k.verbs),
+                "shortNames": list(k.short_names),
+            }
+        )
+        for sub in k.subresources:
+            sub_kind = {"scale": "Scale", "binding": "Binding", "eviction": "Eviction"}.get(
+                sub, k.kind
+            )
+            resources.append(
+                {
+                    "name": f"{k.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": k.namespaced,
+                    "kind": sub_kind,
+                    "verbs": ["get"]
+                    if sub == "log"
+                    else ["create"]
+                    if sub in ("binding", "eviction")
+                    else ["get", "patch", "update"],
+                }
+            )
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": f"{group}/{version}" if group else version,
+        "resources": resources,
+    }

@@ -1,0 +1,314 @@
+"""The object store: what etcd plus the API server's registry do in Kubernetes.
+
+Objects are plain dicts keyed by (kind, namespace, name). Every write takes the next
+resourceVersion from one counter, is appended to a bounded event history and fanned out to
+watchers. Optimistic concurrency, generation, finalizers, graceful pod deletion and garbage
+collection through ownerReferences live here, because in Kubernetes they hold for every
+client and every controller alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import copy
+import datetime as dt
+import re
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from localcluster import errors
+from localcluster.resources import BY_KIND, Kind, kind
+
+Obj = dict[str, Any]
+HISTORY = 10_000
+_DNS1123_SUBDOMAIN = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+
+
+def now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Event:
+    type: str  # ADDED, MODIFIED, DELETED
+    kind: Kind
+    obj: Obj
+    rv: int
+
+
+@dataclass
+class Watch:
+    kind: Kind
+    namespace: str | None
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+
+    def wants(self, event: Event) -> bool:
+        if event.kind != self.kind:
+            return False
+        return self.namespace is None or event.obj["metadata"].get("namespace") == self.namespace
+
+
+class Store:
+    def __init__(self) -> None:
+        self._objects: dict[tuple[str, str, str], Obj] = {}
+        self._rv = 0
+        self._history: deque[Event] = deque(maxlen=HISTORY)
+        self._watches: list[Watch] = []
+        self._changed = asyncio.Event()
+
+    # -- reads -----------------------------------------------------------------------------
+    @property
+    def resource_version(self) -> str:
+        return str(self._rv)
+
+    def get(self, kind: Kind, namespace: str, name: str) -> Obj:
+        obj = self._objects.get((kind.key, namespace if kind.namespaced else "", name))
+        if obj is None:
+            raise errors.not_found(kind.plural, name, kind.group)
+        return copy.deepcopy(obj)
+
+    def find(self, kind: Kind, namespace: str, name: str) -> Obj | None:
+        try:
+            return self.get(kind, namespace, name)
+        except errors.ApiError:
+            return None
+
+    def list(
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        where: Callable[[Obj], bool] | None = None,
+    ) -> list[Obj]:
+        items = [
+            copy.deepcopy(obj)
+            for (key, ns, _), obj in sorted(self._objects.items())
+            if key == kind.key and (namespace is None or not kind.namespaced or ns == namespace)
+        ]
+        return [o for o in items if where is None or where(o)]
+
+    # -- writes ----------------------------------------------------------------------------
+    def _bump(self) -> str:
+        self._rv += 1
+        return str(self._rv)
+
+    def _emit(self, type_: str, kind: Kind, obj: Obj) -> None:
+        event = Event(type_, kind, copy.deepcopy(obj), self._rv)
+        self._history.append(event)
+        for watch in self._watches:
+            if watch.wants(event):
+                watch.queue.put_nowait(event)
+        self._changed.set()
+
+    def create(self, kind: Kind, namespace: str, obj: Obj) -> Obj:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        name = meta.get("name") or ""
+        if not name:
+            raise errors.invalid(
+                kind.kind, "", "metadata.name: Required value: name or generateName is required"
+            )
+        if not _DNS1123_SUBDOMAIN.match(name) or len(name) > 253:
+            raise errors.invalid(
+                kind.kind,
+                name,
+                f'metadata.name: Invalid value: "{name}": a lowercase RFC 1123 subdomain must '
+                "consist of lower case alphanumeric characters, '-' or '.', and must start and "
+                "end with an alphanumeric character",
+            )
+        ns = ""
+        if kind.namespaced:
+            ns = namespace or meta.get("namespace") or "default"
+            if meta.get("namespace") not in (None, ns):
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match the namespace sent on "
+                    "the request"
+                )
+            if self.find(NAMESPACES, "", ns) is None:
+                raise errors.not_found("namespaces", ns)
+            meta["namespace"] = ns
+        key = (kind.key, ns, name)
+        if key in self._objects:
+            raise errors.already_exists(kind.plural, name, kind.group)
+        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        meta.update(uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=now())
+        meta.pop("deletionTimestamp", None)
+        if "spec" in obj or kind.kind in ("Deployment", "ReplicaSet", "Pod", "Service"):
+            meta["generation"] = 1
+        self._objects[key] = obj
+        self._emit("ADDED", kind, obj)
+        return copy.deepcopy(obj)
+
+    def replace(
+        self, kind: Kind, namespace: str, name: str, obj: Obj, subresource: str = ""
+    ) -> Obj:
+        """PUT semantics: whole object (or its status), with optimistic concurrency."""
+        current = self.get(kind, namespace, name)
+        new = copy.deepcopy(obj)
+        meta = new.setdefault("metadata", {})
+        sent_rv = meta.get("resourceVersion")
+        if sent_rv and sent_rv != current["metadata"]["resourceVersion"]:
+            raise errors.conflict(kind.plural, name, kind.group)
+        if meta.get("name", name) != name:
+            raise errors.bad_request(
+                f"the name of the object ({meta.get('name')}) does not match the name on the "
+                f"URL ({name})"
+            )
+        if subresource == "status":
+            merged = {**current, "status": new.get("status", {})}
+            new = merged
+        else:
+            if "status" in current and kind.kind != "Namespace":
+                new["status"] = current["status"]  # status changes only through /status
+            for immutable in (
+                "uid",
+                "creationTimestamp",
+                "namespace",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+            ):
+                if immutable in current["metadata"]:
+                    meta[immutable] = current["metadata"][immutable]
+                else:
+                    meta.pop(immutable, None)
+            meta["name"] = name
+            if "generation" in current["metadata"]:
+                changed = new.get("spec") != current.get("spec")
+                meta["generation"] = current["metadata"]["generation"] + (1 if changed else 0)
+        new["apiVersion"], new["kind"] = kind.api_version, kind.kind
+        new["metadata"]["resourceVersion"] = self._bump()
+        ns = current["metadata"].get("namespace", "")
+        released = new["metadata"].get("deletionTimestamp") and not new["metadata"].get(
+            "finalizers"
+        )
+        if released and (kind.kind != "Pod" or not self._pod_needs_kubelet(new)):
+            return self._remove(kind, ns, name, new)
+        self._objects[(kind.key, ns, name)] = new
+        self._emit("MODIFIED", kind, new)
+        return copy.deepcopy(new)
+
+    def update(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        mutate: Callable[[Obj], None],
+        subresource: str = "",
+    ) -> Obj:
+        """Read-modify-write for components: apply ``mutate`` to the current object."""
+        obj = self.get(kind, namespace, name)
+        before = copy.deepcopy(obj)
+        mutate(obj)
+        if obj == before:
+            return obj
+        return self.replace(kind, namespace, name, obj, subresource)
+
+    @staticmethod
+    def _pod_needs_kubelet(pod: Obj) -> bool:
+        phase = pod.get("status", {}).get("phase")
+        return bool(pod.get("spec", {}).get("nodeName")) and phase not in ("Succeeded", "Failed")
+
+    def delete(
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        grace_seconds: int | None = None,
+        propagation: str = "Background",
+    ) -> Obj:
+        obj = self.get(kind, namespace, name)
+        meta = obj["metadata"]
+        ns = meta.get("namespace", "")
+        if kind.kind == "Pod" and self._pod_needs_kubelet(obj):
+            grace = grace_seconds
+            if grace is None:
+                grace = obj["spec"].get("terminationGracePeriodSeconds", 30)
+            if grace > 0 or meta.get("finalizers"):
+                # Graceful: the kubelet stops the containers, then deletes with grace 0.
+                if not meta.get("deletionTimestamp"):
+                    meta["deletionTimestamp"] = now()
+                    meta["deletionGracePeriodSeconds"] = grace
+                    meta["resourceVersion"] = self._bump()
+                    self._objects[(kind.key, ns, name)] = obj
+                    self._emit("MODIFIED", kind, obj)
+                return copy.deepcopy(obj)
+        if meta.get("finalizers"):
+            if not meta.get("deletionTimestamp"):
+                meta["deletionTimestamp"] = now()
+                meta["deletionGracePeriodSeconds"] = 0
+                meta["resourceVersion"] = self._bump()
+                self._objects[(kind.key, ns, name)] = obj
+                self._emit("MODIFIED", kind, obj)
+            return copy.deepcopy(obj)
+        removed = self._remove(kind, ns, name, obj)
+        if propagation != "Orphan":
+            self._collect_dependents(meta["uid"])
+        return removed
+
+    def _remove(self, kind: Kind, ns: str, name: str, obj: Obj) -> Obj:
+        self._objects.pop((kind.key, ns, name), None)
+        obj["metadata"]["resourceVersion"] = self._bump()
+        self._emit("DELETED", kind, obj)
+        return copy.deepcopy(obj)
+
+    def _collect_dependents(self, owner_uid: str) -> None:
+        """Garbage collection: delete what ``owner_uid`` owned (background propagation)."""
+        for (_key, ns, name), obj in list(self._objects.items()):
+            refs = obj["metadata"].get("ownerReferences") or []
+            if any(r.get("uid") == owner_uid for r in refs):
+                owned = kind_of(obj)
+                if owned is not None and self.find(owned, ns, name) is not None:
+                    self.delete(owned, ns, name)
+
+    # -- watch -----------------------------------------------------------------------------
+    def watch(
+        self, kind: Kind, namespace: str | None, since: str | None
+    ) -> tuple[Watch, builtins.list[Event]]:
+        """Register a watch and return it with the events to replay first.
+
+        ``since`` unset or "0": synthetic ADDED events for every current object. Otherwise the
+        recorded events after that resourceVersion; 410 Gone if the history no longer reaches.
+        """
+        watch = Watch(kind, namespace)
+        if not since or since == "0":
+            replay = [Event("ADDED", kind, o, self._rv) for o in self.list(kind, namespace)]
+        else:
+            start = int(since)
+            if self._history and self._history[0].rv > start + 1 and start < self._rv:
+                raise errors.ApiError(
+                    410, "Expired", f"too old resource version: {since} ({self._history[0].rv})"
+                )
+            replay = [e for e in self._history if e.rv > start and watch.wants(e)]
+        self._watches.append(watch)
+        return watch, replay
+
+    def unwatch(self, watch: Watch) -> None:
+        if watch in self._watches:
+            self._watches.remove(watch)
+
+    async def changed(self) -> None:
+        """Wait for the next write of any object (for components' reconcile loops)."""
+        self._changed.clear()
+        await self._changed.wait()
+
+
+def kind_of(obj: Obj) -> Kind | None:
+    return BY_KIND.get((obj.get("apiVersion", ""), obj.get("kind", "")))
+
+
+NAMESPACES = kind("", "v1", "namespaces")
+
+
+def ensure(store: Store, kinds: Iterable[tuple[Kind, Obj]]) -> None:
+    """Create objects that do not exist yet (bootstrap: namespaces, nodes)."""
+    for obj_kind, obj in kinds:
+        ns = obj["metadata"].get("namespace", "")
+        if store.find(obj_kind, ns, obj["metadata"]["name"]) is None:
+            store.create(obj_kind, ns, obj)
