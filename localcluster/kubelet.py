@@ -425,7 +425,8 @@ class PodWorker:
                     if ref.get("optional"):
                         return None
                     raise errors.bad_request(
-                        f"couldn't find key {ref['key']} in {kind.kind} {self.ns}/{ref['name']}"
+                        f"couldn't find key {ref['key']} in {source_kind.kind} "
+                        f"{self.ns}/{ref['name']}"
                     )
                 return data[ref["key"]]
         return None
