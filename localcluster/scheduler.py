@@ -153,11 +153,11 @@ class Scheduler:
                     )
 
     def _bind(self, ns: str, name: str, node: str) -> None:
-        def bind(pod: Obj) -> None:
-            pod["spec"]["nodeName"] = node
-            set_condition(pod, "PodScheduled", "True")
-
-        self.store.update(PODS, ns, name, bind)
+        # What the binding subresource does: the node into spec, the condition into status.
+        self.store.update(PODS, ns, name, lambda pod: pod["spec"].__setitem__("nodeName", node))
+        self.store.update(
+            PODS, ns, name, lambda pod: set_condition(pod, "PodScheduled", "True"), "status"
+        )
 
     def _unschedulable(self, ns: str, name: str, why: str) -> None:
         def mark(pod: Obj) -> None:

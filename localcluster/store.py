@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from localcluster import errors
+from localcluster import defaults, errors
 from localcluster.resources import BY_KIND, Kind, kind
 
 Obj = dict[str, Any]
@@ -138,6 +138,7 @@ class Store:
         if key in self._objects:
             raise errors.already_exists(kind.plural, name, kind.group)
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        defaults.apply(kind.kind, obj)
         meta.update(uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=now())
         meta.pop("deletionTimestamp", None)
         if "spec" in obj or kind.kind in ("Deployment", "ReplicaSet", "Pod", "Service"):

@@ -1,0 +1,99 @@
+"""A real localcluster process per test module, and real clients pointed at it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client, config
+
+from tests.dev_env import REPO
+from tests.servers import Server, free_port
+
+FAST = {"restartBackoffSeconds": 0.5}
+
+
+@dataclass
+class Cluster:
+    server: Server
+    kubeconfig: Path
+    state_dir: Path
+    api: client.ApiClient
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    @property
+    def apps(self) -> client.AppsV1Api:
+        return client.AppsV1Api(self.api)
+
+
+def start_cluster(root: Path, settings: dict[str, Any]) -> Cluster:
+    root.mkdir(parents=True, exist_ok=True)
+    config_file = root / "config.yaml"
+    config_file.write_text(yaml.safe_dump(settings))
+    port = free_port()
+    kubeconfig = root / "kubeconfig"
+    server = Server(
+        "localcluster",
+        [
+            sys.executable,
+            "-m",
+            "localcluster",
+            "serve",
+            "--state-dir",
+            str(root / "state"),
+            "--kubeconfig",
+            str(kubeconfig),
+            "--port",
+            str(port),
+            "--config",
+            str(config_file),
+            "--grace-seconds",
+            "5",
+        ],
+        f"http://127.0.0.1:{port}/readyz",
+        root / "localcluster.log",
+    )
+    server.env["PYTHONPATH"] = str(REPO)
+    server.start(timeout=60)
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    return Cluster(server, kubeconfig, root / "state", api)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    c = start_cluster(tmp_path_factory.mktemp("localcluster"), FAST)
+    yield c
+    c.api.close()
+    c.server.stop()
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
+    """Poll ``check`` until it returns something truthy; fail saying ``what`` never happened."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def pod_manifest(name: str, script: str, **spec: Any) -> dict[str, Any]:
+    container = {"name": "base", "image": "python:3.11-slim", "command": ["python", "-c", script]}
+    container.update(spec.pop("container", {}))
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"test": name}},
+        "spec": {"restartPolicy": "Never", "containers": [container], **spec},
+    }

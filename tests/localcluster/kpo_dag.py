@@ -1,0 +1,30 @@
+"""A probe DAG for the KubernetesPodOperator tests: one pod that succeeds, one that fails.
+
+``KPO_DEFERRABLE=1`` builds the same tasks in deferrable mode. Run with ``dag.test()`` by
+tests/localcluster/test_kpo.py; not a product DAG, so it lives beside its test.
+"""
+
+import datetime as dt
+import os
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.sdk import DAG
+
+SCRIPT = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.3)\n"
+deferrable = os.environ.get("KPO_DEFERRABLE") == "1"
+
+with DAG(dag_id="kpo_probe", schedule=None, start_date=dt.datetime(2026, 1, 1)) as dag:
+    for task_id, script in (("succeeds", SCRIPT), ("fails", SCRIPT + "raise SystemExit(4)\n")):
+        KubernetesPodOperator(
+            task_id=task_id,
+            name=task_id,
+            namespace="default",
+            image="python:3.11-slim",
+            cmds=["python", "-c", script],
+            kubernetes_conn_id="kubernetes_default",
+            get_logs=True,
+            on_finish_action="delete_pod",
+            startup_timeout_seconds=60,
+            poll_interval=1,
+            deferrable=deferrable,
+        )

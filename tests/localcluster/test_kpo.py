@@ -1,0 +1,84 @@
+"""The real KubernetesPodOperator against localcluster, through Airflow's own dag.test().
+
+Each mode runs the probe DAG (tests/localcluster/kpo_dag.py) in a fresh Python process with a
+migrated SQLite metadata DB: a pod that succeeds and one that exits 4, logs streamed into the
+task log, and nothing left behind afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.dev_env import REPO
+from tests.localcluster.conftest import Cluster
+
+RUNNER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from kpo_dag import dag
+run = dag.test()
+states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+print("RESULT " + __import__("json").dumps({"run": str(run.state), "tasks": states}))
+"""
+
+
+@pytest.fixture(scope="module")
+def airflow_env(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("airflow")
+    conn = {
+        "conn_type": "kubernetes",
+        "extra": {"kube_config_path": str(cluster.kubeconfig), "in_cluster": False},
+    }
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).parent),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(conn),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=240,
+    )
+    return env
+
+
+@pytest.mark.parametrize("deferrable", [False, True], ids=["sync", "deferrable"])
+def test_kpo_runs_pods_to_success_and_failure(
+    cluster: Cluster, airflow_env: dict[str, str], deferrable: bool
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(Path(__file__).parent)],
+        env={**airflow_env, "KPO_DEFERRABLE": "1" if deferrable else "0"},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=280,
+        check=False,
+    )
+    output = proc.stdout + proc.stderr
+    result_line = next((ln for ln in output.splitlines() if ln.startswith("RESULT ")), None)
+    assert result_line is not None, output[-6000:]
+    result = json.loads(result_line.removeprefix("RESULT "))
+    assert result["tasks"] == {"succeeds": "success", "fails": "failed"}, output[-6000:]
+    # The container's lines reached the task log, prefixed with the container name as KPO does
+    # ("[base] line 0" streamed in sync mode, "[base] logs: line 0" after the trigger returns).
+    for i in range(3):
+        assert re.search(rf"\[base\] (logs: )?line {i}\b", output), output[-6000:]
+    # The failure report carries the container's own exit code.
+    assert "'exit_code': 4" in output, output[-6000:]
+    # on_finish_action=delete_pod, and the failed pod is deleted too: nothing is left.
+    assert (
+        cluster.core.list_namespaced_pod("default", label_selector="dag_id=kpo_probe").items == []
+    )

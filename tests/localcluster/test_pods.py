@@ -1,0 +1,248 @@
+"""Pods as processes: phases, exit codes, logs, env, image pulls, restarts, deletion, scheduling."""
+
+from __future__ import annotations
+
+import base64
+import signal
+from pathlib import Path
+
+from kubernetes.client.rest import ApiException
+
+from tests.localcluster.conftest import Cluster, pod_manifest, start_cluster, wait_for
+
+
+def alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting for an unrelated parent to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def log_of(cluster: Cluster, name: str, **options: object) -> str:
+    # Unread (_preload_content=False), as KubernetesPodOperator reads it: this client version
+    # turns a preloaded text body into the repr of its bytes.
+    response = cluster.core.read_namespaced_pod_log(
+        name, "default", _preload_content=False, **options
+    )
+    return response.data.decode()
+
+
+def phase(cluster: Cluster, name: str) -> str:
+    return cluster.core.read_namespaced_pod(name, "default").status.phase
+
+
+def finished(cluster: Cluster, name: str) -> str:
+    return wait_for(
+        f"pod {name} to finish",
+        lambda: phase(cluster, name) if phase(cluster, name) in ("Succeeded", "Failed") else None,
+    )
+
+
+def test_a_pod_runs_to_success_with_its_own_ip_and_logs(cluster: Cluster) -> None:
+    script = "import os; print('ip', os.environ['MY_IP']); print('ns', os.environ['MY_NS'])"
+    env = [
+        {"name": "MY_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "MY_NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
+    cluster.core.create_namespaced_pod(
+        "default", pod_manifest("ok", script, container={"env": env})
+    )
+    assert finished(cluster, "ok") == "Succeeded"
+    pod = cluster.core.read_namespaced_pod("ok", "default")
+    assert pod.status.pod_ip.startswith("127.")
+    assert pod.status.pod_ip != "127.0.0.1"
+    state = pod.status.container_statuses[0].state.terminated
+    assert (state.exit_code, state.reason) == (0, "Completed")
+    conditions = {c.type: c.status for c in pod.status.conditions}
+    assert conditions["PodScheduled"] == "True"
+    log = log_of(cluster, "ok")
+    assert log == f"ip {pod.status.pod_ip}\nns default\n"
+    stamped = log_of(cluster, "ok", timestamps=True, tail_lines=1)
+    stamp, _, text = stamped.partition(" ")
+    assert text == "ns default\n"
+    assert stamp.endswith("Z")
+    assert "T" in stamp
+
+
+def test_a_failing_container_fails_the_pod_with_its_exit_code(cluster: Cluster) -> None:
+    cluster.core.create_namespaced_pod("default", pod_manifest("bad", "import sys; sys.exit(3)"))
+    assert finished(cluster, "bad") == "Failed"
+    state = cluster.core.read_namespaced_pod("bad", "default").status.container_statuses[0].state
+    assert (state.terminated.exit_code, state.terminated.reason) == (3, "Error")
+
+
+def test_env_from_secrets_and_configmaps(cluster: Cluster) -> None:
+    cluster.core.create_namespaced_secret(
+        "default",
+        {"metadata": {"name": "creds"}, "data": {"token": base64.b64encode(b"s3cret").decode()}},
+    )
+    cluster.core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "settings"}, "data": {"MODE": "fast", "LEVEL": "2"}}
+    )
+    container = {
+        "env": [
+            {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+            {"name": "GREETING", "value": "mode=$(CFG_MODE)"},
+        ],
+        "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+    }
+    script = (
+        "import os; print(os.environ['TOKEN'], os.environ['GREETING'], os.environ['CFG_LEVEL'])"
+    )
+    cluster.core.create_namespaced_pod("default", pod_manifest("envs", script, container=container))
+    assert finished(cluster, "envs") == "Succeeded"
+    assert log_of(cluster, "envs") == "s3cret mode=fast 2\n"
+
+
+def test_an_unknown_image_fails_like_a_pull(cluster: Cluster) -> None:
+    cluster.core.create_namespaced_pod(
+        "default", pod_manifest("pull", "pass", container={"image": "example.com/nope:1.0"})
+    )
+
+    def waiting_reason() -> str | None:
+        statuses = cluster.core.read_namespaced_pod("pull", "default").status.container_statuses
+        reason = (
+            statuses[0].state.waiting.reason if statuses and statuses[0].state.waiting else None
+        )
+        return reason if reason == "ImagePullBackOff" else None
+
+    wait_for("ImagePullBackOff", waiting_reason)
+    assert phase(cluster, "pull") == "Pending"
+    events = cluster.core.list_namespaced_event(
+        "default", field_selector="involvedObject.name=pull"
+    )
+    messages = [e.message for e in events.items]
+    assert any('Failed to pull image "example.com/nope:1.0"' in m for m in messages), messages
+    assert any(m == "Error: ErrImagePull" for m in messages), messages
+    cluster.core.delete_namespaced_pod("pull", "default")
+
+
+def test_restart_policy_on_failure_backs_off_and_restarts(cluster: Cluster) -> None:
+    script = "import sys; print('attempt'); sys.exit(1)"
+    cluster.core.create_namespaced_pod(
+        "default", pod_manifest("crash", script, restartPolicy="OnFailure")
+    )
+
+    def restarted_twice() -> bool:
+        status = cluster.core.read_namespaced_pod("crash", "default").status.container_statuses
+        return bool(status) and status[0].restart_count >= 2
+
+    wait_for("two restarts", restarted_twice)
+    status = cluster.core.read_namespaced_pod("crash", "default").status.container_statuses[0]
+    assert status.last_state.terminated.exit_code == 1
+    previous = log_of(cluster, "crash", previous=True)
+    assert previous == "attempt\n"
+    cluster.core.delete_namespaced_pod("crash", "default", grace_period_seconds=0)
+
+
+def test_deleting_a_running_pod_stops_its_process_group(cluster: Cluster, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pids"
+    script = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "time.sleep(600)\n"
+    )
+    cluster.core.create_namespaced_pod("default", pod_manifest("long", script))
+    wait_for("the pod's processes", lambda: pid_file.exists() and pid_file.read_text())
+    pids = [int(p) for p in pid_file.read_text().split()]
+    cluster.core.delete_namespaced_pod("long", "default", grace_period_seconds=2)
+
+    def gone() -> bool:
+        try:
+            cluster.core.read_namespaced_pod("long", "default")
+            return False
+        except ApiException as exc:
+            return exc.status == 404
+
+    wait_for("the pod object to go", gone, timeout=15)
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+def test_a_gpu_pod_waits_on_a_cluster_without_gpus(cluster: Cluster) -> None:
+    gpu = {"resources": {"limits": {"nvidia.com/gpu": "1"}}}
+    cluster.core.create_namespaced_pod(
+        "default", pod_manifest("gpu", "print('trained')", container=gpu)
+    )
+
+    def unschedulable() -> bool:
+        conditions = cluster.core.read_namespaced_pod("gpu", "default").status.conditions or []
+        return any(
+            c.type == "PodScheduled" and c.status == "False" and c.reason == "Unschedulable"
+            for c in conditions
+        )
+
+    wait_for("PodScheduled=False", unschedulable)
+    events = cluster.core.list_namespaced_event("default", field_selector="involvedObject.name=gpu")
+    failed = [e for e in events.items if e.reason == "FailedScheduling"]
+    assert failed
+    assert "0/1 nodes are available: 1 Insufficient nvidia.com/gpu." in failed[0].message
+    assert phase(cluster, "gpu") == "Pending"
+    cluster.core.delete_namespaced_pod("gpu", "default")
+
+
+def test_a_gpu_pod_runs_on_a_declared_gpu_node(tmp_path: Path) -> None:
+    gpu_cluster = start_cluster(
+        tmp_path,
+        {
+            "restartBackoffSeconds": 0.5,
+            "nodes": [
+                {"name": "cpu-1", "capacity": {"cpu": "2", "memory": "4Gi"}},
+                {
+                    "name": "gpu-1",
+                    "labels": {"pool": "gpu"},
+                    "taints": [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}],
+                    "capacity": {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "1"},
+                },
+            ],
+        },
+    )
+    try:
+        spec = {
+            "container": {"resources": {"limits": {"nvidia.com/gpu": "1"}}},
+            "tolerations": [
+                {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+            ],
+            "nodeSelector": {"pool": "gpu"},
+        }
+        gpu_cluster.core.create_namespaced_pod(
+            "default", pod_manifest("gpu", "print('trained')", **spec)
+        )
+        assert finished(gpu_cluster, "gpu") == "Succeeded"
+        assert gpu_cluster.core.read_namespaced_pod("gpu", "default").spec.node_name == "gpu-1"
+        # Without the toleration, the tainted GPU node is off limits, and the CPU node has none.
+        spec.pop("tolerations")
+        gpu_cluster.core.create_namespaced_pod(
+            "default", pod_manifest("untolerated", "pass", **spec)
+        )
+        wait_for(
+            "the scheduler to give up on it",
+            lambda: [
+                e
+                for e in gpu_cluster.core.list_namespaced_event(
+                    "default", field_selector="involvedObject.name=untolerated"
+                ).items
+                if e.reason == "FailedScheduling"
+            ],
+        )
+    finally:
+        gpu_cluster.api.close()
+        assert gpu_cluster.server.stop() == 0
+
+
+def test_sigterm_stops_the_cluster_and_every_pod_process(tmp_path: Path) -> None:
+    own = start_cluster(tmp_path, {"restartBackoffSeconds": 0.5})
+    pid_file = tmp_path / "pid"
+    script = (
+        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
+    )
+    own.core.create_namespaced_pod("default", pod_manifest("sleeper", script))
+    wait_for("the pod's process", lambda: pid_file.exists() and pid_file.read_text())
+    pid = int(pid_file.read_text())
+    own.api.close()
+    assert own.server.proc is not None
+    own.server.proc.send_signal(signal.SIGTERM)
+    assert own.server.proc.wait(30) == 0
+    assert not alive(pid)
