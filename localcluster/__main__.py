@@ -15,7 +15,9 @@ from aiohttp import web
 
 from localcluster import config as config_module
 from localcluster.apiserver import ApiServer
+from localcluster.controllers import Controllers
 from localcluster.kubelet import Kubelet
+from localcluster.proxy import ServiceProxy
 from localcluster.resources import kind
 from localcluster.scheduler import Scheduler
 from localcluster.store import Store, ensure
@@ -77,7 +79,9 @@ async def serve(args: argparse.Namespace) -> int:
     api.logs = kubelet
     kubelet.register_nodes()
     scheduler = Scheduler(store)
-    tasks = [asyncio.ensure_future(kubelet.run()), asyncio.ensure_future(scheduler.run())]
+    controllers = Controllers(store)
+    proxy = ServiceProxy(store)
+    tasks = [asyncio.ensure_future(c.run()) for c in (kubelet, scheduler, controllers, proxy)]
 
     path = Path(args.kubeconfig)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +94,7 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("localcluster: stopping pods", flush=True)
+    await proxy.close()
     await kubelet.shutdown(grace=args.grace_seconds)
     for task in tasks:
         task.cancel()

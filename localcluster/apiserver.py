@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from localcluster import errors, patch, selectors
+from localcluster import errors, patch, selectors, validation
 from localcluster.resources import KINDS, Kind, groups, lookup, resource_list
 from localcluster.store import Store
 
@@ -88,6 +88,8 @@ class ApiServer:
         self.app.router.add_get("/healthz", self._ok)
         self.app.router.add_get("/livez", self._ok)
         self.app.router.add_get("/readyz", self._ok)
+        self.app.router.add_get("/openapi/v3", self._openapi_index)
+        self.app.router.add_get("/openapi/v3/{gv:.*}", self._openapi_group_version)
         self.app.router.add_get("/api", self._api_versions)
         self.app.router.add_get("/apis", self._api_groups)
         self.app.router.add_route("*", "/api/{tail:.*}", self._core)
@@ -127,6 +129,67 @@ class ApiServer:
             gvs = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
             listed.append({"name": name, "versions": gvs, "preferredVersion": gvs[0]})
         return json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": listed})
+
+    async def _openapi_index(self, request: web.Request) -> web.Response:
+        """OpenAPI v3 discovery: one document per group-version, as kubectl expects."""
+        gvs = ["api/v1"] + [f"apis/{g}/{v}" for g, versions in groups().items() for v in versions]
+        return json_response(
+            {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}"} for gv in gvs}}
+        )
+
+    async def _openapi_group_version(self, request: web.Request) -> web.Response:
+        """Paths with their operations' GVK and query parameters.
+
+        Enough for kubectl to see that every PATCH accepts ``fieldValidation`` (so it sends
+        ``fieldValidation=Strict`` and leaves validation to the server); the schemas
+        themselves are not published, and kubectl falls back to its compiled-in types.
+        """
+        parts = request.match_info["gv"].split("/")
+        group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
+        paths: dict[str, Any] = {}
+        for k in KINDS:
+            if (k.group, k.version) != (group, version):
+                continue
+            gvk = {"group": k.group, "version": k.version, "kind": k.kind}
+            prefix = f"/api/{version}" if not group else f"/apis/{group}/{version}"
+            base = (
+                f"{prefix}/namespaces/{{namespace}}/{k.plural}"
+                if k.namespaced
+                else f"{prefix}/{k.plural}"
+            )
+            params = [
+                {"name": n, "in": "query", "schema": {"type": "string"}}
+                for n in ("dryRun", "fieldManager", "fieldValidation")
+            ]
+            operation = {"x-kubernetes-group-version-kind": gvk, "parameters": params}
+            paths[base] = {"post": {**operation, "x-kubernetes-action": "post"}}
+            paths[f"{base}/{{name}}"] = {
+                "put": {**operation, "x-kubernetes-action": "put"},
+                "patch": {**operation, "x-kubernetes-action": "patch"},
+            }
+        return json_response(
+            {
+                "openapi": "3.0.0",
+                "info": {"title": "localcluster", "version": "v1.32.0"},
+                "paths": paths,
+                "components": {"schemas": {}},
+            }
+        )
+
+    def _validate_fields(self, request: web.Request, target: Target, body: Any) -> None:
+        mode = request.query.get("fieldValidation", "")
+        if mode not in ("Strict", "Warn") or not isinstance(body, dict) or target.subresource:
+            return
+        model = validation.model_for(target.kind)
+        if model is None:
+            return
+        unknown = validation.unknown_fields(body, model)
+        if unknown and mode == "Strict":
+            detail = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise errors.bad_request(
+                f'{target.kind.kind} in version "{target.kind.version}" '
+                f"cannot be handled as a {target.kind.kind}: strict decoding error: {detail}"
+            )
 
     async def _core(self, request: web.Request) -> web.StreamResponse:
         parts = [p for p in request.match_info["tail"].split("/") if p]
@@ -183,7 +246,9 @@ class ApiServer:
             if method == "GET":
                 return json_response(self._get(target))
             if method == "PUT":
-                return json_response(self._put(target, await self._body(request)))
+                body = await self._body(request)
+                self._validate_fields(request, target, body)
+                return json_response(self._put(target, body))
             if method == "PATCH":
                 return json_response(await self._patch(request, target))
             if method == "DELETE":
@@ -248,6 +313,7 @@ class ApiServer:
     async def _patch(self, request: web.Request, target: Target) -> dict[str, Any]:
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
         body: Any = await self._body(request)
+        self._validate_fields(request, target, body)
         current = self.store.get(target.kind, target.namespace, target.name)
         if target.subresource == "scale":
             current = _scale_of(current)

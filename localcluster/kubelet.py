@@ -37,6 +37,7 @@ PODS = kind("", "v1", "pods")
 NODES = kind("", "v1", "nodes")
 SECRETS = kind("", "v1", "secrets")
 CONFIGMAPS = kind("", "v1", "configmaps")
+SERVICES = kind("", "v1", "services")
 COMPONENT = "kubelet"
 MAX_BACKOFF = 300.0
 
@@ -304,6 +305,11 @@ class PodWorker:
         self.event("Normal", "Created", f"Created container {run.name}")
         self.event("Normal", "Started", f"Started container {run.name}")
         self.publish()
+        probes = [
+            asyncio.ensure_future(self._probe_loop(run, kind_, run.spec[key], process, env))
+            for kind_, key in (("Readiness", "readinessProbe"), ("Liveness", "livenessProbe"))
+            if key in run.spec
+        ]
         output = process.stdout
         if output is None:  # never: stdout is a pipe
             raise RuntimeError("container stdout is not captured")
@@ -314,6 +320,8 @@ class PodWorker:
             code = await process.wait()
         finally:
             log_file.close()
+            for probe in probes:
+                probe.cancel()
         exit_code = 128 - code if code < 0 else code
         reason = "Completed" if exit_code == 0 else "Error"
         if code < 0 and -code == signal.SIGKILL and run.spec.get("_oom"):
@@ -431,6 +439,105 @@ class PodWorker:
                 return data[ref["key"]]
         return None
 
+    async def _probe_loop(
+        self,
+        run: ContainerRun,
+        kind_: str,
+        probe: dict[str, Any],
+        process: asyncio.subprocess.Process,
+        env: dict[str, str],
+    ) -> None:
+        """Run one probe as the kubelet does: delay, period, timeout and both thresholds."""
+        period = probe.get("periodSeconds", 10)
+        timeout = probe.get("timeoutSeconds", 1)
+        failure_threshold = probe.get("failureThreshold", 3)
+        success_threshold = probe.get("successThreshold", 1)
+        await asyncio.sleep(probe.get("initialDelaySeconds", 0))
+        successes = failures = 0
+        while process.returncode is None and not self.stopping:
+            error = await self._probe_once(probe, timeout, env, run)
+            if error is None:
+                successes, failures = successes + 1, 0
+                if kind_ == "Readiness" and not run.ready and successes >= success_threshold:
+                    run.ready = True
+                    self.publish()
+            else:
+                successes, failures = 0, failures + 1
+                self.event("Warning", "Unhealthy", f"{kind_} probe failed: {error}")
+                if failures >= failure_threshold:
+                    if kind_ == "Readiness" and run.ready:
+                        run.ready = False
+                        self.publish()
+                    elif kind_ == "Liveness":
+                        self.event(
+                            "Normal",
+                            "Killing",
+                            f"Container {run.name} failed liveness probe, will be restarted",
+                        )
+                        await self._kill(
+                            process, float(probe.get("terminationGracePeriodSeconds", 2))
+                        )
+                        return
+            await asyncio.sleep(period)
+
+    async def _probe_once(
+        self, probe: dict[str, Any], timeout: float, env: dict[str, str], run: ContainerRun
+    ) -> str | None:
+        """None if the probe passes, otherwise what failed (the event message's detail)."""
+        try:
+            if "exec" in probe:
+                command = [expand(a, env) for a in probe["exec"]["command"]]
+                proc = await asyncio.create_subprocess_exec(
+                    *command,
+                    env=env,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT,
+                )
+                out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+                return None if proc.returncode == 0 else out.decode(errors="replace")[-200:]
+            if "httpGet" in probe:
+                get = probe["httpGet"]
+                host, port = get.get("host") or self.ip, self._port(get["port"], run)
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(host, port), timeout
+                )
+                request = (
+                    f"GET {get.get('path', '/')} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                    "User-Agent: kube-probe/1.32\r\nConnection: close\r\n\r\n"
+                )
+                writer.write(request.encode())
+                line = await asyncio.wait_for(reader.readline(), timeout)
+                writer.close()
+                parts = line.decode(errors="replace").split()
+                code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+                return None if 200 <= code < 400 else f"HTTP probe failed with statuscode: {code}"
+            if "tcpSocket" in probe:
+                sock = probe["tcpSocket"]
+                host, port = sock.get("host") or self.ip, self._port(sock["port"], run)
+                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                writer.close()
+                return None
+        except (OSError, TimeoutError) as exc:
+            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return "unsupported probe handler"
+
+    @staticmethod
+    def _port(port: int | str, run: ContainerRun) -> int:
+        if isinstance(port, int) or str(port).isdigit():
+            return int(port)
+        for p in run.spec.get("ports", []):
+            if p.get("name") == port:
+                return int(p["containerPort"])
+        raise OSError(f"no port named {port!r}")
+
+    async def _kill(self, process: asyncio.subprocess.Process, grace: float) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
     async def stop(self, grace: float) -> None:
         """SIGTERM every container's process group, SIGKILL after ``grace`` seconds."""
         self.stopping = True
@@ -483,8 +590,22 @@ class Kubelet:
         return f"127.10.{(n // 250) % 250}.{n % 250 + 2}"
 
     def service_env(self, namespace: str) -> dict[str, str]:
-        """Docker-link style variables for the Services of a namespace (set by controllers)."""
-        return {}
+        """``<NAME>_SERVICE_HOST`` / ``_PORT`` for the namespace's Services, as Kubernetes sets."""
+        env: dict[str, str] = {}
+        for svc in self.store.list(SERVICES, namespace):
+            ip = svc["spec"].get("clusterIP")
+            ports = svc["spec"].get("ports") or []
+            if not ip or ip == "None" or not ports:
+                continue
+            prefix = svc["metadata"]["name"].upper().replace("-", "_")
+            env[f"{prefix}_SERVICE_HOST"] = ip
+            env[f"{prefix}_SERVICE_PORT"] = str(ports[0]["port"])
+            for port in ports:
+                if port.get("name"):
+                    env[f"{prefix}_SERVICE_PORT_{port['name'].upper().replace('-', '_')}"] = str(
+                        port["port"]
+                    )
+        return env
 
     def register_nodes(self) -> None:
         for spec in self.config.nodes:

@@ -61,6 +61,7 @@ class Store:
         self._history: deque[Event] = deque(maxlen=HISTORY)
         self._watches: list[Watch] = []
         self._changed = asyncio.Event()
+        self._services = 0
 
     # -- reads -----------------------------------------------------------------------------
     @property
@@ -139,6 +140,11 @@ class Store:
             raise errors.already_exists(kind.plural, name, kind.group)
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         defaults.apply(kind.kind, obj)
+        if kind.kind == "Service" and obj["spec"].get("clusterIP") in (None, ""):
+            # The API server allocates ClusterIPs; here each is a loopback address of its own.
+            self._services += 1
+            ip = f"127.20.{(self._services // 250) % 250}.{self._services % 250 + 2}"
+            obj["spec"]["clusterIP"], obj["spec"]["clusterIPs"] = ip, [ip]
         meta.update(uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=now())
         meta.pop("deletionTimestamp", None)
         if "spec" in obj or kind.kind in ("Deployment", "ReplicaSet", "Pod", "Service"):

@@ -1,0 +1,546 @@
+"""Controllers: ReplicaSet, Deployment and Endpoints, reconciling through the store.
+
+They follow the real controllers' rules where clients can see them: ``pod-template-hash``
+labels and ReplicaSet names, the ``deployment.kubernetes.io/revision`` annotation (so that
+``kubectl rollout undo`` finds earlier templates), RollingUpdate bounded by maxSurge and
+maxUnavailable, Recreate, paused, minReadySeconds, revisionHistoryLimit, the Available and
+Progressing conditions with ``ProgressDeadlineExceeded``, and Endpoints listing only ready,
+non-terminating pods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import datetime as dt
+import hashlib
+import json
+import math
+import uuid
+from typing import Any
+
+from localcluster import errors, events
+from localcluster.resources import kind
+from localcluster.selectors import match_label_selector
+from localcluster.store import Obj, Store, now
+
+PODS = kind("", "v1", "pods")
+REPLICASETS = kind("apps", "v1", "replicasets")
+DEPLOYMENTS = kind("apps", "v1", "deployments")
+SERVICES = kind("", "v1", "services")
+ENDPOINTS = kind("", "v1", "endpoints")
+REVISION = "deployment.kubernetes.io/revision"
+HASH_LABEL = "pod-template-hash"
+
+
+def _owned_by(obj: Obj, owner: Obj) -> bool:
+    return any(
+        r.get("uid") == owner["metadata"]["uid"] and r.get("controller")
+        for r in obj["metadata"].get("ownerReferences") or []
+    )
+
+
+def _owner_ref(owner: Obj) -> dict[str, Any]:
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _parse_time(value: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def pod_ready(pod: Obj) -> bool:
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    return any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in pod.get("status", {}).get("conditions", [])
+    )
+
+
+def pod_available(pod: Obj, min_ready_seconds: int) -> bool:
+    if not pod_ready(pod):
+        return False
+    if not min_ready_seconds:
+        return True
+    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
+    since = _parse_time(ready["lastTransitionTime"])
+    return (dt.datetime.now(dt.UTC) - since).total_seconds() >= min_ready_seconds
+
+
+def _significant(value: Any) -> Any:
+    """Drop nulls and empty maps/lists, as Go's omitempty does before the real hash sees them."""
+    if isinstance(value, dict):
+        kept = {k: _significant(v) for k, v in value.items()}
+        return {k: v for k, v in kept.items() if v not in (None, {}, [])}
+    if isinstance(value, list):
+        return [_significant(v) for v in value]
+    return value
+
+
+def template_hash(template: Obj) -> str:
+    """A stable short hash of a pod template (the real one is FNV; the shape is what matters).
+
+    ``kubectl rollout undo`` copies a ReplicaSet's template back into the Deployment, so the
+    same template must hash the same after a round trip through the client (which adds
+    ``creationTimestamp: null`` and the like).
+    """
+    body = json.dumps(_significant(template), sort_keys=True).encode()
+    digest = hashlib.sha256(body).hexdigest()
+    alphabet = "bcdfghjklmnpqrstvwxz2456789"  # the real controller's safe alphabet
+    value = int(digest[:15], 16)
+    out = ""
+    for _ in range(10):
+        value, rem = divmod(value, len(alphabet))
+        out += alphabet[rem]
+    return out
+
+
+def _resolve(value: Any, total: int, round_up: bool) -> int:
+    if isinstance(value, str) and value.endswith("%"):
+        fraction = total * int(value[:-1]) / 100
+        return math.ceil(fraction) if round_up else math.floor(fraction)
+    return int(value)
+
+
+class Controllers:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def run(self) -> None:
+        while True:
+            self.reconcile()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.store.changed(), 0.5)
+
+    def reconcile(self) -> None:
+        for deployment in self.store.list(DEPLOYMENTS):
+            with contextlib.suppress(errors.ApiError):
+                self.deployment(deployment)
+        for rs in self.store.list(REPLICASETS):
+            with contextlib.suppress(errors.ApiError):
+                self.replicaset(rs)
+        for service in self.store.list(SERVICES):
+            with contextlib.suppress(errors.ApiError):
+                self.endpoints(service)
+
+    # -- ReplicaSet ------------------------------------------------------------------------
+    def replicaset(self, rs: Obj) -> None:
+        ns = rs["metadata"]["namespace"]
+        if rs["metadata"].get("deletionTimestamp"):
+            return
+        pods = [p for p in self.store.list(PODS, ns) if _owned_by(p, rs)]
+        live = [
+            p
+            for p in pods
+            if not p["metadata"].get("deletionTimestamp")
+            and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+        ]
+        desired = rs["spec"].get("replicas", 1)
+        if len(live) < desired:
+            for _ in range(desired - len(live)):
+                self._create_pod(rs)
+        elif len(live) > desired:
+            # Delete not-ready pods first, then the newest: what the real controller prefers.
+            order = sorted(
+                live,
+                key=lambda p: (pod_ready(p), p["metadata"]["creationTimestamp"]),
+                reverse=False,
+            )
+            victims = order[: len(live) - desired]
+            for pod in victims:
+                with contextlib.suppress(errors.ApiError):
+                    self.store.delete(PODS, ns, pod["metadata"]["name"])
+                events.record(
+                    self.store,
+                    rs,
+                    "Normal",
+                    "SuccessfulDelete",
+                    f"Deleted pod: {pod['metadata']['name']}",
+                    "replicaset-controller",
+                )
+        min_ready = rs["spec"].get("minReadySeconds", 0)
+        current = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        status = {
+            "replicas": len(current),
+            "fullyLabeledReplicas": len(current),
+            "readyReplicas": sum(pod_ready(p) for p in current),
+            "availableReplicas": sum(pod_available(p, min_ready) for p in current),
+            "observedGeneration": rs["metadata"].get("generation", 1),
+        }
+        if {k: rs.get("status", {}).get(k) for k in status} != status:
+            self.store.update(
+                REPLICASETS,
+                ns,
+                rs["metadata"]["name"],
+                lambda o: o.setdefault("status", {}).update(status),
+                "status",
+            )
+
+    def _create_pod(self, rs: Obj) -> None:
+        template = copy.deepcopy(rs["spec"]["template"])
+        meta = template.setdefault("metadata", {})
+        name = f"{rs['metadata']['name']}-{uuid.uuid4().hex[:5]}"
+        pod = {
+            "metadata": {
+                "name": name,
+                "labels": meta.get("labels", {}),
+                "annotations": meta.get("annotations", {}),
+                "ownerReferences": [_owner_ref(rs)],
+            },
+            "spec": template["spec"],
+        }
+        self.store.create(PODS, rs["metadata"]["namespace"], pod)
+        events.record(
+            self.store,
+            rs,
+            "Normal",
+            "SuccessfulCreate",
+            f"Created pod: {name}",
+            "replicaset-controller",
+        )
+
+    # -- Deployment ------------------------------------------------------------------------
+    def deployment(self, d: Obj) -> None:
+        ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+        if d["metadata"].get("deletionTimestamp"):
+            return
+        spec = d["spec"]
+        replicas = spec.get("replicas", 1)
+        owned = [rs for rs in self.store.list(REPLICASETS, ns) if _owned_by(rs, d)]
+        template = copy.deepcopy(spec["template"])
+        digest = template_hash(template)
+        new = next((rs for rs in owned if rs["metadata"]["labels"].get(HASH_LABEL) == digest), None)
+        revisions = [int(rs["metadata"].get("annotations", {}).get(REVISION, "0")) for rs in owned]
+        top = max(revisions, default=0)
+        if spec.get("paused"):
+            self._deployment_status(d, owned, new, replicas)
+            return
+        if new is None:
+            new = self._create_rs(d, template, digest, top + 1, 0)
+            owned.append(new)
+            events.record(
+                self.store,
+                d,
+                "Normal",
+                "ScalingReplicaSet",
+                f"Scaled up replica set {new['metadata']['name']} from 0 to 0",
+                "deployment-controller",
+            )
+        elif int(new["metadata"].get("annotations", {}).get(REVISION, "0")) < top:
+            new = self.store.update(
+                REPLICASETS,
+                ns,
+                new["metadata"]["name"],
+                lambda o: (
+                    o["metadata"].setdefault("annotations", {}).__setitem__(REVISION, str(top + 1))
+                ),
+            )
+        old = [rs for rs in owned if rs["metadata"]["uid"] != new["metadata"]["uid"]]
+        strategy = spec.get("strategy") or {"type": "RollingUpdate"}
+        if strategy.get("type") == "Recreate":
+            self._recreate(d, new, old, replicas)
+        else:
+            self._rolling(d, new, old, replicas, strategy.get("rollingUpdate") or {})
+        self._cleanup(d, old)
+        owned = [rs for rs in self.store.list(REPLICASETS, ns) if _owned_by(rs, d)]
+        new = next(rs for rs in owned if rs["metadata"]["uid"] == new["metadata"]["uid"])
+        self._deployment_status(self.store.get(DEPLOYMENTS, ns, name), owned, new, replicas)
+
+    def _create_rs(self, d: Obj, template: Obj, digest: str, revision: int, size: int) -> Obj:
+        template.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = digest
+        selector = copy.deepcopy(d["spec"]["selector"])
+        selector.setdefault("matchLabels", {})[HASH_LABEL] = digest
+        rs = {
+            "metadata": {
+                "name": f"{d['metadata']['name']}-{digest}",
+                "labels": {**template["metadata"]["labels"]},
+                "annotations": {
+                    REVISION: str(revision),
+                    "deployment.kubernetes.io/desired-replicas": str(d["spec"].get("replicas", 1)),
+                },
+                "ownerReferences": [_owner_ref(d)],
+            },
+            "spec": {
+                "replicas": size,
+                "selector": selector,
+                "template": template,
+                "minReadySeconds": d["spec"].get("minReadySeconds", 0),
+            },
+        }
+        return self.store.create(REPLICASETS, d["metadata"]["namespace"], rs)
+
+    def _scale(self, d: Obj, rs: Obj, size: int) -> None:
+        before = rs["spec"].get("replicas", 0)
+        if before == size:
+            return
+        self.store.update(
+            REPLICASETS,
+            rs["metadata"]["namespace"],
+            rs["metadata"]["name"],
+            lambda o: o["spec"].__setitem__("replicas", size),
+        )
+        rs["spec"]["replicas"] = size
+        verb = "up" if size > before else "down"
+        events.record(
+            self.store,
+            d,
+            "Normal",
+            "ScalingReplicaSet",
+            f"Scaled {verb} replica set {rs['metadata']['name']} from {before} to {size}",
+            "deployment-controller",
+        )
+
+    def _recreate(self, d: Obj, new: Obj, old: list[Obj], replicas: int) -> None:
+        for rs in old:
+            self._scale(d, rs, 0)
+        ns = d["metadata"]["namespace"]
+        old_pods = [p for p in self.store.list(PODS, ns) if any(_owned_by(p, rs) for rs in old)]
+        if not old_pods:
+            self._scale(d, new, replicas)
+
+    def _rolling(self, d: Obj, new: Obj, old: list[Obj], replicas: int, params: Obj) -> None:
+        surge = _resolve(params.get("maxSurge", "25%"), replicas, round_up=True)
+        unavailable = _resolve(params.get("maxUnavailable", "25%"), replicas, round_up=False)
+        if surge == 0 and unavailable == 0:
+            unavailable = 1
+        min_ready = d["spec"].get("minReadySeconds", 0)
+        ns = d["metadata"]["namespace"]
+        pods = self.store.list(PODS, ns)
+
+        def available(rs: Obj) -> int:
+            return sum(pod_available(p, min_ready) for p in pods if _owned_by(p, rs))
+
+        total = sum(rs["spec"].get("replicas", 0) for rs in [new, *old])
+        # Scale up the new ReplicaSet within maxSurge.
+        room = replicas + surge - total
+        target = min(replicas, new["spec"].get("replicas", 0) + max(room, 0))
+        if new["spec"].get("replicas", 0) > replicas:
+            target = replicas
+        self._scale(d, new, target)
+        # Scale down old ReplicaSets while keeping replicas - maxUnavailable available.
+        total_available = available(new) + sum(available(rs) for rs in old)
+        can_remove = total_available - (replicas - unavailable)
+        for rs in sorted(old, key=lambda r: r["metadata"]["creationTimestamp"]):
+            size = rs["spec"].get("replicas", 0)
+            unready = size - available(rs)
+            # Unavailable old pods can go at once: they serve nothing.
+            drop = min(size, max(unready, 0) + max(can_remove, 0))
+            if drop > 0:
+                self._scale(d, rs, size - drop)
+                can_remove -= max(drop - max(unready, 0), 0)
+
+    def _cleanup(self, d: Obj, old: list[Obj]) -> None:
+        limit = d["spec"].get("revisionHistoryLimit", 10)
+        idle = [
+            rs
+            for rs in old
+            if rs["spec"].get("replicas", 0) == 0 and rs.get("status", {}).get("replicas", 0) == 0
+        ]
+        idle.sort(key=lambda r: int(r["metadata"].get("annotations", {}).get(REVISION, "0")))
+        for rs in idle[: max(len(idle) - limit, 0)]:
+            with contextlib.suppress(errors.ApiError):
+                self.store.delete(REPLICASETS, rs["metadata"]["namespace"], rs["metadata"]["name"])
+
+    def _deployment_status(self, d: Obj, owned: list[Obj], new: Obj | None, replicas: int) -> None:
+        ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
+        pods = [p for p in self.store.list(PODS, ns) if any(_owned_by(p, rs) for rs in owned)]
+        pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        min_ready = d["spec"].get("minReadySeconds", 0)
+        new_pods = [p for p in pods if new is not None and _owned_by(p, new)]
+        status: dict[str, Any] = {
+            "observedGeneration": d["metadata"].get("generation", 1),
+            "replicas": len(pods),
+            "updatedReplicas": len(new_pods),
+            "readyReplicas": sum(pod_ready(p) for p in pods),
+            "availableReplicas": sum(pod_available(p, min_ready) for p in pods),
+        }
+        status["unavailableReplicas"] = max(replicas - status["availableReplicas"], 0)
+        strategy = d["spec"].get("strategy") or {}
+        unavailable = _resolve(
+            (strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%"),
+            replicas,
+            round_up=False,
+        )
+        if strategy.get("type") == "Recreate":
+            unavailable = replicas
+        previous = d.get("status", {})
+        conditions = copy.deepcopy(previous.get("conditions", []))
+        is_available = status["availableReplicas"] >= replicas - unavailable
+        _set(
+            conditions,
+            "Available",
+            "True" if is_available else "False",
+            "MinimumReplicasAvailable" if is_available else "MinimumReplicasUnavailable",
+            "Deployment has minimum availability."
+            if is_available
+            else "Deployment does not have minimum availability.",
+        )
+        complete = (
+            status["updatedReplicas"] == replicas
+            and status["replicas"] == replicas
+            and status["availableReplicas"] == replicas
+        )
+        progress = next((c for c in conditions if c["type"] == "Progressing"), None)
+        changed = {
+            k: previous.get(k) for k in ("updatedReplicas", "availableReplicas", "replicas")
+        } != {k: status[k] for k in ("updatedReplicas", "availableReplicas", "replicas")}
+        rs_name = new["metadata"]["name"] if new else name
+        deadline = d["spec"].get("progressDeadlineSeconds", 600)
+        if complete:
+            _set(
+                conditions,
+                "Progressing",
+                "True",
+                "NewReplicaSetAvailable",
+                f'ReplicaSet "{rs_name}" has successfully progressed.',
+            )
+        elif d["spec"].get("paused"):
+            _set(conditions, "Progressing", "Unknown", "DeploymentPaused", "Deployment is paused")
+        elif (
+            progress is None
+            or changed
+            or progress.get("reason") in ("NewReplicaSetAvailable", "DeploymentPaused")
+            or (d["metadata"].get("generation", 1) != previous.get("observedGeneration"))
+        ):
+            _set(
+                conditions,
+                "Progressing",
+                "True",
+                "ReplicaSetUpdated",
+                f'ReplicaSet "{rs_name}" is progressing.',
+                touch=True,
+            )
+        elif progress.get("reason") != "ProgressDeadlineExceeded":
+            since = _parse_time(progress.get("lastUpdateTime") or progress["lastTransitionTime"])
+            if (dt.datetime.now(dt.UTC) - since).total_seconds() > deadline:
+                _set(
+                    conditions,
+                    "Progressing",
+                    "False",
+                    "ProgressDeadlineExceeded",
+                    f'ReplicaSet "{rs_name}" has timed out progressing.',
+                )
+                events.record(
+                    self.store,
+                    d,
+                    "Warning",
+                    "ProgressDeadlineExceeded",
+                    f'Deployment "{name}" has timed out progressing.',
+                    "deployment-controller",
+                )
+        status["conditions"] = conditions
+        if {k: previous.get(k) for k in status} != status:
+            self.store.update(
+                DEPLOYMENTS,
+                ns,
+                name,
+                lambda o: o.__setitem__("status", {**o.get("status", {}), **status}),
+                "status",
+            )
+
+    # -- Endpoints -------------------------------------------------------------------------
+    def endpoints(self, service: Obj) -> None:
+        selector = service["spec"].get("selector")
+        if not selector:
+            return
+        ns, name = service["metadata"]["namespace"], service["metadata"]["name"]
+        pods = [
+            p
+            for p in self.store.list(PODS, ns)
+            if match_label_selector({"matchLabels": selector}, p["metadata"].get("labels") or {})
+            and p.get("status", {}).get("podIP")
+        ]
+        ready = [p for p in pods if pod_ready(p)]
+        not_ready = [
+            p
+            for p in pods
+            if not pod_ready(p)
+            and not p["metadata"].get("deletionTimestamp")
+            and p.get("status", {}).get("phase") == "Running"
+        ]
+
+        def address(p: Obj) -> dict[str, Any]:
+            return {
+                "ip": p["status"]["podIP"],
+                "nodeName": p["spec"].get("nodeName"),
+                "targetRef": {
+                    "kind": "Pod",
+                    "namespace": ns,
+                    "name": p["metadata"]["name"],
+                    "uid": p["metadata"]["uid"],
+                },
+            }
+
+        ports = []
+        for port in service["spec"].get("ports", []):
+            ports.append(
+                {
+                    "name": port.get("name", ""),
+                    "protocol": port.get("protocol", "TCP"),
+                    "port": resolve_target_port(port, ready[0] if ready else None),
+                }
+            )
+        subsets = []
+        if ready or not_ready:
+            subset: dict[str, Any] = {"ports": ports}
+            if ready:
+                subset["addresses"] = [address(p) for p in ready]
+            if not_ready:
+                subset["notReadyAddresses"] = [address(p) for p in not_ready]
+            subsets.append(subset)
+        current = self.store.find(ENDPOINTS, ns, name)
+        if current is None:
+            self.store.create(
+                ENDPOINTS,
+                ns,
+                {
+                    "metadata": {"name": name, "labels": service["metadata"].get("labels", {})},
+                    "subsets": subsets,
+                },
+            )
+        elif current.get("subsets", []) != subsets:
+            self.store.update(ENDPOINTS, ns, name, lambda o: o.__setitem__("subsets", subsets))
+
+
+def resolve_target_port(port: Obj, pod: Obj | None) -> int:
+    target: Any = port.get("targetPort", port["port"])
+    if isinstance(target, int) or str(target).isdigit():
+        return int(target)
+    if pod is not None:
+        for container in pod["spec"].get("containers", []):
+            for p in container.get("ports", []):
+                if p.get("name") == target:
+                    return int(p["containerPort"])
+    return int(port["port"])
+
+
+def _set(
+    conditions: list[Obj], type_: str, status: str, reason: str, message: str, touch: bool = False
+) -> None:
+    stamp = now()
+    current = next((c for c in conditions if c["type"] == type_), None)
+    if current is None:
+        conditions.append(
+            {
+                "type": type_,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastUpdateTime": stamp,
+                "lastTransitionTime": stamp,
+            }
+        )
+        return
+    if current["status"] != status:
+        current["lastTransitionTime"] = stamp
+    if current.get("reason") != reason or current.get("message") != message or touch:
+        current["lastUpdateTime"] = stamp
+    current.update(status=status, reason=reason, message=message)
