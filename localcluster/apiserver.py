@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from localcluster import errors, patch, selectors, validation
+from localcluster import errors, patch, selectors, tables, validation
 from localcluster.resources import KINDS, Kind, groups, lookup, resource_list
 from localcluster.store import Store
 
@@ -233,7 +233,17 @@ class ApiServer:
             if method == "GET":
                 if _truthy(request.query.get("watch")):
                     return await self._watch(request, target)
-                return json_response(self._list(request, target))
+                listing = self._list(request, target)
+                if tables.wants_table(request.headers.get("Accept", "")):
+                    return json_response(
+                        tables.table(
+                            target.kind.kind,
+                            listing["items"],
+                            listing["metadata"]["resourceVersion"],
+                            request.query.get("includeObject", "Metadata"),
+                        )
+                    )
+                return json_response(listing)
             if method == "POST":
                 return json_response(
                     self.store.create(target.kind, target.namespace, await self._body(request)), 201
@@ -244,7 +254,17 @@ class ApiServer:
             if target.subresource == "log" and method == "GET":
                 return await self._log(request, target)
             if method == "GET":
-                return json_response(self._get(target))
+                obj = self._get(target)
+                if not target.subresource and tables.wants_table(request.headers.get("Accept", "")):
+                    return json_response(
+                        tables.table(
+                            target.kind.kind,
+                            [obj],
+                            obj["metadata"]["resourceVersion"],
+                            request.query.get("includeObject", "Metadata"),
+                        )
+                    )
+                return json_response(obj)
             if method == "PUT":
                 body = await self._body(request)
                 self._validate_fields(request, target, body)

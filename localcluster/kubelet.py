@@ -587,7 +587,7 @@ class Kubelet:
     def _allocate_ip(self) -> str:
         self._next_ip += 1
         n = self._next_ip
-        return f"127.10.{(n // 250) % 250}.{n % 250 + 2}"
+        return f"127.{self.store.pod_octet}.{(n // 250) % 250}.{n % 250 + 2}"
 
     def service_env(self, namespace: str) -> dict[str, str]:
         """``<NAME>_SERVICE_HOST`` / ``_PORT`` for the namespace's Services, as Kubernetes sets."""

@@ -13,6 +13,7 @@ import asyncio
 import builtins
 import copy
 import datetime as dt
+import random
 import re
 import uuid
 from collections import deque
@@ -62,6 +63,9 @@ class Store:
         self._watches: list[Watch] = []
         self._changed = asyncio.Event()
         self._services = 0
+        # Each cluster takes its pod and service addresses from two /16s of 127.0.0.0/8 picked
+        # at random, so that two clusters on one machine (tests beside a demo) do not collide.
+        self.pod_octet, self.service_octet = random.sample(range(16, 250), 2)
 
     # -- reads -----------------------------------------------------------------------------
     @property
@@ -143,7 +147,8 @@ class Store:
         if kind.kind == "Service" and obj["spec"].get("clusterIP") in (None, ""):
             # The API server allocates ClusterIPs; here each is a loopback address of its own.
             self._services += 1
-            ip = f"127.20.{(self._services // 250) % 250}.{self._services % 250 + 2}"
+            n = self._services
+            ip = f"127.{self.service_octet}.{(n // 250) % 250}.{n % 250 + 2}"
             obj["spec"]["clusterIP"], obj["spec"]["clusterIPs"] = ip, [ip]
         meta.update(uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=now())
         meta.pop("deletionTimestamp", None)

@@ -1,0 +1,299 @@
+"""Deployments, Services and real kubectl against localcluster, as a cluster user would work."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.localcluster.conftest import Cluster, wait_for
+
+KUBECTL = shutil.which("kubectl")
+SERVER = (
+    "import http.server, os\n"
+    "class H(http.server.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        body = (os.environ.get('VERSION', 'v1') + ' ' + os.environ['HOSTNAME']).encode()\n"
+    "        self.send_response(200)\n"
+    "        self.send_header('Content-Length', str(len(body)))\n"
+    "        self.end_headers()\n"
+    "        self.wfile.write(body)\n"
+    "    def log_message(self, *args):\n"
+    "        print('served', args[0] if args else '', flush=True)\n"
+    "http.server.ThreadingHTTPServer((os.environ['POD_IP'], 8080), H).serve_forever()\n"
+)
+
+
+def manifests(name: str, replicas: int = 2, **strategy: object) -> list[dict]:
+    labels = {"app": name}
+    container = {
+        "name": "web",
+        "image": "python:3.11-slim",
+        "command": ["python", "-c", SERVER],
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "VERSION", "value": "v1"},
+        ],
+        "ports": [{"containerPort": 8080, "name": "http"}],
+        "readinessProbe": {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1},
+    }
+    return [
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "labels": labels},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": labels},
+                "strategy": strategy
+                or {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+                "template": {"metadata": {"labels": labels}, "spec": {"containers": [container]}},
+            },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name},
+            "spec": {
+                "selector": labels,
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            },
+        },
+    ]
+
+
+@pytest.fixture
+def kubectl(cluster: Cluster):  # type: ignore[no-untyped-def]
+    assert KUBECTL, "kubectl is not on PATH; the workplace image ships one (see DESIGN.md)"
+
+    def run(*args: str, check: bool = True) -> str:
+        proc = subprocess.run(
+            [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check:
+            assert proc.returncode == 0, f"kubectl {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout + proc.stderr
+
+    return run
+
+
+def service_url(cluster: Cluster, name: str) -> str:
+    svc = cluster.core.read_namespaced_service(name, "default")
+    return f"http://{svc.spec.cluster_ip}:80/"
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+        return response.read().decode()
+
+
+def test_kubectl_session(cluster: Cluster, kubectl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "web.yaml"
+    path.write_text(yaml.safe_dump_all(manifests("web")))
+    out = kubectl("apply", "-f", str(path))
+    assert "deployment.apps/web created" in out
+    assert "service/web created" in out
+    assert 'deployment "web" successfully rolled out' in kubectl(
+        "rollout", "status", "deployment/web", "--timeout=60s"
+    )
+
+    pods = kubectl("get", "pods", "-l", "app=web").splitlines()
+    assert pods[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert len(pods) == 3
+    assert all(line.split()[1:4] == ["1/1", "Running", "0"] for line in pods[1:]), pods
+
+    served = get(service_url(cluster, "web"))
+    assert served.startswith("v1 web-")
+    pod_name = served.split()[1]
+    wait_for("the request in the pod's log", lambda: "served" in kubectl("logs", pod_name))
+
+    assert "deployment.apps/web scaled" in kubectl("scale", "deployment/web", "--replicas=3")
+    kubectl("rollout", "status", "deployment/web", "--timeout=60s")
+    deploy = kubectl("get", "deployment", "web").splitlines()
+    assert deploy[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+    assert deploy[1].split()[1:4] == ["3/3", "3", "3"]
+
+    assert "image updated" in kubectl("set", "image", "deployment/web", "web=python:3.12-slim")
+    kubectl("rollout", "status", "deployment/web", "--timeout=60s")
+    image = "jsonpath={.spec.template.spec.containers[0].image}"
+    assert kubectl("get", "deployment", "web", "-o", image) == "python:3.12-slim"
+
+    assert "rolled back" in kubectl("rollout", "undo", "deployment/web")
+    kubectl("rollout", "status", "deployment/web", "--timeout=60s")
+    assert kubectl("get", "deployment", "web", "-o", image) == "python:3.11-slim"
+    history = kubectl("rollout", "history", "deployment/web")
+    assert [ln.split()[0] for ln in history.splitlines() if ln[:1].isdigit()] == ["2", "3"]
+
+    misspelled = tmp_path / "bad.yaml"
+    misspelled.write_text(yaml.safe_dump_all(manifests("web")).replace("image:", "imagee:"))
+    rejected = kubectl("apply", "-f", str(misspelled), check=False)
+    assert (
+        'strict decoding error: unknown field "spec.template.spec.containers[0].imagee"' in rejected
+    )
+
+    assert 'deployment.apps "web" deleted' in kubectl("delete", "-f", str(path))
+    wait_for(
+        "the pods to go", lambda: "No resources found" in kubectl("get", "pods", "-l", "app=web")
+    )
+
+
+def test_a_rolling_update_under_load_loses_no_request(cluster: Cluster) -> None:
+    from kubernetes.utils import create_from_dict
+
+    for manifest in manifests("steady"):
+        create_from_dict(cluster.api, manifest)
+    wait_for(
+        "the first rollout",
+        lambda: (
+            (
+                cluster.apps.read_namespaced_deployment(
+                    "steady", "default"
+                ).status.available_replicas
+                or 0
+            )
+            == 2
+        ),
+    )
+    url = service_url(cluster, "steady")
+    results: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                results[get(url).split()[0]] += 1
+            except OSError as exc:
+                results[f"error: {exc}"] += 1
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    time.sleep(0.5)
+    cluster.apps.patch_namespaced_deployment(
+        "steady",
+        "default",
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [{"name": "web", "env": [{"name": "VERSION", "value": "v2"}]}]
+                    }
+                }
+            }
+        },
+    )
+
+    def rolled() -> bool:
+        d = cluster.apps.read_namespaced_deployment("steady", "default")
+        return (
+            d.status.updated_replicas == 2
+            and d.status.available_replicas == 2
+            and d.status.replicas == 2
+        )
+
+    wait_for("the rolling update", rolled, timeout=60)
+    time.sleep(0.5)
+    stop.set()
+    thread.join()
+    errors = {k: v for k, v in results.items() if k.startswith("error")}
+    assert errors == {}, results
+    assert results["v1"] > 0, results
+    assert results["v2"] > 0, results
+
+
+def test_a_rollout_that_never_gets_ready_exceeds_its_progress_deadline(cluster: Cluster) -> None:
+    from kubernetes.utils import create_from_dict
+
+    deployment, service = manifests("stuck", replicas=1)
+    deployment["spec"]["progressDeadlineSeconds"] = 3
+    create_from_dict(cluster.api, deployment)
+    create_from_dict(cluster.api, service)
+    wait_for(
+        "the first rollout",
+        lambda: (
+            (
+                cluster.apps.read_namespaced_deployment(
+                    "stuck", "default"
+                ).status.available_replicas
+                or 0
+            )
+            == 1
+        ),
+    )
+    broken = {
+        "spec": {
+            "template": {
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "web",
+                            "readinessProbe": {
+                                "httpGet": {"path": "/", "port": 9},
+                                "periodSeconds": 1,
+                            },
+                        }
+                    ]
+                }
+            }
+        }
+    }
+    cluster.apps.patch_namespaced_deployment("stuck", "default", broken)
+
+    def deadline_exceeded() -> bool:
+        conditions = (
+            cluster.apps.read_namespaced_deployment("stuck", "default").status.conditions or []
+        )
+        return any(
+            c.type == "Progressing"
+            and c.status == "False"
+            and c.reason == "ProgressDeadlineExceeded"
+            for c in conditions
+        )
+
+    wait_for("ProgressDeadlineExceeded", deadline_exceeded, timeout=30)
+    # maxUnavailable 0: the old pod keeps serving while the new one never becomes ready.
+    status = cluster.apps.read_namespaced_deployment("stuck", "default").status
+    assert status.available_replicas == 1
+    assert get(service_url(cluster, "stuck")).startswith("v1 stuck-")
+
+
+def test_a_failing_liveness_probe_restarts_the_container(cluster: Cluster) -> None:
+    from tests.localcluster.conftest import pod_manifest
+
+    probe = {
+        "livenessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2}
+    }
+    cluster.core.create_namespaced_pod(
+        "default",
+        pod_manifest(
+            "unhealthy", "import time; time.sleep(600)", restartPolicy="Always", container=probe
+        ),
+    )
+
+    def restarted() -> bool:
+        statuses = cluster.core.read_namespaced_pod(
+            "unhealthy", "default"
+        ).status.container_statuses
+        return bool(statuses) and statuses[0].restart_count >= 1
+
+    wait_for("a liveness restart", restarted, timeout=30)
+    reasons = {
+        e.reason
+        for e in cluster.core.list_namespaced_event(
+            "default", field_selector="involvedObject.name=unhealthy"
+        ).items
+    }
+    assert {"Unhealthy", "Killing"} <= reasons
+    cluster.core.delete_namespaced_pod("unhealthy", "default", grace_period_seconds=0)
