@@ -16,6 +16,7 @@ from aiohttp import web
 from localcluster import config as config_module
 from localcluster.apiserver import ApiServer
 from localcluster.controllers import Controllers
+from localcluster.faults import FaultInjector
 from localcluster.kubelet import Kubelet
 from localcluster.proxy import ServiceProxy
 from localcluster.resources import kind
@@ -68,6 +69,8 @@ async def serve(args: argparse.Namespace) -> int:
     )
 
     api = ApiServer(store)
+    faults = FaultInjector(store)
+    faults.install(api.app)
     runner = web.AppRunner(api.app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=1)
@@ -77,6 +80,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     kubelet = Kubelet(store, cfg, state, (args.host, port))
     api.logs = kubelet
+    faults.kubelet, kubelet.faults = kubelet, faults
     kubelet.register_nodes()
     scheduler = Scheduler(store)
     controllers = Controllers(store)

@@ -30,6 +30,7 @@ REPLICASETS = kind("apps", "v1", "replicasets")
 DEPLOYMENTS = kind("apps", "v1", "deployments")
 SERVICES = kind("", "v1", "services")
 ENDPOINTS = kind("", "v1", "endpoints")
+PVCS = kind("", "v1", "persistentvolumeclaims")
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 
@@ -130,6 +131,25 @@ class Controllers:
         for service in self.store.list(SERVICES):
             with contextlib.suppress(errors.ApiError):
                 self.endpoints(service)
+        for claim in self.store.list(PVCS):
+            if claim.get("status", {}).get("phase") != "Bound":
+                with contextlib.suppress(errors.ApiError):
+                    self.bind_claim(claim)
+
+    def bind_claim(self, claim: Obj) -> None:
+        """A local-path provisioner: every claim binds at once to a folder on this machine."""
+        requested = claim["spec"].get("resources", {}).get("requests", {}).get("storage", "1Gi")
+
+        def bind(o: Obj) -> None:
+            o["status"] = {
+                "phase": "Bound",
+                "accessModes": o["spec"].get("accessModes", []),
+                "capacity": {"storage": requested},
+            }
+
+        self.store.update(
+            PVCS, claim["metadata"]["namespace"], claim["metadata"]["name"], bind, "status"
+        )
 
     # -- ReplicaSet ------------------------------------------------------------------------
     def replicaset(self, rs: Obj) -> None:

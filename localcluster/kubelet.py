@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 
 from localcluster import errors, events
 from localcluster.config import Config, Runtime
+from localcluster.quantity import parse as parse_quantity
 from localcluster.resources import kind
 from localcluster.scheduler import set_condition
 from localcluster.store import Obj, Store, now
@@ -38,6 +40,8 @@ NODES = kind("", "v1", "nodes")
 SECRETS = kind("", "v1", "secrets")
 CONFIGMAPS = kind("", "v1", "configmaps")
 SERVICES = kind("", "v1", "services")
+PVCS = kind("", "v1", "persistentvolumeclaims")
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 COMPONENT = "kubelet"
 MAX_BACKOFF = 300.0
 
@@ -187,7 +191,7 @@ class PodWorker:
             for run in self.init + self.main:
                 image = run.spec.get("image", "")
                 runtime = self.kubelet.config.runtime_for(image)
-                if runtime is None:
+                if runtime is None or self.kubelet.image_fails(image):
                     missing.append(run)
                 else:
                     runtimes[run.name] = runtime
@@ -310,6 +314,12 @@ class PodWorker:
             for kind_, key in (("Readiness", "readinessProbe"), ("Liveness", "livenessProbe"))
             if key in run.spec
         ]
+        oom = asyncio.Event()
+        limit = ((run.spec.get("resources") or {}).get("limits") or {}).get("memory")
+        if limit:
+            probes.append(
+                asyncio.ensure_future(self._memory_watch(process, int(parse_quantity(limit)), oom))
+            )
         output = process.stdout
         if output is None:  # never: stdout is a pipe
             raise RuntimeError("container stdout is not captured")
@@ -324,7 +334,7 @@ class PodWorker:
                 probe.cancel()
         exit_code = 128 - code if code < 0 else code
         reason = "Completed" if exit_code == 0 else "Error"
-        if code < 0 and -code == signal.SIGKILL and run.spec.get("_oom"):
+        if oom.is_set():
             reason = "OOMKilled"
         run.state = {
             "terminated": {
@@ -361,8 +371,73 @@ class PodWorker:
             found = shutil.which(argv[0], path=env["PATH"])
             argv[0] = found or argv[0]
         cwd = spec.get("workingDir") or runtime.working_dir or str(self.dir)
-        Path(cwd).mkdir(parents=True, exist_ok=True)
+        mounts = self._mounts(pod, spec)
+        if mounts:
+            launcher = [sys.executable, "-m", "localcluster.launch"]
+            for source, target, read_only in mounts:
+                launcher += ["--mount", f"{source}:{target}" + (":ro" if read_only else "")]
+            argv = [*launcher, "--", *argv]
+            env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])
+            )
+        else:
+            Path(cwd).mkdir(parents=True, exist_ok=True)
         return argv, env, cwd
+
+    def _mounts(self, pod: Obj, spec: dict[str, Any]) -> list[tuple[str, str, bool]]:
+        """(host folder or file, mountPath, read-only) for each of the container's mounts."""
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
+        result = []
+        for mount in spec.get("volumeMounts") or []:
+            volume = volumes.get(mount["name"])
+            if volume is None:
+                raise errors.bad_request(f'volume "{mount["name"]}" is not declared in the pod')
+            source = self._volume_dir(volume)
+            if mount.get("subPath"):
+                source = source / mount["subPath"]
+                if not source.exists():
+                    source.mkdir(parents=True)
+            read_only = bool(mount.get("readOnly")) or "secret" in volume or "configMap" in volume
+            result.append((str(source), mount["mountPath"], read_only))
+        return result
+
+    def _volume_dir(self, volume: dict[str, Any]) -> Path:
+        """Materialize a volume: emptyDir, configMap, secret or persistentVolumeClaim."""
+        folder: Path = self.dir / "volumes" / volume["name"]
+        if "emptyDir" in volume:
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        for key, source_kind, decode in (
+            ("configMap", CONFIGMAPS, False),
+            ("secret", SECRETS, True),
+        ):
+            if key in volume:
+                ref = volume[key]
+                name = ref.get("name") or ref.get("secretName", "")
+                data = self._data(
+                    source_kind, {"name": name, "optional": ref.get("optional")}, decode
+                )
+                items = ref.get("items") or [{"key": k, "path": k} for k in data]
+                folder.mkdir(parents=True, exist_ok=True)
+                for item in items:
+                    if item["key"] not in data:
+                        raise errors.bad_request(f"{key} {name} has no key {item['key']}")
+                    target = folder / item["path"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_text(data[item["key"]])
+                    target.chmod(item.get("mode", ref.get("defaultMode", 0o644)))
+                return folder
+        if "persistentVolumeClaim" in volume:
+            claim = volume["persistentVolumeClaim"]["claimName"]
+            if self.store.find(PVCS, self.ns, claim) is None:
+                raise errors.bad_request(f'persistentvolumeclaim "{claim}" not found')
+            folder = Path(self.kubelet.state_dir, "volumes", self.ns, claim)
+            folder.mkdir(parents=True, exist_ok=True)
+            return folder
+        raise errors.bad_request(
+            f'volume "{volume["name"]}": only emptyDir, configMap, secret and '
+            "persistentVolumeClaim volumes are supported by localcluster"
+        )
 
     def _environment(self, pod: Obj, spec: dict[str, Any], runtime: Runtime) -> dict[str, str]:
         api = self.kubelet.api_address
@@ -438,6 +513,31 @@ class PodWorker:
                     )
                 return data[ref["key"]]
         return None
+
+    async def _memory_watch(
+        self, process: asyncio.subprocess.Process, limit: int, oom: asyncio.Event
+    ) -> None:
+        """The memory cgroup's job: SIGKILL the container when its processes exceed the limit."""
+        page = os.sysconf("SC_PAGE_SIZE")
+        while process.returncode is None:
+            used = 0
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    fields = stat.read_text().rsplit(")", 1)[1].split()
+                    if int(fields[2]) == process.pid:  # process group id
+                        used += int(fields[21]) * page  # resident set size in pages
+            if used > limit:
+                oom.set()
+                self.event(
+                    "Warning",
+                    "OOMKilling",
+                    f"Memory cgroup out of memory: container "
+                    f"used {used} bytes over its {limit} byte limit",
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                return
+            await asyncio.sleep(0.2)
 
     async def _probe_loop(
         self,
@@ -583,6 +683,7 @@ class Kubelet:
         self.workers: dict[str, PodWorker] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_ip = 0
+        self.faults: Any = None  # a FaultInjector, set by the server
 
     def _allocate_ip(self) -> str:
         self._next_ip += 1
@@ -638,10 +739,16 @@ class Kubelet:
                             {"type": "Hostname", "address": spec.name},
                         ],
                         "nodeInfo": {
+                            "architecture": "amd64",
+                            "bootID": spec.name,
+                            "machineID": spec.name,
+                            "systemUUID": spec.name,
+                            "containerRuntimeVersion": "localcluster://1",
+                            "kernelVersion": os.uname().release,
+                            "kubeProxyVersion": "v1.32.0-localcluster",
                             "kubeletVersion": "v1.32.0-localcluster",
                             "operatingSystem": "linux",
-                            "architecture": "amd64",
-                            "containerRuntimeVersion": "localcluster://1",
+                            "osImage": "localcluster",
                         },
                     },
                 },
@@ -657,6 +764,31 @@ class Kubelet:
                 self._handle(event.type, event.obj)
         finally:
             self.store.unwatch(watch)
+
+    def image_fails(self, image: str) -> bool:
+        """Whether fault injection makes pulls of this image fail."""
+        return self.faults is not None and self.faults.image_fails(image)
+
+    async def kill_container(self, namespace: str, pod: str, container: str | None) -> None:
+        worker = self._worker(namespace, pod)
+        for run in worker.init + worker.main:
+            if run.process is not None and container in (None, run.name):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(run.process.pid, signal.SIGKILL)
+
+    async def evict(self, namespace: str, pod: str, message: str) -> None:
+        worker = self._worker(namespace, pod)
+        worker.event("Warning", "Evicted", message or "The node was low on resource: memory.")
+        await worker.stop(0)
+        worker.publish("Failed", "Evicted", message or "The node was low on resource: memory.")
+        self.workers.pop(worker.uid, None)
+
+    def _worker(self, namespace: str, pod: str) -> PodWorker:
+        obj = self.store.get(PODS, namespace, pod)
+        worker = self.workers.get(obj["metadata"]["uid"])
+        if worker is None:
+            raise errors.bad_request(f"pod {namespace}/{pod} has no running containers here")
+        return worker
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(work)

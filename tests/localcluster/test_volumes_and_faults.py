@@ -1,0 +1,240 @@
+"""Volumes at their mountPaths, init containers, memory limits, and injected faults."""
+
+from __future__ import annotations
+
+import base64
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from localcluster.faults import FaultClient
+from tests.localcluster.conftest import Cluster, pod_manifest, wait_for
+from tests.localcluster.test_pods import finished, log_of, phase
+
+
+@pytest.fixture(scope="module")
+def faults(cluster: Cluster) -> FaultClient:
+    return FaultClient(cluster.api.configuration.host)
+
+
+def test_volumes_appear_at_their_mount_paths(cluster: Cluster) -> None:
+    mount = f"/tmp/localcluster-test-{uuid.uuid4().hex[:8]}"
+    cluster.core.create_namespaced_config_map(
+        "default",
+        {"metadata": {"name": "app-config"}, "data": {"settings.ini": "[app]\nmode=fast\n"}},
+    )
+    cluster.core.create_namespaced_secret(
+        "default",
+        {
+            "metadata": {"name": "app-secret"},
+            "data": {"token": base64.b64encode(b"s3cret").decode()},
+        },
+    )
+    cluster.core.create_namespaced_persistent_volume_claim(
+        "default",
+        {
+            "metadata": {"name": "data"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    volumes = [
+        {"name": "config", "configMap": {"name": "app-config"}},
+        {"name": "secret", "secret": {"secretName": "app-secret"}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "data", "persistentVolumeClaim": {"claimName": "data"}},
+    ]
+    mounts = [
+        {"name": n, "mountPath": f"{mount}/{n}"} for n in ("config", "secret", "scratch", "data")
+    ]
+    script = (
+        f"import os\nm = {mount!r}\n"
+        "print(open(m + '/config/settings.ini').read().split()[1])\n"
+        "print(open(m + '/secret/token').read())\n"
+        "open(m + '/scratch/x', 'w').write('tmp')\n"
+        "n = len(os.listdir(m + '/data'))\n"
+        "open(m + f'/data/run-{n}', 'w').write('kept')\n"
+        "print('runs', n + 1)\n"
+        "try:\n    open(m + '/secret/new', 'w')\n"
+        "except OSError as e:\n    print('read-only', e.errno)\n"
+    )
+    for name in ("vol-1", "vol-2"):
+        cluster.core.create_namespaced_pod(
+            "default",
+            pod_manifest(name, script, volumes=volumes, container={"volumeMounts": mounts}),
+        )
+        assert finished(cluster, name) == "Succeeded", log_of(cluster, name)
+    assert log_of(cluster, "vol-1").split("\n")[:3] == ["mode=fast", "s3cret", "runs 1"]
+    # The claim's folder outlives the pod; the mounts stayed private to the pods.
+    assert "runs 2" in log_of(cluster, "vol-2")
+    assert "read-only 30" in log_of(cluster, "vol-2")  # EROFS
+    claim = cluster.core.read_namespaced_persistent_volume_claim("data", "default")
+    assert claim.status.phase == "Bound"
+
+
+def test_init_containers_run_first_and_in_order(cluster: Cluster) -> None:
+    volumes = [{"name": "shared", "emptyDir": {}}]
+    mount = [{"name": "shared", "mountPath": f"/tmp/localcluster-init-{uuid.uuid4().hex[:8]}"}]
+    path = mount[0]["mountPath"]
+    init = [
+        {
+            "name": f"init-{i}",
+            "image": "python:3.11-slim",
+            "volumeMounts": mount,
+            "command": ["python", "-c", f"open('{path}/order', 'a').write('{i}')"],
+        }
+        for i in (1, 2)
+    ]
+    cluster.core.create_namespaced_pod(
+        "default",
+        pod_manifest(
+            "inits",
+            f"print(open('{path}/order').read())",
+            volumes=volumes,
+            initContainers=init,
+            container={"volumeMounts": mount},
+        ),
+    )
+    assert finished(cluster, "inits") == "Succeeded"
+    assert log_of(cluster, "inits") == "12\n"
+    statuses = cluster.core.read_namespaced_pod("inits", "default").status.init_container_statuses
+    assert [s.state.terminated.reason for s in statuses] == ["Completed", "Completed"]
+
+
+def test_exceeding_the_memory_limit_is_oomkilled(cluster: Cluster) -> None:
+    script = (
+        "import time\nblocks = []\n"
+        "while True:\n    blocks.append(bytearray(20_000_000))\n    time.sleep(0.05)\n"
+    )
+    limits = {"resources": {"limits": {"memory": "120Mi"}}}
+    cluster.core.create_namespaced_pod("default", pod_manifest("hog", script, container=limits))
+    assert finished(cluster, "hog") == "Failed"
+    state = cluster.core.read_namespaced_pod("hog", "default").status.container_statuses[0].state
+    assert (state.terminated.reason, state.terminated.exit_code) == ("OOMKilled", 137)
+
+
+def test_kill_container_fault_restarts_it(cluster: Cluster, faults: FaultClient) -> None:
+    cluster.core.create_namespaced_pod(
+        "default",
+        pod_manifest(
+            "victim",
+            "import time; print('up', flush=True); time.sleep(600)",
+            restartPolicy="Always",
+        ),
+    )
+    wait_for("the container to run", lambda: phase(cluster, "victim") == "Running")
+    faults.kill_container("default", "victim")
+
+    def restarted() -> bool:
+        status = cluster.core.read_namespaced_pod("victim", "default").status.container_statuses[0]
+        return status.restart_count == 1 and status.state.running is not None
+
+    wait_for("the restart", restarted)
+    status = cluster.core.read_namespaced_pod("victim", "default").status.container_statuses[0]
+    assert status.last_state.terminated.exit_code == 137
+    cluster.core.delete_namespaced_pod("victim", "default", grace_period_seconds=0)
+
+
+def test_evicted_pods_fail_and_their_replicaset_replaces_them(
+    cluster: Cluster, faults: FaultClient
+) -> None:
+    from kubernetes.utils import create_from_dict
+
+    labels = {"app": "evictee"}
+    create_from_dict(
+        cluster.api,
+        {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {"name": "evictee"},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {
+                        "containers": [
+                            {
+                                "name": "app",
+                                "image": "python:3.11-slim",
+                                "command": ["python", "-c", "import time; time.sleep(600)"],
+                            }
+                        ]
+                    },
+                },
+            },
+        },
+    )
+
+    def running_pods() -> list[str]:
+        pods = cluster.core.list_namespaced_pod("default", label_selector="app=evictee").items
+        return [p.metadata.name for p in pods if p.status.phase == "Running"]
+
+    first = wait_for("the first pod", running_pods)[0]
+    faults.evict("default", first)
+    evicted = cluster.core.read_namespaced_pod(first, "default")
+    assert (evicted.status.phase, evicted.status.reason) == ("Failed", "Evicted")
+    wait_for("a replacement", lambda: [n for n in running_pods() if n != first])
+
+
+def test_image_pull_and_node_faults(cluster: Cluster, faults: FaultClient) -> None:
+    faults.fail_image_pulls("python:3.11-*")
+    try:
+        cluster.core.create_namespaced_pod("default", pod_manifest("no-pull", "pass"))
+        wait_for(
+            "ErrImagePull",
+            lambda: any(
+                e.message == "Error: ErrImagePull"
+                for e in cluster.core.list_namespaced_event(
+                    "default", field_selector="involvedObject.name=no-pull"
+                ).items
+            ),
+        )
+    finally:
+        faults.fail_image_pulls("python:3.11-*", fail=False)
+    assert finished(cluster, "no-pull") == "Succeeded"  # pulls work again: it starts
+
+    node = cluster.core.list_node().items[0].metadata.name
+    faults.node_ready(node, ready=False)
+    try:
+        cluster.core.create_namespaced_pod("default", pod_manifest("no-node", "pass"))
+        wait_for(
+            "FailedScheduling",
+            lambda: [
+                e
+                for e in cluster.core.list_namespaced_event(
+                    "default", field_selector="involvedObject.name=no-node"
+                ).items
+                if e.reason == "FailedScheduling" and "not ready" in e.message
+            ],
+        )
+    finally:
+        faults.node_ready(node, ready=True)
+    assert finished(cluster, "no-node") == "Succeeded"
+
+
+@pytest.mark.parametrize(("mode", "status"), [("429", 429), ("500", 500)])
+def test_api_error_faults_hit_the_given_share(
+    cluster: Cluster, faults: FaultClient, mode: str, status: int
+) -> None:
+    # A bare HTTP client: the kubernetes client would retry 429s after their Retry-After.
+    url = f"{cluster.api.configuration.host}/api/v1/namespaces/default/configmaps"
+    faults.api_errors(0.5, mode, seed=7)
+    codes, retry_after = [], set()
+    try:
+        for _ in range(40):
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+                    codes.append(response.status)
+            except urllib.error.HTTPError as exc:
+                codes.append(exc.code)
+                retry_after.add(exc.headers.get("Retry-After"))
+    finally:
+        faults.api_errors(0)
+    assert set(codes) == {200, status}
+    assert retry_after == ({"1"} if status == 429 else {None})
+    assert 10 <= codes.count(status) <= 30
