@@ -10,7 +10,6 @@ non-terminating pods.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
 import datetime as dt
@@ -117,9 +116,9 @@ class Controllers:
 
     async def run(self) -> None:
         while True:
+            seen = self.store.revision
             self.reconcile()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.changed(), 0.5)
+            await self.store.changed_since(seen, 0.5)
 
     def reconcile(self) -> None:
         for deployment in self.store.list(DEPLOYMENTS):

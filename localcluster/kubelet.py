@@ -160,7 +160,6 @@ class PodWorker:
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
         pod = self.store.get(PODS, self.ns, self.name)
-        self.publish("Pending")
         runtimes = await self._pull_images(pod)
         if runtimes is None:
             return
@@ -196,12 +195,6 @@ class PodWorker:
                 else:
                     runtimes[run.name] = runtime
             if not missing:
-                for run in self.init + self.main:
-                    self.event(
-                        "Normal",
-                        "Pulled",
-                        f'Container image "{run.spec.get("image")}" already present on machine',
-                    )
                 return runtimes
             for run in missing:
                 image = run.spec.get("image", "")
@@ -306,6 +299,9 @@ class PodWorker:
         run.process = process
         run.started, run.ready = True, "readinessProbe" not in run.spec
         run.state = {"running": {"startedAt": started[:19] + "Z"}}
+        if run.restart_count == 0:
+            image = run.spec.get("image")
+            self.event("Normal", "Pulled", f'Container image "{image}" already present on machine')
         self.event("Normal", "Created", f"Created container {run.name}")
         self.event("Normal", "Started", f"Started container {run.name}")
         self.publish()
@@ -346,9 +342,20 @@ class PodWorker:
             }
         }
         run.ready, run.process = False, None
-        self.publish()
+        self.publish(self._final_phase())
         run.attempt_done.set()
         return exit_code
+
+    def _final_phase(self) -> str | None:
+        """The pod's phase once no container will run again, in the same write as the exit."""
+        if self.stopping or not self.main or self.restart_policy == "Always":
+            return None
+        codes = [r.state.get("terminated", {}).get("exitCode") for r in self.main]
+        if any(code is None for code in codes):
+            return None
+        if self.restart_policy == "OnFailure" and any(codes):
+            return None
+        return "Failed" if any(codes) else "Succeeded"
 
     def _command(
         self, pod: Obj, run: ContainerRun, runtime: Runtime

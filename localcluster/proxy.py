@@ -31,9 +31,9 @@ class ServiceProxy:
 
     async def run(self) -> None:
         while True:
+            seen = self.store.revision
             await self.sync()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.changed(), 1.0)
+            await self.store.changed_since(seen, 1.0)
 
     async def sync(self) -> None:
         wanted: dict[tuple[str, str, int], tuple[str, Obj]] = {}

@@ -9,7 +9,6 @@ the same shape as the real one ("0/2 nodes are available: 1 Insufficient nvidia.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import Counter
 from decimal import Decimal
@@ -153,11 +152,11 @@ class Scheduler:
                     )
 
     def _bind(self, ns: str, name: str, node: str) -> None:
-        # What the binding subresource does: the node into spec, the condition into status.
-        self.store.update(PODS, ns, name, lambda pod: pod["spec"].__setitem__("nodeName", node))
-        self.store.update(
-            PODS, ns, name, lambda pod: set_condition(pod, "PodScheduled", "True"), "status"
-        )
+        def bind(pod: Obj) -> None:
+            pod["spec"]["nodeName"] = node
+            set_condition(pod, "PodScheduled", "True")
+
+        self.store.update(PODS, ns, name, bind, "binding")
 
     def _unschedulable(self, ns: str, name: str, why: str) -> None:
         def mark(pod: Obj) -> None:
@@ -168,9 +167,9 @@ class Scheduler:
 
     async def run(self) -> None:
         while True:
+            seen = self.store.revision
             self.schedule_once()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.store.changed(), 1.0)
+            await self.store.changed_since(seen, 1.0)
 
 
 def set_condition(obj: Obj, type_: str, status: str, reason: str = "", message: str = "") -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import copy
 import datetime as dt
 import random
@@ -61,7 +62,7 @@ class Store:
         self._rv = 0
         self._history: deque[Event] = deque(maxlen=HISTORY)
         self._watches: list[Watch] = []
-        self._changed = asyncio.Event()
+        self._waiters: builtins.list[asyncio.Future[None]] = []
         self._services = 0
         # Each cluster takes its pod and service addresses from two /16s of 127.0.0.0/8 picked
         # at random, so that two clusters on one machine (tests beside a demo) do not collide.
@@ -89,13 +90,16 @@ class Store:
         kind: Kind,
         namespace: str | None = None,
         where: Callable[[Obj], bool] | None = None,
-    ) -> list[Obj]:
-        items = [
+    ) -> builtins.list[Obj]:
+        """Copies of the matching objects, in key order (``where`` sees the stored objects
+        and must not change them: filtering before copying keeps large lists cheap)."""
+        return [
             copy.deepcopy(obj)
             for (key, ns, _), obj in sorted(self._objects.items())
-            if key == kind.key and (namespace is None or not kind.namespaced or ns == namespace)
+            if key == kind.key
+            and (namespace is None or not kind.namespaced or ns == namespace)
+            and (where is None or where(obj))
         ]
-        return [o for o in items if where is None or where(o)]
 
     # -- writes ----------------------------------------------------------------------------
     def _bump(self) -> str:
@@ -108,7 +112,10 @@ class Store:
         for watch in self._watches:
             if watch.wants(event):
                 watch.queue.put_nowait(event)
-        self._changed.set()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def create(self, kind: Kind, namespace: str, obj: Obj) -> Obj:
         obj = copy.deepcopy(obj)
@@ -176,6 +183,10 @@ class Store:
         if subresource == "status":
             merged = {**current, "status": new.get("status", {})}
             new = merged
+        elif subresource == "binding":
+            # The binding subresource: node name and PodScheduled condition in one write.
+            new = {**current, "status": new.get("status", {})}
+            new["spec"] = {**current["spec"], "nodeName": obj["spec"]["nodeName"]}
         else:
             if "status" in current and kind.kind != "Namespace":
                 new["status"] = current["status"]  # status changes only through /status
@@ -305,10 +316,22 @@ class Store:
         if watch in self._watches:
             self._watches.remove(watch)
 
-    async def changed(self) -> None:
-        """Wait for the next write of any object (for components' reconcile loops)."""
-        self._changed.clear()
-        await self._changed.wait()
+    @property
+    def revision(self) -> int:
+        return self._rv
+
+    async def changed_since(self, seen: int, timeout: float) -> None:
+        """Wait until some object is written after revision ``seen``, or ``timeout`` passes.
+
+        Reconcile loops note ``revision`` before they read, then wait here: a write made
+        while they were busy is never missed (an Event cleared by one loop would be).
+        """
+        if self._rv != seen:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(waiter, timeout)
 
 
 def kind_of(obj: Obj) -> Kind | None:
