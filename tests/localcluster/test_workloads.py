@@ -297,3 +297,81 @@ def test_a_failing_liveness_probe_restarts_the_container(cluster: Cluster) -> No
     }
     assert {"Unhealthy", "Killing"} <= reasons
     cluster.core.delete_namespaced_pod("unhealthy", "default", grace_period_seconds=0)
+
+
+def test_recreate_paused_and_revision_history(cluster: Cluster) -> None:
+    from kubernetes.utils import create_from_dict
+
+    deployment, _ = manifests("recreate", replicas=2, type="Recreate")
+    deployment["spec"]["revisionHistoryLimit"] = 1
+    create_from_dict(cluster.api, deployment)
+
+    def settled(version: str) -> bool:
+        d = cluster.apps.read_namespaced_deployment("recreate", "default")
+        pods = cluster.core.list_namespaced_pod("default", label_selector="app=recreate").items
+        live = [p for p in pods if p.metadata.deletion_timestamp is None]
+        versions = {e.value for p in live for e in p.spec.containers[0].env if e.name == "VERSION"}
+        return d.status.available_replicas == 2 and versions == {version}
+
+    wait_for("the first rollout", lambda: settled("v1"))
+    seen_versions: set[frozenset[str]] = set()
+    for version in ("v2", "v3"):
+        cluster.apps.patch_namespaced_deployment(
+            "recreate",
+            "default",
+            {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {"name": "web", "env": [{"name": "VERSION", "value": version}]}
+                            ]
+                        }
+                    }
+                }
+            },
+        )
+
+        def observe(version: str = version) -> bool:
+            # Recreate: old and new pods never run side by side.
+            pods = cluster.core.list_namespaced_pod("default", label_selector="app=recreate").items
+            running = [
+                p for p in pods if p.status.phase == "Running" and not p.metadata.deletion_timestamp
+            ]
+            seen_versions.add(
+                frozenset(
+                    e.value
+                    for p in running
+                    for e in p.spec.containers[0].env
+                    if e.name == "VERSION"
+                )
+            )
+            return settled(version)
+
+        wait_for(f"the {version} rollout", observe, timeout=60)
+    assert all(len(versions) <= 1 for versions in seen_versions), seen_versions
+    # revisionHistoryLimit 1: the current ReplicaSet and one old one are kept.
+    sets = cluster.apps.list_namespaced_replica_set("default", label_selector="app=recreate").items
+    revisions = sorted(
+        int(rs.metadata.annotations["deployment.kubernetes.io/revision"]) for rs in sets
+    )
+    assert revisions == [2, 3]
+
+    cluster.apps.patch_namespaced_deployment("recreate", "default", {"spec": {"paused": True}})
+    cluster.apps.patch_namespaced_deployment(
+        "recreate",
+        "default",
+        {
+            "spec": {
+                "template": {
+                    "spec": {
+                        "containers": [{"name": "web", "env": [{"name": "VERSION", "value": "v4"}]}]
+                    }
+                }
+            }
+        },
+    )
+    time.sleep(2)
+    assert settled("v3"), "a paused Deployment must not roll out"
+    cluster.apps.patch_namespaced_deployment("recreate", "default", {"spec": {"paused": False}})
+    wait_for("the resumed rollout", lambda: settled("v4"), timeout=60)
