@@ -375,3 +375,85 @@ def test_recreate_paused_and_revision_history(cluster: Cluster) -> None:
     assert settled("v3"), "a paused Deployment must not roll out"
     cluster.apps.patch_namespaced_deployment("recreate", "default", {"spec": {"paused": False}})
     wait_for("the resumed rollout", lambda: settled("v4"), timeout=60)
+
+
+STORED_ONLY = """
+apiVersion: v1
+kind: Namespace
+metadata: {name: ml}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: trainer, namespace: ml}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pod-runner, namespace: ml}
+rules:
+- apiGroups: [""]
+  resources: [pods, pods/log]
+  verbs: [create, get, list, watch, delete, patch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: trainer-runs-pods, namespace: ml}
+subjects: [{kind: ServiceAccount, name: trainer, namespace: ml}]
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pod-runner}
+---
+apiVersion: v1
+kind: ResourceQuota
+metadata: {name: gpus, namespace: ml}
+spec: {hard: {requests.nvidia.com/gpu: "2"}}
+---
+apiVersion: v1
+kind: LimitRange
+metadata: {name: defaults, namespace: ml}
+spec: {limits: [{type: Container, default: {memory: 512Mi}}]}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata: {name: serve, namespace: ml}
+spec: {minAvailable: 1, selector: {matchLabels: {app: serve}}}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: serve, namespace: ml}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: serve}
+  minReplicas: 2
+  maxReplicas: 5
+  metrics:
+  - type: Resource
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 70}}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: serve-ingress, namespace: ml}
+spec:
+  podSelector: {matchLabels: {app: serve}}
+  policyTypes: [Ingress]
+  ingress: [{ports: [{port: 8080}]}]
+"""
+
+
+def test_manifests_of_kinds_it_only_stores_apply_cleanly(kubectl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "platform.yaml"
+    path.write_text(STORED_ONLY)
+    out = kubectl("apply", "-f", str(path))
+    for created in (
+        "namespace/ml",
+        "serviceaccount/trainer",
+        "role.rbac.authorization.k8s.io/pod-runner",
+        "rolebinding.rbac.authorization.k8s.io/trainer-runs-pods",
+        "resourcequota/gpus",
+        "limitrange/defaults",
+        "poddisruptionbudget.policy/serve",
+        "horizontalpodautoscaler.autoscaling/serve",
+        "networkpolicy.networking.k8s.io/serve-ingress",
+    ):
+        assert f"{created} created" in out, out
+    again = kubectl("apply", "-f", str(path))
+    assert "created" not in again, again
+    assert "unchanged" in again, again
+    assert "pod-runner" in kubectl("get", "roles", "-n", "ml")
+    assert 'namespace "ml" deleted' in kubectl("delete", "namespace", "ml")
