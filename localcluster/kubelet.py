@@ -305,11 +305,7 @@ class PodWorker:
         self.event("Normal", "Created", f"Created container {run.name}")
         self.event("Normal", "Started", f"Started container {run.name}")
         self.publish()
-        probes = [
-            asyncio.ensure_future(self._probe_loop(run, kind_, run.spec[key], process, env))
-            for kind_, key in (("Readiness", "readinessProbe"), ("Liveness", "livenessProbe"))
-            if key in run.spec
-        ]
+        probes = [asyncio.ensure_future(self._probes(run, process, env))]
         oom = asyncio.Event()
         limit = ((run.spec.get("resources") or {}).get("limits") or {}).get("memory")
         if limit:
@@ -546,6 +542,26 @@ class PodWorker:
                 return
             await asyncio.sleep(0.2)
 
+    async def _probes(
+        self, run: ContainerRun, process: asyncio.subprocess.Process, env: dict[str, str]
+    ) -> None:
+        """The startup probe first; readiness and liveness only once it has succeeded."""
+        startup = run.spec.get("startupProbe")
+        if startup is not None:
+            run.started = False
+            self.publish()
+            if not await self._probe_loop(run, "Startup", startup, process, env):
+                return
+            run.started = True
+            self.publish()
+        await asyncio.gather(
+            *(
+                self._probe_loop(run, kind_, run.spec[key], process, env)
+                for kind_, key in (("Readiness", "readinessProbe"), ("Liveness", "livenessProbe"))
+                if key in run.spec
+            )
+        )
+
     async def _probe_loop(
         self,
         run: ContainerRun,
@@ -553,8 +569,12 @@ class PodWorker:
         probe: dict[str, Any],
         process: asyncio.subprocess.Process,
         env: dict[str, str],
-    ) -> None:
-        """Run one probe as the kubelet does: delay, period, timeout and both thresholds."""
+    ) -> bool:
+        """Run one probe as the kubelet does: delay, period, timeout and both thresholds.
+
+        A startup probe returns True at its first success (False if the container dies or
+        is killed first); readiness and liveness probes run until the container exits.
+        """
         period = probe.get("periodSeconds", 10)
         timeout = probe.get("timeoutSeconds", 1)
         failure_threshold = probe.get("failureThreshold", 3)
@@ -565,6 +585,8 @@ class PodWorker:
             error = await self._probe_once(probe, timeout, env, run)
             if error is None:
                 successes, failures = successes + 1, 0
+                if kind_ == "Startup":
+                    return True
                 if kind_ == "Readiness" and not run.ready and successes >= success_threshold:
                     run.ready = True
                     self.publish()
@@ -575,17 +597,18 @@ class PodWorker:
                     if kind_ == "Readiness" and run.ready:
                         run.ready = False
                         self.publish()
-                    elif kind_ == "Liveness":
+                    elif kind_ in ("Liveness", "Startup"):
                         self.event(
                             "Normal",
                             "Killing",
-                            f"Container {run.name} failed liveness probe, will be restarted",
+                            f"Container {run.name} failed {kind_.lower()} probe, will be restarted",
                         )
                         await self._kill(
                             process, float(probe.get("terminationGracePeriodSeconds", 2))
                         )
-                        return
+                        return False
             await asyncio.sleep(period)
+        return False
 
     async def _probe_once(
         self, probe: dict[str, Any], timeout: float, env: dict[str, str], run: ContainerRun

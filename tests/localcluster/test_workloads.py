@@ -457,3 +457,46 @@ def test_manifests_of_kinds_it_only_stores_apply_cleanly(kubectl, tmp_path: Path
     assert "unchanged" in again, again
     assert "pod-runner" in kubectl("get", "roles", "-n", "ml")
     assert 'namespace "ml" deleted' in kubectl("delete", "namespace", "ml")
+
+
+def test_startup_probe_gates_readiness_and_services_are_in_the_environment(
+    cluster: Cluster,
+) -> None:
+    from kubernetes.utils import create_from_dict
+
+    from tests.localcluster.conftest import pod_manifest
+
+    create_from_dict(cluster.api, manifests("envsvc", replicas=1)[1])  # a Service to be seen
+    script = (
+        "import os, pathlib, time\n"
+        "print(os.environ['ENVSVC_SERVICE_HOST'], os.environ['ENVSVC_SERVICE_PORT'], flush=True)\n"
+        "time.sleep(2)\n"
+        "pathlib.Path(os.environ['HOME'], 'started').touch()\n"
+        "time.sleep(600)\n"
+    )
+    probes = {
+        "startupProbe": {
+            "exec": {"command": ["sh", "-c", 'test -f "$HOME/started"']},
+            "periodSeconds": 1,
+            "failureThreshold": 10,
+        },
+        "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 1},
+    }
+    cluster.core.create_namespaced_pod(
+        "default", pod_manifest("slow-start", script, restartPolicy="Always", container=probes)
+    )
+
+    def status():  # type: ignore[no-untyped-def]
+        statuses = cluster.core.read_namespaced_pod(
+            "slow-start", "default"
+        ).status.container_statuses
+        return statuses[0] if statuses else None
+
+    wait_for("the container to run", lambda: status() is not None and status().state.running)
+    assert (status().started, status().ready) == (False, False)
+    wait_for("startup to succeed and readiness to follow", lambda: status().ready, timeout=20)
+    assert status().started is True
+    service = cluster.core.read_namespaced_service("envsvc", "default")
+    lines = cluster.core.read_namespaced_pod_log("slow-start", "default", _preload_content=False)
+    assert lines.data.decode().split("\n")[0] == f"{service.spec.cluster_ip} 80"
+    cluster.core.delete_namespaced_pod("slow-start", "default", grace_period_seconds=0)
