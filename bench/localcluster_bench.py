@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
-from tests.servers import Server, free_port  # noqa: E402 - needs the path set above
+from tests.servers import Server, free_port, localcluster  # noqa: E402 - needs the path set above
 
 ECHO = """
 import json, sys
@@ -122,24 +122,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         port, echo_port = free_port(), free_port()
-        cluster = Server(
-            "localcluster",
-            [
-                sys.executable,
-                "-m",
-                "localcluster",
-                "serve",
-                "--state-dir",
-                str(root / "state"),
-                "--kubeconfig",
-                str(root / "kubeconfig"),
-                "--port",
-                str(port),
-            ],
-            f"http://127.0.0.1:{port}/readyz",
-            root / "lc.log",
-        )
-        cluster.env["PYTHONPATH"] = str(REPO)
+        cluster = localcluster(root, port)
         cluster.start()
         try:
             from kubernetes import client, config

@@ -315,17 +315,20 @@ class ApiServer:
             return _scale_of(obj)
         return obj
 
+    def _scale_to(self, target: Target, scale: dict[str, Any]) -> dict[str, Any]:
+        """The scale subresource: only spec.replicas of the parent object changes."""
+        replicas = scale.get("spec", {}).get("replicas", 0)
+        updated = self.store.update(
+            target.kind,
+            target.namespace,
+            target.name,
+            lambda o: o["spec"].__setitem__("replicas", replicas),
+        )
+        return _scale_of(updated)
+
     def _put(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
         if target.subresource == "scale":
-            replicas = body.get("spec", {}).get("replicas", 0)
-            return _scale_of(
-                self.store.update(
-                    target.kind,
-                    target.namespace,
-                    target.name,
-                    lambda o: o["spec"].__setitem__("replicas", replicas),
-                )
-            )
+            return self._scale_to(target, body)
         return self.store.replace(
             target.kind, target.namespace, target.name, body, target.subresource
         )
@@ -354,15 +357,7 @@ class ApiServer:
                 "application/apply-patch+yaml, application/strategic-merge-patch+json",
             )
         if target.subresource == "scale":
-            replicas = new.get("spec", {}).get("replicas", 0)
-            return _scale_of(
-                self.store.update(
-                    target.kind,
-                    target.namespace,
-                    target.name,
-                    lambda o: o["spec"].__setitem__("replicas", replicas),
-                )
-            )
+            return self._scale_to(target, new)
         new.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
         return self.store.replace(
             target.kind, target.namespace, target.name, new, target.subresource

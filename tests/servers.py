@@ -68,3 +68,31 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         return self.proc.returncode
+
+
+def localcluster(root: Path, port: int, config_file: Path | None = None) -> Server:
+    """A ``python -m localcluster serve`` process with its state and kubeconfig under root."""
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [
+        sys.executable,
+        "-m",
+        "localcluster",
+        "serve",
+        "--state-dir",
+        str(root / "state"),
+        "--kubeconfig",
+        str(root / "kubeconfig"),
+        "--port",
+        str(port),
+        "--grace-seconds",
+        "5",
+    ]
+    if config_file is not None:
+        cmd += ["--config", str(config_file)]
+    server = Server(
+        "localcluster", cmd, f"http://127.0.0.1:{port}/readyz", root / "localcluster.log"
+    )
+    server.env["PYTHONPATH"] = str(repo)
+    return server

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,8 +12,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from tests.dev_env import REPO
-from tests.servers import Server, free_port
+from tests.servers import Server, free_port, localcluster
 
 FAST = {"restartBackoffSeconds": 0.5}
 
@@ -39,30 +37,8 @@ def start_cluster(root: Path, settings: dict[str, Any]) -> Cluster:
     root.mkdir(parents=True, exist_ok=True)
     config_file = root / "config.yaml"
     config_file.write_text(yaml.safe_dump(settings))
-    port = free_port()
     kubeconfig = root / "kubeconfig"
-    server = Server(
-        "localcluster",
-        [
-            sys.executable,
-            "-m",
-            "localcluster",
-            "serve",
-            "--state-dir",
-            str(root / "state"),
-            "--kubeconfig",
-            str(kubeconfig),
-            "--port",
-            str(port),
-            "--config",
-            str(config_file),
-            "--grace-seconds",
-            "5",
-        ],
-        f"http://127.0.0.1:{port}/readyz",
-        root / "localcluster.log",
-    )
-    server.env["PYTHONPATH"] = str(REPO)
+    server = localcluster(root, free_port(), config_file)
     server.start(timeout=60)
     api = config.new_client_from_config(config_file=str(kubeconfig))
     return Cluster(server, kubeconfig, root / "state", api)

@@ -65,8 +65,13 @@ def test_bad_rows_are_quarantined_with_reasons(tmp_path: Path) -> None:
     assert report["quarantined_rows"] == len(quarantine) > 0
     assert report["raw_rows"] == report["valid_rows"] + report["quarantined_rows"]
     reasons = " ".join(quarantine["reasons"])
-    for expected in ("age: not_nullable", "monthly_charges: in_range", "plan: isin",
-                     "tenure_months: in_range", "multiple_fields_uniqueness"):  # fmt: skip
+    for expected in (
+        "age: not_nullable",
+        "monthly_charges: in_range",
+        "plan: isin",
+        "tenure_months: in_range",
+        "multiple_fields_uniqueness",
+    ):
         assert expected in reasons
     assert (quarantine["plan"] == "platinum").any()
 
@@ -109,13 +114,17 @@ def test_written_partition_meets_the_schema_expectations(tmp_path: Path) -> None
     ("args", "message"),
     [
         (["--start", "2026-04-10", "--end", "2026-04-10"], "empty data interval"),
-        (["--start", "2026-04-10", "--end", "2026-04-11", "--source-uri", "synthetic://x"],
-         "unknown synthetic source"),
+        (
+            ["--start", "2026-04-10", "--end", "2026-04-11", "--source-uri", "synthetic://x"],
+            "unknown synthetic source",
+        ),
         (["--start", "not-a-date", "--end", "2026-04-11"], "Invalid value for '--start'"),
-        (["--start", "2026-04-10", "--end", "2026-04-11", "--max-bad-share", "2"],
-         "Invalid value for '--max-bad-share'"),
+        (
+            ["--start", "2026-04-10", "--end", "2026-04-11", "--max-bad-share", "2"],
+            "Invalid value for '--max-bad-share'",
+        ),
     ],
-)  # fmt: skip
+)
 def test_cli_bad_input_exits_2(args: list[str], message: str, tmp_path: Path) -> None:
     import os
     import subprocess
@@ -123,9 +132,51 @@ def test_cli_bad_input_exits_2(args: list[str], message: str, tmp_path: Path) ->
 
     proc = subprocess.run(
         [sys.executable, "-m", "helmsman_steps", "etl", "--dataset-uri", str(tmp_path), *args],
-        env={**os.environ, "PYTHONPATH": str(STEPS_SRC),
-             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"},
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        env={
+            **os.environ,
+            "PYTHONPATH": str(STEPS_SRC),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
+
+
+def test_cli_accepts_airflow_rendered_timestamps(tmp_path: Path) -> None:
+    """{{ data_interval_start }} renders as ISO 8601 with an offset; the CLI takes it as is."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "helmsman_steps",
+            "etl",
+            "--dataset-uri",
+            str(tmp_path / "ds"),
+            "--start",
+            "2026-04-10T00:00:00+00:00",
+            "--end",
+            "2026-04-11T00:00:00+00:00",
+            "--source-uri",
+            "synthetic://churn?rows_per_day=200",
+        ],
+        env={
+            **os.environ,
+            "PYTHONPATH": str(STEPS_SRC),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "ds" / "features" / "date=2026-04-10.parquet").exists()

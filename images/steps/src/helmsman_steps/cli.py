@@ -27,7 +27,17 @@ app = typer.Typer(
     add_completion=False,
 )
 
-Day = Annotated[dt.datetime, typer.Option(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S%z"])]
+# Dates as Airflow renders them: "2026-11-01" ({{ ds }}) or ISO 8601 with an offset
+# ({{ data_interval_start }}).
+_DATE_FORMATS = ["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%dT%H:%M:%S%z"]
+Start = Annotated[
+    dt.datetime,
+    typer.Option(formats=_DATE_FORMATS, help="Data interval start (inclusive), YYYY-MM-DD."),
+]
+End = Annotated[
+    dt.datetime,
+    typer.Option(formats=_DATE_FORMATS, help="Data interval end (exclusive), YYYY-MM-DD."),
+]
 DatasetUri = Annotated[
     str,
     typer.Option(
@@ -64,10 +74,8 @@ def _setup(
 
 @app.command()
 def etl(
-    start: Annotated[
-        dt.datetime, typer.Option(help="Data interval start (inclusive), YYYY-MM-DD.")
-    ],
-    end: Annotated[dt.datetime, typer.Option(help="Data interval end (exclusive), YYYY-MM-DD.")],
+    start: Start,
+    end: End,
     dataset_uri: DatasetUri,
     source_uri: Annotated[
         str,
@@ -116,10 +124,8 @@ def etl(
 
 @app.command()
 def train(
-    start: Annotated[
-        dt.datetime, typer.Option(help="Data interval start (inclusive), YYYY-MM-DD.")
-    ],
-    end: Annotated[dt.datetime, typer.Option(help="Data interval end (exclusive), YYYY-MM-DD.")],
+    start: Start,
+    end: End,
     dataset_uri: DatasetUri,
     model_name: ModelName = "churn",
     run_key: RunKey = "",
@@ -149,9 +155,7 @@ def train(
     if not widths or min(widths) < 1:
         raise BadInputError(f"--hidden needs at least one positive width, got {hidden!r}")
     config = stage.TrainConfig(epochs, batch_size, learning_rate, 1e-4, widths, seed, window_days)
-    lineage = registry.Lineage.from_env(
-        interval_start=str(start.date()), interval_end=str(end.date())
-    )
+    lineage = registry.Lineage.from_env()  # train.run adds the interval
     key = run_key or f"local/{start.date()}_{end.date()}/train"
     result = stage.run(
         DatasetStore(dataset_uri), start.date(), end.date(), model_name, key, config, lineage,
@@ -162,10 +166,8 @@ def train(
 
 @app.command()
 def evaluate(
-    start: Annotated[
-        dt.datetime, typer.Option(help="Data interval start (inclusive), YYYY-MM-DD.")
-    ],
-    end: Annotated[dt.datetime, typer.Option(help="Data interval end (exclusive), YYYY-MM-DD.")],
+    start: Start,
+    end: End,
     dataset_uri: DatasetUri,
     model_name: ModelName = "churn",
     challenger_version: Annotated[
