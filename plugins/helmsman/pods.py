@@ -1,0 +1,187 @@
+"""The pod factory: every pod Helmsman runs is built here, with the team's defaults.
+
+One place decides namespace, service account, image per stage, the Pod Security Standards
+"restricted" security context, resources, GPU scheduling, configuration from Secrets and
+ConfigMaps, labels and the operator's lifecycle settings; each default has its reason beside
+it. DAG files call :func:`pod_task` and say only what differs: the stage, its arguments, its
+GPUs. Imports of the provider happen inside the function, so importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+# Images, pinned in this one place. A release bumps TAG (and the Airflow image it ships in).
+REGISTRY = "ghcr.io/helmsman-ml"
+TAG = "0.1.0"
+STAGE_IMAGES = {
+    "etl": "helmsman-pipeline",
+    "evaluate": "helmsman-pipeline",
+    "train": "helmsman-train",
+    "serve": "helmsman-serve",
+}
+
+# Resources per stage: requests sized for the demo data, limits to stop a runaway pod from
+# starving its node (memory limit == request: the pod is never the first OOM victim by surprise).
+STAGE_RESOURCES = {
+    "etl": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
+    "evaluate": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
+    "train": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}},
+}
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
+GPU_POOL = "gpu"
+NON_ROOT_UID = 10001  # the images' numeric user (images/*/Dockerfile)
+
+
+@dataclass(frozen=True)
+class Platform:
+    """Where pods run and what they read; the defaults match helm-values/ and deploy/."""
+
+    namespace: str = "ml"
+    service_account: str = "helmsman-pipeline"
+    # MLflow endpoint and credentials: a Secret, never inline values or Airflow Variables.
+    mlflow_secret: str = "helmsman-mlflow"  # noqa: S105 - the Secret's name, not a secret
+    # Non-secret settings (dataset URI, model name, source URI): a ConfigMap.
+    settings_configmap: str = "helmsman-settings"
+    kubernetes_conn_id: str = "kubernetes_default"
+    registry: str = REGISTRY
+    tag: str = TAG
+
+    def image(self, stage: str) -> str:
+        if stage not in STAGE_IMAGES:
+            raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGE_IMAGES)}")
+        return f"{self.registry}/{STAGE_IMAGES[stage]}:{self.tag}"
+
+
+def pod_name(task_id: str) -> str:
+    """A DNS-1123 pod name derived from the task id (KPO adds a random suffix)."""
+    name = re.sub(r"[^a-z0-9-]+", "-", task_id.lower()).strip("-")
+    return f"helmsman-{name}"[:50].rstrip("-")
+
+
+def container_security_context() -> dict[str, Any]:
+    """Pod Security Standards "restricted", container level."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "runAsNonRoot": True,
+        "runAsUser": NON_ROOT_UID,
+        "readOnlyRootFilesystem": True,  # steps write to /tmp (an emptyDir) and object stores only
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod Security Standards "restricted", pod level."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NON_ROOT_UID,
+        "runAsGroup": NON_ROOT_UID,
+        "fsGroup": NON_ROOT_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def resources(stage: str, gpus: int) -> dict[str, Any]:
+    spec = STAGE_RESOURCES.get(stage, STAGE_RESOURCES["etl"])
+    requests, limits = dict(spec["requests"]), dict(spec["limits"])
+    if gpus:
+        # Extended resources are requested through limits (requests default to them).
+        limits[GPU_RESOURCE] = str(gpus)
+    return {"requests": requests, "limits": limits}
+
+
+def pod_task(
+    task_id: str,
+    stage: str,
+    arguments: list[str],
+    *,
+    gpus: int = 0,
+    platform: Platform | None = None,
+    deferrable: bool = False,
+    **operator_kwargs: Any,
+) -> KubernetesPodOperator:
+    """A KubernetesPodOperator running ``helmsman-step STAGE ARGUMENTS`` with our defaults."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    platform = platform or Platform()
+    if gpus < 0:
+        raise ValueError(f"gpus must be 0 or more, got {gpus}")
+    image = platform.image(stage)
+    tmp = k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="2Gi"))
+    gpu_kwargs: dict[str, Any] = {}
+    if gpus:
+        gpu_kwargs = {
+            "tolerations": [k8s.V1Toleration(**_snake(GPU_TOLERATION))],
+            "node_selector": dict(GPU_NODE_SELECTOR),
+            # The GPU pool caps concurrent GPU pods cluster-wide: one slot per GPU asked for.
+            "pool": GPU_POOL,
+            "pool_slots": gpus,
+        }
+    kwargs: dict[str, Any] = {
+        "task_id": task_id,
+        "name": pod_name(task_id),
+        "namespace": platform.namespace,
+        "image": image,
+        "cmds": ["helmsman-step"],
+        "arguments": [stage, *arguments],
+        "kubernetes_conn_id": platform.kubernetes_conn_id,
+        "service_account_name": platform.service_account,
+        # The pod talks to MLflow and object stores, never to the Kubernetes API.
+        "automount_service_account_token": False,
+        "env_from": [
+            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=platform.mlflow_secret)),
+            k8s.V1EnvFromSource(
+                config_map_ref=k8s.V1ConfigMapEnvSource(name=platform.settings_configmap)
+            ),
+        ],
+        # Lineage for the MLflow tags (helmsman_steps.registry.Lineage.from_env).
+        "env_vars": [
+            k8s.V1EnvVar(name="HELMSMAN_DAG_ID", value="{{ dag.dag_id }}"),
+            k8s.V1EnvVar(name="HELMSMAN_RUN_ID", value="{{ run_id }}"),
+            k8s.V1EnvVar(name="HELMSMAN_RUN_KEY", value="{{ dag.dag_id }}/{{ run_id }}/" + stage),
+            k8s.V1EnvVar(name="HELMSMAN_IMAGE", value=image),
+            k8s.V1EnvVar(name="HELMSMAN_CODE_VERSION", value=platform.tag),
+            k8s.V1EnvVar(name="TMPDIR", value="/tmp"),  # noqa: S108 - the emptyDir below
+        ],
+        "labels": {
+            "app.kubernetes.io/name": "helmsman",
+            "app.kubernetes.io/component": stage,
+            "app.kubernetes.io/part-of": "helmsman",
+            "app.kubernetes.io/managed-by": "airflow",
+        },
+        "container_resources": k8s.V1ResourceRequirements(**resources(stage, gpus)),
+        "security_context": pod_security_context(),
+        "container_security_context": container_security_context(),
+        "volumes": [tmp],
+        "volume_mounts": [k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],  # noqa: S108
+        # A worker that dies mid-task re-attaches to the running pod on the next try instead of
+        # starting a second one (Airflow 3.3's successor of reattach_on_restart).
+        "durable": True,
+        # Failed pods stay for triage; succeeded ones go.
+        "on_finish_action": "delete_succeeded_pod",
+        # A GPU node may need minutes to scale up; CPU pods start in seconds.
+        "startup_timeout_seconds": 900 if gpus else 300,
+        "get_logs": True,
+        "log_events_on_failure": True,
+        # Results go through MLflow and the dataset store, not an XCom sidecar.
+        "do_xcom_push": False,
+        "deferrable": deferrable,
+        "image_pull_policy": "IfNotPresent",
+        "termination_grace_period": 30,
+        **gpu_kwargs,
+    }
+    kwargs.update(operator_kwargs)
+    return KubernetesPodOperator(**kwargs)
+
+
+def _snake(mapping: dict[str, Any]) -> dict[str, Any]:
+    return {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower(): v for k, v in mapping.items()}

@@ -1,0 +1,85 @@
+"""Checks of Kubernetes objects as values: the official schema and Pod Security "restricted".
+
+The restricted profile's rules, as the Pod Security Standards define them (baseline
+included): no host namespaces, ports or paths; no privileged containers; only the allowed
+volume types; allowPrivilegeEscalation false; runAsNonRoot with a non-zero user; a
+RuntimeDefault or Localhost seccomp profile; capabilities dropping ALL and adding nothing but
+NET_BIND_SERVICE. Used for the pods the factory builds and for every manifest in the repo.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kubernetes_validate.utils as kv
+
+KUBERNETES_VERSION = "1.32"
+ALLOWED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def schema_errors(obj: dict[str, Any]) -> str | None:
+    """None if ``obj`` is valid for the Kubernetes version we target, else the error."""
+    try:
+        kv.validate(obj, KUBERNETES_VERSION, strict=True)
+    except kv.ValidationError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def _containers(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        *spec.get("initContainers", []),
+        *spec.get("containers", []),
+        *spec.get("ephemeralContainers", []),
+    ]
+
+
+def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
+    """Every way a pod spec breaks Pod Security "restricted" (empty when it complies)."""
+    problems: list[str] = []
+    pod_sc = pod_spec.get("securityContext") or {}
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod_spec.get(field):
+            problems.append(f"{field} must not be true")
+    for volume in pod_spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            problems.append(f"volume {volume['name']} uses {sorted(kinds - ALLOWED_VOLUMES)}")
+    if pod_sc.get("runAsUser") == 0:
+        problems.append("pod runAsUser must not be 0")
+    pod_seccomp = (pod_sc.get("seccompProfile") or {}).get("type")
+    for c in _containers(pod_spec):
+        name = c.get("name", "?")
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            problems.append(f"container {name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"container {name}: allowPrivilegeEscalation must be false")
+        if not (
+            sc.get("runAsNonRoot") is True
+            or (pod_sc.get("runAsNonRoot") is True and sc.get("runAsNonRoot") is not False)
+        ):
+            problems.append(f"container {name}: runAsNonRoot must be true")
+        if sc.get("runAsUser") == 0:
+            problems.append(f"container {name}: runAsUser must not be 0")
+        seccomp = (sc.get("seccompProfile") or {}).get("type") or pod_seccomp
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"container {name}: seccompProfile must be RuntimeDefault or Localhost")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"container {name}: capabilities must drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            problems.append(f"container {name}: may add only NET_BIND_SERVICE")
+        for port in c.get("ports") or []:
+            if port.get("hostPort"):
+                problems.append(f"container {name}: hostPort")
+    return problems
