@@ -28,7 +28,7 @@ NOV_20 = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
         ),
         (
             "older interval than the champion",
-            {"interval_end": NOV_10},
+            {"interval_end": NOV_1},
             False,
             "before the champion's",
         ),
