@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import base64
+import os
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,14 +18,27 @@ from localcluster.faults import FaultClient
 from tests.localcluster.conftest import Cluster, pod_manifest, wait_for
 from tests.localcluster.test_pods import finished, log_of, phase
 
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="volume bind mounts need root (CAP_SYS_ADMIN), see ADR 0004"
+)
+
+
+@pytest.fixture
+def mount_point() -> Iterator[str]:
+    """A host path for a pod to mount over; the empty folder the launcher creates is removed."""
+    path = Path(tempfile.gettempdir()) / f"localcluster-mount-{uuid.uuid4().hex[:8]}"
+    yield str(path)
+    shutil.rmtree(path, ignore_errors=True)
+
 
 @pytest.fixture(scope="module")
 def faults(cluster: Cluster) -> FaultClient:
     return FaultClient(cluster.api.configuration.host)
 
 
-def test_volumes_appear_at_their_mount_paths(cluster: Cluster) -> None:
-    mount = f"/tmp/localcluster-test-{uuid.uuid4().hex[:8]}"
+@needs_root
+def test_volumes_appear_at_their_mount_paths(cluster: Cluster, mount_point: str) -> None:
+    mount = mount_point
     cluster.core.create_namespaced_config_map(
         "default",
         {"metadata": {"name": "app-config"}, "data": {"settings.ini": "[app]\nmode=fast\n"}},
@@ -76,9 +94,10 @@ def test_volumes_appear_at_their_mount_paths(cluster: Cluster) -> None:
     assert claim.status.phase == "Bound"
 
 
-def test_init_containers_run_first_and_in_order(cluster: Cluster) -> None:
+@needs_root
+def test_init_containers_run_first_and_in_order(cluster: Cluster, mount_point: str) -> None:
     volumes = [{"name": "shared", "emptyDir": {}}]
-    mount = [{"name": "shared", "mountPath": f"/tmp/localcluster-init-{uuid.uuid4().hex[:8]}"}]
+    mount = [{"name": "shared", "mountPath": mount_point}]
     path = mount[0]["mountPath"]
     init = [
         {
