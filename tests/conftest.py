@@ -9,6 +9,10 @@ import pytest
 
 from tests.dev_env import airflow_env
 
+# Shared fixtures: a real MLflow server with a trained champion, and real localcluster
+# processes, for any test module that asks for them.
+pytest_plugins = ["tests.mlflow_fixtures", "tests.cluster_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def dev_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:

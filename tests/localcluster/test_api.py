@@ -9,7 +9,7 @@ import pytest
 from kubernetes import watch
 from kubernetes.client.rest import ApiException
 
-from tests.localcluster.conftest import Cluster, wait_for
+from tests.cluster_fixtures import Cluster, wait_for
 
 
 def status_of(error: ApiException) -> dict:

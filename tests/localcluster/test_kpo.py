@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster_fixtures import Cluster
 from tests.dev_env import REPO
-from tests.localcluster.conftest import Cluster
 
 RUNNER = """
 import sys

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kubernetes.client.rest import ApiException
 
-from tests.localcluster.conftest import Cluster, pod_manifest, start_cluster, wait_for
+from tests.cluster_fixtures import Cluster, pod_manifest, start_cluster, wait_for
 
 
 def alive(pid: int) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from localcluster.faults import FaultClient
-from tests.localcluster.conftest import Cluster, pod_manifest, wait_for
+from tests.cluster_fixtures import Cluster, pod_manifest, wait_for
 from tests.localcluster.test_pods import finished, log_of, phase
 
 needs_root = pytest.mark.skipif(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.localcluster.conftest import Cluster, wait_for
+from tests.cluster_fixtures import Cluster, wait_for
 
 KUBECTL = shutil.which("kubectl")
 SERVER = (
@@ -270,7 +270,7 @@ def test_a_rollout_that_never_gets_ready_exceeds_its_progress_deadline(cluster: 
 
 
 def test_a_failing_liveness_probe_restarts_the_container(cluster: Cluster) -> None:
-    from tests.localcluster.conftest import pod_manifest
+    from tests.cluster_fixtures import pod_manifest
 
     probe = {
         "livenessProbe": {"exec": {"command": ["false"]}, "periodSeconds": 1, "failureThreshold": 2}
@@ -464,7 +464,7 @@ def test_startup_probe_gates_readiness_and_services_are_in_the_environment(
 ) -> None:
     from kubernetes.utils import create_from_dict
 
-    from tests.localcluster.conftest import pod_manifest
+    from tests.cluster_fixtures import pod_manifest
 
     create_from_dict(cluster.api, manifests("envsvc", replicas=1)[1])  # a Service to be seen
     script = (

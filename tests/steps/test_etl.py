@@ -13,7 +13,7 @@ from helmsman_steps import etl, sources
 from helmsman_steps.exitcodes import BadInputError
 from helmsman_steps.schema import CATEGORIES, ID_COLUMN, LABEL, NUMERIC_RANGES
 from helmsman_steps.store import DatasetStore, content_hash
-from tests.steps.conftest import STEPS_SRC
+from tests.mlflow_fixtures import STEPS_SRC
 
 DAY = dt.date(2026, 4, 10)
 NEXT = DAY + dt.timedelta(days=1)

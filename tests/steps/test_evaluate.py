@@ -11,7 +11,7 @@ import pytest
 from helmsman_steps import evaluate, registry, train
 from helmsman_steps.schema import RAW_FEATURES
 from helmsman_steps.store import DatasetStore
-from tests.steps.conftest import Trained
+from tests.mlflow_fixtures import Trained
 
 MODEL = "churn-eval"
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from helmsman_steps import evaluate, registry
+from tests.mlflow_fixtures import Trained
 from tests.servers import Server, free_port
-from tests.steps.conftest import Trained
 
 ROW = {"age": 30, "tenure_months": 3, "monthly_charges": 95.5, "total_charges": 300,
        "support_calls": 4, "plan": "basic", "region": "south"}  # fmt: skip

@@ -14,7 +14,7 @@ from helmsman_steps.evaluate import holdout, metrics
 from helmsman_steps.model import NumpyModel
 from helmsman_steps.schema import CATEGORIES, LABEL, NUMERIC_RANGES
 from helmsman_steps.store import DatasetStore
-from tests.steps.conftest import Trained, run_step
+from tests.mlflow_fixtures import Trained, run_step
 
 
 def load(name: str, version: str) -> NumpyModel:

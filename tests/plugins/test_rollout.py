@@ -1,0 +1,110 @@
+"""The serving stack, as values (schema, PSS restricted) and for real on localcluster with a
+real MLflow server: first deployment, then an update to another version."""
+
+from __future__ import annotations
+
+import base64
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from helmsman import rollout
+from tests.cluster_fixtures import Cluster, start_cluster
+from tests.k8s_policy import restricted_violations, schema_errors
+from tests.mlflow_fixtures import Trained
+
+NAMESPACE = "ml"
+
+
+def target(version: str, model: str = "churn-test") -> rollout.Target:
+    return rollout.Target(
+        name="churn-serving",
+        namespace=NAMESPACE,
+        model_name=model,
+        model_version=version,
+        annotations={"helmsman.io/dag-run": "tests"},
+    )
+
+
+def test_rendered_objects_pass_the_schema_and_pss_restricted() -> None:
+    objects = rollout.render(target("7"))
+    assert [o["kind"] for o in objects] == ["Deployment", "Service", "PodDisruptionBudget"]
+    for obj in objects:
+        assert schema_errors(obj) is None, obj["kind"]
+    deployment = objects[0]
+    assert restricted_violations(deployment["spec"]["template"]["spec"]) == []
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--model-uri") + 1] == "models:/churn-test/7"
+    assert (
+        deployment["spec"]["template"]["metadata"]["annotations"][rollout.MODEL_ANNOTATION] == "7"
+    )
+    strategy = deployment["spec"]["strategy"]["rollingUpdate"]
+    assert (strategy["maxSurge"], strategy["maxUnavailable"]) == (1, 0)
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert (
+        objects[1]["spec"]["selector"] == selector == objects[2]["spec"]["selector"]["matchLabels"]
+    )
+
+
+@pytest.fixture(scope="module")
+def serving_cluster(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_server: str
+) -> Iterator[Cluster]:
+    """localcluster with the namespace and the MLflow Secret the serving pods read."""
+    cluster = start_cluster(tmp_path_factory.mktemp("serving"), {"restartBackoffSeconds": 0.5})
+    cluster.core.create_namespace({"metadata": {"name": NAMESPACE}})
+    secret = {"MLFLOW_TRACKING_URI": base64.b64encode(mlflow_server.encode()).decode()}
+    cluster.core.create_namespaced_secret(
+        NAMESPACE, {"metadata": {"name": "helmsman-mlflow"}, "data": secret}
+    )
+    yield cluster
+    cluster.api.close()
+    cluster.server.stop()
+
+
+def metadata(cluster: Cluster) -> dict:
+    svc = cluster.core.read_namespaced_service("churn-serving", NAMESPACE)
+    with urllib.request.urlopen(f"http://{svc.spec.cluster_ip}/metadata", timeout=5) as r:
+        result: dict = json.load(r)
+        return result
+
+
+def test_first_deployment_then_an_update_roll_out_and_answer(
+    serving_cluster: Cluster, champion: Trained, tmp_path: Path
+) -> None:
+    api = serving_cluster.api
+    assert rollout.served_version(api, "churn-serving", NAMESPACE) is None
+    rollout.apply(api, rollout.render(target(champion.version)))
+    rollout.wait_for_rollout(api, "churn-serving", NAMESPACE, timeout=120)
+    assert rollout.served_version(api, "churn-serving", NAMESPACE) == champion.version
+    assert metadata(serving_cluster)["model_version"] == champion.version
+    pdb = client.PolicyV1Api(api).read_namespaced_pod_disruption_budget("churn-serving", NAMESPACE)
+    assert pdb.spec.min_available == 1
+
+    # The same version again is a no-op rollout; the Deployment keeps its generation.
+    generation = serving_cluster.apps.read_namespaced_deployment(
+        "churn-serving", NAMESPACE
+    ).metadata.generation
+    rollout.apply(api, rollout.render(target(champion.version)))
+    rollout.wait_for_rollout(api, "churn-serving", NAMESPACE, timeout=60)
+    after = serving_cluster.apps.read_namespaced_deployment(
+        "churn-serving", NAMESPACE
+    ).metadata.generation
+    assert after == generation
+
+
+def test_a_version_that_cannot_load_fails_the_rollout_while_the_old_pods_serve(
+    serving_cluster: Cluster, champion: Trained
+) -> None:
+    api = serving_cluster.api
+    broken = rollout.render(target("999"))  # no such version: the server exits with code 2
+    broken[0]["spec"]["progressDeadlineSeconds"] = 8
+    rollout.apply(api, broken)
+    with pytest.raises(rollout.RolloutFailed, match="timed out progressing"):
+        rollout.wait_for_rollout(api, "churn-serving", NAMESPACE, timeout=60)
+    # maxUnavailable 0: the champion's pods never stopped serving.
+    assert metadata(serving_cluster)["model_version"] == champion.version
