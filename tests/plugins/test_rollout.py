@@ -108,3 +108,50 @@ def test_a_version_that_cannot_load_fails_the_rollout_while_the_old_pods_serve(
         rollout.wait_for_rollout(api, "churn-serving", NAMESPACE, timeout=60)
     # maxUnavailable 0: the champion's pods never stopped serving.
     assert metadata(serving_cluster)["model_version"] == champion.version
+
+
+def golden_of(version: str, model: str = "churn-test") -> dict:
+    import mlflow
+
+    from helmsman_steps import evaluate, registry
+
+    run_id = registry.resolve(f"models:/{model}/{version}").run_id
+    golden: dict = mlflow.artifacts.load_dict(f"runs:/{run_id}/{evaluate.GOLDEN_ARTIFACT}")
+    return golden
+
+
+def test_rollback_returns_to_the_serving_revision_and_the_gate_passes_it(
+    serving_cluster: Cluster, champion: Trained
+) -> None:
+    api = serving_cluster.api
+    # The previous test left the Deployment on a version that cannot load.
+    assert rollout.rollback(api, "churn-serving", NAMESPACE, timeout=120) == champion.version
+    svc = serving_cluster.core.read_namespaced_service("churn-serving", NAMESPACE)
+    gate = rollout.health_gate(
+        api,
+        target(champion.version),
+        f"http://{svc.spec.cluster_ip}",
+        golden_of(champion.version),
+        probe_requests=100,
+    )
+    assert gate.passed, gate.reasons
+    assert gate.error_rate == 0
+
+
+def test_the_gate_fails_a_model_that_serves_other_predictions(
+    serving_cluster: Cluster, champion: Trained
+) -> None:
+    """Served predictions that differ from the evaluated ones fail the parity check."""
+    api = serving_cluster.api
+    svc = serving_cluster.core.read_namespaced_service("churn-serving", NAMESPACE)
+    golden = golden_of(champion.version)
+    tampered = {**golden, "predictions": [min(p + 0.05, 1.0) for p in golden["predictions"]]}
+    gate = rollout.health_gate(
+        api, target(champion.version), f"http://{svc.spec.cluster_ip}", tampered, probe_requests=20
+    )
+    assert not gate.passed
+    assert any("golden-set predictions differ" in r for r in gate.reasons), gate.reasons
+    wrong_version = rollout.health_gate(
+        api, target("12345"), f"http://{svc.spec.cluster_ip}", golden, probe_requests=20
+    )
+    assert any("/metadata reports versions" in r for r in wrong_version.reasons)
