@@ -379,6 +379,8 @@ class PodWorker:
             launcher = [sys.executable, "-m", "localcluster.launch"]
             for source, target, read_only in mounts:
                 launcher += ["--mount", f"{source}:{target}" + (":ro" if read_only else "")]
+            for path in self._runtime_paths(runtime, env, cwd):
+                launcher += ["--keep", path]
             argv = [*launcher, "--", *argv]
             env["PYTHONPATH"] = os.pathsep.join(
                 filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])
@@ -386,6 +388,19 @@ class PodWorker:
         else:
             Path(cwd).mkdir(parents=True, exist_ok=True)
         return argv, env, cwd
+
+    def _runtime_paths(self, runtime: Runtime, env: dict[str, str], cwd: str) -> list[str]:
+        """What the container runs from on this machine: a volume must not hide these."""
+        python = Path(runtime.python)
+        paths = {
+            str(python.parent.parent),  # the virtualenv
+            sys.base_prefix,  # the interpreter it was made from (stdlib)
+            *runtime.path,
+            *filter(None, env.get("PYTHONPATH", "").split(os.pathsep)),
+            str(self.dir),  # the pod's folder: HOME, default working directory
+            cwd,
+        }
+        return sorted(p for p in paths if p and os.path.isabs(p))
 
     def _mounts(self, pod: Obj, spec: dict[str, Any]) -> list[tuple[str, str, bool]]:
         """(host folder or file, mountPath, read-only) for each of the container's mounts."""

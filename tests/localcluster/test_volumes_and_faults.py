@@ -257,3 +257,33 @@ def test_api_error_faults_hit_the_given_share(
     assert set(codes) == {200, status}
     assert retry_after == ({"1"} if status == 429 else {None})
     assert 10 <= codes.count(status) <= 30
+
+
+@needs_root
+def test_a_volume_over_the_folder_the_cluster_runs_from_hides_nothing_it_needs(
+    cluster: Cluster,
+) -> None:
+    """An emptyDir at /tmp is common; a checkout (and its venv) may live in /tmp too.
+
+    The volume is mounted at the top folder of this repository's path (/tmp in a clone made
+    there): the container still starts from its interpreter and code, and sees the volume.
+    """
+    top = "/" + Path(__file__).resolve().parts[1]
+    script = (
+        "import os, sys\n"
+        f"open(os.path.join({top!r}, 'written-in-volume'), 'w').write('x')\n"
+        f"print(sorted(os.listdir({top!r}))[:50].count('written-in-volume'), flush=True)\n"
+    )
+    volumes = [{"name": "scratch", "emptyDir": {}}]
+    cluster.core.create_namespaced_pod(
+        "default",
+        pod_manifest(
+            "over-top",
+            script,
+            volumes=volumes,
+            container={"volumeMounts": [{"name": "scratch", "mountPath": top}]},
+        ),
+    )
+    assert finished(cluster, "over-top") == "Succeeded", log_of(cluster, "over-top")
+    assert log_of(cluster, "over-top") == "1\n"
+    assert not Path(top, "written-in-volume").exists()  # it went to the volume, not the machine
