@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +113,23 @@ def test_written_partition_meets_the_schema_expectations(tmp_path: Path) -> None
     assert {"charges_per_tenure", "log_monthly_charges", "is_new_customer"} <= set(frame.columns)
 
 
+def run_etl_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``helmsman-step etl`` as a pod runs it, with a local MLflow store under tmp_path."""
+    return subprocess.run(
+        [sys.executable, "-m", "helmsman_steps", "etl", *args],
+        env={
+            **os.environ,
+            "PYTHONPATH": str(STEPS_SRC),
+            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -126,57 +146,23 @@ def test_written_partition_meets_the_schema_expectations(tmp_path: Path) -> None
     ],
 )
 def test_cli_bad_input_exits_2(args: list[str], message: str, tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "helmsman_steps", "etl", "--dataset-uri", str(tmp_path), *args],
-        env={
-            **os.environ,
-            "PYTHONPATH": str(STEPS_SRC),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = run_etl_cli(tmp_path, "--dataset-uri", str(tmp_path), *args)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
 
 
 def test_cli_accepts_airflow_rendered_timestamps(tmp_path: Path) -> None:
     """{{ data_interval_start }} renders as ISO 8601 with an offset; the CLI takes it as is."""
-    import os
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "helmsman_steps",
-            "etl",
-            "--dataset-uri",
-            str(tmp_path / "ds"),
-            "--start",
-            "2026-04-10T00:00:00+00:00",
-            "--end",
-            "2026-04-11T00:00:00+00:00",
-            "--source-uri",
-            "synthetic://churn?rows_per_day=200",
-        ],
-        env={
-            **os.environ,
-            "PYTHONPATH": str(STEPS_SRC),
-            "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
-        },
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=tmp_path,
+    proc = run_etl_cli(
+        tmp_path,
+        "--dataset-uri",
+        str(tmp_path / "ds"),
+        "--start",
+        "2026-04-10T00:00:00+00:00",
+        "--end",
+        "2026-04-11T00:00:00+00:00",
+        "--source-uri",
+        "synthetic://churn?rows_per_day=200",
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "ds" / "features" / "date=2026-04-10.parquet").exists()
