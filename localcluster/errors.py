@@ -27,35 +27,32 @@ class ApiError(Exception):
         return body
 
 
+def _object_error(
+    code: int, reason: str, message: str, kind: str, name: str, group: str
+) -> ApiError:
+    return ApiError(code, reason, message, {"name": name, "group": group, "kind": kind})
+
+
+def _resource(kind: str, group: str) -> str:
+    return f"{kind}.{group}" if group else kind
+
+
 def not_found(kind: str, name: str, group: str = "") -> ApiError:
-    resource = f"{kind}.{group}" if group else kind
-    return ApiError(
-        404,
-        "NotFound",
-        f'{resource} "{name}" not found',
-        {"name": name, "group": group, "kind": kind},
-    )
+    message = f'{_resource(kind, group)} "{name}" not found'
+    return _object_error(404, "NotFound", message, kind, name, group)
 
 
 def already_exists(kind: str, name: str, group: str = "") -> ApiError:
-    resource = f"{kind}.{group}" if group else kind
-    return ApiError(
-        409,
-        "AlreadyExists",
-        f'{resource} "{name}" already exists',
-        {"name": name, "group": group, "kind": kind},
-    )
+    message = f'{_resource(kind, group)} "{name}" already exists'
+    return _object_error(409, "AlreadyExists", message, kind, name, group)
 
 
 def conflict(kind: str, name: str, group: str = "") -> ApiError:
-    resource = f"{kind}.{group}" if group else kind
-    return ApiError(
-        409,
-        "Conflict",
-        f'Operation cannot be fulfilled on {resource} "{name}": the object has been modified; '
-        "please apply your changes to the latest version and try again",
-        {"name": name, "group": group, "kind": kind},
+    message = (
+        f'Operation cannot be fulfilled on {_resource(kind, group)} "{name}": the object has '
+        "been modified; please apply your changes to the latest version and try again"
     )
+    return _object_error(409, "Conflict", message, kind, name, group)
 
 
 def invalid(kind: str, name: str, message: str) -> ApiError:

@@ -64,6 +64,14 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
 
 
+def events_of(cluster: Cluster, name: str, reason: str | None = None) -> list[Any]:
+    """The events about object ``name`` in the default namespace (with this reason, if given)."""
+    listed = cluster.core.list_namespaced_event(
+        "default", field_selector=f"involvedObject.name={name}"
+    )
+    return [e for e in listed.items if reason is None or e.reason == reason]
+
+
 def pod_manifest(name: str, script: str, **spec: Any) -> dict[str, Any]:
     container = {"name": "base", "image": "python:3.11-slim", "command": ["python", "-c", script]}
     container.update(spec.pop("container", {}))

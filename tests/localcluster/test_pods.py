@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kubernetes.client.rest import ApiException
 
-from tests.cluster_fixtures import Cluster, pod_manifest, start_cluster, wait_for
+from tests.cluster_fixtures import Cluster, events_of, pod_manifest, start_cluster, wait_for
 
 
 def alive(pid: int) -> bool:
@@ -110,10 +110,7 @@ def test_an_unknown_image_fails_like_a_pull(cluster: Cluster) -> None:
 
     wait_for("ImagePullBackOff", waiting_reason)
     assert phase(cluster, "pull") == "Pending"
-    events = cluster.core.list_namespaced_event(
-        "default", field_selector="involvedObject.name=pull"
-    )
-    messages = [e.message for e in events.items]
+    messages = [e.message for e in events_of(cluster, "pull")]
     assert any('Failed to pull image "example.com/nope:1.0"' in m for m in messages), messages
     assert any(m == "Error: ErrImagePull" for m in messages), messages
     cluster.core.delete_namespaced_pod("pull", "default")
@@ -175,8 +172,7 @@ def test_a_gpu_pod_waits_on_a_cluster_without_gpus(cluster: Cluster) -> None:
         )
 
     wait_for("PodScheduled=False", unschedulable)
-    events = cluster.core.list_namespaced_event("default", field_selector="involvedObject.name=gpu")
-    failed = [e for e in events.items if e.reason == "FailedScheduling"]
+    failed = events_of(cluster, "gpu", "FailedScheduling")
     assert failed
     assert "0/1 nodes are available: 1 Insufficient nvidia.com/gpu." in failed[0].message
     assert phase(cluster, "gpu") == "Pending"
@@ -219,13 +215,7 @@ def test_a_gpu_pod_runs_on_a_declared_gpu_node(tmp_path: Path) -> None:
         )
         wait_for(
             "the scheduler to give up on it",
-            lambda: [
-                e
-                for e in gpu_cluster.core.list_namespaced_event(
-                    "default", field_selector="involvedObject.name=untolerated"
-                ).items
-                if e.reason == "FailedScheduling"
-            ],
+            lambda: events_of(gpu_cluster, "untolerated", "FailedScheduling"),
         )
     finally:
         gpu_cluster.api.close()

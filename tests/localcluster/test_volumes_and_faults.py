@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from localcluster.faults import FaultClient
-from tests.cluster_fixtures import Cluster, pod_manifest, wait_for
+from tests.cluster_fixtures import Cluster, events_of, pod_manifest, wait_for
 from tests.localcluster.test_pods import finished, log_of, phase
 
 needs_root = pytest.mark.skipif(
@@ -206,12 +206,7 @@ def test_image_pull_and_node_faults(cluster: Cluster, faults: FaultClient) -> No
         cluster.core.create_namespaced_pod("default", pod_manifest("no-pull", "pass"))
         wait_for(
             "ErrImagePull",
-            lambda: any(
-                e.message == "Error: ErrImagePull"
-                for e in cluster.core.list_namespaced_event(
-                    "default", field_selector="involvedObject.name=no-pull"
-                ).items
-            ),
+            lambda: any(e.message == "Error: ErrImagePull" for e in events_of(cluster, "no-pull")),
         )
     finally:
         faults.fail_image_pulls("python:3.11-*", fail=False)
@@ -225,10 +220,8 @@ def test_image_pull_and_node_faults(cluster: Cluster, faults: FaultClient) -> No
             "FailedScheduling",
             lambda: [
                 e
-                for e in cluster.core.list_namespaced_event(
-                    "default", field_selector="involvedObject.name=no-node"
-                ).items
-                if e.reason == "FailedScheduling" and "not ready" in e.message
+                for e in events_of(cluster, "no-node", "FailedScheduling")
+                if "not ready" in e.message
             ],
         )
     finally:

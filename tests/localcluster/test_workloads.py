@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.cluster_fixtures import Cluster, wait_for
+from tests.cluster_fixtures import Cluster, events_of, wait_for
 
 KUBECTL = shutil.which("kubectl")
 SERVER = (
@@ -86,6 +86,13 @@ def kubectl(cluster: Cluster):  # type: ignore[no-untyped-def]
         return proc.stdout + proc.stderr
 
     return run
+
+
+def set_version(cluster: Cluster, name: str, version: str) -> None:
+    """Change the VERSION variable of the web container: a new pod template, so a rollout."""
+    env = [{"name": "VERSION", "value": version}]
+    patch = {"spec": {"template": {"spec": {"containers": [{"name": "web", "env": env}]}}}}
+    cluster.apps.patch_namespaced_deployment(name, "default", patch)
 
 
 def service_url(cluster: Cluster, name: str) -> str:
@@ -181,19 +188,7 @@ def test_a_rolling_update_under_load_loses_no_request(cluster: Cluster) -> None:
     thread = threading.Thread(target=hammer)
     thread.start()
     time.sleep(0.5)
-    cluster.apps.patch_namespaced_deployment(
-        "steady",
-        "default",
-        {
-            "spec": {
-                "template": {
-                    "spec": {
-                        "containers": [{"name": "web", "env": [{"name": "VERSION", "value": "v2"}]}]
-                    }
-                }
-            }
-        },
-    )
+    set_version(cluster, "steady", "v2")
 
     def rolled() -> bool:
         d = cluster.apps.read_namespaced_deployment("steady", "default")
@@ -289,12 +284,7 @@ def test_a_failing_liveness_probe_restarts_the_container(cluster: Cluster) -> No
         return bool(statuses) and statuses[0].restart_count >= 1
 
     wait_for("a liveness restart", restarted, timeout=30)
-    reasons = {
-        e.reason
-        for e in cluster.core.list_namespaced_event(
-            "default", field_selector="involvedObject.name=unhealthy"
-        ).items
-    }
+    reasons = {e.reason for e in events_of(cluster, "unhealthy")}
     assert {"Unhealthy", "Killing"} <= reasons
     cluster.core.delete_namespaced_pod("unhealthy", "default", grace_period_seconds=0)
 
@@ -316,21 +306,7 @@ def test_recreate_paused_and_revision_history(cluster: Cluster) -> None:
     wait_for("the first rollout", lambda: settled("v1"))
     seen_versions: set[frozenset[str]] = set()
     for version in ("v2", "v3"):
-        cluster.apps.patch_namespaced_deployment(
-            "recreate",
-            "default",
-            {
-                "spec": {
-                    "template": {
-                        "spec": {
-                            "containers": [
-                                {"name": "web", "env": [{"name": "VERSION", "value": version}]}
-                            ]
-                        }
-                    }
-                }
-            },
-        )
+        set_version(cluster, "recreate", version)
 
         def observe(version: str = version) -> bool:
             # Recreate: old and new pods never run side by side.
@@ -358,19 +334,7 @@ def test_recreate_paused_and_revision_history(cluster: Cluster) -> None:
     assert revisions == [2, 3]
 
     cluster.apps.patch_namespaced_deployment("recreate", "default", {"spec": {"paused": True}})
-    cluster.apps.patch_namespaced_deployment(
-        "recreate",
-        "default",
-        {
-            "spec": {
-                "template": {
-                    "spec": {
-                        "containers": [{"name": "web", "env": [{"name": "VERSION", "value": "v4"}]}]
-                    }
-                }
-            }
-        },
-    )
+    set_version(cluster, "recreate", "v4")
     time.sleep(2)
     assert settled("v3"), "a paused Deployment must not roll out"
     cluster.apps.patch_namespaced_deployment("recreate", "default", {"spec": {"paused": False}})
