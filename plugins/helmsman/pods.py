@@ -4,17 +4,18 @@ One place decides namespace, service account, image per stage, the Pod Security 
 "restricted" security context, resources, GPU scheduling, configuration from Secrets and
 ConfigMaps, labels and the operator's lifecycle settings; each default has its reason beside
 it. DAG files call :func:`pod_task` and say only what differs: the stage, its arguments, its
-GPUs. Imports of the provider happen inside the function, so importing this module is cheap.
+GPUs. The GPU count may be a template (a DAG Param): the pod's GPU limit, toleration and node
+selector then follow the value rendered at run time, while the pool slots, which Airflow needs
+before the run starts, take the largest count the task may ask for.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
 # Images, pinned in this one place. A release bumps TAG (and the Airflow image it ships in).
 REGISTRY = "ghcr.io/helmsman-ml"
@@ -89,13 +90,47 @@ def pod_security_context() -> dict[str, Any]:
     }
 
 
-def resources(stage: str, gpus: int) -> dict[str, Any]:
+def resources(stage: str) -> dict[str, Any]:
+    """CPU and memory; GPUs are added at run time (extended resources go in limits only)."""
     spec = STAGE_RESOURCES.get(stage, STAGE_RESOURCES["etl"])
-    requests, limits = dict(spec["requests"]), dict(spec["limits"])
-    if gpus:
-        # Extended resources are requested through limits (requests default to them).
-        limits[GPU_RESOURCE] = str(gpus)
-    return {"requests": requests, "limits": limits}
+    return {"requests": dict(spec["requests"]), "limits": dict(spec["limits"])}
+
+
+class HelmsmanPodOperator(KubernetesPodOperator):
+    """KPO whose GPU count is rendered at run time (``gpus`` may be ``"{{ params.gpus }}"``)."""
+
+    template_fields = (*KubernetesPodOperator.template_fields, "gpus")
+
+    def __init__(self, *, gpus: int | str = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gpus = gpus
+
+    def gpu_count(self) -> int:
+        try:
+            count = int(self.gpus)
+        except (TypeError, ValueError):
+            raise ValueError(f"gpus must be a whole number, got {self.gpus!r}") from None
+        if count < 0:
+            raise ValueError(f"gpus must be 0 or more, got {count}")
+        return count
+
+    def build_pod_request_obj(self, context: Any = None, *, dry_run: bool = False) -> Any:
+        from kubernetes.client import models as k8s
+
+        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        count = self.gpu_count()
+        if count:
+            container = pod.spec.containers[0]
+            container.resources.limits = {
+                **(container.resources.limits or {}),
+                GPU_RESOURCE: str(count),
+            }
+            pod.spec.tolerations = [
+                *(pod.spec.tolerations or []),
+                k8s.V1Toleration(**_snake(GPU_TOLERATION)),
+            ]
+            pod.spec.node_selector = {**(pod.spec.node_selector or {}), **GPU_NODE_SELECTOR}
+        return pod
 
 
 def pod_task(
@@ -103,31 +138,32 @@ def pod_task(
     stage: str,
     arguments: list[str],
     *,
-    gpus: int = 0,
+    gpus: int | str = 0,
+    max_gpus: int | None = None,
     platform: Platform | None = None,
     deferrable: bool = False,
     **operator_kwargs: Any,
-) -> KubernetesPodOperator:
-    """A KubernetesPodOperator running ``helmsman-step STAGE ARGUMENTS`` with our defaults."""
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+) -> HelmsmanPodOperator:
+    """A KubernetesPodOperator running ``helmsman-step STAGE ARGUMENTS`` with our defaults.
+
+    ``gpus`` is a count or a template of one; ``max_gpus`` (default: ``gpus`` when it is a
+    number) is what the task holds of the GPU pool while it runs.
+    """
     from kubernetes.client import models as k8s
 
     platform = platform or Platform()
-    if gpus < 0:
+    if isinstance(gpus, int) and gpus < 0:
         raise ValueError(f"gpus must be 0 or more, got {gpus}")
+    slots = max_gpus if max_gpus is not None else (gpus if isinstance(gpus, int) else 1)
     image = platform.image(stage)
     tmp = k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="2Gi"))
     gpu_kwargs: dict[str, Any] = {}
-    if gpus:
-        gpu_kwargs = {
-            "tolerations": [k8s.V1Toleration(**_snake(GPU_TOLERATION))],
-            "node_selector": dict(GPU_NODE_SELECTOR),
-            # The GPU pool caps concurrent GPU pods cluster-wide: one slot per GPU asked for.
-            "pool": GPU_POOL,
-            "pool_slots": gpus,
-        }
+    if slots:
+        # The GPU pool caps concurrent GPU pods cluster-wide: one slot per GPU asked for.
+        gpu_kwargs = {"pool": GPU_POOL, "pool_slots": slots}
     kwargs: dict[str, Any] = {
         "task_id": task_id,
+        "gpus": gpus,
         "name": pod_name(task_id),
         "namespace": platform.namespace,
         "image": image,
@@ -147,7 +183,7 @@ def pod_task(
         "env_vars": [
             k8s.V1EnvVar(name="HELMSMAN_DAG_ID", value="{{ dag.dag_id }}"),
             k8s.V1EnvVar(name="HELMSMAN_RUN_ID", value="{{ run_id }}"),
-            k8s.V1EnvVar(name="HELMSMAN_RUN_KEY", value="{{ dag.dag_id }}/{{ run_id }}/" + stage),
+            k8s.V1EnvVar(name="HELMSMAN_RUN_KEY", value=run_key(stage)),
             k8s.V1EnvVar(name="HELMSMAN_IMAGE", value=image),
             k8s.V1EnvVar(name="HELMSMAN_CODE_VERSION", value=platform.tag),
             k8s.V1EnvVar(name="TMPDIR", value="/tmp"),  # noqa: S108 - the emptyDir below
@@ -158,7 +194,7 @@ def pod_task(
             "app.kubernetes.io/part-of": "helmsman",
             "app.kubernetes.io/managed-by": "airflow",
         },
-        "container_resources": k8s.V1ResourceRequirements(**resources(stage, gpus)),
+        "container_resources": k8s.V1ResourceRequirements(**resources(stage)),
         "security_context": pod_security_context(),
         "container_security_context": container_security_context(),
         "volumes": [tmp],
@@ -169,7 +205,7 @@ def pod_task(
         # Failed pods stay for triage; succeeded ones go.
         "on_finish_action": "delete_succeeded_pod",
         # A GPU node may need minutes to scale up; CPU pods start in seconds.
-        "startup_timeout_seconds": 900 if gpus else 300,
+        "startup_timeout_seconds": 900 if slots else 300,
         "get_logs": True,
         "log_events_on_failure": True,
         # Results go through MLflow and the dataset store, not an XCom sidecar.
@@ -180,7 +216,12 @@ def pod_task(
         **gpu_kwargs,
     }
     kwargs.update(operator_kwargs)
-    return KubernetesPodOperator(**kwargs)
+    return HelmsmanPodOperator(**kwargs)
+
+
+def run_key(stage: str) -> str:
+    """The MLflow run key of one stage of one DAG run (a retry finds its earlier run by it)."""
+    return "{{ dag.dag_id }}/{{ run_id }}/" + stage
 
 
 def _snake(mapping: dict[str, Any]) -> dict[str, Any]:

@@ -4,8 +4,16 @@ The serving stack (Deployment, Service, PodDisruptionBudget) comes from
 ``manifests/serving.yaml``; :func:`render` fills in the names, the model version and the
 lineage annotations, :func:`apply` creates what is absent and patches what exists, and
 :func:`wait_for_rollout` waits the way ``kubectl rollout status`` does (observedGeneration,
-updated / available replicas, the progress deadline). The health gate and the automatic
-rollback build on these.
+updated / available replicas, the progress deadline). :func:`health_gate` checks a version
+before it may serve, and the strategies (:class:`Rolling`, :class:`BlueGreen`,
+:class:`Canary`) say where a new version starts, where the gate looks, how it is finished
+and how it is undone.
+
+Every strategy is declarative: starting the same version twice changes nothing, so a deploy
+task re-run after a crash converges on the rollout already under way instead of starting a
+second one. The state of the rollout in progress is kept in the ``helmsman.io/rollout``
+annotation of the Service (who, which version, which phase), which is also the lock that
+keeps two rollouts of one Service apart.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ MODEL_ANNOTATION = "helmsman.io/model-version"
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
 REVISION = "deployment.kubernetes.io/revision"
+SLOT_LABEL = "helmsman.io/slot"  # blue-green: which of the two Deployments a pod belongs to
+TRACK_LABEL = "helmsman.io/track"  # canary: the canary pods' extra label
+STATE_ANNOTATION = "helmsman.io/rollout"
+SERVING_NAME = "helmsman-serving"
 
 
 class RolloutFailed(Exception):
@@ -44,12 +56,29 @@ class Target:
         return f"models:/{self.model_name}/{self.model_version}"
 
 
-def render(target: Target) -> list[dict[str, Any]]:
-    """The serving objects for ``target``, from the manifests kept in the repo."""
+def base_labels(target: Target) -> dict[str, str]:
+    return {NAME_LABEL: SERVING_NAME, INSTANCE_LABEL: target.name}
+
+
+def render(
+    target: Target,
+    *,
+    name: str | None = None,
+    extra_labels: dict[str, str] | None = None,
+    replicas: int | None = None,
+    service_selector: dict[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    """The serving objects for ``target``, from the manifests kept in the repo.
+
+    The Deployment may take another ``name`` and ``extra_labels`` (a blue/green slot, the
+    canary track) that go into its selector and pod labels; the Service and the PDB keep
+    ``target.name``; the Service selects ``service_selector`` on top of the base labels.
+    """
     import yaml
 
     docs = [d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d]
     labels = {INSTANCE_LABEL: target.name}
+    pod_labels = {**labels, **(extra_labels or {})}
     objects = []
     for doc in docs:
         obj = copy.deepcopy(doc)
@@ -58,11 +87,13 @@ def render(target: Target) -> list[dict[str, Any]]:
         meta.setdefault("labels", {}).update(labels)
         kind = obj["kind"]
         if kind == "Deployment":
+            meta["name"] = name or target.name
+            meta["labels"].update(pod_labels)
             spec = obj["spec"]
-            spec["replicas"] = target.replicas
-            spec["selector"]["matchLabels"].update(labels)
+            spec["replicas"] = target.replicas if replicas is None else replicas
+            spec["selector"]["matchLabels"].update(pod_labels)
             template = spec["template"]
-            template["metadata"]["labels"].update(labels)
+            template["metadata"]["labels"].update(pod_labels)
             template["metadata"].setdefault("annotations", {})[MODEL_ANNOTATION] = (
                 target.model_version
             )
@@ -73,11 +104,15 @@ def render(target: Target) -> list[dict[str, Any]]:
                 container["image"] = target.image
             meta.setdefault("annotations", {}).update(target.annotations)
         elif kind == "Service":
-            obj["spec"]["selector"].update(labels)
+            obj["spec"]["selector"].update({**labels, **(service_selector or {})})
         elif kind == "PodDisruptionBudget":
             obj["spec"]["selector"]["matchLabels"].update(labels)
         objects.append(obj)
     return objects
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == kind)
 
 
 def apply(api_client: Any, objects: list[dict[str, Any]]) -> None:
@@ -117,7 +152,37 @@ def apply(api_client: Any, objects: list[dict[str, Any]]) -> None:
                 raise
             create(namespace, obj)
             continue
+        if obj["kind"] == "Service":
+            # The rollout owns the whole selector: a label it no longer selects is removed.
+            obj = copy.deepcopy(obj)
+            selector = obj["spec"]["selector"]
+            selector.update({k: None for k in (SLOT_LABEL, TRACK_LABEL) if k not in selector})
         patch(name, namespace, obj)
+
+
+@dataclass(frozen=True)
+class Progress:
+    done: bool
+    failed: str | None
+    summary: str
+
+
+def progress(d: Any) -> Progress:
+    """How far a Deployment (a client model, sync or asyncio) is through its rollout."""
+    status, wanted = d.status, d.spec.replicas
+    updated, available = status.updated_replicas or 0, status.available_replicas or 0
+    summary = f"updated {updated}/{wanted}, available {available}/{wanted}"
+    for condition in status.conditions or []:
+        if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":
+            name = f"{d.metadata.namespace}/{d.metadata.name}"
+            return Progress(False, f"deployment {name}: {condition.message} ({summary})", summary)
+    done = (
+        (status.observed_generation or 0) >= d.metadata.generation
+        and updated == wanted
+        and (status.replicas or 0) == wanted
+        and available == wanted
+    )
+    return Progress(done, None, summary)
 
 
 def wait_for_rollout(api_client: Any, name: str, namespace: str, timeout: float = 600) -> None:
@@ -131,25 +196,14 @@ def wait_for_rollout(api_client: Any, name: str, namespace: str, timeout: float 
     apps = client.AppsV1Api(api_client)
     deadline = time.monotonic() + timeout
     while True:
-        d = apps.read_namespaced_deployment(name, namespace)
-        status, wanted = d.status, d.spec.replicas
-        updated, available = status.updated_replicas or 0, status.available_replicas or 0
-        progress = f"updated {updated}/{wanted}, available {available}/{wanted}"
-        for condition in status.conditions or []:
-            if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":
-                raise RolloutFailed(
-                    f"deployment {namespace}/{name}: {condition.message} ({progress})"
-                )
-        if (
-            (status.observed_generation or 0) >= d.metadata.generation
-            and (status.updated_replicas or 0) == wanted
-            and (status.replicas or 0) == wanted
-            and (status.available_replicas or 0) == wanted
-        ):
+        state = progress(apps.read_namespaced_deployment(name, namespace))
+        if state.failed:
+            raise RolloutFailed(state.failed)
+        if state.done:
             return
         if time.monotonic() > deadline:
             raise RolloutFailed(
-                f"deployment {namespace}/{name} timed out after {timeout:.0f}s ({progress})"
+                f"deployment {namespace}/{name} timed out after {timeout:.0f}s ({state.summary})"
             )
         time.sleep(1)
 
@@ -214,10 +268,11 @@ def health_gate(
     probe_requests: int = 200,
     max_error_rate: float = 0.0,
     max_p99_ms: float = 250.0,
+    pod_labels: dict[str, str] | None = None,
 ) -> GateResult:
     """Every check the new version must pass before it may serve: all reasons, not the first.
 
-    1. Every pod of the Deployment is Ready and has not restarted.
+    1. Every pod of the new version (``pod_labels``) is Ready and has not restarted.
     2. ``/metadata`` through the Service reports exactly the expected version.
     3. The golden set's predictions match the offline evaluation within ``tolerance``.
     4. A probe load through the Service stays within the error rate and p99 thresholds.
@@ -230,14 +285,14 @@ def health_gate(
 
     reasons: list[str] = []
     core = client.CoreV1Api(api_client)
-    selector = ",".join(
-        f"{k}={v}" for k, v in {NAME_LABEL: "helmsman-serving", INSTANCE_LABEL: target.name}.items()
-    )
+    selector = label_selector(pod_labels or base_labels(target))
     pods = [
         p
         for p in core.list_namespaced_pod(target.namespace, label_selector=selector).items
         if p.metadata.deletion_timestamp is None
     ]
+    if not pods:
+        reasons.append(f"no pods match {selector}")
     for pod in pods:
         statuses = pod.status.container_statuses or []
         if not all(s.ready for s in statuses):
@@ -289,3 +344,287 @@ def health_gate(
     if p99 > max_p99_ms:
         reasons.append(f"probe load p99 {p99:.1f} ms over {max_p99_ms:.1f} ms")
     return GateResult(not reasons, reasons, p99, error_rate)
+
+
+def label_selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def service_url(api_client: Any, name: str, namespace: str) -> str:
+    """The Service's cluster address; the deploy task runs where cluster IPs route."""
+    from kubernetes import client
+
+    svc = client.CoreV1Api(api_client).read_namespaced_service(name, namespace)
+    port = svc.spec.ports[0].port
+    return f"http://{svc.spec.cluster_ip}:{port}"
+
+
+def _read_or_none(read: Any, name: str, namespace: str) -> Any:
+    from kubernetes.client.rest import ApiException
+
+    try:
+        return read(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _scale(api_client: Any, name: str, namespace: str, replicas: int) -> None:
+    from kubernetes import client
+
+    apps = client.AppsV1Api(api_client)
+    if _read_or_none(apps.read_namespaced_deployment, name, namespace) is not None:
+        apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+
+
+def _delete(api_client: Any, name: str, namespace: str, kind: str) -> None:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+
+    apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
+    delete = {
+        "Deployment": apps.delete_namespaced_deployment,
+        "Service": core.delete_namespaced_service,
+    }[kind]
+    try:
+        delete(name, namespace, propagation_policy="Foreground")
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+
+
+# --- the state of a rollout in progress, kept on the Service -----------------------------------
+
+STALE_AFTER_SECONDS = 3600
+
+
+class RolloutBusy(Exception):
+    """Another DAG run's rollout of this Service is still in progress."""
+
+
+def read_state(api_client: Any, name: str, namespace: str) -> dict[str, Any]:
+    import json
+
+    from kubernetes import client
+
+    svc = _read_or_none(client.CoreV1Api(api_client).read_namespaced_service, name, namespace)
+    raw = ((svc.metadata.annotations or {}) if svc else {}).get(STATE_ANNOTATION)
+    return dict(json.loads(raw)) if raw else {}
+
+
+def write_state(api_client: Any, name: str, namespace: str, state: dict[str, Any]) -> None:
+    import json
+
+    from kubernetes import client
+
+    body = {"metadata": {"annotations": {STATE_ANNOTATION: json.dumps(state, sort_keys=True)}}}
+    client.CoreV1Api(api_client).patch_namespaced_service(name, namespace, body)
+
+
+def claim(api_client: Any, target: Target, owner: str, strategy: str) -> dict[str, Any]:
+    """Take the Service's rollout lock for ``owner`` (a DAG run), or join ``owner``'s own.
+
+    Refuses while another owner's rollout is in progress (phase ``rolling`` or ``gating``)
+    and younger than an hour; a finished or stale one is taken over.
+    """
+    state = read_state(api_client, target.name, target.namespace)
+    busy = state.get("phase") in ("rolling", "gating")
+    if busy and state.get("owner") != owner:
+        age = time.time() - float(state.get("since", 0))
+        if age < STALE_AFTER_SECONDS:
+            raise RolloutBusy(
+                f"service {target.namespace}/{target.name} is being rolled out to version "
+                f"{state.get('version')} by {state.get('owner')} (phase {state.get('phase')}, "
+                f"{age:.0f}s ago); wait for it or fail that run"
+            )
+    if state.get("owner") == owner and state.get("version") == target.model_version:
+        return state  # a re-run of the same task: converge on the rollout under way
+    return {
+        "owner": owner,
+        "version": target.model_version,
+        "strategy": strategy,
+        "phase": "rolling",
+        "since": time.time(),
+    }
+
+
+# --- strategies ----------------------------------------------------------------------------------
+
+
+class Strategy:
+    """How a new version starts, where the gate looks, how it finishes and how it is undone.
+
+    ``begin`` applies the new version and returns the plan: the Deployment to wait for, the
+    Service the gate goes through, the new pods' labels, and what ``finish`` / ``undo`` need
+    later. The plan is plain JSON, so the wait can happen in the triggerer and the task resume
+    with ``resume(plan)`` in another process.
+    """
+
+    name = ""
+
+    def __init__(self, api_client: Any, target: Target, timeout: float = 600) -> None:
+        self.api, self.target, self.timeout = api_client, target, timeout
+        self.plan: dict[str, Any] = {}
+
+    def live_deployment(self) -> str:
+        """The Deployment whose pods the Service sends traffic to now."""
+        svc = _read_or_none_service(self.api, self.target)
+        slot = ((svc.spec.selector or {}) if svc else {}).get(SLOT_LABEL)
+        return f"{self.target.name}-{slot}" if slot else self.target.name
+
+    def live_version(self) -> str | None:
+        return served_version(self.api, self.live_deployment(), self.target.namespace)
+
+    def begin(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def resume(self, plan: dict[str, Any]) -> None:
+        self.plan = plan
+
+    def start(self) -> dict[str, Any]:
+        """begin() and wait for the new version's Deployment (the synchronous path)."""
+        plan = self.begin()
+        wait_for_rollout(self.api, plan["deployment"], self.target.namespace, self.timeout)
+        return plan
+
+    def finish(self) -> None:
+        """After a passed gate: make the new version the only one serving."""
+
+    def undo(self) -> str | None:
+        """After a failed gate: serve what served before; return the version serving now."""
+        raise NotImplementedError
+
+
+class Rolling(Strategy):
+    """Update the Deployment in place (maxSurge 1, maxUnavailable 0); undo = previous revision."""
+
+    name = "rolling"
+
+    def begin(self) -> dict[str, Any]:
+        apply(self.api, render(self.target))
+        self.plan = {
+            "deployment": self.target.name,
+            "gate_service": self.target.name,
+            "pod_labels": base_labels(self.target),
+        }
+        return self.plan
+
+    def undo(self) -> str | None:
+        current = served_version(self.api, self.target.name, self.target.namespace)
+        if current == self.target.model_version:
+            rollback(self.api, self.target.name, self.target.namespace, self.timeout)
+        return self.live_version()
+
+
+class BlueGreen(Strategy):
+    """The new version gets the idle slot's Deployment and a preview Service; after the gate
+    the Service's selector switches to it and the old slot scales to zero. Undo (the switch
+    has not happened yet) scales the idle slot down: the Service never left the old slot."""
+
+    name = "blue-green"
+
+    def begin(self) -> dict[str, Any]:
+        live = self.live_deployment()
+        active = live.rsplit("-", 1)[1] if live != self.target.name else None
+        idle = "green" if active == "blue" else "blue"
+        name = f"{self.target.name}-{idle}"
+        objects = render(self.target, name=name, extra_labels={SLOT_LABEL: idle})
+        deployment, service = of_kind(objects, "Deployment"), of_kind(objects, "Service")
+        preview = copy.deepcopy(service)
+        preview["metadata"]["name"] = f"{self.target.name}-preview"
+        preview["spec"]["selector"][SLOT_LABEL] = idle
+        first = _read_or_none_service(self.api, self.target) is None
+        if first:  # nothing serves yet: the Service points at the first slot from the start
+            service["spec"]["selector"][SLOT_LABEL] = idle
+            apply(self.api, [deployment, service, of_kind(objects, "PodDisruptionBudget"), preview])
+        else:
+            apply(self.api, [deployment, preview])
+        self.plan = {
+            "deployment": name,
+            "gate_service": preview["metadata"]["name"],
+            "pod_labels": {**base_labels(self.target), SLOT_LABEL: idle},
+            "old": live,
+            "idle": idle,
+        }
+        return self.plan
+
+    def finish(self) -> None:
+        from kubernetes import client
+
+        idle = self.plan["idle"]
+        body = {"spec": {"selector": {**base_labels(self.target), SLOT_LABEL: idle}}}
+        client.CoreV1Api(self.api).patch_namespaced_service(
+            self.target.name, self.target.namespace, body
+        )
+        if self.plan["old"] != self.plan["deployment"]:
+            _scale(self.api, self.plan["old"], self.target.namespace, 0)
+
+    def undo(self) -> str | None:
+        if self.plan["old"] != self.plan["deployment"]:
+            _scale(self.api, self.plan["deployment"], self.target.namespace, 0)
+        return self.live_version()
+
+
+class Canary(Strategy):
+    """One canary replica of the new version joins the stable pods behind the Service (its
+    share of traffic is 1 / (replicas + 1)); the gate checks it through the canary Service.
+    After the gate the stable Deployment rolls to the new version and the canary goes; undo
+    deletes the canary. The very first version has nothing to be a canary of: it rolls out."""
+
+    name = "canary"
+
+    def canary(self) -> str:
+        return f"{self.target.name}-canary"
+
+    def begin(self) -> dict[str, Any]:
+        if self.live_version() is None:
+            self.plan = {**Rolling(self.api, self.target, self.timeout).begin(), "first": True}
+            return self.plan
+        labels = {TRACK_LABEL: "canary"}
+        objects = render(self.target, name=self.canary(), extra_labels=labels, replicas=1)
+        service = copy.deepcopy(of_kind(objects, "Service"))
+        service["metadata"]["name"] = self.canary()
+        service["spec"]["selector"].update(labels)
+        apply(self.api, [of_kind(objects, "Deployment"), service])
+        self.plan = {
+            "deployment": self.canary(),
+            "gate_service": self.canary(),
+            "pod_labels": {**base_labels(self.target), **labels},
+            "first": False,
+        }
+        return self.plan
+
+    def finish(self) -> None:
+        if self.plan["first"]:
+            return
+        apply(self.api, [of_kind(render(self.target), "Deployment")])
+        wait_for_rollout(self.api, self.target.name, self.target.namespace, self.timeout)
+        self._remove_canary()
+
+    def _remove_canary(self) -> None:
+        _delete(self.api, self.canary(), self.target.namespace, "Deployment")
+        _delete(self.api, self.canary(), self.target.namespace, "Service")
+
+    def undo(self) -> str | None:
+        if self.plan["first"]:
+            return Rolling(self.api, self.target, self.timeout).undo()
+        self._remove_canary()
+        return self.live_version()
+
+
+def _read_or_none_service(api_client: Any, target: Target) -> Any:
+    from kubernetes import client
+
+    return _read_or_none(
+        client.CoreV1Api(api_client).read_namespaced_service, target.name, target.namespace
+    )
+
+
+STRATEGIES: dict[str, type[Strategy]] = {s.name: s for s in (Rolling, BlueGreen, Canary)}
+
+
+def strategy(name: str, api_client: Any, target: Target, timeout: float = 600) -> Strategy:
+    if name not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, not {name!r}")
+    return STRATEGIES[name](api_client, target, timeout)

@@ -3,6 +3,7 @@ Kubernetes schema and Pod Security "restricted", with only the API server left o
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -129,3 +130,30 @@ def test_the_schema_check_catches_a_misspelled_field() -> None:
     pod = built()
     pod["spec"]["containers"][0]["imagee"] = "x"
     assert "imagee" in (schema_errors(pod) or "")
+
+
+def context(**params: Any) -> Any:
+    """What the templates of a pod task read from Airflow's task context."""
+    return {"params": params, "dag": SimpleNamespace(dag_id="ml_training"), "run_id": "manual_1"}
+
+
+def test_a_templated_gpu_count_follows_the_rendered_param() -> None:
+    operator = pods.pod_task("train_model", "train", [], gpus="{{ params.gpus }}", max_gpus=4)
+    assert (operator.pool, operator.pool_slots) == ("gpu", 4)
+    for count, expect_gpu in ((0, False), (3, True)):
+        operator.gpus = "{{ params.gpus }}"
+        operator.render_template_fields(context(gpus=count))
+        pod = ApiClient().sanitize_for_serialization(operator.build_pod_request_obj())
+        limits = pod["spec"]["containers"][0]["resources"]["limits"]
+        assert ("nvidia.com/gpu" in limits) is expect_gpu
+        assert bool(pod["spec"].get("nodeSelector")) is expect_gpu
+        if expect_gpu:
+            assert limits["nvidia.com/gpu"] == "3"
+        assert schema_errors(pod) is None
+
+
+def test_a_gpu_count_that_is_not_a_number_is_refused_with_the_value() -> None:
+    operator = pods.pod_task("train_model", "train", [], gpus="{{ params.gpus }}")
+    operator.render_template_fields(context(gpus="two"))
+    with pytest.raises(ValueError, match="'two'"):
+        operator.build_pod_request_obj()
