@@ -12,7 +12,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
-from tests.servers import Server, free_port, localcluster
+from tools.procs import Server, free_port, localcluster
 
 FAST = {"restartBackoffSeconds": 0.5}
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.dev_env import REPO
-from tests.servers import Server, free_port
+from tools.procs import Server, free_port
 
 STEPS_SRC = REPO / "images" / "steps" / "src"
 ROWS_PER_DAY = 5000

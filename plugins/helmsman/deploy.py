@@ -251,9 +251,9 @@ class RolloutOperator(BaseOperator):
                 f"left version {serving} serving, not {expected}: look at deployment "
                 f"{target.namespace}/{strat.live_deployment()} now"
             )
+        now = f"version {serving} serves again" if serving else "nothing served before: scaled to 0"
         raise RolloutGateFailed(
-            f"version {target.model_version} rolled back, version {serving} serves again: "
-            + "; ".join(reasons)
+            f"version {target.model_version} rolled back, {now}: " + "; ".join(reasons)
         )
 
 

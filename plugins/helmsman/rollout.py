@@ -209,7 +209,8 @@ def wait_for_rollout(api_client: Any, name: str, namespace: str, timeout: float 
 
 
 def served_version(api_client: Any, name: str, namespace: str) -> str | None:
-    """The model version the Deployment's current template serves (None if absent)."""
+    """The model version the Deployment's current template serves (None if it is absent or
+    scaled to zero: then nothing serves)."""
     from kubernetes import client
     from kubernetes.client.rest import ApiException
 
@@ -219,6 +220,8 @@ def served_version(api_client: Any, name: str, namespace: str) -> str | None:
         if exc.status == 404:
             return None
         raise
+    if not d.spec.replicas:
+        return None
     annotations = d.spec.template.metadata.annotations or {}
     version: str | None = annotations.get(MODEL_ANNOTATION)
     return version
@@ -513,7 +516,9 @@ class Rolling(Strategy):
     def undo(self) -> str | None:
         current = served_version(self.api, self.target.name, self.target.namespace)
         if current == self.target.model_version:
-            rollback(self.api, self.target.name, self.target.namespace, self.timeout)
+            restored = rollback(self.api, self.target.name, self.target.namespace, self.timeout)
+            if restored is None:  # the first version ever: nothing to go back to, stop it
+                _scale(self.api, self.target.name, self.target.namespace, 0)
         return self.live_version()
 
 

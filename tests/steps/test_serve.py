@@ -15,7 +15,7 @@ import pytest
 
 from helmsman_steps import evaluate, registry
 from tests.mlflow_fixtures import Trained
-from tests.servers import Server, free_port
+from tools.procs import Server, free_port
 
 ROW = {"age": 30, "tenure_months": 3, "monthly_charges": 95.5, "total_charges": 300,
        "support_calls": 4, "plan": "basic", "region": "south"}  # fmt: skip

@@ -1,8 +1,9 @@
-"""Start real servers for tests in their own process group, and stop them by PID.
+"""Start servers in their own process group, and stop them by PID.
 
-Every server a test starts goes through ``Server``: it runs in a new session (its own process
-group), is polled until its health URL answers, and on stop gets SIGTERM, then SIGKILL for
-the whole group after a grace period, so no child process outlives the test.
+Every long-running process the demo stack or a test starts goes through ``Server``: it runs
+in a new session (its own process group), is polled until its health URL answers, and on stop
+gets SIGTERM, then SIGKILL for the whole group after a grace period, so no child process
+outlives it. ``stop_group`` does the same from a PID alone (``make down``, another process).
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ class Server:
         self.stop()
         raise TimeoutError(f"{self.name} did not answer {self.health_url}:\n{self.log()}")
 
+    def start_background(self) -> Server:
+        """Start without a health URL to poll; the caller checks health its own way."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+        )
+        return self
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 
@@ -68,6 +78,46 @@ class Server:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
         return self.proc.returncode
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_group(pid: int, grace: float = 10) -> None:
+    """SIGTERM the process group led by ``pid``, then SIGKILL what is left of it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and _group_alive(pid):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+    while _group_alive(pid) and time.monotonic() < deadline + 5:
+        time.sleep(0.1)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie leader keeps the group "alive" until reaped; reap it if it is our child.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
+    return True
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
 
 
 def localcluster(root: Path, port: int, config_file: Path | None = None) -> Server:

@@ -1,0 +1,369 @@
+"""The local stack: localcluster, an MLflow server and Airflow 3, on one machine.
+
+``make demo`` and the end-to-end tests start the stack through this one module, so the demo
+and the tests run the same orchestration. Each component runs in its own process group with
+its state under one folder (``.demo/`` for the demo); ``stack.json`` there records the ports
+and PIDs, so ``make down`` from another shell stops exactly what was started, and a second
+``make demo`` finds the running stack and reuses it.
+
+What the stack sets up inside the cluster is what a platform team applies on a real one:
+the namespace, service accounts and RBAC from ``deploy/`` (kubectl apply), the MLflow Secret,
+the settings ConfigMap. Airflow gets its connections from ``AIRFLOW_CONN_*`` variables and
+its pools from ``airflow pools set``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tools.procs import Server, alive, free_port, port_taken, stop_group
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+NAMESPACE = "ml"
+ADMIN_USER = "admin"
+# Pools the DAGs use: GPU slots for training, and one rollout at a time.
+POOLS = {
+    "gpu": (4, "GPUs for training pods (one slot per GPU a pod may ask for)"),
+    "gpu_backfill": (1, "GPUs for backfill runs' training pods, apart from scheduled runs"),
+    "serving_rollout": (1, "One rollout of the serving Deployment at a time"),
+}
+COMPONENTS = ("localcluster", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
+
+
+class StackError(Exception):
+    """A component did not start; the message says which, why, and which log to read."""
+
+
+@dataclass
+class Ports:
+    cluster: int = 6443
+    mlflow: int = 5000
+    airflow: int = 8080
+
+    @classmethod
+    def free(cls) -> Ports:
+        return cls(free_port(), free_port(), free_port())
+
+
+@dataclass
+class Settings:
+    """What the pipeline's pods read from the settings ConfigMap."""
+
+    rows_per_day: int = 20000
+    seed: int = 7
+    model_name: str = "churn"
+    extra_images: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Stack:
+    root: Path
+    ports: Ports = field(default_factory=Ports)
+    settings: Settings = field(default_factory=Settings)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    # -- where things are ---------------------------------------------------------------------
+
+    @property
+    def airflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.airflow}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.mlflow}"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.root / "kubeconfig"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "stack.json"
+
+    def log(self, component: str) -> Path:
+        return self.root / "logs" / f"{component}.log"
+
+    @property
+    def password(self) -> str:
+        data: dict[str, str] = json.loads((self.root / "airflow" / "passwords.json").read_text())
+        return data[ADMIN_USER]
+
+    # -- state on disk ------------------------------------------------------------------------
+
+    def save(self) -> None:
+        data = {"ports": asdict(self.ports), "pids": self.pids}
+        self.state_file.write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, root: Path) -> Stack | None:
+        path = root / "stack.json"
+        if not path.exists():
+            return None
+        data = json.loads(path.read_text())
+        return cls(root, Ports(**data["ports"]), pids=data.get("pids", {}))
+
+    def running(self) -> list[str]:
+        return [name for name, pid in self.pids.items() if alive(pid)]
+
+    # -- environments -------------------------------------------------------------------------
+
+    def airflow_env(self) -> dict[str, str]:
+        home = self.root / "airflow"
+        secret = (home / "secret").read_text().strip()
+        kube = {
+            "conn_type": "kubernetes",
+            "extra": {"kube_config_path": str(self.kubeconfig), "in_cluster": False},
+        }
+        env = {
+            **os.environ,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            # Two cores: a handful of task processes at once, not the default 32.
+            "AIRFLOW__CORE__PARALLELISM": "4",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
+            "AIRFLOW__API__BASE_URL": self.airflow_url,
+            "AIRFLOW__API__PORT": str(self.ports.airflow),
+            "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+            "AIRFLOW__API__SECRET_KEY": secret,
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            # The local stack runs what you trigger (UI, REST, backfills), not the cron schedule:
+            # unpausing the DAG would otherwise start a run for the latest interval at once.
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+            "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(kube),
+            "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps(
+                {"conn_type": "http", "host": "127.0.0.1", "port": self.ports.mlflow}
+            ),
+            # The plugin's registry helpers use the step package (installed in the Airflow
+            # image; here, from the source tree).
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO / "images" / "steps" / "src"), str(REPO / "plugins")]
+            ),
+            "NO_PROXY": "*",
+        }
+        env.pop("MLFLOW_TRACKING_URI", None)
+        return env
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def up(self, say: Any = print) -> None:
+        """Start every component that is not running, set up what the DAGs need, wait."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "logs").mkdir(exist_ok=True)
+        self._prepare_files()
+        if not self.pids or not self.running():
+            self._check_ports()
+            self.pids = {}
+        started = False
+        if "localcluster" not in self.running():
+            say("starting localcluster (the Kubernetes API, pods as processes)")
+            self._start("localcluster", self._localcluster_cmd(), f"http://127.0.0.1:{self.ports.cluster}/readyz", {"PYTHONPATH": str(REPO)})  # fmt: skip
+            self._setup_cluster()
+            started = True
+        if "mlflow" not in self.running():
+            say("starting MLflow (SQLite backend, local artifacts)")
+            self._start("mlflow", self._mlflow_cmd(), f"{self.mlflow_url}/health")
+            started = True
+        airflow = [c for c in COMPONENTS[2:] if c not in self.running()]
+        if airflow:
+            say(f"starting Airflow ({', '.join(airflow)})")
+            self._airflow_init()
+            for component in airflow:
+                health = f"{self.airflow_url}/api/v2/monitor/health"
+                self._start(
+                    component,
+                    # Bound to loopback only: pods serve on 127.x.y.z addresses with the same
+                    # ports, which a wildcard bind would take from them.
+                    [str(BIN / "airflow"), component]
+                    + (["--host", "127.0.0.1"] if component == "api-server" else []),
+                    health if component == "api-server" else None,
+                    self.airflow_env(),
+                )
+            started = True
+        self.save()
+        if started:
+            self._wait_airflow_healthy()
+
+    def down(self) -> list[str]:
+        """Stop every component this stack started (by PID); return the names stopped."""
+        stopped = []
+        # Airflow first (it may be talking to the cluster), the cluster last (it ends pods).
+        for name in reversed(COMPONENTS):
+            pid = self.pids.get(name)
+            if pid and alive(pid):
+                stop_group(pid, grace=20 if name == "localcluster" else 10)
+                stopped.append(name)
+        self.pids = {}
+        if self.state_file.exists():
+            self.save()
+        return stopped
+
+    # -- pieces -------------------------------------------------------------------------------
+
+    def _prepare_files(self) -> None:
+        home = self.root / "airflow"
+        home.mkdir(parents=True, exist_ok=True)
+        if not (home / "secret").exists():
+            (home / "secret").write_text(secrets.token_urlsafe(32))
+        if not (home / "passwords.json").exists():
+            password = secrets.token_urlsafe(12)
+            (home / "passwords.json").write_text(json.dumps({ADMIN_USER: password}))
+        (self.root / "datasets").mkdir(exist_ok=True)
+        config = {
+            "nodes": [
+                {"name": "cpu-1", "labels": {"pool": "cpu"},
+                 "capacity": {"cpu": "16", "memory": "32Gi"}},
+                # An emulated GPU node: the scheduler sees nvidia.com/gpu, taints and labels
+                # as on a real GPU node; the pods on it run on this machine's CPU.
+                {"name": "gpu-emulated-1",
+                 "labels": {"pool": "gpu", "nvidia.com/gpu.present": "true"},
+                 "taints": [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}],
+                 "capacity": {"cpu": "16", "memory": "32Gi", "nvidia.com/gpu": "4"}},
+            ],
+            "images": self.settings.extra_images,
+            "restartBackoffSeconds": 2,
+        }  # fmt: skip
+        (self.root / "cluster.yaml").write_text(yaml.safe_dump(config))
+
+    def _check_ports(self) -> None:
+        for name, port in asdict(self.ports).items():
+            if port_taken(port):
+                raise StackError(
+                    f"port {port} (for {name}) is taken by another program; stop it, or run "
+                    f"`make down` if it is an earlier demo (ss -ltnp 'sport = :{port}' shows who)"
+                )
+
+    def _start(
+        self,
+        name: str,
+        cmd: list[str],
+        health: str | None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        server = Server(name, cmd, health or "", self.log(name), {**os.environ, **(env or {})})
+        try:
+            if health:
+                server.start(timeout=180)
+            else:
+                server.start_background()
+        except (RuntimeError, TimeoutError) as exc:
+            raise StackError(
+                f"{name} did not start: {str(exc).splitlines()[0]}\n"
+                f"read its log: {self.log(name)}"
+            ) from None
+        assert server.proc is not None
+        self.pids[name] = server.proc.pid
+        self.save()
+
+    def _localcluster_cmd(self) -> list[str]:
+        return [
+            sys.executable, "-m", "localcluster", "serve",
+            "--state-dir", str(self.root / "cluster"),
+            "--kubeconfig", str(self.kubeconfig),
+            "--port", str(self.ports.cluster),
+            "--config", str(self.root / "cluster.yaml"),
+        ]  # fmt: skip
+
+    def _mlflow_cmd(self) -> list[str]:
+        return [
+            sys.executable, "-m", "mlflow", "server",
+            "--host", "127.0.0.1", "--port", str(self.ports.mlflow),
+            "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+            "--artifacts-destination", str(self.root / "mlartifacts"),
+            "--workers", "1",
+        ]  # fmt: skip
+
+    def kubectl(self, *args: str, input_text: str | None = None) -> str:
+        proc = subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+            input=input_text,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if proc.returncode:
+            raise StackError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def _setup_cluster(self) -> None:
+        """What a platform team applies once: namespace, RBAC, the Secret and the settings."""
+        self.kubectl("apply", "-f", str(REPO / "deploy" / "namespace.yaml"))
+        self.kubectl("apply", "-f", str(REPO / "deploy" / "rbac.yaml"))
+        uri = base64.b64encode(f"http://127.0.0.1:{self.ports.mlflow}".encode()).decode()
+        s = self.settings
+        objects = [
+            {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+             "metadata": {"name": "helmsman-mlflow", "namespace": NAMESPACE},
+             "data": {"MLFLOW_TRACKING_URI": uri}},
+            {"apiVersion": "v1", "kind": "ConfigMap",
+             "metadata": {"name": "helmsman-settings", "namespace": NAMESPACE},
+             "data": {"HELMSMAN_DATASET_URI": str(self.root / "datasets"),
+                      "HELMSMAN_SOURCE_URI":
+                          f"synthetic://churn?rows_per_day={s.rows_per_day}&seed={s.seed}",
+                      "HELMSMAN_MODEL_NAME": s.model_name}},
+        ]  # fmt: skip
+        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
+
+    def airflow(self, *args: str) -> str:
+        proc = subprocess.run(
+            [str(BIN / "airflow"), *args],
+            env=self.airflow_env(),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if proc.returncode:
+            raise StackError(f"airflow {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
+        return proc.stdout
+
+    def _airflow_init(self) -> None:
+        self.airflow("db", "migrate")
+        for pool, (slots, description) in POOLS.items():
+            self.airflow("pools", "set", pool, str(slots), description)
+
+    def _wait_airflow_healthy(self, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            for name in COMPONENTS:
+                if not alive(self.pids[name]):
+                    raise StackError(f"{name} exited; read its log: {self.log(name)}")
+            try:
+                with urllib.request.urlopen(  # noqa: S310 - our own local api-server
+                    f"{self.airflow_url}/api/v2/monitor/health", timeout=5
+                ) as response:
+                    last = json.load(response)
+            except (OSError, ValueError) as exc:
+                last = str(exc)
+            else:
+                parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
+                if all((last.get(p) or {}).get("status") == "healthy" for p in parts):
+                    return
+            time.sleep(1)
+        raise StackError(
+            f"Airflow did not report healthy within {timeout:.0f}s (last: {last}); read "
+            f"{self.root / 'logs'}/scheduler.log and dag-processor.log"
+        )
