@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 from aiohttp import web
@@ -69,6 +72,8 @@ async def serve(args: argparse.Namespace) -> int:
     )
 
     api = ApiServer(store)
+    if args.audit_log:
+        api.audit = _audit_writer(Path(args.audit_log))
     faults = FaultInjector(store)
     faults.install(api.app)
     runner = web.AppRunner(api.app, handle_signals=False, access_log=None)
@@ -110,6 +115,17 @@ async def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit_writer(path: Path) -> Callable[[dict[str, Any]], None]:
+    """Append each record as a JSON line (the real server's --audit-log-path, in brief)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = path.open("a", buffering=1)
+
+    def write(record: dict[str, Any]) -> None:
+        handle.write(json.dumps(record) + "\n")
+
+    return write
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m localcluster", description="A local Kubernetes that runs pods as processes."
@@ -126,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=10,
         help="on shutdown, how long pods get between SIGTERM and SIGKILL",
+    )
+    run.add_argument(
+        "--audit-log",
+        help="append one JSON line per API request (verb, resource, namespace, user agent)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

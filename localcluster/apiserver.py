@@ -73,6 +73,27 @@ def parse_path(parts: list[str]) -> Target:
     return Target(kind, namespace, name, sub)
 
 
+def _verb(method: str, target: Target, watch: bool) -> str:
+    """The RBAC verb of a request, as the real API server's authorizer names it."""
+    if method == "GET":
+        return "watch" if watch else ("get" if target.name else "list")
+    if method == "DELETE":
+        return "delete" if target.name else "deletecollection"
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+
+
+def _audit_record(request: web.Request, target: Target) -> dict[str, Any]:
+    resource = target.kind.plural + (f"/{target.subresource}" if target.subresource else "")
+    return {
+        "verb": _verb(request.method, target, _truthy(request.query.get("watch"))),
+        "apiGroup": target.kind.group,
+        "resource": resource,
+        "namespace": target.namespace,
+        "name": target.name,
+        "userAgent": request.headers.get("User-Agent", ""),
+    }
+
+
 def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=json.dumps(body).encode(), status=status, content_type="application/json"
@@ -83,6 +104,9 @@ class ApiServer:
     def __init__(self, store: Store, logs: LogSource | None = None) -> None:
         self.store = store
         self.logs = logs
+        # Called with one record per resource request (verb, group, resource, namespace,
+        # name, user agent), like the real server's audit log; None: no audit.
+        self.audit: Callable[[dict[str, Any]], None] | None = None
         self.app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._errors])
         self.app.router.add_get("/version", self._version)
         self.app.router.add_get("/healthz", self._ok)
@@ -229,6 +253,8 @@ class ApiServer:
             return json_response(listing)
         target = parse_path(parts)
         method = request.method
+        if self.audit is not None:
+            self.audit(_audit_record(request, target))
         if target.name == "":
             if method == "GET":
                 if _truthy(request.query.get("watch")):

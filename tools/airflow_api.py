@@ -7,6 +7,7 @@ login), exactly what a user's script would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -54,10 +55,8 @@ class AirflowApi:
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")
-            try:
+            with contextlib.suppress(ValueError, AttributeError):
                 detail = str(json.loads(detail).get("detail", detail))
-            except ValueError:
-                pass
             raise ApiError(exc.code, detail) from None
         return json.loads(raw) if raw else None
 

@@ -91,6 +91,10 @@ class Stack:
         return self.root / "kubeconfig"
 
     @property
+    def audit_log(self) -> Path:
+        return self.root / "logs" / "cluster-audit.jsonl"
+
+    @property
     def state_file(self) -> Path:
         return self.root / "stack.json"
 
@@ -178,7 +182,8 @@ class Stack:
         started = False
         if "localcluster" not in self.running():
             say("starting localcluster (the Kubernetes API, pods as processes)")
-            self._start("localcluster", self._localcluster_cmd(), f"http://127.0.0.1:{self.ports.cluster}/readyz", {"PYTHONPATH": str(REPO)})  # fmt: skip
+            health = f"http://127.0.0.1:{self.ports.cluster}/readyz"
+            self._start("localcluster", self._localcluster_cmd(), health, {"PYTHONPATH": str(REPO)})
             self._setup_cluster()
             started = True
         if "mlflow" not in self.running():
@@ -269,11 +274,10 @@ class Stack:
                 server.start_background()
         except (RuntimeError, TimeoutError) as exc:
             raise StackError(
-                f"{name} did not start: {str(exc).splitlines()[0]}\n"
-                f"read its log: {self.log(name)}"
+                f"{name} did not start: {str(exc).splitlines()[0]}\nread its log: {self.log(name)}"
             ) from None
-        assert server.proc is not None
-        self.pids[name] = server.proc.pid
+        if server.proc is not None:
+            self.pids[name] = server.proc.pid
         self.save()
 
     def _localcluster_cmd(self) -> list[str]:
@@ -283,6 +287,7 @@ class Stack:
             "--kubeconfig", str(self.kubeconfig),
             "--port", str(self.ports.cluster),
             "--config", str(self.root / "cluster.yaml"),
+            "--audit-log", str(self.audit_log),
         ]  # fmt: skip
 
     def _mlflow_cmd(self) -> list[str]:

@@ -246,15 +246,16 @@ class RolloutOperator(BaseOperator):
             {models.ROLLOUT_TAG: "rejected", models.ROLLOUT_REASON_TAG: "; ".join(reasons)},
         )
         if serving != expected:
-            raise RolloutGateFailed(
+            message = (
                 f"version {target.model_version} failed ({'; '.join(reasons)}) and the rollback "
                 f"left version {serving} serving, not {expected}: look at deployment "
                 f"{target.namespace}/{strat.live_deployment()} now"
             )
-        now = f"version {serving} serves again" if serving else "nothing served before: scaled to 0"
-        raise RolloutGateFailed(
-            f"version {target.model_version} rolled back, {now}: " + "; ".join(reasons)
-        )
+        else:
+            now = f"version {serving} serves again" if serving else "nothing served before"
+            message = f"version {target.model_version} rolled back, {now}: " + "; ".join(reasons)
+        self.log.error(message)
+        raise RolloutGateFailed(message)
 
 
 def promote(model_name: str, version: str, deployment: str, owner: str) -> dict[str, Any]:

@@ -60,25 +60,33 @@ def base_labels(target: Target) -> dict[str, str]:
     return {NAME_LABEL: SERVING_NAME, INSTANCE_LABEL: target.name}
 
 
+MAIN_SLOT = "main"  # the Deployment named like the Service; blue-green adds "blue" and "green"
+
+
+def deployment_name(service: str, slot: str) -> str:
+    return service if slot == MAIN_SLOT else f"{service}-{slot}"
+
+
 def render(
     target: Target,
     *,
+    slot: str = MAIN_SLOT,
     name: str | None = None,
     extra_labels: dict[str, str] | None = None,
     replicas: int | None = None,
-    service_selector: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The serving objects for ``target``, from the manifests kept in the repo.
 
-    The Deployment may take another ``name`` and ``extra_labels`` (a blue/green slot, the
-    canary track) that go into its selector and pod labels; the Service and the PDB keep
-    ``target.name``; the Service selects ``service_selector`` on top of the base labels.
+    Every serving pod carries a slot label and the Service selects one slot: ``main`` is the
+    Deployment named like the Service; blue-green alternates ``blue`` and ``green``. The
+    Deployment may take another ``name`` and ``extra_labels`` (the canary track) that go into
+    its selector and pod labels; the Service and the PDB keep ``target.name``.
     """
     import yaml
 
     docs = [d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d]
     labels = {INSTANCE_LABEL: target.name}
-    pod_labels = {**labels, **(extra_labels or {})}
+    pod_labels = {**labels, SLOT_LABEL: slot, **(extra_labels or {})}
     objects = []
     for doc in docs:
         obj = copy.deepcopy(doc)
@@ -87,7 +95,7 @@ def render(
         meta.setdefault("labels", {}).update(labels)
         kind = obj["kind"]
         if kind == "Deployment":
-            meta["name"] = name or target.name
+            meta["name"] = name or deployment_name(target.name, slot)
             meta["labels"].update(pod_labels)
             spec = obj["spec"]
             spec["replicas"] = target.replicas if replicas is None else replicas
@@ -104,7 +112,7 @@ def render(
                 container["image"] = target.image
             meta.setdefault("annotations", {}).update(target.annotations)
         elif kind == "Service":
-            obj["spec"]["selector"].update({**labels, **(service_selector or {})})
+            obj["spec"]["selector"].update({**labels, SLOT_LABEL: slot})
         elif kind == "PodDisruptionBudget":
             obj["spec"]["selector"]["matchLabels"].update(labels)
         objects.append(obj)
@@ -156,7 +164,7 @@ def apply(api_client: Any, objects: list[dict[str, Any]]) -> None:
             # The rollout owns the whole selector: a label it no longer selects is removed.
             obj = copy.deepcopy(obj)
             selector = obj["spec"]["selector"]
-            selector.update({k: None for k in (SLOT_LABEL, TRACK_LABEL) if k not in selector})
+            selector.update({k: None for k in (TRACK_LABEL,) if k not in selector})
         patch(name, namespace, obj)
 
 
@@ -461,7 +469,8 @@ class Strategy:
     ``begin`` applies the new version and returns the plan: the Deployment to wait for, the
     Service the gate goes through, the new pods' labels, and what ``finish`` / ``undo`` need
     later. The plan is plain JSON, so the wait can happen in the triggerer and the task resume
-    with ``resume(plan)`` in another process.
+    with ``resume(plan)`` in another process. Strategies may follow one another on the same
+    Service: each starts from whichever slot serves now.
     """
 
     name = ""
@@ -470,11 +479,15 @@ class Strategy:
         self.api, self.target, self.timeout = api_client, target, timeout
         self.plan: dict[str, Any] = {}
 
-    def live_deployment(self) -> str:
-        """The Deployment whose pods the Service sends traffic to now."""
+    def live_slot(self) -> str | None:
+        """The slot the Service sends traffic to now (None: no Service yet)."""
         svc = _read_or_none_service(self.api, self.target)
-        slot = ((svc.spec.selector or {}) if svc else {}).get(SLOT_LABEL)
-        return f"{self.target.name}-{slot}" if slot else self.target.name
+        if svc is None:
+            return None
+        return str((svc.spec.selector or {}).get(SLOT_LABEL, MAIN_SLOT))
+
+    def live_deployment(self) -> str:
+        return deployment_name(self.target.name, self.live_slot() or MAIN_SLOT)
 
     def live_version(self) -> str | None:
         return served_version(self.api, self.live_deployment(), self.target.namespace)
@@ -500,25 +513,28 @@ class Strategy:
 
 
 class Rolling(Strategy):
-    """Update the Deployment in place (maxSurge 1, maxUnavailable 0); undo = previous revision."""
+    """Update the live Deployment in place (maxSurge 1, maxUnavailable 0); undo = its previous
+    revision (or, for the very first version, scale to zero: nothing served before)."""
 
     name = "rolling"
 
     def begin(self) -> dict[str, Any]:
-        apply(self.api, render(self.target))
+        slot = self.live_slot() or MAIN_SLOT
+        apply(self.api, render(self.target, slot=slot))
+        name = deployment_name(self.target.name, slot)
         self.plan = {
-            "deployment": self.target.name,
+            "deployment": name,
             "gate_service": self.target.name,
-            "pod_labels": base_labels(self.target),
+            "pod_labels": {**base_labels(self.target), SLOT_LABEL: slot},
         }
         return self.plan
 
     def undo(self) -> str | None:
-        current = served_version(self.api, self.target.name, self.target.namespace)
-        if current == self.target.model_version:
-            restored = rollback(self.api, self.target.name, self.target.namespace, self.timeout)
+        name = self.plan["deployment"]
+        if served_version(self.api, name, self.target.namespace) == self.target.model_version:
+            restored = rollback(self.api, name, self.target.namespace, self.timeout)
             if restored is None:  # the first version ever: nothing to go back to, stop it
-                _scale(self.api, self.target.name, self.target.namespace, 0)
+                _scale(self.api, name, self.target.namespace, 0)
         return self.live_version()
 
 
@@ -530,26 +546,21 @@ class BlueGreen(Strategy):
     name = "blue-green"
 
     def begin(self) -> dict[str, Any]:
-        live = self.live_deployment()
-        active = live.rsplit("-", 1)[1] if live != self.target.name else None
-        idle = "green" if active == "blue" else "blue"
-        name = f"{self.target.name}-{idle}"
-        objects = render(self.target, name=name, extra_labels={SLOT_LABEL: idle})
+        live = self.live_slot()
+        idle = "green" if live == "blue" else "blue"
+        objects = render(self.target, slot=idle)
         deployment, service = of_kind(objects, "Deployment"), of_kind(objects, "Service")
         preview = copy.deepcopy(service)
         preview["metadata"]["name"] = f"{self.target.name}-preview"
-        preview["spec"]["selector"][SLOT_LABEL] = idle
-        first = _read_or_none_service(self.api, self.target) is None
-        if first:  # nothing serves yet: the Service points at the first slot from the start
-            service["spec"]["selector"][SLOT_LABEL] = idle
+        if live is None:  # nothing serves yet: the Service points at the first slot at once
             apply(self.api, [deployment, service, of_kind(objects, "PodDisruptionBudget"), preview])
         else:
             apply(self.api, [deployment, preview])
         self.plan = {
-            "deployment": name,
+            "deployment": deployment["metadata"]["name"],
             "gate_service": preview["metadata"]["name"],
             "pod_labels": {**base_labels(self.target), SLOT_LABEL: idle},
-            "old": live,
+            "old": deployment_name(self.target.name, live) if live else None,
             "idle": idle,
         }
         return self.plan
@@ -557,24 +568,22 @@ class BlueGreen(Strategy):
     def finish(self) -> None:
         from kubernetes import client
 
-        idle = self.plan["idle"]
-        body = {"spec": {"selector": {**base_labels(self.target), SLOT_LABEL: idle}}}
+        body = {"spec": {"selector": {**base_labels(self.target), SLOT_LABEL: self.plan["idle"]}}}
         client.CoreV1Api(self.api).patch_namespaced_service(
             self.target.name, self.target.namespace, body
         )
-        if self.plan["old"] != self.plan["deployment"]:
+        if self.plan["old"]:
             _scale(self.api, self.plan["old"], self.target.namespace, 0)
 
     def undo(self) -> str | None:
-        if self.plan["old"] != self.plan["deployment"]:
-            _scale(self.api, self.plan["deployment"], self.target.namespace, 0)
+        _scale(self.api, self.plan["deployment"], self.target.namespace, 0)
         return self.live_version()
 
 
 class Canary(Strategy):
-    """One canary replica of the new version joins the stable pods behind the Service (its
+    """One canary replica of the new version joins the live pods behind the Service (its
     share of traffic is 1 / (replicas + 1)); the gate checks it through the canary Service.
-    After the gate the stable Deployment rolls to the new version and the canary goes; undo
+    After the gate the live Deployment rolls to the new version and the canary goes; undo
     deletes the canary. The very first version has nothing to be a canary of: it rolls out."""
 
     name = "canary"
@@ -583,11 +592,14 @@ class Canary(Strategy):
         return f"{self.target.name}-canary"
 
     def begin(self) -> dict[str, Any]:
-        if self.live_version() is None:
+        slot = self.live_slot()
+        if slot is None or self.live_version() is None:
             self.plan = {**Rolling(self.api, self.target, self.timeout).begin(), "first": True}
             return self.plan
         labels = {TRACK_LABEL: "canary"}
-        objects = render(self.target, name=self.canary(), extra_labels=labels, replicas=1)
+        objects = render(
+            self.target, slot=slot, name=self.canary(), extra_labels=labels, replicas=1
+        )
         service = copy.deepcopy(of_kind(objects, "Service"))
         service["metadata"]["name"] = self.canary()
         service["spec"]["selector"].update(labels)
@@ -595,16 +607,20 @@ class Canary(Strategy):
         self.plan = {
             "deployment": self.canary(),
             "gate_service": self.canary(),
-            "pod_labels": {**base_labels(self.target), **labels},
+            "pod_labels": {**base_labels(self.target), SLOT_LABEL: slot, **labels},
             "first": False,
+            "slot": slot,
         }
         return self.plan
 
     def finish(self) -> None:
         if self.plan["first"]:
             return
-        apply(self.api, [of_kind(render(self.target), "Deployment")])
-        wait_for_rollout(self.api, self.target.name, self.target.namespace, self.timeout)
+        slot = self.plan["slot"]
+        apply(self.api, [of_kind(render(self.target, slot=slot), "Deployment")])
+        wait_for_rollout(
+            self.api, deployment_name(self.target.name, slot), self.target.namespace, self.timeout
+        )
         self._remove_canary()
 
     def _remove_canary(self) -> None:
@@ -613,7 +629,9 @@ class Canary(Strategy):
 
     def undo(self) -> str | None:
         if self.plan["first"]:
-            return Rolling(self.api, self.target, self.timeout).undo()
+            rolling = Rolling(self.api, self.target, self.timeout)
+            rolling.resume(self.plan)
+            return rolling.undo()
         self._remove_canary()
         return self.live_version()
 

@@ -45,9 +45,10 @@ def test_rendered_objects_pass_the_schema_and_pss_restricted() -> None:
     strategy = deployment["spec"]["strategy"]["rollingUpdate"]
     assert (strategy["maxSurge"], strategy["maxUnavailable"]) == (1, 0)
     selector = deployment["spec"]["selector"]["matchLabels"]
-    assert (
-        objects[1]["spec"]["selector"] == selector == objects[2]["spec"]["selector"]["matchLabels"]
-    )
+    assert objects[1]["spec"]["selector"] == selector  # the Service selects the live slot
+    assert selector[rollout.SLOT_LABEL] == rollout.MAIN_SLOT
+    pdb = objects[2]["spec"]["selector"]["matchLabels"]
+    assert pdb.items() <= selector.items() and rollout.SLOT_LABEL not in pdb  # every slot
 
 
 @pytest.fixture(scope="module")
