@@ -24,6 +24,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,8 +75,10 @@ def service_address(k8s: client.ApiClient, name: str = "churn-serving") -> str:
 
 def get_json(url: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=5) as response:
+    request = urllib.request.Request(  # noqa: S310 - a Service address in the test cluster
+        url, data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
         return json.load(response)
 
 
@@ -87,31 +90,11 @@ def champion(registry: Any) -> str:
     return str(registry.get_model_version_by_alias(MODEL, "champion").version)
 
 
-def golden_inputs(registry: Any, version: str) -> list[dict[str, Any]]:
-    import mlflow
-
+def golden_inputs(registry: Any, version: str, tmp: Path) -> list[dict[str, Any]]:
     run_id = registry.get_model_version(MODEL, version).run_id
-    uri = f"runs:/{run_id}/evaluation/golden.json"
-    with mlflow_tracking(registry):
-        data: dict[str, Any] = mlflow.artifacts.load_dict(uri)
-    inputs: list[dict[str, Any]] = data["inputs"]
+    path = registry.download_artifacts(run_id, "evaluation/golden.json", str(tmp))
+    inputs: list[dict[str, Any]] = json.loads(Path(path).read_text())["inputs"]
     return inputs
-
-
-class mlflow_tracking:  # noqa: N801 - used as a context manager
-    def __init__(self, registry: Any) -> None:
-        self.uri = registry.tracking_uri
-
-    def __enter__(self) -> None:
-        import mlflow
-
-        self.before = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.uri)
-
-    def __exit__(self, *exc: object) -> None:
-        import mlflow
-
-        mlflow.set_tracking_uri(self.before)
 
 
 def test_1_invalid_params_are_refused_with_400_and_start_nothing(airflow: AirflowApi) -> None:
@@ -129,17 +112,18 @@ def test_1_invalid_params_are_refused_with_400_and_start_nothing(airflow: Airflo
 
 
 def test_2_first_run_deploys_and_the_model_answers_through_the_service(
-    airflow: AirflowApi, k8s: client.ApiClient, registry: Any
+    airflow: AirflowApi, k8s: client.ApiClient, registry: Any, tmp_path: Path
 ) -> None:
     run_id, result = run(airflow, {"data_end": "2026-03-03", "epochs": 2, "seed": 11}, "first")
     assert result["run"]["state"] == "success", result["states"]
     decision = airflow.xcom(DAG, run_id, "decide")
-    assert decision["deploy"] is True and decision["champion"] is None
+    assert decision["deploy"] is True
+    assert decision["champion"] is None
     version = decision["version"]
     assert champion(registry) == version
     assert served_version(k8s) == version
 
-    rows = golden_inputs(registry, version)[:5]
+    rows = golden_inputs(registry, version, tmp_path)[:5]
     answer = get_json(service_address(k8s) + "/predict", {"instances": rows})
     assert len(answer["predictions"]) == 5
     assert all(0.0 <= p <= 1.0 for p in answer["predictions"])
@@ -171,7 +155,8 @@ def test_3_a_worse_challenger_is_recorded_and_not_deployed(
     assert result["states"]["rollout"] == "skipped"
     assert result["states"]["promote"] == "skipped"
     decision = airflow.xcom(DAG, run_id, "decide")
-    assert decision["evaluation"] == "reject" and decision["deploy"] is False
+    assert decision["evaluation"] == "reject"
+    assert decision["deploy"] is False
     assert champion(registry) == before
     assert served_version(k8s) == before
     after = client.AppsV1Api(k8s).read_namespaced_deployment("churn-serving", NS)
@@ -197,16 +182,16 @@ class RequestLoop(threading.Thread):
                 answer = get_json(self.url + "/predict", {"instances": [self.row]})
                 self.versions.add(str(answer["model_version"]))
                 self.ok += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is what we count
+            except Exception as exc:  # every failure is what we count
                 self.failures.append(repr(exc))
             time.sleep(0.02)
 
 
 def test_4_a_challenger_served_wrong_is_rolled_back_without_failed_requests(
-    airflow: AirflowApi, k8s: client.ApiClient, registry: Any
+    airflow: AirflowApi, k8s: client.ApiClient, registry: Any, tmp_path: Path
 ) -> None:
     before = champion(registry)
-    loop = RequestLoop(service_address(k8s), golden_inputs(registry, before)[0])
+    loop = RequestLoop(service_address(k8s), golden_inputs(registry, before, tmp_path)[0])
     loop.start()
     try:
         conf = {
@@ -233,7 +218,8 @@ def test_4_a_challenger_served_wrong_is_rolled_back_without_failed_requests(
     assert tags["helmsman.rollout"] == "rejected"
     assert "golden-set predictions differ" in tags["helmsman.rollout_reason"]
     log = airflow.task_log(DAG, run_id, "rollout")
-    assert "rolled back" in log and f"version {before} serves again" in log
+    assert "gate failed: golden-set predictions differ" in log
+    assert f"rolled back, version {before} serves again" in log
 
     assert loop.failures == [], loop.failures[:5]
     assert loop.ok > 100
@@ -263,9 +249,10 @@ def test_5_a_three_day_backfill_records_three_runs_and_deploys_nothing(
     versions = []
     for r in runs:
         states = {t: ti["state"] for t, ti in airflow.task_instances(DAG, r["dag_run_id"]).items()}
-        assert states["rollout"] == "skipped" and states["promote"] == "skipped", states
+        assert (states["rollout"], states["promote"]) == ("skipped", "skipped"), states
         decision = airflow.xcom(DAG, r["dag_run_id"], "decide")
-        assert decision["deploy"] is False and "backfill" in decision["reason"]
+        assert decision["deploy"] is False
+        assert "backfill" in decision["reason"]
         versions.append(decision["version"])
         tags = registry.get_model_version(MODEL, decision["version"]).tags
         assert tags["helmsman.fence"] == "hold"
