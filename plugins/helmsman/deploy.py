@@ -100,7 +100,7 @@ class RolloutOperator(BaseOperator):
         platform: Platform | None = None,
         rollout_timeout: float = 600,
         gate: dict[str, Any] | None = None,
-        deferrable: bool = False,
+        deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("pool", POOL)
@@ -113,7 +113,7 @@ class RolloutOperator(BaseOperator):
         self.strategy, self.image, self.replicas = strategy, image, replicas
         self.platform = platform or Platform()
         self.rollout_timeout, self.gate = rollout_timeout, gate or {}
-        self.deferrable = deferrable
+        self.deferrable = self.platform.deferrable if deferrable is None else deferrable
 
     # -- helpers ----------------------------------------------------------------------------------
 

@@ -52,6 +52,11 @@ class Platform:
     # Non-secret settings (dataset URI, model name, source URI): a ConfigMap.
     settings_configmap: str = "helmsman-settings"
     kubernetes_conn_id: str = "kubernetes_default"
+    # The one switch for deferrable mode: pods are followed and rollouts waited for by the
+    # triggerer, so a long training or a slow rollout holds no worker slot. Off by default
+    # while Airflow 3.3 can fail a deferred task whose trigger fires within seconds (a stale
+    # executor event; apache/airflow#67287, #72716): see docs/adr/0005-deploy-task.md.
+    deferrable: bool = False
     registry: str = REGISTRY
     tag: str = TAG
 
@@ -141,7 +146,7 @@ def pod_task(
     gpus: int | str = 0,
     max_gpus: int | None = None,
     platform: Platform | None = None,
-    deferrable: bool = False,
+    deferrable: bool | None = None,
     **operator_kwargs: Any,
 ) -> HelmsmanPodOperator:
     """A KubernetesPodOperator running ``helmsman-step STAGE ARGUMENTS`` with our defaults.
@@ -210,7 +215,7 @@ def pod_task(
         "log_events_on_failure": True,
         # Results go through MLflow and the dataset store, not an XCom sidecar.
         "do_xcom_push": False,
-        "deferrable": deferrable,
+        "deferrable": platform.deferrable if deferrable is None else deferrable,
         "image_pull_policy": "IfNotPresent",
         "termination_grace_period": 30,
         **gpu_kwargs,

@@ -82,8 +82,10 @@ def test_lifecycle_defaults() -> None:
     assert operator.durable is True
     assert operator.on_finish_action.value == "delete_succeeded_pod"
     assert operator.do_xcom_push is False
-    assert operator.deferrable is False
-    assert pods.pod_task("etl", "etl", [], deferrable=True).deferrable is True
+    assert operator.deferrable is False  # the platform's one switch, off by default (ADR 0005)
+    deferred = pods.Platform(deferrable=True)
+    assert pods.pod_task("etl", "etl", [], platform=deferred).deferrable is True
+    assert pods.pod_task("etl", "etl", [], platform=deferred, deferrable=False).deferrable is False
 
 
 def test_unknown_stage_and_negative_gpus_are_refused() -> None:
