@@ -10,7 +10,8 @@ from helmsman import deploy, tasks
 from helmsman.pods import Platform, pod_task
 
 PLATFORM = Platform()
-MAX_GPUS = 4  # the most one training run may ask for; what the task holds of the "gpu" pool
+MAX_GPUS = 4  # the most one training run may ask for (the GPU pools hold at least this)
+DEFAULT_GPUS = 1
 MODEL = "churn"
 
 DOC = """
@@ -83,7 +84,7 @@ with DAG(
         ),
         "seed": Param(42, type="integer", minimum=0, description="Seed for weights and order."),
         "gpus": Param(
-            1,
+            DEFAULT_GPUS,
             type="integer",
             minimum=0,
             maximum=MAX_GPUS,
@@ -157,7 +158,7 @@ with DAG(
             "{{ params.seed }}",
         ],
         gpus="{{ params.gpus }}",
-        max_gpus=MAX_GPUS,
+        gpu_slots=DEFAULT_GPUS,  # the cluster policy sets them from the run's conf
         platform=PLATFORM,
     )
     evaluate = pod_task(

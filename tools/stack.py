@@ -38,9 +38,10 @@ ADMIN_USER = "admin"
 # Pools the DAGs use: GPU slots for training, and one rollout at a time.
 POOLS = {
     "gpu": (4, "GPUs for training pods (one slot per GPU a pod may ask for)"),
-    "gpu_backfill": (1, "GPUs for backfill runs' training pods, apart from scheduled runs"),
+    "gpu_backfill": (4, "GPUs for backfill runs' training pods, apart from scheduled runs"),
     "serving_rollout": (1, "One rollout of the serving Deployment at a time"),
 }
+LOCAL_SETTINGS = "from helmsman.policies import task_instance_mutation_hook  # noqa: F401\n"
 COMPONENTS = ("localcluster", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
 
 
@@ -235,6 +236,9 @@ class Stack:
             password = secrets.token_urlsafe(12)
             (home / "passwords.json").write_text(json.dumps({ADMIN_USER: password}))
         (self.root / "datasets").mkdir(exist_ok=True)
+        # Airflow imports airflow_local_settings from $AIRFLOW_HOME/config: the cluster policy.
+        (home / "config").mkdir(exist_ok=True)
+        (home / "config" / "airflow_local_settings.py").write_text(LOCAL_SETTINGS)
         config = {
             "nodes": [
                 {"name": "cpu-1", "labels": {"pool": "cpu"},
@@ -244,7 +248,7 @@ class Stack:
                 {"name": "gpu-emulated-1",
                  "labels": {"pool": "gpu", "nvidia.com/gpu.present": "true"},
                  "taints": [{"key": "nvidia.com/gpu", "value": "true", "effect": "NoSchedule"}],
-                 "capacity": {"cpu": "16", "memory": "32Gi", "nvidia.com/gpu": "4"}},
+                 "capacity": {"cpu": "16", "memory": "32Gi", "nvidia.com/gpu": "8"}},
             ],
             "images": self.settings.extra_images,
             "restartBackoffSeconds": 2,

@@ -5,8 +5,8 @@ One place decides namespace, service account, image per stage, the Pod Security 
 ConfigMaps, labels and the operator's lifecycle settings; each default has its reason beside
 it. DAG files call :func:`pod_task` and say only what differs: the stage, its arguments, its
 GPUs. The GPU count may be a template (a DAG Param): the pod's GPU limit, toleration and node
-selector then follow the value rendered at run time, while the pool slots, which Airflow needs
-before the run starts, take the largest count the task may ask for.
+selector then follow the value rendered at run time, and the pool slots follow the run's conf
+through the cluster policy in :mod:`helmsman.policies`.
 """
 
 from __future__ import annotations
@@ -144,22 +144,23 @@ def pod_task(
     arguments: list[str],
     *,
     gpus: int | str = 0,
-    max_gpus: int | None = None,
+    gpu_slots: int | None = None,
     platform: Platform | None = None,
     deferrable: bool | None = None,
     **operator_kwargs: Any,
 ) -> HelmsmanPodOperator:
     """A KubernetesPodOperator running ``helmsman-step STAGE ARGUMENTS`` with our defaults.
 
-    ``gpus`` is a count or a template of one; ``max_gpus`` (default: ``gpus`` when it is a
-    number) is what the task holds of the GPU pool while it runs.
+    ``gpus`` is a count or a template of one; ``gpu_slots`` (default: ``gpus`` when it is a
+    number, else 1) is what the task holds of the GPU pool unless the cluster policy sets it
+    from the run's conf.
     """
     from kubernetes.client import models as k8s
 
     platform = platform or Platform()
     if isinstance(gpus, int) and gpus < 0:
         raise ValueError(f"gpus must be 0 or more, got {gpus}")
-    slots = max_gpus if max_gpus is not None else (gpus if isinstance(gpus, int) else 1)
+    slots = gpu_slots if gpu_slots is not None else (gpus if isinstance(gpus, int) else 1)
     image = platform.image(stage)
     tmp = k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="2Gi"))
     gpu_kwargs: dict[str, Any] = {}

@@ -114,8 +114,11 @@ def test_1_invalid_params_are_refused_with_400_and_start_nothing(airflow: Airflo
 def test_2_first_run_deploys_and_the_model_answers_through_the_service(
     airflow: AirflowApi, k8s: client.ApiClient, registry: Any, tmp_path: Path
 ) -> None:
-    run_id, result = run(airflow, {"data_end": "2026-03-03", "epochs": 2, "seed": 11}, "first")
+    conf = {"data_end": "2026-03-03", "epochs": 2, "seed": 11, "gpus": 2}
+    run_id, result = run(airflow, conf, "first")
     assert result["run"]["state"] == "success", result["states"]
+    train = airflow.task_instances(DAG, run_id)["train"]
+    assert (train["pool"], train["pool_slots"]) == ("gpu", 2)  # slots follow the Param
     decision = airflow.xcom(DAG, run_id, "decide")
     assert decision["deploy"] is True
     assert decision["champion"] is None
@@ -248,7 +251,10 @@ def test_5_a_three_day_backfill_records_three_runs_and_deploys_nothing(
     assert [r["state"] for r in runs] == ["success"] * 3
     versions = []
     for r in runs:
-        states = {t: ti["state"] for t, ti in airflow.task_instances(DAG, r["dag_run_id"]).items()}
+        tis = airflow.task_instances(DAG, r["dag_run_id"])
+        # The cluster policy moved the backfill's GPU task to the backfill pool.
+        assert (tis["train"]["pool"], tis["train"]["pool_slots"]) == ("gpu_backfill", 1)
+        states = {t: ti["state"] for t, ti in tis.items()}
         assert (states["rollout"], states["promote"]) == ("skipped", "skipped"), states
         decision = airflow.xcom(DAG, r["dag_run_id"], "decide")
         assert decision["deploy"] is False

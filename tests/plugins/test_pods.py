@@ -140,8 +140,8 @@ def context(**params: Any) -> Any:
 
 
 def test_a_templated_gpu_count_follows_the_rendered_param() -> None:
-    operator = pods.pod_task("train_model", "train", [], gpus="{{ params.gpus }}", max_gpus=4)
-    assert (operator.pool, operator.pool_slots) == ("gpu", 4)
+    operator = pods.pod_task("train_model", "train", [], gpus="{{ params.gpus }}", gpu_slots=2)
+    assert (operator.pool, operator.pool_slots) == ("gpu", 2)
     for count, expect_gpu in ((0, False), (3, True)):
         operator.gpus = "{{ params.gpus }}"
         operator.render_template_fields(context(gpus=count))
