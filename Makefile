@@ -34,7 +34,14 @@ $(VENV)/.installed: requirements-dev.txt requirements.txt requirements-torch.txt
 	$(BIN)/python -m pip check --disable-pip-version-check
 	@touch $@
 
-setup: $(VENV)/.installed ## Create or update .venv from the locks (idempotent)
+# The policy scanner has a venv of its own: its pins conflict with MLflow's (requirements-policy.in).
+POLICY_VENV := .venv-policy
+$(POLICY_VENV)/.installed: requirements-policy.txt | $(VENV)/.installed
+	test -x $(POLICY_VENV)/bin/python || $(PYTHON) -m venv $(POLICY_VENV)
+	$(BIN)/uv pip sync --quiet --python $(POLICY_VENV)/bin/python requirements-policy.txt
+	@touch $@
+
+setup: $(VENV)/.installed $(POLICY_VENV)/.installed ## Create or update the venvs from the locks (idempotent)
 
 lock: | $(BIN)/python ## Re-resolve requirements*.txt from the *.in inputs
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
@@ -62,4 +69,4 @@ down: ## Stop every process `make demo` started
 	@if [ -x $(BIN)/python ]; then $(BIN)/python tools/demo.py down; fi
 
 clean: down ## Remove the venv, the demo state and caches
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(POLICY_VENV) .demo .state .pytest_cache .mypy_cache .ruff_cache

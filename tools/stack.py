@@ -35,12 +35,8 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 NAMESPACE = "ml"
 ADMIN_USER = "admin"
-# Pools the DAGs use: GPU slots for training, and one rollout at a time.
-POOLS = {
-    "gpu": (4, "GPUs for training pods (one slot per GPU a pod may ask for)"),
-    "gpu_backfill": (4, "GPUs for backfill runs' training pods, apart from scheduled runs"),
-    "serving_rollout": (1, "One rollout of the serving Deployment at a time"),
-}
+# Pools the DAGs use, as a platform team imports them (helm-values/airflow.yaml does the same).
+POOLS_FILE = REPO / "helm-values" / "airflow-pools.json"
 LOCAL_SETTINGS = "from helmsman.policies import task_instance_mutation_hook  # noqa: F401\n"
 COMPONENTS = ("localcluster", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
 
@@ -350,8 +346,7 @@ class Stack:
 
     def _airflow_init(self) -> None:
         self.airflow("db", "migrate")
-        for pool, (slots, description) in POOLS.items():
-            self.airflow("pools", "set", pool, str(slots), description)
+        self.airflow("pools", "import", str(POOLS_FILE))
 
     def _wait_airflow_healthy(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
