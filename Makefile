@@ -15,7 +15,7 @@ RUFF_PATHS ?= dags plugins images localcluster tests tools bench
 MYPY_PATHS ?= plugins/helmsman images/steps/src/helmsman_steps localcluster tools
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock lock-check lint format test demo down clean
+.PHONY: help setup lock lock-check lint format test demo down backfill clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -62,11 +62,15 @@ format: setup ## Apply ruff's fixes and formatting
 test: setup lock-check lint ## Quality gates, then the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-demo: setup ## Run the whole pipeline on this machine
-	$(BIN)/python tools/demo.py up
+demo: setup ## Run the whole pipeline on this machine (again: trains a challenger)
+	$(BIN)/python -m tools.demo up
 
 down: ## Stop every process `make demo` started
-	@if [ -x $(BIN)/python ]; then $(BIN)/python tools/demo.py down; fi
+	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tools.demo down; fi
+
+backfill: setup ## Backfill the training DAG on the running demo: make backfill FROM=... TO=...
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD" >&2; exit 2; }
+	$(BIN)/python -m tools.demo backfill --from $(FROM) --to $(TO)
 
 clean: down ## Remove the venv, the demo state and caches
 	rm -rf $(VENV) $(POLICY_VENV) .demo .state .pytest_cache .mypy_cache .ruff_cache
