@@ -41,7 +41,14 @@ $(POLICY_VENV)/.installed: requirements-policy.txt | $(VENV)/.installed
 	$(BIN)/uv pip sync --quiet --python $(POLICY_VENV)/bin/python requirements-policy.txt
 	@touch $@
 
-setup: $(VENV)/.installed $(POLICY_VENV)/.installed ## Create or update the venvs from the locks (idempotent)
+# The UI test drives the system's Chromium (Debian's package); install it where we may.
+CHROMIUM ?= /usr/bin/chromium
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
+	else echo "note: no $(CHROMIUM) and no root to install it; the UI test will say so" >&2; fi
+
+setup: $(VENV)/.installed $(POLICY_VENV)/.installed $(CHROMIUM) ## Create or update the venvs from the locks (idempotent)
 
 lock: | $(BIN)/python ## Re-resolve requirements*.txt from the *.in inputs
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
