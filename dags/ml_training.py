@@ -63,60 +63,98 @@ with DAG(
             "interval, or yesterday for a manual run.",
         ),
         "window_days": Param(
-            7, type="integer", minimum=1, maximum=90, description="Days of data to train on."
+            7,
+            title="Training window (days)",
+            type="integer",
+            minimum=1,
+            maximum=90,
+            description="Days of data to train on, ending at the data end (1 to 90).",
         ),
-        "epochs": Param(8, type="integer", minimum=1, maximum=500, description="Training epochs."),
+        "epochs": Param(
+            8,
+            title="Epochs",
+            type="integer",
+            minimum=1,
+            maximum=500,
+            description="Passes over the training data (1 to 500).",
+        ),
         "learning_rate": Param(
             0.003,
+            title="Learning rate",
             type="number",
             exclusiveMinimum=0,
             maximum=1,
-            description="AdamW learning rate.",
+            description="AdamW learning rate (above 0, at most 1).",
         ),
         "hidden": Param(
             "64,32",
+            title="Hidden layers",
             type="string",
             pattern=r"^[1-9][0-9]*(,[1-9][0-9]*)*$",
             description="Hidden layer widths, comma-separated (e.g. 64,32).",
         ),
         "batch_size": Param(
-            1024, type="integer", minimum=16, maximum=65536, description="Rows per step."
+            1024,
+            title="Batch size",
+            type="integer",
+            minimum=16,
+            maximum=65536,
+            description="Rows per optimizer step (16 to 65536).",
         ),
-        "seed": Param(42, type="integer", minimum=0, description="Seed for weights and order."),
+        "seed": Param(
+            42,
+            title="Seed",
+            type="integer",
+            minimum=0,
+            description="Seed for weights and batch order (0 or more).",
+        ),
         "gpus": Param(
             DEFAULT_GPUS,
+            title="GPUs",
             type="integer",
             minimum=0,
             maximum=MAX_GPUS,
-            description=f"GPUs for the training pod (0: CPU). At most {MAX_GPUS}.",
+            description=f"GPUs for the training pod (0 to {MAX_GPUS}; 0: train on CPU).",
         ),
         "min_improvement": Param(
             0.0,
+            title="Minimum AUC gain",
             type="number",
             minimum=-1,
             maximum=1,
-            description="ROC AUC gain over the champion the challenger needs to be promoted.",
+            description="ROC AUC gain over the champion a challenger needs to be promoted "
+            "(-1 to 1).",
         ),
         "strategy": Param(
             "rolling",
+            title="Rollout strategy",
             enum=["rolling", "blue-green", "canary"],
             description="How the new version reaches traffic.",
         ),
         "deploy": Param(
             "auto",
+            title="Deploy",
             enum=["auto", "never", "force"],
             description="auto: deploy if evaluation promotes. never: record only. force: deploy "
             "even if evaluation rejected (the health gate still applies).",
         ),
         "replicas": Param(
-            2, type="integer", minimum=1, maximum=20, description="Serving replicas."
+            2,
+            title="Serving replicas",
+            type="integer",
+            minimum=1,
+            maximum=20,
+            description="Serving pods after the rollout (1 to 20).",
         ),
         "serving_image": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
+            title="Serving image",
             description="Serving image override (empty: the release's pinned image).",
         ),
-        "dry_run": Param(False, type="boolean", description="Train and evaluate; never deploy."),
+        "dry_run": Param(
+            False, title="Dry run", type="boolean", description="Train and evaluate; never deploy."
+        ),
     },
 ) as dag:
 
@@ -191,7 +229,7 @@ with DAG(
         task_id="rollout",
         model_name=MODEL,
         strategy="{{ params.strategy }}",
-        image="{{ params.serving_image }}",
+        image="{{ params.serving_image or '' }}",
         replicas="{{ params.replicas }}",
         platform=PLATFORM,
         # A retry after a crash converges on the rollout under way; a failed gate rolls back

@@ -1,16 +1,148 @@
-"""Until the pipeline exists, `make demo` says so and fails instead of pretending."""
+"""`make demo`, `make backfill` and `make down`, through the same code (tools/demo.py), on
+free ports and smaller data; and the Airflow UI's trigger form in a real headless browser.
+
+The tests run in order on one stack: the first demo run deploys, a second trains a
+challenger and the gate (or the evaluation) decides, a run triggered from the UI form
+succeeds, a backfill deploys nothing, and `down` leaves no process and no port behind.
+"""
 
 from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tools import demo
+from tools.procs import alive, port_taken
+from tools.stack import REPO, Ports, Settings, Stack
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Chromium on a closed network: no background connections, no sandbox as root.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+ARTIFACTS = REPO / "test-artifacts"
 
 
-def test_demo_refuses_honestly(capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo.main(["up"]) == 1
-    assert "not built yet" in capsys.readouterr().err
+@pytest.fixture(scope="module")
+def demo_root() -> Iterator[Path]:
+    root = REPO / ".state" / f"demo-{uuid.uuid4().hex[:8]}"
+    yield root
+    demo.down(root)
+    shutil.rmtree(root, ignore_errors=True)
 
 
-def test_down_with_nothing_running_succeeds() -> None:
-    assert demo.main(["down"]) == 0
+@pytest.fixture(scope="module")
+def first(demo_root: Path) -> tuple[Stack, demo.Outcome]:
+    return demo.up(demo_root, Ports.free(), Settings(rows_per_day=4000), show=False)
+
+
+def test_the_first_demo_deploys_and_the_model_answers_through_the_service(
+    first: tuple[Stack, demo.Outcome],
+) -> None:
+    stack, outcome = first
+    assert outcome.state == "success", outcome.summary
+    s = outcome.summary
+    assert s["deploy"] is True
+    assert s["rollout"] == "passed"
+    assert s["served_version"] == s["model_version"]
+    assert 0.0 <= s["prediction"] <= 1.0
+    assert s["mlflow_run"].startswith(stack.mlflow_url)
+    assert s["service"].startswith("http://127.")
+
+
+def test_a_second_demo_reuses_the_stack_and_trains_a_challenger(
+    first: tuple[Stack, demo.Outcome], demo_root: Path
+) -> None:
+    stack, outcome = first
+    pids = dict(stack.pids)
+    again, second = demo.up(demo_root, show=False)
+    assert again.pids == pids  # the same processes: nothing restarted
+    assert second.state == "success", second.summary
+    s = second.summary
+    assert s["model_version"] != outcome.summary["model_version"]
+    assert s["evaluation"] in ("promote", "reject")
+    # Whatever was decided, the Service answers with the version that decision implies.
+    expected = s["model_version"] if s["deploy"] else outcome.summary["model_version"]
+    assert s["served_version"] == expected
+
+
+def test_the_ui_trigger_form_shows_the_params_and_a_run_triggered_from_it_succeeds(
+    first: tuple[Stack, demo.Outcome],
+) -> None:
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium as root")
+    from playwright.sync_api import sync_playwright
+
+    stack, _ = first
+    api = demo.api_for(stack)
+    before = {r["dag_run_id"] for r in api.runs(demo.DAG)}
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.goto(stack.airflow_url + "/auth/login/")
+            page.get_by_label("Username").fill("admin")
+            page.get_by_label("Password").fill(stack.password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_load_state("networkidle")
+            page.goto(f"{stack.airflow_url}/dags/{demo.DAG}")
+            page.get_by_role("button", name="Trigger").first.click()
+            dialog = page.get_by_role("dialog")
+            dialog.get_by_text("Run Parameters").wait_for()
+            text = dialog.inner_text()
+            for shown in ("Training window (days)", "Days of data to train on",
+                          "GPUs for the training pod (0 to 4", "Rollout strategy",
+                          "Passes over the training data (1 to 500)", "Dry run"):  # fmt: skip
+                assert shown in text
+            dialog.locator("input[name=element_data_end]").fill("2026-04-02")
+            dialog.locator("input[name=element_window_days]").fill("2")
+            dialog.locator("input[name=element_epochs]").fill("3")
+            dialog.locator("input[name=element_gpus]").fill("0")
+            page.screenshot(path=str(ARTIFACTS / "trigger-form.png"), full_page=True)
+            dialog.get_by_role("button", name="Trigger").click()
+            dialog.wait_for(state="hidden")
+        finally:
+            browser.close()
+    new = [r for r in api.runs(demo.DAG) if r["dag_run_id"] not in before]
+    assert len(new) == 1
+    run: dict[str, Any] = new[0]
+    assert run["triggered_by"] == "ui"
+    conf = run["conf"]
+    assert (conf["data_end"], conf["window_days"], conf["epochs"], conf["gpus"]) == (
+        "2026-04-02", 2, 3, 0,
+    )  # fmt: skip
+    assert api.wait(demo.DAG, run["dag_run_id"], timeout=600)["state"] == "success"
+
+
+def test_a_backfill_from_the_demo_deploys_nothing(
+    first: tuple[Stack, demo.Outcome], demo_root: Path
+) -> None:
+    stack, _ = first
+    before = demo.serving(stack)["served_version"]
+    runs = demo.backfill("2026-02-01", "2026-02-01", root=demo_root)
+    assert [r["state"] for r in runs] == ["success"]
+    decision = demo.api_for(stack).xcom(demo.DAG, runs[0]["dag_run_id"], "decide")
+    assert decision["deploy"] is False
+    assert demo.serving(stack)["served_version"] == before
+
+
+def test_down_leaves_no_process_and_no_port(
+    first: tuple[Stack, demo.Outcome], demo_root: Path
+) -> None:
+    stack, _ = first
+    pids, ports = dict(stack.pids), (stack.ports.cluster, stack.ports.mlflow, stack.ports.airflow)
+    pod_ips = demo.serving(stack)["service"]
+    stopped = demo.down(demo_root)
+    assert set(stopped) == set(pids)
+    assert [name for name, pid in pids.items() if alive(pid)] == []
+    assert [p for p in ports if port_taken(p)] == []
+    # The pods' processes went with localcluster: the Service address no longer answers.
+    host, port = pod_ips.removeprefix("http://").split(":")
+    assert not port_taken(int(port), host)
+    assert demo.down(demo_root) == []  # a second `make down` finds nothing to stop
