@@ -256,9 +256,10 @@ def backfill(start: str, end: str, root: Path = ROOT) -> list[dict[str, Any]]:
     console.print()
     for r in runs:
         decision = api.xcom(DAG, r["dag_run_id"], "decide") if r["state"] == "success" else {}
+        deployed = "yes" if decision.get("deploy") else "no"
         console.print(f"  {r['data_interval_start'][:10]}  {r['state']:8}  version "
-                      f"{decision.get('version', '?')}  deployed: "
-                      f"{'yes' if decision.get('deploy') else 'no'} ({decision.get('reason', '')})")  # fmt: skip
+                      f"{decision.get('version', '?')}  deployed: {deployed} "
+                      f"({decision.get('reason', '')})")  # fmt: skip
     after = serving(stack).get("served_version")
     console.print(f"serving before: version {before}; after: version {after} "
                   f"({'unchanged' if before == after else 'CHANGED'})")  # fmt: skip
