@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 # uv is also pinned in requirements-dev.in; this copy only bootstraps the first install.
 UV_VERSION := 0.13.8
 # What the quality gates look at. The test suite overrides these to prove each gate can fail.
-RUFF_PATHS ?= dags plugins images localcluster tests tools bench
+RUFF_PATHS ?= dags plugins images localcluster tests tools bench compose
 MYPY_PATHS ?= plugins/helmsman images/steps/src/helmsman_steps localcluster tools
 PYTEST_ARGS ?=
 

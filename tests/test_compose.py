@@ -57,3 +57,36 @@ def test_depends_on_names_existing_services(compose: dict[str, Any]) -> None:
     services = set(compose["services"])
     for name, service in compose["services"].items():
         assert set(service.get("depends_on", {})) <= services, name
+
+
+def test_every_built_image_has_its_dockerfile_and_every_mounted_file_exists(
+    compose: dict[str, Any],
+) -> None:
+    for name, service in compose["services"].items():
+        build = service.get("build")
+        if build:
+            assert (REPO / build["context"] / build["dockerfile"]).is_file(), name
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), f"service {name} mounts missing {source}"
+
+
+def test_the_stack_has_what_the_pipeline_needs_and_no_secret_inline(
+    compose: dict[str, Any],
+) -> None:
+    services = set(compose["services"])
+    assert {"postgres", "minio", "mlflow", "localcluster", "airflow-api-server",
+            "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"} <= services  # fmt: skip
+    text = (REPO / "docker-compose.yml").read_text()
+    assert "change-me" not in text  # values live in .env (from .env.example)
+    example = (REPO / ".env.example").read_text()
+    for variable in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "AIRFLOW_SECRET_KEY"):
+        assert f"${{{variable}" in text
+        assert f"{variable}=" in example
+    # Airflow waits for a healthy database, cluster and MLflow, and a finished migration.
+    waits = compose["services"]["airflow-scheduler"]["depends_on"]
+    assert waits["airflow-init"]["condition"] == "service_completed_successfully"
+    assert waits["postgres"]["condition"] == "service_healthy"
+    checked = ("postgres", "minio", "mlflow", "localcluster", "airflow-api-server")
+    assert all("healthcheck" in compose["services"][s] for s in checked)

@@ -63,7 +63,7 @@ def image(request: pytest.FixtureRequest) -> str:
 
 
 def test_every_expected_image_exists() -> None:
-    assert set(IMAGES) == {"airflow", "pipeline", "serve", "train"}
+    assert set(IMAGES) == {"airflow", "localcluster", "pipeline", "serve", "train"}
 
 
 def test_bases_are_pinned(image: str) -> None:
