@@ -20,22 +20,22 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BASELINE = '''
+BASELINE = """
 import datetime as dt
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import DAG
 
 with DAG(dag_id="baseline", schedule=None, start_date=dt.datetime(2026, 1, 1)):
     KubernetesPodOperator(task_id="pod", name="pod", image="python:3.11-slim", cmds=["true"])
-'''
-PARSE = '''
+"""
+PARSE = """
 import json, sys, time
 started = time.perf_counter()
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder=sys.argv[1])
 assert not bag.import_errors, bag.import_errors
 print(json.dumps({"seconds": time.perf_counter() - started, "dags": len(bag.dags)}))
-'''
+"""
 
 
 def parse_seconds(dag_file: Path, env: dict[str, str]) -> float:
