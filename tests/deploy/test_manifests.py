@@ -217,3 +217,16 @@ def test_kubectl_applies_everything_and_the_serving_deployment_becomes_available
     available = kubectl(cluster, "-n", "ml", "get", "deployment", "churn-serving", "-o",
                         "jsonpath={.status.conditions[?(@.type=='Available')].status}")  # fmt: skip
     assert available == "True"
+
+
+def test_mlflow_values_take_credentials_from_secrets() -> None:
+    values = yaml.safe_load((REPO / "helm-values" / "mlflow.yaml").read_text())
+    assert values["backendStore"]["postgres"]["enabled"] is True
+    assert "password" not in values["backendStore"]["postgres"]
+    assert values["backendStore"]["existingDatabaseSecret"]["name"]
+    s3 = values["artifactRoot"]["s3"]
+    assert s3["enabled"] is True
+    assert "awsSecretAccessKey" not in s3
+    assert s3["existingSecret"]["name"]
+    # The server runs the MLflow release the pipeline's client is pinned to.
+    assert f"mlflow=={values['image']['tag']}" in (REPO / "requirements.txt").read_text()
