@@ -41,6 +41,13 @@ LOCAL_SETTINGS = "from helmsman.policies import task_instance_mutation_hook  # n
 COMPONENTS = ("localcluster", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
 
 
+def inherited_env() -> dict[str, str]:
+    """This process's environment without Airflow's and MLflow's settings: the stack sets its
+    own, and a caller's (a test session's MLflow server, say) must not leak into it."""
+    prefixes = ("AIRFLOW_", "AIRFLOW__", "MLFLOW_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
 class StackError(Exception):
     """A component did not start; the message says which, why, and which log to read."""
 
@@ -130,7 +137,7 @@ class Stack:
             "extra": {"kube_config_path": str(self.kubeconfig), "in_cluster": False},
         }
         env = {
-            **os.environ,
+            **inherited_env(),
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
@@ -163,7 +170,6 @@ class Stack:
             ),
             "NO_PROXY": "*",
         }
-        env.pop("MLFLOW_TRACKING_URI", None)
         return env
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -266,7 +272,7 @@ class Stack:
         health: str | None,
         env: dict[str, str] | None = None,
     ) -> None:
-        server = Server(name, cmd, health or "", self.log(name), {**os.environ, **(env or {})})
+        server = Server(name, cmd, health or "", self.log(name), {**inherited_env(), **(env or {})})
         try:
             if health:
                 server.start(timeout=180)

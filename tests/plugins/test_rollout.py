@@ -8,6 +8,7 @@ import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -157,3 +158,42 @@ def test_the_gate_fails_a_model_that_serves_other_predictions(
         api, target("12345"), f"http://{svc.spec.cluster_ip}", golden, probe_requests=20
     )
     assert any("/metadata reports versions" in r for r in wrong_version.reasons)
+
+
+def test_the_deferred_wait_reports_a_finished_rollout_from_the_triggerer_side(
+    serving_cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DeploymentAvailableTrigger, run as the triggerer runs it (asyncio, kubernetes_asyncio,
+    the connection from the environment), against the Deployment the tests above rolled out."""
+    import asyncio
+
+    from helmsman.deploy import DeploymentAvailableTrigger
+
+    conn = {
+        "conn_type": "kubernetes",
+        "extra": {"kube_config_path": str(serving_cluster.kubeconfig)},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_KUBERNETES_DEFAULT", json.dumps(conn))
+    plan = {"deployment": "churn-serving", "gate_service": "churn-serving", "pod_labels": {}}
+    trigger = DeploymentAvailableTrigger("churn-serving", NAMESPACE, "kubernetes_default", 60, plan)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "helmsman.deploy.DeploymentAvailableTrigger"
+    revived = DeploymentAvailableTrigger(**kwargs)
+    payload = asyncio.run(asyncio.wait_for(first_event_of(revived), 90))
+    assert payload == {"plan": plan, "error": None}
+
+    # A rollout that is not done when the trigger's time is up is reported as such.
+    impatient = DeploymentAvailableTrigger(
+        "churn-serving", NAMESPACE, "kubernetes_default", 0, plan
+    )
+    serving_cluster.apps.patch_namespaced_deployment_scale(
+        "churn-serving", NAMESPACE, {"spec": {"replicas": 3}}
+    )
+    payload = asyncio.run(asyncio.wait_for(first_event_of(impatient), 90))
+    assert "timed out" in (payload["error"] or "")
+
+
+async def first_event_of(trigger: Any) -> Any:
+    async for event in trigger.run():
+        return event.payload
+    return None
