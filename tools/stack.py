@@ -52,6 +52,23 @@ class StackError(Exception):
     """A component did not start; the message says which, why, and which log to read."""
 
 
+def _run(
+    cmd: list[str],
+    what: str,
+    *,
+    env: dict[str, str] | None = None,
+    input_text: str | None = None,
+    timeout: float = 120,
+) -> str:
+    proc = subprocess.run(
+        cmd, input=input_text, env=env, capture_output=True, text=True, timeout=timeout,
+        check=False,
+    )  # fmt: skip
+    if proc.returncode:
+        raise StackError(f"{what} failed:\n{proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
 @dataclass
 class Ports:
     cluster: int = 6443
@@ -306,17 +323,8 @@ class Stack:
         ]  # fmt: skip
 
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
-        proc = subprocess.run(
-            ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
-            input=input_text,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if proc.returncode:
-            raise StackError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc.stdout
+        cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig), *args]
+        return _run(cmd, f"kubectl {' '.join(args)}", input_text=input_text)
 
     def _setup_cluster(self) -> None:
         """What a platform team applies once: namespace, RBAC, the Secret and the settings."""
@@ -338,17 +346,8 @@ class Stack:
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
 
     def airflow(self, *args: str) -> str:
-        proc = subprocess.run(
-            [str(BIN / "airflow"), *args],
-            env=self.airflow_env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if proc.returncode:
-            raise StackError(f"airflow {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
-        return proc.stdout
+        cmd = [str(BIN / "airflow"), *args]
+        return _run(cmd, f"airflow {' '.join(args)}", env=self.airflow_env(), timeout=300)
 
     def _airflow_init(self) -> None:
         self.airflow("db", "migrate")

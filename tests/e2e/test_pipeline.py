@@ -86,6 +86,11 @@ def served_version(k8s: client.ApiClient) -> str:
     return str(get_json(service_address(k8s) + "/metadata")["model_version"])
 
 
+def deployment_generation(k8s: client.ApiClient) -> int:
+    deployment = client.AppsV1Api(k8s).read_namespaced_deployment("churn-serving", NS)
+    return int(deployment.metadata.generation)
+
+
 def champion(registry: Any) -> str:
     return str(registry.get_model_version_by_alias(MODEL, "champion").version)
 
@@ -149,9 +154,7 @@ def test_3_a_worse_challenger_is_recorded_and_not_deployed(
     airflow: AirflowApi, k8s: client.ApiClient, registry: Any
 ) -> None:
     before = champion(registry)
-    generation = (
-        client.AppsV1Api(k8s).read_namespaced_deployment("churn-serving", NS).metadata.generation
-    )
+    generation = deployment_generation(k8s)
     conf = {"data_end": "2026-03-04", "epochs": 1, "hidden": "1", "learning_rate": 0.00001}
     run_id, result = run(airflow, conf, "worse challenger")
     assert result["run"]["state"] == "success", result["states"]
@@ -162,8 +165,7 @@ def test_3_a_worse_challenger_is_recorded_and_not_deployed(
     assert decision["deploy"] is False
     assert champion(registry) == before
     assert served_version(k8s) == before
-    after = client.AppsV1Api(k8s).read_namespaced_deployment("churn-serving", NS)
-    assert after.metadata.generation == generation
+    assert deployment_generation(k8s) == generation
     tags = registry.get_model_version(MODEL, decision["version"]).tags
     assert tags["helmsman.fence"] == "hold"
     assert tags["helmsman.decision"] == "reject"
@@ -236,9 +238,7 @@ def test_5_a_three_day_backfill_records_three_runs_and_deploys_nothing(
     airflow: AirflowApi, k8s: client.ApiClient, registry: Any
 ) -> None:
     before = champion(registry)
-    generation = (
-        client.AppsV1Api(k8s).read_namespaced_deployment("churn-serving", NS).metadata.generation
-    )
+    generation = deployment_generation(k8s)
     started = time.monotonic()
     airflow.backfill(DAG, "2026-03-06T00:00:00Z", "2026-03-08T23:59:59Z", max_active_runs=1)
     deadline = time.monotonic() + 900
@@ -267,8 +267,7 @@ def test_5_a_three_day_backfill_records_three_runs_and_deploys_nothing(
     assert intervals == ["2026-03-06", "2026-03-07", "2026-03-08"]
     assert champion(registry) == before
     assert served_version(k8s) == before
-    after = client.AppsV1Api(k8s).read_namespaced_deployment("churn-serving", NS)
-    assert after.metadata.generation == generation
+    assert deployment_generation(k8s) == generation
 
 
 @pytest.mark.parametrize("strategy", ["blue-green", "canary"])
