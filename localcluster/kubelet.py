@@ -399,6 +399,9 @@ class PodWorker:
             *filter(None, env.get("PYTHONPATH", "").split(os.pathsep)),
             str(self.dir),  # the pod's folder: HOME, default working directory
             cwd,
+            # Folders the container's environment names (a dataset store given as a local
+            # path): on a real cluster a volume or an object store; here, the machine's.
+            *(v for v in env.values() if os.path.isabs(v) and os.path.isdir(v)),
         }
         return sorted(p for p in paths if p and os.path.isabs(p))
 

@@ -280,3 +280,29 @@ def test_a_volume_over_the_folder_the_cluster_runs_from_hides_nothing_it_needs(
     assert finished(cluster, "over-top") == "Succeeded", log_of(cluster, "over-top")
     assert log_of(cluster, "over-top") == "1\n"
     assert not Path(top, "written-in-volume").exists()  # it went to the volume, not the machine
+
+
+@needs_root
+def test_a_folder_the_environment_names_stays_visible_under_a_volume(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A dataset store given as a local path under /tmp (a test's or a clone's) stays visible
+    to a pod that mounts an emptyDir at /tmp, the way the pipeline's pods do."""
+    store = tmp_path / "datasets"
+    store.mkdir()
+    (store / "day.txt").write_text("rows")
+    script = "import os\nprint(open(os.path.join(os.environ['STORE'], 'day.txt')).read())\n"
+    cluster.core.create_namespaced_pod(
+        "default",
+        pod_manifest(
+            "env-folder",
+            script,
+            volumes=[{"name": "tmp", "emptyDir": {}}],
+            container={
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                "env": [{"name": "STORE", "value": str(store)}],
+            },
+        ),
+    )
+    assert finished(cluster, "env-folder") == "Succeeded", log_of(cluster, "env-folder")
+    assert log_of(cluster, "env-folder") == "rows\n"
