@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -197,3 +198,28 @@ async def first_event_of(trigger: Any) -> Any:
     async for event in trigger.run():
         return event.payload
     return None
+
+
+def test_the_rollout_lock_refuses_another_runs_rollout_and_lets_a_rerun_join_its_own(
+    serving_cluster: Cluster,
+) -> None:
+    api = serving_cluster.api
+    t = target("5")
+    state = {"owner": "ml_training/run_a", "version": "5", "phase": "rolling", "since": time.time()}
+    rollout.write_state(api, t.name, NAMESPACE, state)
+    # Another DAG run is refused, with the owner and version named.
+    with pytest.raises(rollout.RolloutBusy, match="run_a"):
+        rollout.claim(api, t, "ml_training/run_b", "rolling")
+    # The same task re-run after a crash joins its rollout (same state, same start time).
+    assert rollout.claim(api, t, "ml_training/run_a", "rolling") == state
+    # A rollout left "rolling" for over an hour is stale: another run may take over.
+    rollout.write_state(api, t.name, NAMESPACE, {**state, "since": time.time() - 7200})
+    taken = rollout.claim(api, t, "ml_training/run_b", "canary")
+    assert (taken["owner"], taken["strategy"], taken["phase"]) == (
+        "ml_training/run_b",
+        "canary",
+        "rolling",
+    )
+    # A finished rollout never blocks the next one.
+    rollout.write_state(api, t.name, NAMESPACE, {**state, "phase": "gated"})
+    assert rollout.claim(api, t, "ml_training/run_c", "rolling")["owner"] == "ml_training/run_c"
