@@ -56,7 +56,7 @@ versions tagged `helmsman.rollout=passed`.
     def promote(dag_run=None, ti=None):
         gated = ti.xcom_pull(task_ids="rollout")
         owner = f"{dag_run.dag_id}/{dag_run.run_id}"
-        return deploy.promote(MODEL, gated["version"], rollout.deployment, owner)
+        return deploy.promote(MODEL, gated["version"], owner)
 
     decide() >> rollout >> promote()
 

@@ -241,8 +241,6 @@ with DAG(
     @task(retries=2)
     def promote(dag_run=None, ti=None):
         gated = ti.xcom_pull(task_ids="rollout")
-        return deploy.promote(
-            MODEL, gated["version"], rollout.deployment, f"{dag_run.dag_id}/{dag_run.run_id}"
-        )
+        return deploy.promote(MODEL, gated["version"], f"{dag_run.dag_id}/{dag_run.run_id}")
 
     plan() >> etl >> train >> evaluate >> decide() >> rollout >> promote()

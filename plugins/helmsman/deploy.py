@@ -118,9 +118,7 @@ class RolloutOperator(BaseOperator):
     # -- helpers ----------------------------------------------------------------------------------
 
     def _api(self) -> Any:
-        from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
-
-        return KubernetesHook(conn_id=self.platform.kubernetes_conn_id).api_client
+        return kube_api(self.platform)
 
     def _decision(self, context: Any) -> dict[str, Any]:
         from airflow.exceptions import AirflowSkipException
@@ -258,8 +256,15 @@ class RolloutOperator(BaseOperator):
         raise RolloutGateFailed(message)
 
 
-def promote(model_name: str, version: str, deployment: str, owner: str) -> dict[str, Any]:
-    """Move ``@champion`` to the gated version; record it on the Service's rollout state."""
+def kube_api(platform: Platform) -> Any:
+    """A Kubernetes API client from the platform's Airflow connection."""
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    return KubernetesHook(conn_id=platform.kubernetes_conn_id).api_client
+
+
+def promote(model_name: str, version: str, owner: str) -> dict[str, Any]:
+    """Move ``@champion`` to the gated version (the old one keeps ``@previous-champion``)."""
     models.configure()
     previous = models.promote(models.get(model_name, version), owner)
     return {"champion": version, "previous_champion": previous.version if previous else None}
@@ -283,11 +288,10 @@ def choose_version(model_name: str, version: str) -> dict[str, Any]:
 
 def scale(deployment: str, replicas: int, platform: Platform | None = None) -> dict[str, Any]:
     """Scale whichever Deployment serves behind the Service to ``replicas``."""
-    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
     from kubernetes import client
 
     platform = platform or Platform()
-    api = KubernetesHook(conn_id=platform.kubernetes_conn_id).api_client
+    api = kube_api(platform)
     target = rollout.Target(deployment, platform.namespace, "", "")
     live = rollout.Rolling(api, target).live_deployment()
     apps = client.AppsV1Api(api)

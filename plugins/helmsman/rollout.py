@@ -498,12 +498,6 @@ class Strategy:
     def resume(self, plan: dict[str, Any]) -> None:
         self.plan = plan
 
-    def start(self) -> dict[str, Any]:
-        """begin() and wait for the new version's Deployment (the synchronous path)."""
-        plan = self.begin()
-        wait_for_rollout(self.api, plan["deployment"], self.target.namespace, self.timeout)
-        return plan
-
     def finish(self) -> None:
         """After a passed gate: make the new version the only one serving."""
 

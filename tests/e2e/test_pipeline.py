@@ -31,6 +31,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from helmsman import rollout
 from tests.e2e.conftest import SKEWED_IMAGE
 from tools.airflow_api import AirflowApi, ApiError
 from tools.stack import REPO, Stack
@@ -68,9 +69,8 @@ def run(airflow: AirflowApi, conf: dict[str, Any], name: str) -> tuple[str, dict
     return run_id, {"run": result, "states": states}
 
 
-def service_address(k8s: client.ApiClient, name: str = "churn-serving") -> str:
-    svc = client.CoreV1Api(k8s).read_namespaced_service(name, NS)
-    return f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}"
+def service_address(k8s: client.ApiClient) -> str:
+    return rollout.service_url(k8s, "churn-serving", NS)
 
 
 def get_json(url: str, body: Any = None) -> Any:
