@@ -128,8 +128,17 @@ class AirflowApi:
             "run_backwards": False,
             "dag_run_conf": {},
         }
-        backfill: dict[str, Any] = self._request("POST", "/api/v2/backfills", body)
-        return int(backfill["id"])
+        # On SQLite the api-server refuses (503) while the scheduler holds the database; it
+        # says to try again, so do, for up to a minute.
+        for attempt in range(30):
+            try:
+                backfill: dict[str, Any] = self._request("POST", "/api/v2/backfills", body)
+                return int(backfill["id"])
+            except ApiError as exc:
+                if exc.status != 503 or attempt == 29:
+                    raise
+                time.sleep(2)
+        raise AssertionError("unreachable")
 
     def wait(
         self,
