@@ -20,6 +20,7 @@ from localcluster import config as config_module
 from localcluster.apiserver import ApiServer
 from localcluster.controllers import Controllers
 from localcluster.faults import FaultInjector
+from localcluster.gateway import GatewayProxy
 from localcluster.kubelet import Kubelet
 from localcluster.proxy import ServiceProxy
 from localcluster.resources import kind
@@ -90,7 +91,10 @@ async def serve(args: argparse.Namespace) -> int:
     scheduler = Scheduler(store)
     controllers = Controllers(store)
     proxy = ServiceProxy(store)
-    tasks = [asyncio.ensure_future(c.run()) for c in (kubelet, scheduler, controllers, proxy)]
+    gateways = GatewayProxy(store)
+    tasks = [
+        asyncio.ensure_future(c.run()) for c in (kubelet, scheduler, controllers, proxy, gateways)
+    ]
 
     path = Path(args.kubeconfig)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -103,6 +107,7 @@ async def serve(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     print("localcluster: stopping pods", flush=True)
+    await gateways.close()
     await proxy.close()
     await kubelet.shutdown(grace=args.grace_seconds)
     for task in tasks:

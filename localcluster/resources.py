@@ -131,6 +131,26 @@ KINDS: tuple[Kind, ...] = (
     ),
     Kind("batch", "v1", "jobs", "Job", subresources=("status",)),
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
+    # The Gateway API (a CRD on a real cluster; built in here): the Service proxy's gateway
+    # listeners route by HTTPRoute weights and mirror filters (localcluster/gateway.py).
+    Kind(
+        "gateway.networking.k8s.io",
+        "v1",
+        "gatewayclasses",
+        "GatewayClass",
+        namespaced=False,
+        subresources=("status",),
+        short_names=("gc",),
+    ),
+    Kind(
+        "gateway.networking.k8s.io",
+        "v1",
+        "gateways",
+        "Gateway",
+        subresources=("status",),
+        short_names=("gtw",),
+    ),
+    Kind("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute", subresources=("status",)),
 )
 
 BY_PATH = {(k.group, k.version, k.plural): k for k in KINDS}

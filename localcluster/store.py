@@ -102,6 +102,12 @@ class Store:
         ]
 
     # -- writes ----------------------------------------------------------------------------
+    def allocate_address(self) -> str:
+        """A loopback address of its own, from the Service range (ClusterIPs, gateways)."""
+        self._services += 1
+        n = self._services
+        return f"127.{self.service_octet}.{(n // 250) % 250}.{n % 250 + 2}"
+
     def _bump(self) -> str:
         self._rv += 1
         return str(self._rv)
@@ -152,10 +158,7 @@ class Store:
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         defaults.apply(kind.kind, obj)
         if kind.kind == "Service" and obj["spec"].get("clusterIP") in (None, ""):
-            # The API server allocates ClusterIPs; here each is a loopback address of its own.
-            self._services += 1
-            n = self._services
-            ip = f"127.{self.service_octet}.{(n // 250) % 250}.{n % 250 + 2}"
+            ip = self.allocate_address()
             obj["spec"]["clusterIP"], obj["spec"]["clusterIPs"] = ip, [ip]
         meta.update(uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=now())
         meta.pop("deletionTimestamp", None)
