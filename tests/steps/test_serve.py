@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -131,6 +132,41 @@ def test_metrics_count_requests_errors_and_name_the_version(
     assert 'helmsman_request_seconds_bucket{endpoint="/predict",le="0.005"}' in text
     assert f'version="{champion.version}"' in text
     assert "helmsman_model_info{" in text
+
+
+def _bucket_counts(metrics: str) -> dict[str, float]:
+    prefix = "helmsman_prediction_bucket{"
+    return {
+        line.split('le="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(prefix)
+    }
+
+
+def test_the_prediction_histogram_counts_every_scored_row_in_its_bucket(
+    http: httpx.Client,
+) -> None:
+    before = _bucket_counts(http.get("/metrics").text)
+    rows = [ROW, {**ROW, "support_calls": 0, "tenure_months": 60}, ROW]
+    scores = http.post("/predict", json={"instances": rows}).json()["predictions"]
+    after = _bucket_counts(http.get("/metrics").text)
+    assert after["+Inf"] - before["+Inf"] == 3
+    for bound in ("0.05", "0.5", "0.95"):
+        expected = sum(1 for score in scores if score <= float(bound))
+        assert after[bound] - before[bound] == expected, bound
+
+
+def test_a_compared_request_logs_its_id_and_predictions(
+    http: httpx.Client, server: Server, champion: Trained
+) -> None:
+    headers = {"x-helmsman-compare": "1", "x-request-id": "req-42"}
+    scores = http.post("/predict", json={"instances": [ROW]}, headers=headers).json()
+    http.post("/predict", json={"instances": [ROW]}, headers={"x-request-id": "req-43"})
+    lines = [line for line in server.log().splitlines() if '"prediction"' in line]
+    logged = [json.loads(line) for line in lines]
+    assert [entry["request_id"] for entry in logged] == ["req-42"]  # only the compared one
+    assert logged[0]["predictions"] == scores["predictions"]
+    assert logged[0]["version"] == champion.version
 
 
 def test_sigterm_shuts_down_cleanly(

@@ -8,7 +8,12 @@ Endpoints (what the Deployment's probes and the rollout's health gate use):
                   MLflow's {"dataframe_records": [...]} is accepted too. Bad input gets a 400
                   that says what is wrong and where, never a 500.
   GET  /metrics   Prometheus: requests and errors by endpoint and code, latency histogram,
-                  the model version being served
+                  the histogram of predicted scores (what a rollout compares between
+                  versions), the model version being served
+
+A request that carries ``x-helmsman-compare`` (the rollout adds it, through the Gateway, while
+it mirrors traffic to a new version) gets its predictions logged with its ``x-request-id``,
+so the rollout can pair the stable and the shadow version's answers to the same request.
 
 The model is the numpy export of the version (helmsman_steps.model), loaded after the port is
 bound so /healthz answers during the download; the server is a bare ASGI app on uvicorn with
@@ -20,7 +25,7 @@ from __future__ import annotations
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -80,10 +85,47 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.rows = Counter("helmsman_predicted_rows", "Rows scored", registry=self.registry)
+        self.predictions = PredictionHistogram()
+        self.registry.register(self.predictions)
         self.model = Gauge(
             "helmsman_model_info", "The model version being served (value 1)",
             ["name", "version", "run_id"], registry=self.registry,
         )  # fmt: skip
+
+
+PREDICTION_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95, then +Inf
+COMPARE_HEADER = b"x-helmsman-compare"
+REQUEST_ID_HEADER = b"x-request-id"
+
+
+class PredictionHistogram:
+    """``helmsman_prediction``: a Prometheus histogram of predicted scores, counted per batch
+    with numpy (one ``observe`` per row would cost more than the model for large batches)."""
+
+    def __init__(self) -> None:
+        self.bounds = np.asarray(PREDICTION_BUCKETS)
+        self.counts = np.zeros(len(PREDICTION_BUCKETS) + 1, dtype=np.int64)
+        self.total = 0.0
+        self.lock = threading.Lock()
+
+    def observe(self, scores: np.ndarray) -> None:
+        # A score on a bucket's bound belongs to it (Prometheus buckets are "le").
+        bins = np.searchsorted(self.bounds, scores, side="left")
+        counts = np.bincount(bins, minlength=len(self.counts))
+        with self.lock:
+            self.counts += counts
+            self.total += float(scores.sum())
+
+    def collect(self) -> Any:
+        from prometheus_client.core import HistogramMetricFamily
+
+        with self.lock:
+            cumulative = np.cumsum(self.counts).tolist()
+            total = self.total
+        buckets = [(str(b), c) for b, c in zip(PREDICTION_BUCKETS, cumulative, strict=False)]
+        family = HistogramMetricFamily("helmsman_prediction", "Predicted scores")
+        family.add_metric([], [*buckets, ("+Inf", cumulative[-1])], total)
+        yield family
 
 
 class App:
@@ -127,7 +169,7 @@ class App:
             else "other"
         )
         try:
-            code, body, content_type = await self._route(path, method, receive)
+            code, body, content_type = await self._route(path, method, receive, scope["headers"])
         except Exception:  # a bug must still answer, and be counted
             log.exception("unhandled error", path=path)
             code, body, content_type = 500, b'{"error":"internal error"}', b"application/json"
@@ -150,7 +192,9 @@ class App:
     def _json(self, code: int, payload: Any) -> tuple[int, bytes, bytes]:
         return code, self.encoder.encode(payload), b"application/json"
 
-    async def _route(self, path: str, method: str, receive: Receive) -> tuple[int, bytes, bytes]:
+    async def _route(
+        self, path: str, method: str, receive: Receive, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes, bytes]:
         if path == "/healthz":
             return self._json(200, {"status": "alive"})
         if path == "/readyz":
@@ -171,7 +215,7 @@ class App:
         if path == "/predict":
             if method != "POST":
                 return self._json(405, {"error": "use POST with a JSON body"})
-            return self._predict(await self._body(receive))
+            return self._predict(await self._body(receive), headers)
         return self._json(404, {"error": f"no such endpoint: {path}"})
 
     async def _body(self, receive: Receive) -> bytes | None:
@@ -186,7 +230,9 @@ class App:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    def _predict(self, body: bytes | None) -> tuple[int, bytes, bytes]:
+    def _predict(
+        self, body: bytes | None, headers: Sequence[tuple[bytes, bytes]] = ()
+    ) -> tuple[int, bytes, bytes]:
         model = self.model
         if model is None or self.resolved is None:
             return self._json(503, {"error": "model not loaded yet"})
@@ -208,6 +254,12 @@ class App:
         columns = {name: [getattr(r, name) for r in rows] for name in Instance.__struct_fields__}
         predictions = model.predict(columns)
         self.metrics.rows.inc(len(rows))
+        self.metrics.predictions.observe(predictions)
+        sent = dict(headers)
+        if COMPARE_HEADER in sent:
+            request_id = sent.get(REQUEST_ID_HEADER, b"").decode("latin-1")
+            log.info("prediction", request_id=request_id, predictions=predictions.tolist(),
+                     version=self.resolved.version)  # fmt: skip
         return self._json(200, {"predictions": predictions.tolist(),
                                 "model_version": self.resolved.version})  # fmt: skip
 
