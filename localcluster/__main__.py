@@ -22,6 +22,7 @@ from localcluster.controllers import Controllers
 from localcluster.faults import FaultInjector
 from localcluster.gateway import GatewayProxy
 from localcluster.kubelet import Kubelet
+from localcluster.promsd import install as install_prometheus_sd
 from localcluster.proxy import ServiceProxy
 from localcluster.resources import kind
 from localcluster.scheduler import Scheduler
@@ -77,6 +78,7 @@ async def serve(args: argparse.Namespace) -> int:
         api.audit = _audit_writer(Path(args.audit_log))
     faults = FaultInjector(store)
     faults.install(api.app)
+    install_prometheus_sd(api.app, store)
     runner = web.AppRunner(api.app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=1)

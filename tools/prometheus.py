@@ -1,0 +1,96 @@
+"""The local stack's Prometheus: Debian's ``prometheus`` server, discovering the serving pods
+of localcluster and scraping them, as a cluster's Prometheus does.
+
+On a cluster the job discovers pods with ``kubernetes_sd_configs`` (role ``pod``). Debian's
+build leaves Kubernetes discovery out, so here the same job reads localcluster's HTTP SD
+endpoint, which gives the same targets with the same meta labels (localcluster/promsd.py):
+the relabel rules below are the ones a cluster uses, unchanged.
+
+The scrape job is the one a platform team adds to its own Prometheus (the README shows it, and
+the equivalent ``PodMonitor`` for the Prometheus Operator): keep the pods labelled
+``app.kubernetes.io/name=helmsman-serving``, scrape their ``http`` port's ``/metrics``, and
+label every series with the model version (the pod's ``helmsman.io/model-version``
+annotation), the serving instance and the slot, which is what the rollout's analysis queries.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tools.procs import Server
+
+BINARY = "prometheus"
+SD_PATH = "/localcluster/v1/prometheus/pods"  # localcluster/promsd.py
+# Short, so a rollout step of ten seconds has several samples to judge; a cluster's
+# Prometheus typically scrapes every 15-30 s and the rollout's interval grows with it.
+SCRAPE_INTERVAL = "1s"
+
+
+def serving_scrape_job(namespace: str, localcluster_url: str | None = None) -> dict[str, Any]:
+    """The scrape job for Helmsman's serving pods: Kubernetes discovery on a cluster, or
+    localcluster's HTTP SD (same targets, same meta labels) when its URL is given."""
+    discovery: dict[str, Any] = (
+        {"http_sd_configs": [{"url": f"{localcluster_url}{SD_PATH}?namespace={namespace}",
+                              "refresh_interval": SCRAPE_INTERVAL}]}
+        if localcluster_url
+        else {"kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}]}
+    )  # fmt: skip
+    meta = "__meta_kubernetes_pod_"
+    return {
+        "job_name": "helmsman-serving",
+        "scrape_interval": SCRAPE_INTERVAL,
+        "scrape_timeout": SCRAPE_INTERVAL,
+        "metrics_path": "/metrics",
+        **discovery,
+        "relabel_configs": [
+            {"source_labels": [f"{meta}label_app_kubernetes_io_name"],
+             "regex": "helmsman-serving", "action": "keep"},
+            {"source_labels": [f"{meta}container_port_name"], "regex": "http", "action": "keep"},
+            {"source_labels": [f"{meta}phase"], "regex": "Running", "action": "keep"},
+            {"source_labels": [f"{meta}annotation_helmsman_io_model_version"],
+             "target_label": "version"},
+            {"source_labels": [f"{meta}label_app_kubernetes_io_instance"],
+             "target_label": "service"},
+            {"source_labels": [f"{meta}label_helmsman_io_slot"], "target_label": "slot"},
+            {"source_labels": [f"{meta}name"], "target_label": "pod"},
+            {"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+        ],
+    }  # fmt: skip
+
+
+def config(namespace: str, localcluster_url: str) -> dict[str, Any]:
+    return {
+        "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "scrape_configs": [serving_scrape_job(namespace, localcluster_url)],
+    }
+
+
+def available() -> bool:
+    return shutil.which(BINARY) is not None
+
+
+def server(root: Path, port: int, namespace: str, localcluster_url: str) -> Server:
+    """A Prometheus process with its config, data and log under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    config_file = root / "prometheus.yml"
+    config_file.write_text(yaml.safe_dump(config(namespace, localcluster_url), sort_keys=False))
+    binary = shutil.which(BINARY)
+    if binary is None:
+        raise RuntimeError(
+            "Prometheus is not installed: `make setup` installs Debian's prometheus package "
+            "(as root), or install it yourself and put `prometheus` on PATH"
+        )
+    cmd = [
+        binary,
+        f"--config.file={config_file}",
+        f"--storage.tsdb.path={root / 'data'}",
+        "--storage.tsdb.retention.time=1d",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--web.enable-lifecycle",
+        "--log.level=warn",
+    ]
+    return Server("prometheus", cmd, f"http://127.0.0.1:{port}/-/ready", root / "prometheus.log")
