@@ -25,9 +25,9 @@ with DAG(
     description="Roll the serving Deployment back to a chosen model version, health-gated.",
     doc_md="""
 Rolls `churn-serving` out to the model version you name (one that a training run evaluated),
-through the same health gate as a training run's rollout, then moves `@champion` to it. If the
-gate fails, the current version stays. Find candidates in MLflow: `@previous-champion`, or
-versions tagged `helmsman.rollout=passed`.
+through the same preview checks and live steps as a training run's rollout, then moves
+`@champion` to it. If a check fails, the current version stays. Find candidates in MLflow:
+`@previous-champion`, or versions tagged `helmsman.rollout=passed`.
 """,
     params={
         "model_version": Param(
@@ -35,7 +35,7 @@ versions tagged `helmsman.rollout=passed`.
             pattern=r"^[1-9][0-9]*$",
             description="The model version to serve (a number, e.g. 3).",
         ),
-        "strategy": Param("rolling", enum=["rolling", "blue-green", "canary"]),
+        **deploy.rollout_params(),
     },
     **COMMON,
 ) as rollback_dag:
@@ -48,6 +48,9 @@ versions tagged `helmsman.rollout=passed`.
         task_id="rollout",
         model_name=MODEL,
         strategy="{{ params.strategy }}",
+        steps="{{ params.canary_steps }}",
+        interval="{{ params.analysis_interval }}",
+        shadow="{{ params.shadow }}",
         platform=PLATFORM,
         max_active_tis_per_dag=1,
     )
@@ -65,10 +68,9 @@ with DAG(
     schedule=None,
     description="Scale the serving Deployment to a number of replicas.",
     doc_md="""
-Sets the replica count of whichever Deployment serves behind `churn-serving` (the active slot
-for blue-green) and waits until every replica is available. With the HorizontalPodAutoscaler
-installed, this sets the count until the autoscaler next acts; change its bounds instead for a
-lasting change.
+Sets the replica count of the slot that serves behind `churn-serving` and waits until every
+replica is available; the autoscaler's floor moves with it (it follows the serving slot after
+every rollout), so the count holds until load asks for more.
 """,
     params={
         "replicas": Param(2, type="integer", minimum=1, maximum=20, description="Replicas."),
@@ -78,6 +80,6 @@ lasting change.
 
     @task(pool=deploy.POOL)
     def scale(params: dict):
-        return deploy.scale(deploy.DEFAULT_DEPLOYMENT, params["replicas"], PLATFORM)
+        return deploy.scale(deploy.DEFAULT_INSTANCE, params["replicas"], PLATFORM)
 
     scale()

@@ -26,14 +26,19 @@ DOC = """
    and a golden set go to MLflow.
 5. `decide` (worker): the fence — backfills, dry runs and data older than the champion's
    never deploy.
-6. `rollout` (worker): rolling, blue-green or canary; the health gate; automatic rollback.
+6. `rollout` (worker): the new version is verified behind a preview Service no user reaches
+   (identity, golden-set parity, probe load), then gets traffic in steps (canary 5% → 25% →
+   50% → 100% by default, after a shadow step), each judged on its live traffic in
+   Prometheus (error rate, p99, prediction divergence from the stable version); any failed
+   check sends all traffic back to the stable version at once.
 7. `promote` (worker): moves `@champion`; the old one keeps `@previous-champion`.
 
 **Triage.** A red `etl`: read its log for the bad-row share and the quarantine report path.
 A red `train`/`evaluate`: the failed pod is kept (`kubectl -n ml get pods -l
 app.kubernetes.io/component=train`), the MLflow run has the params and metrics so far.
-`rollout` red means the new version failed its gate and **was rolled back** — the log lists
-each failed check, the model version carries `helmsman.rollout=rejected` and the reasons; the
+`rollout` red means the new version failed a check and **was taken out of traffic** — the log
+lists each step's figures and each failed check, the model version carries
+`helmsman.rollout=rejected`, the reasons and the figures (and `rollout/*.json` in its run); the
 champion is serving. `decide` and `rollout` skipped is normal for backfills and rejected
 challengers: the reason is in the `decide` log and on the version (`helmsman.fence_reason`).
 """
@@ -125,12 +130,7 @@ with DAG(
             description="ROC AUC gain over the champion a challenger needs to be promoted "
             "(-1 to 1).",
         ),
-        "strategy": Param(
-            "rolling",
-            title="Rollout strategy",
-            enum=["rolling", "blue-green", "canary"],
-            description="How the new version reaches traffic.",
-        ),
+        **deploy.rollout_params(),
         "deploy": Param(
             "auto",
             title="Deploy",
@@ -229,12 +229,17 @@ with DAG(
         task_id="rollout",
         model_name=MODEL,
         strategy="{{ params.strategy }}",
+        steps="{{ params.canary_steps }}",
+        interval="{{ params.analysis_interval }}",
+        shadow="{{ params.shadow }}",
         image="{{ params.serving_image or '' }}",
         replicas="{{ params.replicas }}",
         platform=PLATFORM,
-        # A retry after a crash converges on the rollout under way; a failed gate rolls back
-        # and fails without retries (RolloutGateFailed).
+        # A retry after a crash resumes the rollout from its record (soon: until it does, all
+        # traffic is on the stable version); a failed check fails without retries.
         retries=2,
+        retry_delay=dt.timedelta(seconds=10),
+        retry_exponential_backoff=False,
         max_active_tis_per_dag=1,
     )
 

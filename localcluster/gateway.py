@@ -8,6 +8,7 @@ matches ``PathPrefix`` and ``Exact``, the longest match wins), then:
 - sent to one of the rule's ``backendRefs`` (Services), chosen at random in proportion to
   their ``weight`` (default 1) -- per request, as Envoy-based implementations split; when every
   weight is 0, or the chosen Service does not exist, the answer is 500, as the spec says;
+- given the headers of its ``RequestHeaderModifier`` filters (set, add, remove);
 - copied to the Service of each ``RequestMirror`` filter, whose answer is discarded (a mirror
   never delays or fails the real request; copies beyond a bound are dropped);
 - given an ``x-request-id`` header when it has none, on the request, its mirror copy and the
@@ -77,6 +78,26 @@ def mirrors_of(rule: Obj, namespace: str) -> list[Backend]:
         if f.get("type") == "RequestMirror"
         for ref in [f["requestMirror"]["backendRef"]]
     ]
+
+
+def modify_headers(rule: Obj, headers: dict[str, str]) -> None:
+    """Apply the rule's ``RequestHeaderModifier`` filters (set, add, remove), in order."""
+    for f in rule.get("filters") or []:
+        if f.get("type") != "RequestHeaderModifier":
+            continue
+        spec = f.get("requestHeaderModifier") or {}
+        lowered = {k.lower(): k for k in headers}
+        for header in spec.get("set") or []:
+            headers.pop(lowered.get(header["name"].lower(), ""), None)
+            headers[header["name"]] = header["value"]
+        for header in spec.get("add") or []:
+            key = lowered.get(header["name"].lower())
+            if key:
+                headers[key] = f"{headers[key]},{header['value']}"
+            else:
+                headers[header["name"]] = header["value"]
+        for name in spec.get("remove") or []:
+            headers.pop(lowered.get(name.lower(), ""), None)
 
 
 def pick(backends: list[Backend], draw: float) -> Backend | None:
@@ -268,6 +289,7 @@ class GatewayProxy:
         request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         headers[REQUEST_ID] = request_id
+        modify_headers(rule, headers)
         for mirror in mirrors_of(rule, namespace):
             self._mirror(mirror, request, headers, body)
         backend = pick(backends_of(rule, namespace), random.random())  # noqa: S311 - load split

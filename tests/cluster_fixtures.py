@@ -81,3 +81,32 @@ def pod_manifest(name: str, script: str, **spec: Any) -> dict[str, Any]:
         "metadata": {"name": name, "labels": {"test": name}},
         "spec": {"restartPolicy": "Never", "containers": [container], **spec},
     }
+
+
+def faulty_image(fault: str) -> str:
+    """The serving image that localcluster runs as ``tests/faulty_serve.py`` with ``fault``."""
+    from helmsman.pods import Platform
+
+    return f"{Platform().image('serve')}-{fault}"
+
+
+def faulty_images() -> list[dict[str, Any]]:
+    """localcluster image-map entries for every fault of tests/faulty_serve.py."""
+    import sys
+
+    from tests.faulty_serve import FAULTS
+
+    repo = Path(__file__).resolve().parent.parent
+    return [
+        {
+            "pattern": faulty_image(fault),
+            "python": sys.executable,
+            "env": {
+                "PYTHONPATH": f"{repo / 'images' / 'steps' / 'src'}:{repo}",
+                "HELMSMAN_TEST_FAULT": fault,
+            },
+            "entrypoints": {"helmsman-step": ["python", "-m", "tests.faulty_serve"]},
+            "defaultCommand": ["helmsman-step"],  # the image's ENTRYPOINT
+        }
+        for fault in FAULTS
+    ]

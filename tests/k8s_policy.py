@@ -9,6 +9,9 @@ NET_BIND_SERVICE. Used for the pods the factory builds and for every manifest in
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
 from typing import Any
 
 import kubernetes_validate.utils as kv
@@ -26,8 +29,45 @@ ALLOWED_VOLUMES = {
 }
 
 
+GATEWAY_SCHEMAS = Path(__file__).parent / "schemas" / "gateway-api"
+
+
+def _strict(schema: Any) -> Any:
+    """A CRD schema that, like strict field validation, refuses fields it does not declare."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@functools.cache
+def _gateway_validator(kind: str) -> Any:
+    import jsonschema
+
+    schema = json.loads((GATEWAY_SCHEMAS / f"{kind.lower()}-v1.json").read_text())
+    schema.pop("$comment", None)
+    return jsonschema.Draft7Validator(_strict(schema))
+
+
 def schema_errors(obj: dict[str, Any]) -> str | None:
-    """None if ``obj`` is valid for the Kubernetes version we target, else the error."""
+    """None if ``obj`` is valid for the Kubernetes version we target, else the error.
+
+    Gateway API objects (CRDs on a real cluster) are checked against the v1 schemas of the
+    Gateway API's standard CRDs, kept in tests/schemas/gateway-api/.
+    """
+    if obj.get("apiVersion") == "gateway.networking.k8s.io/v1":
+        if not (GATEWAY_SCHEMAS / f"{obj.get('kind', '').lower()}-v1.json").exists():
+            return f"no Gateway API schema for kind {obj.get('kind')!r}"
+        error = next(iter(_gateway_validator(obj["kind"]).iter_errors(obj)), None)
+        return None if error is None else f"{'.'.join(map(str, error.path))}: {error.message}"
     try:
         kv.validate(obj, KUBERNETES_VERSION, strict=True)
     except kv.ValidationError as exc:

@@ -1,41 +1,49 @@
-"""The deploy task: roll the challenger out, gate it on health, roll back on its own.
+"""The deploy task: the Airflow side of a rollout, and the operations around it.
 
-:class:`RolloutOperator` reads the fence's decision (the ``decide`` task's XCom), then:
+:class:`RolloutOperator` is a thin adapter over the rollout session
+(:mod:`helmsman.serving.session`), which owns the lock, every phase and the resume after a
+crash or a deferral. The operator:
 
-1. takes the Service's rollout lock (a re-run of the same task joins its own rollout);
-2. starts the new version with the chosen strategy and waits for its Deployment to become
-   available -- in deferrable mode the wait happens in the triggerer
-   (:class:`DeploymentAvailableTrigger`), so a slow rollout holds no worker slot;
-3. runs the health gate through the new pods' Service;
-4. passed: finishes the strategy (switch, promote the canary), tags the version and returns;
-   failed: undoes the strategy, checks that the champion serves again, tags the version
-   rejected with the reasons, and fails the task loudly.
+1. reads the fence's decision (the ``decide`` task's XCom) and skips when it says no;
+2. builds the session's settings from the run's Params and the platform's defaults;
+3. runs the session: preview, steps judged on live traffic, promotion -- in deferrable mode
+   the wait for the new pods happens in the triggerer (:class:`DeploymentAvailableTrigger`);
+4. passed: tags the version, keeps the figures with its MLflow run, returns the outcome (XCom
+   for ``promote``); rejected: the session has already sent all traffic back to the stable
+   version and scaled the new one down; the operator tags the version ``rejected`` with the
+   failing check and its figures and fails the task without retries.
 
 The ``promote`` task that follows moves ``@champion`` (:func:`promote`): only after a passed
-gate, never from a backfill (the fence skipped the rollout, and skips cascade).
+rollout, never from a backfill (the fence skipped the rollout, and skips cascade).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from airflow.exceptions import AirflowFailException
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from helmsman import models, rollout
+from helmsman import models
 from helmsman.pods import Platform
+from helmsman.serving import objects
+from helmsman.serving.analysis import Prometheus, Thresholds
+from helmsman.serving.kube import Kube, progress
+from helmsman.serving.session import RolloutSession, Settings
+from helmsman.serving.verify import Checks, Rejected
 
 POOL = "serving_rollout"  # one slot: one rollout at a time across DAGs (helm-values, demo)
-DEFAULT_DEPLOYMENT = "churn-serving"
+DEFAULT_INSTANCE = "churn-serving"
 
 
-class RolloutGateFailed(AirflowFailException):  # type: ignore[misc]
-    """The new version failed its rollout or health gate and was rolled back. Fails the task
-    without retries: a retry would roll the same rejected version out again."""
+class RolloutGateFailed(AirflowFailException):
+    """The new version failed a check and was taken out of traffic. Fails the task without
+    retries: a retry would roll the same rejected version out again."""
 
 
 class DeploymentAvailableTrigger(BaseTrigger):
@@ -71,54 +79,97 @@ class DeploymentAvailableTrigger(BaseTrigger):
                 d = await client.AppsV1Api(api).read_namespaced_deployment(
                     self.name, self.namespace
                 )
-            progress = rollout.progress(d)
-            if progress.failed or progress.done:
-                yield TriggerEvent({"plan": self.plan, "error": progress.failed})  # type: ignore[no-untyped-call]
+                state = progress(api.sanitize_for_serialization(d))
+            if state.failed or state.done:
+                yield TriggerEvent({"plan": self.plan, "error": state.failed})  # type: ignore[no-untyped-call]
                 return
             if time.monotonic() > deadline:
-                error = f"timed out after {self.timeout:.0f}s ({progress.summary})"
+                error = f"timed out after {self.timeout:.0f}s ({state.summary})"
                 yield TriggerEvent({"plan": self.plan, "error": error})  # type: ignore[no-untyped-call]
                 return
             await asyncio.sleep(2)
 
 
-class RolloutOperator(BaseOperator):
-    """Roll the version the ``decide`` task chose out to the serving Deployment, gated."""
+def rollout_params() -> dict[str, Any]:
+    """The rollout's Params, shared by every DAG that rolls a version out (typed trigger form
+    and REST ``conf`` alike)."""
+    from airflow.sdk import Param
 
-    template_fields = ("strategy", "image", "replicas")
+    from helmsman.serving.session import STRATEGIES
+
+    return {
+        "strategy": Param(
+            "canary", title="Rollout strategy", enum=list(STRATEGIES),
+            description="Every strategy first verifies the new version behind a preview "
+            "Service no user reaches. canary: then traffic in steps, each judged on live "
+            "traffic. blue-green: then all traffic at once and a live window (switched back "
+            "on failure). rolling: pod by pod, for clusters without a Gateway.",
+        ),
+        "canary_steps": Param(
+            "5,25,50", title="Canary steps", type="string",
+            pattern=r"^[1-9][0-9]?(,[1-9][0-9]?)*$",
+            description="Traffic percentages before 100%, rising (e.g. 5,25,50).",
+        ),
+        "analysis_interval": Param(
+            30, title="Analysis interval (s)", type="integer", minimum=5, maximum=3600,
+            description="How long each step runs before it is judged on its live traffic "
+            "(5 to 3600 s).",
+        ),
+        "shadow": Param(
+            True, title="Shadow step", type="boolean",
+            description="Before the first weighted step, mirror live requests to the new "
+            "version and compare its predictions with the stable one's (needs a Gateway).",
+        ),
+    }  # fmt: skip
+
+
+def parse_steps(steps: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """Canary weights from a Param: "5,25,50" or a list."""
+    if isinstance(steps, str):
+        parts = [p.strip() for p in steps.split(",") if p.strip()]
+        if not all(p.isdigit() for p in parts):
+            raise ValueError(f"canary steps must be whole percentages like 5,25,50, not {steps!r}")
+        return tuple(int(p) for p in parts)
+    return tuple(int(w) for w in steps)
+
+
+class RolloutOperator(BaseOperator):
+    """Roll the version the ``decide`` task chose out: verified before any user request, then
+    exposed step by step, each step judged on live traffic."""
+
+    template_fields = ("strategy", "steps", "interval", "shadow", "image", "replicas")
     ui_color = "#f2d0a4"
 
     def __init__(
         self,
         *,
         decide_task_id: str = "decide",
-        deployment: str = DEFAULT_DEPLOYMENT,
+        instance: str = DEFAULT_INSTANCE,
         model_name: str = "churn",
-        strategy: str = "rolling",
+        strategy: str = "canary",
+        steps: str | list[int] = "5,25,50",
+        interval: float | str = 30,
+        shadow: bool | str = True,
         image: str = "",
         replicas: int | str = 2,
         platform: Platform | None = None,
-        rollout_timeout: float = 600,
-        gate: dict[str, Any] | None = None,
+        ready_timeout: float = 120,
+        thresholds: dict[str, Any] | None = None,
+        checks: dict[str, Any] | None = None,
         deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("pool", POOL)
         super().__init__(**kwargs)
-        self.decide_task_id, self.deployment, self.model_name = (
-            decide_task_id,
-            deployment,
-            model_name,
-        )
-        self.strategy, self.image, self.replicas = strategy, image, replicas
+        self.decide_task_id, self.instance, self.model_name = decide_task_id, instance, model_name
+        self.strategy, self.steps, self.interval, self.shadow = strategy, steps, interval, shadow
+        self.image, self.replicas = image, replicas
         self.platform = platform or Platform()
-        self.rollout_timeout, self.gate = rollout_timeout, gate or {}
+        self.ready_timeout = ready_timeout
+        self.thresholds, self.checks = thresholds or {}, checks or {}
         self.deferrable = self.platform.deferrable if deferrable is None else deferrable
 
     # -- helpers ----------------------------------------------------------------------------------
-
-    def _api(self) -> Any:
-        return kube_api(self.platform)
 
     def _decision(self, context: Any) -> dict[str, Any]:
         from airflow.exceptions import AirflowSkipException
@@ -129,10 +180,10 @@ class RolloutOperator(BaseOperator):
             raise AirflowSkipException(f"not deploying: {reason}")
         return decision
 
-    def _target(self, context: Any, version: str) -> rollout.Target:
+    def _target(self, context: Any, version: str) -> objects.Target:
         dag_run = context["dag_run"]
-        return rollout.Target(
-            name=self.deployment,
+        return objects.Target(
+            name=self.instance,
             namespace=self.platform.namespace,
             model_name=self.model_name,
             model_version=version,
@@ -145,109 +196,105 @@ class RolloutOperator(BaseOperator):
             },
         )
 
-    def _strategy(self, api: Any, target: rollout.Target) -> rollout.Strategy:
-        return rollout.strategy(self.strategy, api, target, self.rollout_timeout)
+    def settings(self) -> Settings:
+        """The session's settings from the rendered Params; a bad value fails at once."""
+        shadow = self.shadow if isinstance(self.shadow, bool) else str(self.shadow) == "True"
+        try:
+            return Settings(
+                strategy=str(self.strategy),
+                steps=parse_steps(self.steps),
+                interval_s=float(self.interval),
+                shadow=shadow,
+                ready_timeout_s=self.ready_timeout,
+                gateway=self.platform.gateway_ref(),
+                thresholds=Thresholds(**self.thresholds),
+                checks=Checks(**self.checks),
+            )
+        except (TypeError, ValueError) as exc:
+            raise AirflowFailException(f"rollout settings: {exc}") from exc
+
+    def _prometheus(self) -> Prometheus:
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            return Prometheus(models.http_url(self.platform.prometheus_conn_id))
+        except AirflowNotFoundException:
+            raise AirflowFailException(
+                f"no Airflow connection {self.platform.prometheus_conn_id!r}: create one (type "
+                "http, host and port of the Prometheus that scrapes the serving pods) so the "
+                "rollout can judge each step on live traffic"
+            ) from None
 
     # -- the task ---------------------------------------------------------------------------------
 
-    def execute(self, context: Any) -> dict[str, Any] | None:
+    def execute(self, context: Any) -> dict[str, Any]:
+        return self._run(context, defer=self.deferrable)
+
+    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any]:
+        # The session resumes from its record: the preview's objects exist, the wait is over
+        # (or failed: then the wait's check in the session says why).
+        return self._run(context, defer=False)
+
+    def _run(self, context: Any, defer: bool) -> dict[str, Any]:
         decision = self._decision(context)
-        api = self._api()
+        settings, prometheus = self.settings(), self._prometheus()
         target = self._target(context, decision["version"])
         owner = f"{context['dag_run'].dag_id}/{context['dag_run'].run_id}"
-        state = rollout.claim(api, target, owner, self.strategy)
-        strat = self._strategy(api, target)
-        before = strat.live_version()
-        state["previous"] = state.get("previous", before)
-        self.log.info(
-            "rolling out %s (strategy %s); serving now: %s",
-            target.model_uri,
-            self.strategy,
-            before or "nothing",
-        )
-        plan = strat.begin()
-        rollout.write_state(api, target.name, target.namespace, {**state, "phase": "rolling"})
-        plan["state"] = {**state, "phase": "rolling"}
-        if self.deferrable:
-            self.defer(
+        models.configure()
+        version = models.get(target.model_name, target.model_version)
+        session = RolloutSession(
+            Kube(kube_api(self.platform), target.namespace), target, owner, settings,
+            golden=lambda: models.golden(version), prometheus=prometheus, log=self.log,
+        )  # fmt: skip
+        if defer:
+            session.defer_ready = lambda deployment, timeout: self.defer(
                 trigger=DeploymentAvailableTrigger(
-                    plan["deployment"],
-                    target.namespace,
-                    self.platform.kubernetes_conn_id,
-                    self.rollout_timeout,
-                    plan,
+                    deployment, target.namespace, self.platform.kubernetes_conn_id, timeout, {}
                 ),
                 method_name="execute_complete",
             )
-        error = None
+        self.log.info(
+            "rolling out %s: %s via %s, steps %s every %.0fs, shadow %s",
+            target.model_uri, settings.strategy,
+            "the Gateway" if settings.gateway else "the replica ratio",
+            list(settings.steps), settings.interval_s, settings.shadow,
+        )  # fmt: skip
         try:
-            rollout.wait_for_rollout(
-                api, plan["deployment"], target.namespace, self.rollout_timeout
-            )
-        except rollout.RolloutFailed as exc:
-            error = str(exc)
-        return self._gate_and_finish(context, api, target, plan, error)
+            outcome = session.run()
+        except Rejected as exc:
+            self._rejected(session, version, target, exc.reasons)
+        report_name = owner.replace("/", "__")
+        models.log_rollout(version, report_name, outcome)
+        models.tag(version, {
+            models.ROLLOUT_TAG: "passed",
+            models.DEPLOYMENT_TAG: f"{target.namespace}/{target.name}",
+            "helmsman.deployed_by": owner,
+        })  # fmt: skip
+        self.log.info("version %s passed every check and serves all traffic (%.0fs)",
+                      target.model_version, outcome["seconds"])  # fmt: skip
+        return outcome
 
-    def execute_complete(self, context: Any, event: dict[str, Any]) -> dict[str, Any] | None:
-        decision = self._decision(context)
-        api = self._api()
-        target = self._target(context, decision["version"])
-        return self._gate_and_finish(context, api, target, event["plan"], event.get("error"))
-
-    def _gate_and_finish(
-        self,
-        context: Any,
-        api: Any,
-        target: rollout.Target,
-        plan: dict[str, Any],
-        error: str | None,
-    ) -> dict[str, Any]:
-        models.configure()
-        version = models.get(target.model_name, target.model_version)
-        strat = self._strategy(api, target)
-        strat.resume(plan)
-        state = plan["state"]
-        if error:
-            reasons = [f"rollout did not complete: {error}"]
-        else:
-            rollout.write_state(api, target.name, target.namespace, {**state, "phase": "gating"})
-            url = rollout.service_url(api, plan["gate_service"], target.namespace)
-            self.log.info("health gate through %s (pods %s)", url, plan["pod_labels"])
-            result = rollout.health_gate(
-                api, target, url, models.golden(version), pod_labels=plan["pod_labels"], **self.gate
-            )
-            self.log.info(
-                "gate: p99 %.1f ms, error rate %.2f%%", result.p99_ms, 100 * result.error_rate
-            )
-            reasons = result.reasons
-        if not reasons:
-            strat.finish()
-            rollout.write_state(api, target.name, target.namespace, {**state, "phase": "gated"})
-            models.tag(
-                version,
-                {
-                    models.ROLLOUT_TAG: "passed",
-                    models.DEPLOYMENT_TAG: f"{target.namespace}/{target.name}",
-                    "helmsman.deployed_by": state["owner"],
-                },
-            )
-            self.log.info("version %s passed the gate and serves", target.model_version)
-            return {"version": target.model_version, "previous": state.get("previous")}
-
-        for reason in reasons:
-            self.log.error("gate failed: %s", reason)
-        serving = strat.undo()
-        expected = state.get("previous")
-        rollout.write_state(api, target.name, target.namespace, {**state, "phase": "rolled-back"})
-        models.tag(
-            version,
-            {models.ROLLOUT_TAG: "rejected", models.ROLLOUT_REASON_TAG: "; ".join(reasons)},
-        )
+    def _rejected(
+        self, session: RolloutSession, version: Any, target: objects.Target, reasons: list[str]
+    ) -> None:
+        record = session.record
+        owner = record.get("owner", "")
+        models.log_rollout(version, owner.replace("/", "__"), {
+            "version": target.model_version, "rejected": reasons,
+            "preview": record.get("preview"), "steps": record.get("reports", []),
+        })  # fmt: skip
+        figures = json.dumps(record.get("reports", [])[-1:], sort_keys=True)[:3000]
+        models.tag(version, {
+            models.ROLLOUT_TAG: "rejected",
+            models.ROLLOUT_REASON_TAG: "; ".join(reasons),
+            "helmsman.rollout_figures": figures,
+        })  # fmt: skip
+        serving, expected = session.serving_version(), record.get("previous")
         if serving != expected:
             message = (
-                f"version {target.model_version} failed ({'; '.join(reasons)}) and the rollback "
-                f"left version {serving} serving, not {expected}: look at deployment "
-                f"{target.namespace}/{strat.live_deployment()} now"
+                f"version {target.model_version} failed ({'; '.join(reasons)}) and version "
+                f"{serving} serves, not {expected}: look at service "
+                f"{target.namespace}/{target.name} now"
             )
         else:
             now = f"version {serving} serves again" if serving else "nothing served before"
@@ -286,18 +333,31 @@ def choose_version(model_name: str, version: str) -> dict[str, Any]:
     return {"version": version, "deploy": True, "reason": f"manual rollback to version {version}"}
 
 
-def scale(deployment: str, replicas: int, platform: Platform | None = None) -> dict[str, Any]:
-    """Scale whichever Deployment serves behind the Service to ``replicas``."""
-    from kubernetes import client
+def scale(instance: str, replicas: int, platform: Platform | None = None) -> dict[str, Any]:
+    """Scale the slot that serves behind the instance's Service to ``replicas``, and hold its
+    autoscaler's floor there (an autoscaler below it would scale it straight back)."""
+    from helmsman.serving.verify import wait_available
 
     platform = platform or Platform()
-    api = kube_api(platform)
-    target = rollout.Target(deployment, platform.namespace, "", "")
-    live = rollout.Rolling(api, target).live_deployment()
-    apps = client.AppsV1Api(api)
-    before = apps.read_namespaced_deployment_scale(live, platform.namespace).spec.replicas
-    apps.patch_namespaced_deployment_scale(
-        live, platform.namespace, {"spec": {"replicas": replicas}}
-    )
-    rollout.wait_for_rollout(api, live, platform.namespace, timeout=300)
+    kube = Kube(kube_api(platform), platform.namespace)
+    svc = kube.read("Service", instance)
+    if svc is None:
+        raise ValueError(
+            f"nothing serves as {platform.namespace}/{instance}: roll a version out first"
+        )
+    slot = (svc["spec"].get("selector") or {}).get(objects.SLOT_LABEL, objects.LEGACY_SLOT)
+    live = objects.deployment_name(instance, slot)
+    current = kube.read("Deployment", live)
+    before = (current or {}).get("spec", {}).get("replicas")
+    hpa = kube.read("HorizontalPodAutoscaler", instance)
+    if hpa is not None:
+        most = max(hpa["spec"].get("maxReplicas", 1), replicas)
+        floor = {"kind": hpa["kind"], "metadata": {"name": instance},
+                 "spec": {"minReplicas": replicas, "maxReplicas": most}}  # fmt: skip
+        kube.apply(floor, instance)
+    kube.scale(live, replicas)
+    target = objects.Target(instance, platform.namespace, "", "")
+    problems = wait_available(kube, live, objects.slot_labels(target, slot), timeout=300)
+    if problems:
+        raise RuntimeError(f"{live} did not reach {replicas} available replicas: {problems}")
     return {"deployment": live, "replicas_before": before, "replicas": replicas}

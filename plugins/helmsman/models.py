@@ -29,6 +29,16 @@ DEPLOYMENT_TAG = "helmsman.deployment"
 PROMOTED_BY_TAG = "helmsman.promoted_by"
 
 
+def http_url(conn_id: str) -> str:
+    """``scheme://host:port`` of an HTTP-like Airflow connection (no credentials)."""
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    scheme = next((s for s in (conn.schema, conn.conn_type) if s in ("http", "https")), "http")
+    port = f":{conn.port}" if conn.port else ""
+    return f"{scheme}://{conn.host}{port}"
+
+
 def configure(conn_id: str = MLFLOW_CONN_ID) -> None:
     """Point mlflow at the tracking server of Airflow connection ``conn_id``.
 
@@ -41,9 +51,7 @@ def configure(conn_id: str = MLFLOW_CONN_ID) -> None:
     from airflow.sdk import BaseHook
 
     conn = BaseHook.get_connection(conn_id)
-    scheme = next((s for s in (conn.schema, conn.conn_type) if s in ("http", "https")), "http")
-    port = f":{conn.port}" if conn.port else ""
-    os.environ["MLFLOW_TRACKING_URI"] = f"{scheme}://{conn.host}{port}"
+    os.environ["MLFLOW_TRACKING_URI"] = http_url(conn_id)
     if conn.login:
         os.environ["MLFLOW_TRACKING_USERNAME"] = conn.login
         os.environ["MLFLOW_TRACKING_PASSWORD"] = conn.password or ""
@@ -122,6 +130,11 @@ def tag(version: Version, tags: dict[str, str]) -> None:
     client = _client()
     for key, value in tags.items():
         client.set_model_version_tag(version.name, version.version, key, value[:5000])
+
+
+def log_rollout(version: Version, name: str, report: dict[str, Any]) -> None:
+    """Keep a rollout's figures (preview, every step) with the version's training run."""
+    _client().log_dict(version.run_id, report, f"rollout/{name}.json")
 
 
 def promote(version: Version, promoted_by: str) -> Version | None:

@@ -17,6 +17,8 @@ from typing import Any
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
+from helmsman.serving.objects import GatewayRef
+
 # Images, pinned in this one place. A release bumps TAG (and the Airflow image it ships in).
 REGISTRY = "ghcr.io/helmsman-ml"
 TAG = "0.1.0"
@@ -57,8 +59,17 @@ class Platform:
     # while Airflow 3.3 can fail a deferred task whose trigger fires within seconds (a stale
     # executor event; apache/airflow#67287, #72716): see docs/adr/0005-deploy-task.md.
     deferrable: bool = False
+    # Where the rollout splits traffic: the Gateway (Gateway API) the serving HTTPRoutes
+    # attach to, in the serving namespace (deploy/gateway.yaml). None: the cluster has no
+    # Gateway, and traffic moves by the replica ratio (no shadow step).
+    gateway: str | None = "helmsman-gateway"
+    # The Prometheus that scrapes the serving pods (an http connection: host, port).
+    prometheus_conn_id: str = "prometheus_default"
     registry: str = REGISTRY
     tag: str = TAG
+
+    def gateway_ref(self) -> GatewayRef | None:
+        return GatewayRef(self.gateway) if self.gateway else None
 
     def image(self, stage: str) -> str:
         if stage not in STAGE_IMAGES:

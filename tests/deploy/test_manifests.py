@@ -23,7 +23,8 @@ import pytest
 import yaml
 from kubernetes.client import ApiClient
 
-from helmsman import pods, rollout
+from helmsman import pods
+from helmsman.serving import objects
 from tests.cluster_fixtures import Cluster
 from tests.dev_env import REPO
 from tests.k8s_policy import restricted_violations, schema_errors
@@ -104,12 +105,20 @@ def manifests() -> list[dict[str, Any]]:
     return [d for f in MANIFESTS for d in yaml.safe_load_all(f.read_text()) if d]
 
 
-def serving_objects() -> list[dict[str, Any]]:
-    target = rollout.Target("churn-serving", "ml", "churn", "3")
-    blue = rollout.render(target, slot="blue")
-    canary = rollout.render(target, name="churn-serving-canary",
-                            extra_labels={rollout.TRACK_LABEL: "canary"}, replicas=1)  # fmt: skip
-    return [*rollout.render(target), rollout.of_kind(blue, "Deployment"), canary[0]]
+def serving_objects(version: str = "3", model: str = "churn") -> list[dict[str, Any]]:
+    """Every object a rollout session applies, in every shape it takes."""
+    target = objects.Target("churn-serving", "ml", model, version)
+    gateway = objects.GatewayRef("helmsman-gateway")
+    return [
+        objects.deployment(target, "blue", 2),
+        objects.service(target, "churn-serving", "blue"),
+        objects.service(target, objects.preview_name("churn-serving"), "green"),
+        objects.service(target, "churn-serving", None),  # replica ratio: every slot
+        objects.route(target, gateway, 25),
+        objects.route(target, gateway, 0, mirror=True),
+        objects.autoscaler(target, "green", 2),
+        objects.budget(target),
+    ]
 
 
 def factory_pods() -> list[dict[str, Any]]:
@@ -136,7 +145,7 @@ def test_every_object_matches_the_kubernetes_schema_and_pss_restricted() -> None
     kinds = {o["kind"] for o in objects}
     assert {"Namespace", "ResourceQuota", "LimitRange", "Role", "RoleBinding", "ServiceAccount",
             "HorizontalPodAutoscaler", "NetworkPolicy", "Deployment", "Service",
-            "PodDisruptionBudget", "Pod"} <= kinds  # fmt: skip
+            "PodDisruptionBudget", "Pod", "Gateway", "HTTPRoute"} <= kinds  # fmt: skip
     for obj in objects:
         name = f"{obj['kind']}/{obj['metadata'].get('name')}"
         assert schema_errors(obj) is None, name
@@ -203,20 +212,22 @@ def test_kubectl_applies_everything_and_the_serving_deployment_becomes_available
     cluster: Cluster, mlflow_server: str, champion: Trained
 ) -> None:
     out = kubectl(cluster, "apply", "-f", str(REPO / "deploy"))
-    assert "horizontalpodautoscaler.autoscaling/churn-serving created" in out
+    assert "gateway.gateway.networking.k8s.io/helmsman-gateway created" in out
     assert "role.rbac.authorization.k8s.io/helmsman-airflow created" in out
     secret = {"apiVersion": "v1", "kind": "Secret",
               "metadata": {"name": "helmsman-mlflow", "namespace": "ml"},
               "stringData": {"MLFLOW_TRACKING_URI": mlflow_server}}  # fmt: skip
-    target = rollout.Target("churn-serving", "ml", champion.model_name, champion.version)
-    stack = yaml.safe_dump_all([secret, *rollout.render(target)])
+    stack = yaml.safe_dump_all([secret, *serving_objects(champion.version, champion.model_name)])
     kubectl(cluster, "apply", "-f", "-", stdin=stack)
-    status = kubectl(cluster, "-n", "ml", "rollout", "status", "deployment/churn-serving",
+    status = kubectl(cluster, "-n", "ml", "rollout", "status", "deployment/churn-serving-blue",
                      "--timeout=120s")  # fmt: skip
     assert "successfully rolled out" in status
-    available = kubectl(cluster, "-n", "ml", "get", "deployment", "churn-serving", "-o",
+    available = kubectl(cluster, "-n", "ml", "get", "deployment", "churn-serving-blue", "-o",
                         "jsonpath={.status.conditions[?(@.type=='Available')].status}")  # fmt: skip
     assert available == "True"
+    weights = kubectl(cluster, "-n", "ml", "get", "httproute", "churn-serving", "-o",
+                      "jsonpath={.spec.rules[0].backendRefs[*].weight}")  # fmt: skip
+    assert weights.split() == ["100", "0"]  # the last route applied: all stable, mirrored
 
 
 def test_mlflow_values_take_credentials_from_secrets() -> None:

@@ -4,16 +4,14 @@ the same code as `make demo` (tools/stack.py), on free ports, with small data.""
 from __future__ import annotations
 
 import shutil
-import sys
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from tests.cluster_fixtures import faulty_images
 from tools.airflow_api import AirflowApi
 from tools.stack import REPO, Ports, Settings, Stack
-
-SKEWED_IMAGE = "ghcr.io/helmsman-ml/helmsman-serve:0.1.0-skewed"
 
 
 @pytest.fixture(scope="session")
@@ -21,14 +19,8 @@ def stack() -> Iterator[Stack]:
     # Under the repository, not /tmp: pods see the dataset folder by its host path, and every
     # pod mounts its own emptyDir over /tmp.
     root = REPO / ".state" / f"e2e-{uuid.uuid4().hex[:8]}"
-    skewed = {
-        "pattern": SKEWED_IMAGE,
-        "python": sys.executable,
-        "env": {"PYTHONPATH": f"{REPO / 'images' / 'steps' / 'src'}:{REPO}"},
-        "entrypoints": {"helmsman-step": ["python", "-m", "tests.e2e.skewed_serve"]},
-        "defaultCommand": ["helmsman-step"],  # the image's ENTRYPOINT
-    }
-    s = Stack(root, Ports.free(), Settings(rows_per_day=4000, extra_images=[skewed]))
+    settings = Settings(rows_per_day=4000, extra_images=faulty_images())
+    s = Stack(root, Ports.free(), settings)
     try:
         s.up(say=lambda message: None)
         yield s

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from localcluster.gateway import Backend, path_match, pick
+from localcluster.gateway import Backend, modify_headers, path_match, pick
 from tests.cluster_fixtures import Cluster, wait_for
 
 KUBECTL = shutil.which("kubectl")
@@ -217,6 +217,16 @@ def test_pick_follows_the_weights_and_path_match_prefers_the_longest() -> None:
     assert path_match({}, "/anything") == 1
     exact = {"matches": [{"path": {"type": "Exact", "value": "/predict"}}]}
     assert path_match(exact, "/predict") > path_match({}, "/predict")
+
+
+def test_header_modifiers_set_add_and_remove_in_order() -> None:
+    headers = {"X-Keep": "1", "X-Drop": "2", "x-list": "a"}
+    rule = {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
+        "set": [{"name": "x-keep", "value": "set"}],
+        "add": [{"name": "X-List", "value": "b"}, {"name": "x-new", "value": "n"}],
+        "remove": ["x-drop"]}}]}  # fmt: skip
+    modify_headers(rule, headers)
+    assert headers == {"x-keep": "set", "x-list": "a,b", "x-new": "n"}
 
 
 def _answers(gateway: str) -> bool:

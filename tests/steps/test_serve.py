@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -181,6 +183,33 @@ def test_sigterm_shuts_down_cleanly(
         env=step_env,
     ).start()
     assert srv.stop(grace=15) == 0, srv.log()
+
+
+def test_on_sigterm_it_drains_first_then_stops(
+    champion: Trained, step_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Draining: still answering, but not ready and closing every connection, so proxies
+    move to other pods before this one stops; then a clean exit."""
+    port = free_port()
+    srv = Server(
+        "model server",
+        [*serve_cmd(f"models:/{champion.model_name}/{champion.version}", port),
+         "--drain-seconds", "3"],
+        f"http://127.0.0.1:{port}/readyz",
+        tmp_path / "serve.log",
+        env=step_env,
+    ).start()  # fmt: skip
+    assert srv.proc is not None
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+        assert http.get("/readyz").headers.get("connection") != "close"
+        srv.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert http.get("/readyz").status_code == 503
+        answer = http.post("/predict", json={"instances": [ROW]})
+        assert answer.status_code == 200
+        assert answer.headers["connection"] == "close"
+        assert srv.proc.poll() is None  # still draining
+    assert srv.proc.wait(timeout=15) == 0, srv.log()
 
 
 def test_a_missing_model_exits_with_bad_input(step_env: dict[str, str]) -> None:

@@ -233,11 +233,19 @@ def serve(
     graceful_seconds: Annotated[
         int, typer.Option(min=0, help="On SIGTERM, wait this long for requests in flight.")
     ] = 20,
+    drain_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="On SIGTERM, first keep serving this long while reporting not ready and "
+            "closing connections, so clients move to other pods before this one stops.",
+        ),
+    ] = 0,
 ) -> None:
     """Serve one model version over HTTP until SIGTERM."""
     from helmsman_steps import serve as stage
 
-    code = stage.serve(model_uri, host, port, graceful_seconds)
+    code = stage.serve(model_uri, host, port, graceful_seconds, drain_seconds)
     if code:
         raise typer.Exit(code)
 

@@ -139,6 +139,7 @@ class App:
         self.decoder = msgspec.json.Decoder(PredictRequest)
         self.encoder = msgspec.json.Encoder()
         self.load_error: BaseException | None = None
+        self.draining = False  # SIGTERM received: answer, but leave the endpoints
 
     # -- model loading -------------------------------------------------------------------
     def load(self) -> None:
@@ -173,9 +174,10 @@ class App:
         except Exception:  # a bug must still answer, and be counted
             log.exception("unhandled error", path=path)
             code, body, content_type = 500, b'{"error":"internal error"}', b"application/json"
-        await send({"type": "http.response.start", "status": code,
-                    "headers": [(b"content-type", content_type),
-                                (b"content-length", str(len(body)).encode())]})  # fmt: skip
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        if self.draining:
+            headers.append((b"connection", b"close"))
+        await send({"type": "http.response.start", "status": code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         self.metrics.requests.labels(endpoint, str(code)).inc()
         self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
@@ -198,6 +200,8 @@ class App:
         if path == "/healthz":
             return self._json(200, {"status": "alive"})
         if path == "/readyz":
+            if self.draining:
+                return self._json(503, {"status": "draining"})
             if self.model is None:
                 return self._json(503, {"status": "loading model"})
             return self._json(200, {"status": "ready"})
@@ -264,12 +268,28 @@ class App:
                                 "model_version": self.resolved.version})  # fmt: skip
 
 
-def serve(model_uri: str, host: str, port: int, graceful_seconds: int = 20) -> int:
-    """Bind, load the model in the background, serve until SIGTERM; return the exit code."""
+def serve(
+    model_uri: str, host: str, port: int, graceful_seconds: int = 20, drain_seconds: float = 0
+) -> int:
+    """Bind, load the model in the background, serve until SIGTERM; return the exit code.
+
+    On SIGTERM the server first drains for ``drain_seconds``: ``/readyz`` answers 503 (so the
+    pod leaves its Services' endpoints) and every answer closes its connection (so keep-alive
+    clients and proxies reconnect to another pod), while requests are still served. Only then
+    does it stop, waiting up to ``graceful_seconds`` for requests in flight. Without the drain,
+    requests that proxies send over connections to a pod that just stopped fail.
+    """
     import uvicorn
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame: Any) -> None:
+            if drain_seconds > 0 and not app.draining:
+                app.draining = True
+                log.info("draining before shutdown", seconds=drain_seconds)
+                timer = threading.Timer(drain_seconds, self.handle_exit, (sig, frame))
+                timer.daemon = True
+                timer.start()
+                return
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after a graceful shutdown, so the process would end
             # "killed by SIGTERM" (143). A drained shutdown is the normal end of a pod: exit 0.
