@@ -48,7 +48,15 @@ $(CHROMIUM):
 	  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }; \
 	else echo "note: no $(CHROMIUM) and no root to install it; the UI test will say so" >&2; fi
 
-setup: $(VENV)/.installed $(POLICY_VENV)/.installed $(CHROMIUM) ## Create or update the venvs from the locks (idempotent)
+# The local stack's Prometheus (the rollout judges each step on what it scrapes): Debian's
+# package, installed the same way.
+PROMETHEUS ?= /usr/bin/prometheus
+$(PROMETHEUS):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }; \
+	else echo "note: no $(PROMETHEUS) and no root to install it; install Debian's prometheus package" >&2; fi
+
+setup: $(VENV)/.installed $(POLICY_VENV)/.installed $(CHROMIUM) $(PROMETHEUS) ## Create or update the venvs from the locks (idempotent)
 
 lock: | $(BIN)/python ## Re-resolve requirements*.txt from the *.in inputs
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)

@@ -3,11 +3,12 @@
 ``up`` starts (or finds running) the local stack in ``.demo/`` -- localcluster, MLflow and
 Airflow 3, each in its own process group -- then triggers ``ml_training`` through Airflow's
 REST API with Params, follows it task by task, and prints where everything is: the MLflow run
-and model version, the evaluation decision, the Service the model answers on, a prediction
-made through it, and the UI addresses with the login. Each later ``up`` trains on the next
-day of data: a challenger, with the gate deciding. ``down`` stops every process ``up``
-started (by PID). ``backfill`` runs a backfill against the running stack and shows that
-nothing was deployed by it.
+and model version, the evaluation decision, the rollout's preview and every step's figures,
+the Gateway address the model answers on, a prediction made through it, and the UI addresses
+with the login. Each later ``up`` trains on the next day of data: a challenger, rolled out in
+steps while simulated users send requests through the Gateway (what they saw is reported).
+``down`` stops every process ``up`` started (by PID). ``backfill`` runs a backfill against the
+running stack and shows that nothing was deployed by it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import argparse
 import datetime as dt
 import json
 import sys
+import threading
 import time
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +35,13 @@ from tools.stack import REPO, Ports, Settings, Stack, StackError
 DAG = "ml_training"
 MODEL = "churn"
 NAMESPACE = "ml"
-SERVICE = "churn-serving"
 ROOT = REPO / ".demo"
-# The demo's Params: a small window and a short training, so a run takes about a minute.
-DEMO_CONF = {"window_days": 3, "epochs": 6, "hidden": "32,16", "gpus": 1}
+# The demo's Params: a small window and a short training, so a run takes about a minute; a
+# canary of two short steps after the shadow step, so the rollout is seen in half a minute.
+DEMO_CONF = {"window_days": 3, "epochs": 6, "hidden": "32,16", "gpus": 1,
+             "canary_steps": "10,50", "analysis_interval": 8}  # fmt: skip
+SAMPLE = {"age": 34, "tenure_months": 7, "monthly_charges": 89.5, "total_charges": 626.5,
+          "support_calls": 4, "plan": "premium", "region": "west"}  # fmt: skip
 FIRST_DAY = dt.date(2026, 3, 8)
 STATE_STYLE = {
     "success": "green",
@@ -104,22 +109,81 @@ def progress_table(tis: dict[str, dict[str, Any]], started: float) -> Table:
     return table
 
 
+class Users(threading.Thread):
+    """Simulated users: a prediction every 50 ms through the Gateway, while a run goes on, so
+    the rollout's steps have live traffic to be judged on and the demo can say what users saw.
+    They send the champion's golden-set rows in turn: real rows, of every kind."""
+
+    def __init__(self, url: str, rows: list[dict[str, Any]]) -> None:
+        super().__init__(daemon=True)
+        self.url, self.rows, self.ok, self.failed = url, rows or [SAMPLE], 0, 0
+        self.versions: dict[str, int] = {}
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        turn = 0
+        while not self.stopping.wait(0.05):
+            row, turn = self.rows[turn % len(self.rows)], turn + 1
+            try:
+                answer = _json(self.url + "/predict", {"instances": [row]})
+            except OSError:
+                self.failed += 1
+                continue
+            self.ok += 1
+            version = str(answer["model_version"])
+            self.versions[version] = self.versions.get(version, 0) + 1
+
+    def summary(self) -> dict[str, Any]:
+        return {"requests": self.ok + self.failed, "failed": self.failed,
+                "versions": dict(sorted(self.versions.items()))}  # fmt: skip
+
+
 def run_pipeline(stack: Stack, conf: dict[str, Any], show: bool = True) -> Outcome:
     api = api_for(stack)
     api.wait_for_dag(DAG)
     api.unpause(DAG)
     started = time.monotonic()
+    users = None
+    if "served_version" in serving(stack):  # something serves: users are on the route
+        users = Users(str(stack.gateway_url()), champion_rows(stack))
+        users.start()
     run_id = api.trigger(DAG, conf, note="make demo")
-    if show:
-        with Live(progress_table({}, started), console=console, refresh_per_second=4) as live:
-            run = api.wait(
-                DAG, run_id, on_change=lambda tis: live.update(progress_table(tis, started))
-            )
-            live.update(progress_table(api.task_instances(DAG, run_id), started))
-    else:
-        run = api.wait(DAG, run_id)
+    try:
+        if show:
+            with Live(progress_table({}, started), console=console, refresh_per_second=4) as live:
+                run = api.wait(
+                    DAG, run_id, on_change=lambda tis: live.update(progress_table(tis, started))
+                )
+                live.update(progress_table(api.task_instances(DAG, run_id), started))
+        else:
+            run = api.wait(DAG, run_id)
+    finally:
+        if users is not None:
+            users.stopping.set()
+            users.join()
     seconds = time.monotonic() - started
-    return Outcome(run_id, run["state"], seconds, summarize(stack, api, run_id))
+    summary = summarize(stack, api, run_id)
+    if users is not None:
+        summary["users"] = users.summary()
+    return Outcome(run_id, run["state"], seconds, summary)
+
+
+def champion_rows(stack: Stack) -> list[dict[str, Any]]:
+    """The rows of @champion's golden set (real rows of the data it was evaluated on)."""
+    import tempfile
+
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=stack.mlflow_url)
+    try:
+        run_id = client.get_model_version_by_alias(MODEL, "champion").run_id
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(str(run_id), "evaluation/golden.json", tmp)
+            rows: list[dict[str, Any]] = json.loads(Path(path).read_text())["inputs"]
+    except (MlflowException, OSError, KeyError, ValueError):
+        return []
+    return rows
 
 
 def summarize(stack: Stack, api: AirflowApi, run_id: str) -> dict[str, Any]:
@@ -143,30 +207,23 @@ def summarize(stack: Stack, api: AirflowApi, run_id: str) -> dict[str, Any]:
         "rollout": version.tags.get("helmsman.rollout", "not rolled out"),
         "rollout_reason": version.tags.get("helmsman.rollout_reason", ""),
     }
+    if tis.get("rollout", {}).get("state") == "success":
+        summary["rollout_outcome"] = api.xcom(DAG, run_id, "rollout")
     summary |= serving(stack)
     return summary
 
 
 def serving(stack: Stack) -> dict[str, Any]:
-    """Where the served model answers, and one prediction made through it."""
-    from kubernetes import client, config
-
-    api = config.new_client_from_config(config_file=str(stack.kubeconfig))
-    try:
-        svc = client.CoreV1Api(api).read_namespaced_service(SERVICE, NAMESPACE)
-    except client.ApiException:
+    """Where users reach the served model (the Gateway), and one prediction made there."""
+    url = stack.gateway_url()
+    if url is None:
         return {}
-    finally:
-        api.close()
-    url = f"http://{svc.spec.cluster_ip}:{svc.spec.ports[0].port}"
-    row = {"age": 34, "tenure_months": 7, "monthly_charges": 89.5, "total_charges": 626.5,
-           "support_calls": 4, "plan": "premium", "region": "west"}  # fmt: skip
     try:
         meta = _json(url + "/metadata")
-        answer = _json(url + "/predict", {"instances": [row]})
-    except OSError as exc:
+        answer = _json(url + "/predict", {"instances": [SAMPLE]})
+    except OSError as exc:  # nothing serves yet: the route does not exist
         return {"service": url, "service_error": str(exc)}
-    return {"service": url, "served_version": meta["model_version"], "sample": row,
+    return {"service": url, "served_version": meta["model_version"], "sample": SAMPLE,
             "prediction": answer["predictions"][0]}  # fmt: skip
 
 
@@ -189,7 +246,19 @@ def report(stack: Stack, outcome: Outcome) -> None:
         console.print(f"  evaluation {s['evaluation']}: {s['evaluation_reasons']}")
         console.print(f"  deploy     {'yes' if s['deploy'] else 'no'}: {s['deploy_reason']}")
         if s["deploy"]:
-            console.print(f"  gate       {s['rollout']} {s['rollout_reason']}")
+            console.print(f"  rollout    {s['rollout']} {s['rollout_reason']}")
+            rolled = s.get("rollout_outcome") or {}
+            if rolled.get("preview"):
+                p = rolled["preview"]
+                console.print(f"    preview  identity, golden-set parity, probe load p99 "
+                              f"{p['probe_p99_ms']} ms: passed")  # fmt: skip
+            for step in rolled.get("steps", []):
+                console.print(f"    step     {step_line(step)}")
+        if "users" in s:
+            u = s["users"]
+            console.print(f"  users      {u['requests']} requests through the Gateway during "
+                          f"the run, {u['failed']} failed; answered by versions "
+                          f"{u['versions']}")  # fmt: skip
     if "service" in s:
         console.print(f"  serving    {s['service']}  (version {s.get('served_version')})")
         if "prediction" in s:
@@ -199,12 +268,34 @@ def report(stack: Stack, outcome: Outcome) -> None:
             console.print(f"             -> churn probability {s['prediction']:.3f}")
     console.print(f"  Airflow    {stack.airflow_url}  (login admin / {stack.password})")
     console.print(f"  MLflow     {stack.mlflow_url}")
-    console.print(f"  kubectl    kubectl --kubeconfig {stack.kubeconfig} -n ml get pods,svc")
+    console.print(f"  Prometheus {stack.prometheus_url}")
+    console.print(f"  kubectl    kubectl --kubeconfig {stack.kubeconfig} -n ml get "
+                  "pods,svc,httproutes,gateways")  # fmt: skip
     console.print("  stop       make down   ·   again: make demo (trains a challenger)")
     if outcome.state != "success":
         failed = [t for t, st in s["tasks"].items() if st == "failed"]
         console.print(f"[red]failed task(s): {', '.join(failed)}[/]; read the log in the "
                       f"Airflow UI or {stack.root / 'airflow' / 'logs'}")  # fmt: skip
+
+
+def step_line(step: dict[str, Any]) -> str:
+    """One rollout step as the demo shows it."""
+    new, stable = step["new"], step["stable"]
+
+    def rate(side: dict[str, Any]) -> str:
+        errors = side["errors"] / side["requests"] if side["requests"] else 0.0
+        p99 = "-" if side["p99_ms"] is None else f"{side['p99_ms']:.0f} ms"
+        return f"{side['requests']:.0f} req, {errors:.1%} errors, p99 {p99}"
+
+    parts = [f"{step['step']:>6}", f"new {rate(new)}", f"stable {rate(stable)}"]
+    if step.get("divergence") is not None:
+        parts.append(f"divergence {step['divergence']:.3f}")
+    if step.get("paired"):
+        paired = step["paired"]
+        parts.append(f"shadow pairs {paired['pairs']}, |diff| {paired['mean_abs_diff']:.3f}")
+    verdict = " · passed" if step["passed"] else " · FAILED"
+    notes = f" ({'; '.join(step['notes'])})" if step.get("notes") else ""
+    return " · ".join(parts) + verdict + notes
 
 
 def up(root: Path = ROOT, ports: Ports | None = None, settings: Settings | None = None,
@@ -228,8 +319,7 @@ def down(root: Path = ROOT) -> list[str]:
         console.print("nothing to stop: no demo stack here")
         return []
     stopped = stack.down()
-    busy = [p for p in (stack.ports.cluster, stack.ports.mlflow, stack.ports.airflow)
-            if port_taken(p)]  # fmt: skip
+    busy = [p for p in asdict(stack.ports).values() if port_taken(p)]
     console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
     if busy:
         console.print(f"[red]ports still answering: {busy}[/] (another program?)")

@@ -29,16 +29,22 @@ from typing import Any
 
 import yaml
 
+from tools import prometheus
 from tools.procs import Server, alive, free_port, port_taken, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 NAMESPACE = "ml"
 ADMIN_USER = "admin"
+GATEWAY = "helmsman-gateway"  # deploy/gateway.yaml
 # Pools the DAGs use, as a platform team imports them (helm-values/airflow.yaml does the same).
 POOLS_FILE = REPO / "helm-values" / "airflow-pools.json"
 LOCAL_SETTINGS = "from helmsman.policies import task_instance_mutation_hook  # noqa: F401\n"
-COMPONENTS = ("localcluster", "mlflow", "api-server", "scheduler", "dag-processor", "triggerer")
+COMPONENTS = (
+    "localcluster", "prometheus", "mlflow", "api-server", "scheduler", "dag-processor",
+    "triggerer",
+)  # fmt: skip
+AIRFLOW_COMPONENTS = COMPONENTS[3:]
 
 
 def inherited_env() -> dict[str, str]:
@@ -74,10 +80,11 @@ class Ports:
     cluster: int = 6443
     mlflow: int = 5000
     airflow: int = 8080
+    prometheus: int = 9090
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port())
 
 
 @dataclass
@@ -106,6 +113,22 @@ class Stack:
     @property
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.mlflow}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.prometheus}"
+
+    @property
+    def cluster_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.cluster}"
+
+    def gateway_url(self) -> str | None:
+        """Where users reach the served models: the Gateway's address (None: not yet)."""
+        out = self.kubectl(
+            "-n", NAMESPACE, "get", "gateway", GATEWAY, "-o",
+            "jsonpath={.status.addresses[0].value}",
+        )  # fmt: skip
+        return f"http://{out.strip()}" if out.strip() else None
 
     @property
     def kubeconfig(self) -> Path:
@@ -180,6 +203,10 @@ class Stack:
             "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps(
                 {"conn_type": "http", "host": "127.0.0.1", "port": self.ports.mlflow}
             ),
+            # The rollout judges each step on what this Prometheus scraped from the pods.
+            "AIRFLOW_CONN_PROMETHEUS_DEFAULT": json.dumps(
+                {"conn_type": "http", "host": "127.0.0.1", "port": self.ports.prometheus}
+            ),
             # The plugin's registry helpers use the step package (installed in the Airflow
             # image; here, from the source tree).
             "PYTHONPATH": os.pathsep.join(
@@ -206,11 +233,21 @@ class Stack:
             self._start("localcluster", self._localcluster_cmd(), health, {"PYTHONPATH": str(REPO)})
             self._setup_cluster()
             started = True
+        if "prometheus" not in self.running():
+            say("starting Prometheus (scrapes the serving pods for the rollout's analysis)")
+            try:
+                server = prometheus.server(
+                    self.root / "prometheus", self.ports.prometheus, NAMESPACE, self.cluster_url
+                )
+            except RuntimeError as exc:
+                raise StackError(str(exc)) from None
+            self._start("prometheus", server.cmd, server.health_url)
+            started = True
         if "mlflow" not in self.running():
             say("starting MLflow (SQLite backend, local artifacts)")
             self._start("mlflow", self._mlflow_cmd(), f"{self.mlflow_url}/health")
             started = True
-        airflow = [c for c in COMPONENTS[2:] if c not in self.running()]
+        airflow = [c for c in AIRFLOW_COMPONENTS if c not in self.running()]
         if airflow:
             say(f"starting Airflow ({', '.join(airflow)})")
             self._airflow_init()
@@ -330,6 +367,7 @@ class Stack:
         """What a platform team applies once: namespace, RBAC, the Secret and the settings."""
         self.kubectl("apply", "-f", str(REPO / "deploy" / "namespace.yaml"))
         self.kubectl("apply", "-f", str(REPO / "deploy" / "rbac.yaml"))
+        self.kubectl("apply", "-f", str(REPO / "deploy" / "gateway.yaml"))
         uri = base64.b64encode(f"http://127.0.0.1:{self.ports.mlflow}".encode()).decode()
         s = self.settings
         objects = [

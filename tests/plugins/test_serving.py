@@ -34,7 +34,7 @@ TARGET = objects.Target("churn-serving", "ml", "churn", "7", replicas=4)
 def figures(
     requests: float, errors: float = 0, p99: float = 5, hist: list[float] | None = None
 ) -> Figures:
-    return Figures(requests, errors, p99, hist if hist is not None else [1, 2, 3, 4])
+    return Figures(requests, errors, p99, hist if hist is not None else [25, 25, 25, 25])
 
 
 def report(new: Figures, stable: Figures, weight: int = 20, **kw: Any) -> StepReport:
@@ -101,9 +101,13 @@ def test_judge_fails_each_check_with_its_figures_and_notes_what_it_could_not_jud
     assert slower == ["p99 120 ms over 2x the stable version's 40 ms"]
     # Within the slack: 2x of a tiny p99 is noise, not a regression.
     assert report(figures(100, p99=12), figures(100, p99=4)).failures == []
-    diverged = report(figures(100, hist=[10, 0, 0, 0]), figures(100, hist=[0, 0, 0, 10]))
+    diverged = report(figures(100, hist=[100, 0, 0, 0]), figures(100, hist=[0, 0, 0, 100]))
     assert diverged.divergence == pytest.approx(1.0)
     assert "prediction distribution diverges" in diverged.failures[0]
+    # Too few predictions to tell a shift from sampling noise: noted, not judged.
+    few = report(figures(100, hist=[30, 0, 0, 0]), figures(100, hist=[0, 0, 0, 30]))
+    assert (few.divergence, few.failures) == (None, [])
+    assert few.notes == ["30 predictions on a side (under 100): distributions not compared"]
     quiet = report(figures(3, errors=3), healthy)
     assert quiet.failures == []
     assert "3 requests" in quiet.notes[0]
