@@ -118,11 +118,28 @@ def test_judge_compares_the_shadow_pairs() -> None:
     failures = report(figures(100), figures(100), weight=0, paired=paired).failures
     assert failures == [
         "shadow: decisions differ on 30.0% of 50 requests (over 10.0%)",
-        "shadow: mean |score difference| 0.250 over 0.1",
+        "shadow: mean |score difference| 0.250 over 0.100",
     ]
     few = report(figures(100), figures(100), weight=0, paired=Paired(3, 1.0, 1.0))
     assert few.failures == []
     assert few.notes == ["shadow: 3 paired requests, too few to compare"]
+
+
+def test_the_shadow_step_allows_what_evaluation_saw_between_the_versions_and_no_more() -> None:
+    # Evaluation found the retrained model 0.13 away from the champion on average: live, the
+    # same 0.13 is expected, not a fault; 0.13 + the 0.05 margin is the limit.
+    offline = Paired(pairs=2000, disagreement=0.12, mean_abs_diff=0.13)
+    as_evaluated = Paired(pairs=200, disagreement=0.13, mean_abs_diff=0.14)
+    judged = judge(StepReport("shadow", 0, 10.0, figures(100), figures(100), paired=as_evaluated),
+                   T, offline=offline)  # fmt: skip
+    assert judged.failures == []
+    skewed = Paired(pairs=200, disagreement=0.3, mean_abs_diff=0.25)
+    judged = judge(StepReport("shadow", 0, 10.0, figures(100), figures(100), paired=skewed),
+                   T, offline=offline)  # fmt: skip
+    assert judged.failures == [
+        "shadow: decisions differ on 30.0% of 200 requests (over 17.0%)",
+        "shadow: mean |score difference| 0.250 over 0.180",
+    ]
 
 
 def test_a_switch_is_judged_against_the_stable_versions_window_before() -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 
 import mlflow
+import numpy as np
 import pytest
 
 from helmsman_steps import evaluate, registry, train
@@ -94,6 +95,9 @@ def test_the_decision_is_recorded_on_the_version_and_the_run(
     golden = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{evaluate.GOLDEN_ARTIFACT}")
     assert len(golden["inputs"]) == len(golden["predictions"]) == 256
     assert set(golden["inputs"][0]) == set(RAW_FEATURES)
+    # What the rollout's shadow step will compare live: the difference from this champion.
+    assert golden["versus_champion"]["champion_version"] == worse.champion_version
+    assert 0 < golden["versus_champion"]["mean_abs_diff"] < 1
 
 
 def test_re_evaluating_returns_the_recorded_decision(
@@ -148,3 +152,13 @@ def test_decision_rules(
     got, reasons = evaluate.decide(challenger, champion, ci, evaluate.Rules())
     assert got == verdict
     assert any(reason in r for r in reasons), reasons
+
+
+def test_the_offline_difference_from_the_champion_is_what_the_rollout_expects_live() -> None:
+    new = np.array([0.1, 0.6, 0.8, 0.2], dtype=np.float32)
+    old = np.array([0.3, 0.4, 0.7, 0.2], dtype=np.float32)
+    versus = evaluate.versus_champion(new, old, "3")
+    assert versus["champion_version"] == "3"
+    assert versus["mean_abs_diff"] == pytest.approx((0.2 + 0.2 + 0.1 + 0.0) / 4)
+    assert versus["disagreement"] == pytest.approx(1 / 4)  # only 0.6 vs 0.4 crosses 0.5
+    assert versus["rows"] == 4

@@ -43,6 +43,10 @@ class Thresholds:
     min_divergence_samples: int = 100
     max_disagreement: float = 0.1  # shadow: share of requests whose decision differs
     max_mean_abs_diff: float = 0.1  # shadow: mean |score_new - score_stable|
+    # ... or, when evaluation compared the two versions offline, what it saw plus this margin:
+    # a retrained model may differ from the champion by design; served, it must differ as much
+    # as it did in evaluation, no more.
+    shadow_margin: float = 0.05
     min_requests: int = 20  # per side and window, to judge rates and distributions
     decision_threshold: float = 0.5  # a score at or above it is the positive decision
 
@@ -168,11 +172,18 @@ def parse_prediction_log(text: str) -> dict[str, list[float]]:
     return found
 
 
-def judge(report: StepReport, thresholds: Thresholds, *, compare_live: bool = True) -> StepReport:
+def judge(
+    report: StepReport,
+    thresholds: Thresholds,
+    *,
+    compare_live: bool = True,
+    offline: Paired | None = None,
+) -> StepReport:
     """Fill in the report's failures and notes from its figures; returns the report.
 
     ``compare_live``: the stable side had traffic in the same window (not when all traffic
     went to the new version, as after a blue-green switch; then its window before counts).
+    ``offline``: how the two versions differed in evaluation (the shadow step's baseline).
     """
     t, new, stable = thresholds, report.new, report.stable
     if new.requests < t.min_requests:
@@ -220,15 +231,23 @@ def judge(report: StepReport, thresholds: Thresholds, *, compare_live: bool = Tr
         if paired.pairs < t.min_requests:
             report.notes.append(f"shadow: {paired.pairs} paired requests, too few to compare")
         else:
-            if paired.disagreement > t.max_disagreement:
+            most_disagreement, most_diff = t.max_disagreement, t.max_mean_abs_diff
+            if offline is not None:
+                most_disagreement = max(most_disagreement, offline.disagreement + t.shadow_margin)
+                most_diff = max(most_diff, offline.mean_abs_diff + t.shadow_margin)
+                report.notes.append(
+                    f"shadow: evaluation saw disagreement {offline.disagreement:.1%}, mean "
+                    f"|diff| {offline.mean_abs_diff:.3f} between these versions"
+                )
+            if paired.disagreement > most_disagreement:
                 report.failures.append(
                     f"shadow: decisions differ on {paired.disagreement:.1%} of "
-                    f"{paired.pairs} requests (over {t.max_disagreement:.1%})"
+                    f"{paired.pairs} requests (over {most_disagreement:.1%})"
                 )
-            if paired.mean_abs_diff > t.max_mean_abs_diff:
+            if paired.mean_abs_diff > most_diff:
                 report.failures.append(
                     f"shadow: mean |score difference| {paired.mean_abs_diff:.3f} over "
-                    f"{t.max_mean_abs_diff}"
+                    f"{most_diff:.3f}"
                 )
     return report
 

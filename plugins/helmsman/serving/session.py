@@ -29,6 +29,7 @@ stable version), then starts its own.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import time
@@ -39,6 +40,7 @@ from typing import Any
 
 from helmsman.serving import objects
 from helmsman.serving.analysis import (
+    Paired,
     Prometheus,
     StepReport,
     Thresholds,
@@ -140,7 +142,7 @@ class RolloutSession:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kube, self.target, self.owner, self.settings = kube, target, owner, settings
-        self.golden, self.prometheus = golden, prometheus
+        self.golden, self.prometheus = functools.cache(golden), prometheus
         self.log = log or logging.getLogger(__name__)
         self.sleep, self.clock = sleep, clock
         self.lease_name = f"{target.name}-rollout"
@@ -362,13 +364,14 @@ class RolloutSession:
         self._write(preview=result.as_dict())
         if not result.passed:
             raise Rejected(result.reasons)
-        self._write(phase="step" if r["steps"] else "promoting", index=0)
+        self._write(phase="step" if r["steps"] else "promoting", index=0, verified_at=self.clock())
 
     def _step(self) -> None:
         r = self.record
         step = Step(*r["steps"][r["index"]])
         if self.prometheus is None:
             raise ValueError("a rollout with live steps needs Prometheus; none is configured")
+        self._write(step_started=self.clock())  # the intent, before the traffic moves
         weight = self.router().shift(step.weight, step.mirror)
         started = self.clock()
         self.log.info("step %s: %d%% of traffic on version %s%s for %.0fs", step.name, weight,
@@ -408,7 +411,17 @@ class RolloutSession:
             logged = {slot: self._predictions(r[slot], since) for slot in ("stable", "new")}
             threshold = self.settings.thresholds.decision_threshold
             report.paired = pair(logged["stable"], logged["new"], threshold)
-        return judge(report, self.settings.thresholds, compare_live=weight < 100)
+        return judge(
+            report, self.settings.thresholds, compare_live=weight < 100, offline=self._offline()
+        )
+
+    def _offline(self) -> Paired | None:
+        """How evaluation saw the new version differ from the one serving now, if it did."""
+        versus = self.golden().get("versus_champion") or {}
+        if not versus or str(versus.get("champion_version")) != str(self.record.get("previous")):
+            return None
+        return Paired(int(versus.get("rows", 0)), float(versus["disagreement"]),
+                      float(versus["mean_abs_diff"]))  # fmt: skip
 
     def _predictions(self, slot: str, since_seconds: int) -> dict[str, list[float]]:
         """What a slot's pods logged as compared predictions, by request id."""
@@ -433,7 +446,7 @@ class RolloutSession:
         if self.record.get("phase") != "aborted":
             self._write(phase="aborting", reasons=reasons, aborted_at=self.clock())
             self._restore(self.record)
-            self._write(phase="aborted")
+            self._write(phase="aborted", restored_at=self.clock())
 
     def _restore(self, record: dict[str, Any], scale_down: bool = True) -> None:
         if not record.get("new"):

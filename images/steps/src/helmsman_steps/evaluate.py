@@ -150,10 +150,31 @@ def _load(model: registry.ResolvedModel, tmp: str) -> NumpyModel:
     return NumpyModel.load(registry.download_serving_model(model, f"{tmp}/{model.version}"))
 
 
-def _golden(rows: pd.DataFrame, predictions: npt.NDArray[np.float32], size: int) -> dict[str, Any]:
+def _golden(
+    rows: pd.DataFrame,
+    predictions: npt.NDArray[np.float32],
+    size: int,
+    versus: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     sample = rows.head(size)
     inputs = sample[list(RAW_FEATURES)].to_dict("records")
-    return {"inputs": inputs, "predictions": [float(p) for p in predictions[: len(sample)]]}
+    golden = {"inputs": inputs, "predictions": [float(p) for p in predictions[: len(sample)]]}
+    if versus is not None:
+        golden["versus_champion"] = versus
+    return golden
+
+
+def versus_champion(
+    new: npt.NDArray[np.float32], old: npt.NDArray[np.float32], champion_version: str
+) -> dict[str, Any]:
+    """How far the challenger's answers are from the champion's on the held-out rows: what a
+    rollout's shadow step should see live too, if both are served as they were evaluated."""
+    return {
+        "champion_version": champion_version,
+        "mean_abs_diff": float(np.mean(np.abs(new - old))),
+        "disagreement": float(np.mean((new >= 0.5) != (old >= 0.5))),
+        "rows": len(new),
+    }
 
 
 def _plots(y: Any, scores: dict[str, Any], folder: Path) -> list[Path]:
@@ -253,7 +274,12 @@ def run(
             scores[f"champion v{champion.version}"] = p_old
         plots = _plots(y, scores, folder)
         (folder / "decision.json").write_text(json.dumps(asdict(decision), indent=2))
-        (folder / "golden.json").write_text(json.dumps(_golden(rows, p_new, golden_size)))
+        versus = (
+            versus_champion(p_new, p_old, champion.version)
+            if p_old is not None and champion is not None
+            else None
+        )
+        (folder / "golden.json").write_text(json.dumps(_golden(rows, p_new, golden_size, versus)))
         with mlflow.start_run(run_id=challenger.run_id):
             mlflow.log_metrics({f"eval_{k}": v for k, v in new_metrics.items()})
             for path in [*plots, folder / "decision.json", folder / "golden.json"]:
