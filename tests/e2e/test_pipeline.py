@@ -3,15 +3,22 @@
 The scenarios build on each other, in order, on one stack (the way a platform lives):
 
 1. a REST trigger with invalid Params is refused (400) and starts nothing;
-2. the first run (REST trigger, valid Params) deploys, the model answers through the Service,
+2. the first run (REST trigger, valid Params) deploys, the model answers through the Gateway,
    and the Params reached the pods;
 3. a worse challenger is recorded, not deployed; the champion is untouched;
 4. a challenger that passes evaluation but is served wrong (train/serve skew in its serving
-   image) fails the health gate and is rolled back, with no failed client request under a
-   steady request loop;
-5. a three-day backfill records three runs and deploys nothing;
-6. blue-green and canary rollouts of a good challenger switch traffic after the gate;
-7. every Kubernetes call Airflow made is allowed by the Role in deploy/rbac.yaml.
+   image) is caught behind the preview Service: no user request ever reaches it;
+5. a challenger wrong only on live traffic is caught in the shadow step, its figures kept on
+   the version; again no failed user request;
+6. a three-day backfill records three runs and deploys nothing;
+7. a canary (the default) and a blue-green rollout of good challengers reach every user with no
+   failed request, step by step;
+8. the rollout task's process killed mid-step: the task's retry resumes the rollout and
+   finishes it;
+9. every Kubernetes call Airflow made is allowed by the Role in deploy/rbac.yaml.
+
+A steady client sends the champion's golden-set rows through the Gateway during every rollout
+and the test asserts what it saw.
 
 The only thing emulated is the GPU node (an "emulated GPU" node in localcluster: the scheduler
 and the pod spec are real; the training pod computes on this machine's CPU).
@@ -27,20 +34,23 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
 from kubernetes import client, config
 
-from helmsman import rollout
-from tests.e2e.conftest import SKEWED_IMAGE
+from helmsman.serving import objects
+from tests.cluster_fixtures import faulty_image
 from tools.airflow_api import AirflowApi, ApiError
 from tools.stack import REPO, Stack
 
 DAG = "ml_training"
 MODEL = "churn"
 NS = "ml"
-# Small, quick runs: two days of 4000 rows, a few epochs.
-BASE = {"window_days": 2, "gpus": 1, "hidden": "16,8"}
+INSTANCE = "churn-serving"
+# Small, quick runs: two days of 4000 rows, a few epochs; rollouts of short steps.
+BASE = {"window_days": 2, "gpus": 1, "hidden": "16,8", "canary_steps": "20,50",
+        "analysis_interval": 6}  # fmt: skip
 TIMINGS: dict[str, float] = {}
 TEST_AGENT = "helmsman-e2e-tests"
 
@@ -69,8 +79,11 @@ def run(airflow: AirflowApi, conf: dict[str, Any], name: str) -> tuple[str, dict
     return run_id, {"run": result, "states": states}
 
 
-def service_address(k8s: client.ApiClient) -> str:
-    return rollout.service_url(k8s, "churn-serving", NS)
+def service_address(stack: Stack) -> str:
+    """Where users reach the model: the Gateway's address."""
+    url = stack.gateway_url()
+    assert url is not None, "the Gateway has no address"
+    return url
 
 
 def get_json(url: str, body: Any = None) -> Any:
@@ -82,13 +95,21 @@ def get_json(url: str, body: Any = None) -> Any:
         return json.load(response)
 
 
-def served_version(k8s: client.ApiClient) -> str:
-    return str(get_json(service_address(k8s) + "/metadata")["model_version"])
+def served_version(stack: Stack) -> str:
+    return str(get_json(service_address(stack) + "/metadata")["model_version"])
 
 
-def deployment_generation(k8s: client.ApiClient) -> int:
-    deployment = client.AppsV1Api(k8s).read_namespaced_deployment("churn-serving", NS)
-    return int(deployment.metadata.generation)
+def live_deployment(k8s: client.ApiClient) -> Any:
+    """The Deployment of the slot the stable Service selects."""
+    svc = client.CoreV1Api(k8s).read_namespaced_service(INSTANCE, NS)
+    name = objects.deployment_name(INSTANCE, svc.spec.selector[objects.SLOT_LABEL])
+    return client.AppsV1Api(k8s).read_namespaced_deployment(name, NS)
+
+
+def serving_state(k8s: client.ApiClient) -> tuple[str, int]:
+    """(live Deployment, its generation): unchanged means no rollout touched serving."""
+    d = live_deployment(k8s)
+    return d.metadata.name, int(d.metadata.generation)
 
 
 def champion(registry: Any) -> str:
@@ -108,6 +129,8 @@ def test_1_invalid_params_are_refused_with_400_and_start_nothing(airflow: Airflo
         ({"strategy": "sideways"}, "strategy"),
         ({"hidden": "64,,32"}, "hidden"),
         ({"gpus": 9}, "gpus"),
+        ({"canary_steps": "5,,25"}, "canary_steps"),
+        ({"analysis_interval": 1}, "analysis_interval"),
     ):
         with pytest.raises(ApiError) as refused:
             airflow.trigger(DAG, conf)
@@ -116,8 +139,8 @@ def test_1_invalid_params_are_refused_with_400_and_start_nothing(airflow: Airflo
     assert airflow.runs(DAG) == []
 
 
-def test_2_first_run_deploys_and_the_model_answers_through_the_service(
-    airflow: AirflowApi, k8s: client.ApiClient, registry: Any, tmp_path: Path
+def test_2_first_run_deploys_and_the_model_answers_through_the_gateway(
+    airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any, tmp_path: Path
 ) -> None:
     conf = {"data_end": "2026-03-03", "epochs": 2, "seed": 11, "gpus": 2}
     run_id, result = run(airflow, conf, "first")
@@ -129,10 +152,10 @@ def test_2_first_run_deploys_and_the_model_answers_through_the_service(
     assert decision["champion"] is None
     version = decision["version"]
     assert champion(registry) == version
-    assert served_version(k8s) == version
+    assert served_version(stack) == version
 
     rows = golden_inputs(registry, version, tmp_path)[:5]
-    answer = get_json(service_address(k8s) + "/predict", {"instances": rows})
+    answer = get_json(service_address(stack) + "/predict", {"instances": rows})
     assert len(answer["predictions"]) == 5
     assert all(0.0 <= p <= 1.0 for p in answer["predictions"])
 
@@ -144,17 +167,16 @@ def test_2_first_run_deploys_and_the_model_answers_through_the_service(
     # Lineage both ways: the version names the DAG run, the Deployment names both.
     assert mv.tags["helmsman.run_id"] == run_id
     assert mv.tags["helmsman.rollout"] == "passed"
-    deployment = client.AppsV1Api(k8s).read_namespaced_deployment("churn-serving", NS)
-    annotations = deployment.metadata.annotations
+    annotations = live_deployment(k8s).metadata.annotations
     assert annotations["helmsman.io/dag-run"] == run_id
     assert annotations["helmsman.io/model-uri"] == f"models:/{MODEL}/{version}"
 
 
 def test_3_a_worse_challenger_is_recorded_and_not_deployed(
-    airflow: AirflowApi, k8s: client.ApiClient, registry: Any
+    airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any
 ) -> None:
     before = champion(registry)
-    generation = deployment_generation(k8s)
+    serving = serving_state(k8s)
     conf = {"data_end": "2026-03-04", "epochs": 1, "hidden": "1", "learning_rate": 0.00001}
     run_id, result = run(airflow, conf, "worse challenger")
     assert result["run"]["state"] == "success", result["states"]
@@ -164,53 +186,60 @@ def test_3_a_worse_challenger_is_recorded_and_not_deployed(
     assert decision["evaluation"] == "reject"
     assert decision["deploy"] is False
     assert champion(registry) == before
-    assert served_version(k8s) == before
-    assert deployment_generation(k8s) == generation
+    assert served_version(stack) == before
+    assert serving_state(k8s) == serving
     tags = registry.get_model_version(MODEL, decision["version"]).tags
     assert tags["helmsman.fence"] == "hold"
     assert tags["helmsman.decision"] == "reject"
 
 
 class RequestLoop(threading.Thread):
-    """A steady client: one prediction every 20 ms through the Service, errors counted."""
+    """A steady client on the Gateway: one prediction every 20 ms, the champion's golden-set
+    rows in turn, every answer and failure recorded."""
 
-    def __init__(self, url: str, row: dict[str, Any]) -> None:
+    def __init__(self, url: str, rows: list[dict[str, Any]]) -> None:
         super().__init__(daemon=True)
-        self.url, self.row = url, row
+        self.url, self.rows = url, rows
         self.ok, self.failures = 0, []  # type: ignore[var-annotated]
-        self.versions: set[str] = set()
+        self.versions: dict[str, int] = {}
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        turn = 0
         while not self.stopping.is_set():
+            row, turn = self.rows[turn % len(self.rows)], turn + 1
             try:
-                answer = get_json(self.url + "/predict", {"instances": [self.row]})
-                self.versions.add(str(answer["model_version"]))
+                answer = get_json(self.url + "/predict", {"instances": [row]})
+                version = str(answer["model_version"])
+                self.versions[version] = self.versions.get(version, 0) + 1
                 self.ok += 1
-            except Exception as exc:  # every failure is what we count
+            except Exception as exc:  # every failure is what a user saw
                 self.failures.append(repr(exc))
             time.sleep(0.02)
 
+    def __enter__(self) -> RequestLoop:
+        self.start()
+        return self
 
-def test_4_a_challenger_served_wrong_is_rolled_back_without_failed_requests(
-    airflow: AirflowApi, k8s: client.ApiClient, registry: Any, tmp_path: Path
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.join()
+
+
+def users(stack: Stack, registry: Any, tmp: Path) -> RequestLoop:
+    return RequestLoop(service_address(stack), golden_inputs(registry, champion(registry), tmp))
+
+
+def test_4_a_challenger_served_wrong_is_caught_before_any_user_sees_it(
+    airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any, tmp_path: Path
 ) -> None:
     before = champion(registry)
-    loop = RequestLoop(service_address(k8s), golden_inputs(registry, before, tmp_path)[0])
-    loop.start()
-    try:
-        conf = {
-            "data_end": "2026-03-05",
-            "epochs": 8,
-            "min_improvement": -1.0,
-            "serving_image": SKEWED_IMAGE,
-        }
-        run_id, result = run(airflow, conf, "skewed challenger (rolled back)")
-        time.sleep(2)  # a little steady traffic after the rollback, too
-    finally:
-        loop.stopping.set()
-        loop.join()
-
+    serving = serving_state(k8s)
+    skewed = faulty_image("skewed")
+    conf = {"data_end": "2026-03-05", "epochs": 8, "min_improvement": -1.0,
+            "serving_image": skewed}  # fmt: skip
+    with users(stack, registry, tmp_path) as loop:
+        run_id, result = run(airflow, conf, "skewed challenger (caught in preview)")
     assert result["run"]["state"] == "failed"
     assert result["states"]["rollout"] == "failed"
     assert result["states"]["promote"] == "upstream_failed"
@@ -218,27 +247,55 @@ def test_4_a_challenger_served_wrong_is_rolled_back_without_failed_requests(
     assert decision["evaluation"] == "promote", "the challenger should pass evaluation"
     rejected = decision["version"]
     assert champion(registry) == before
-    assert served_version(k8s) == before
+    assert served_version(stack) == before
     tags = registry.get_model_version(MODEL, rejected).tags
     assert tags["helmsman.rollout"] == "rejected"
     assert "golden-set predictions differ" in tags["helmsman.rollout_reason"]
     log = airflow.task_log(DAG, run_id, "rollout")
-    assert "gate failed: golden-set predictions differ" in log
+    assert "rollout check failed: golden-set predictions differ" in log
     assert f"rolled back, version {before} serves again" in log
+    assert airflow.task_instances(DAG, run_id)["rollout"]["try_number"] == 1  # no retry
 
     assert loop.failures == [], loop.failures[:5]
     assert loop.ok > 100
-    assert rejected in loop.versions  # the skewed pods did serve for a while: a real episode
-    deployment = client.AppsV1Api(k8s).read_namespaced_deployment("churn-serving", NS)
-    image = deployment.spec.template.spec.containers[0].image
-    assert image != SKEWED_IMAGE
+    assert set(loop.versions) == {before}  # no user request ever reached the skewed pods
+    assert serving_state(k8s) == serving  # the live slot was never touched
+    assert live_deployment(k8s).spec.template.spec.containers[0].image != skewed
 
 
-def test_5_a_three_day_backfill_records_three_runs_and_deploys_nothing(
-    airflow: AirflowApi, k8s: client.ApiClient, registry: Any
+def test_5_a_challenger_wrong_only_on_live_traffic_is_caught_in_the_shadow_step(
+    airflow: AirflowApi, stack: Stack, registry: Any, tmp_path: Path
 ) -> None:
     before = champion(registry)
-    generation = deployment_generation(k8s)
+    conf = {"data_end": "2026-03-09", "epochs": 8, "min_improvement": -1.0,
+            "serving_image": faulty_image("skew-live")}  # fmt: skip
+    with users(stack, registry, tmp_path) as loop:
+        run_id, result = run(airflow, conf, "live-only fault (caught in shadow)")
+    assert result["states"]["rollout"] == "failed"
+    rejected = airflow.xcom(DAG, run_id, "decide")["version"]
+    assert champion(registry) == before
+    assert loop.failures == [], loop.failures[:5]
+    assert set(loop.versions) == {before}  # the shadow's answers were discarded
+    tags = registry.get_model_version(MODEL, rejected).tags
+    assert tags["helmsman.rollout"] == "rejected"
+    reasons = tags["helmsman.rollout_reason"].split("; ")
+    assert all(r.startswith("step shadow: ") for r in reasons), reasons
+    figures = json.loads(tags["helmsman.rollout_figures"])
+    assert figures[0]["step"] == "shadow"
+    paired = figures[0]["paired"]
+    assert paired["pairs"] > 50  # the same live requests, answered by both versions
+    assert paired["disagreement"] > 0.1 or paired["mean_abs_diff"] > 0.1, paired
+    # Every figure of the rollout is kept with the version's run in MLflow.
+    run_artifacts = registry.list_artifacts(registry.get_model_version(MODEL, rejected).run_id,
+                                            "rollout")  # fmt: skip
+    assert [a.path for a in run_artifacts] == [f"rollout/{DAG}__{run_id}.json"]
+
+
+def test_6_a_three_day_backfill_records_three_runs_and_deploys_nothing(
+    airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any
+) -> None:
+    before = champion(registry)
+    serving = serving_state(k8s)
     started = time.monotonic()
     airflow.backfill(DAG, "2026-03-06T00:00:00Z", "2026-03-08T23:59:59Z", max_active_runs=1)
     deadline = time.monotonic() + 900
@@ -266,28 +323,86 @@ def test_5_a_three_day_backfill_records_three_runs_and_deploys_nothing(
     intervals = sorted(r["data_interval_start"][:10] for r in runs)
     assert intervals == ["2026-03-06", "2026-03-07", "2026-03-08"]
     assert champion(registry) == before
-    assert served_version(k8s) == before
-    assert deployment_generation(k8s) == generation
+    assert served_version(stack) == before
+    assert serving_state(k8s) == serving
 
 
-@pytest.mark.parametrize("strategy", ["blue-green", "canary"])
-def test_6_blue_green_and_canary_switch_traffic_after_the_gate(
-    strategy: str, airflow: AirflowApi, k8s: client.ApiClient, registry: Any
-) -> None:
+@pytest.mark.parametrize(
+    ("strategy", "steps"),
+    [("canary", ["shadow", "20%", "50%"]), ("blue-green", ["shadow", "100%"])],
+)
+def test_7_good_challengers_reach_every_user_step_by_step_with_no_failed_request(
+    strategy: str, steps: list[str], airflow: AirflowApi, stack: Stack, k8s: client.ApiClient,
+    registry: Any, tmp_path: Path,
+) -> None:  # fmt: skip
     before = champion(registry)
     end = {"blue-green": "2026-03-20", "canary": "2026-03-21"}[strategy]
     conf = {"data_end": end, "epochs": 4, "min_improvement": -1.0, "strategy": strategy}
-    run_id, result = run(airflow, conf, f"{strategy} rollout")
-    assert result["run"]["state"] == "success", result["states"]
+    with users(stack, registry, tmp_path) as loop:
+        run_id, result = run(airflow, conf, f"{strategy} rollout")
+        time.sleep(1)
+    log = airflow.task_log(DAG, run_id, "rollout")
+    assert result["run"]["state"] == "success", (result["states"], log[-4000:])
     version = airflow.xcom(DAG, run_id, "decide")["version"]
+    outcome = airflow.xcom(DAG, run_id, "rollout")
+    assert [s["step"] for s in outcome["steps"]] == steps
+    assert all(s["passed"] for s in outcome["steps"])
+    assert loop.failures == [], loop.failures[:5]
+    assert set(loop.versions) == {before, version}
     assert champion(registry) == version
     assert registry.get_model_version_by_alias(MODEL, "previous-champion").version == before
-    assert {served_version(k8s) for _ in range(8)} == {version}
-    services = {s.metadata.name for s in client.CoreV1Api(k8s).list_namespaced_service(NS).items}
-    assert "churn-serving-canary" not in services  # a finished canary leaves nothing behind
+    assert {served_version(stack) for _ in range(8)} == {version}
+    route = client.CustomObjectsApi(k8s).get_namespaced_custom_object(
+        "gateway.networking.k8s.io", "v1", NS, "httproutes", INSTANCE
+    )
+    weights = [b["weight"] for b in route["spec"]["rules"][0]["backendRefs"]]
+    assert weights == [100, 0]  # all on the stable Service, which now selects the new slot
+    hpa = client.AutoscalingV2Api(k8s).read_namespaced_horizontal_pod_autoscaler(INSTANCE, NS)
+    assert hpa.spec.scale_target_ref.name == live_deployment(k8s).metadata.name
+    TIMINGS[f"{strategy} rollout task"] = outcome["seconds"]
 
 
-def test_7_every_kubernetes_call_airflow_made_is_allowed_by_the_role(stack: Stack) -> None:
+def test_8_a_rollout_task_killed_mid_step_is_resumed_by_its_retry(
+    airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any, tmp_path: Path
+) -> None:
+    conf = {"data_end": "2026-03-22", "epochs": 4, "min_improvement": -1.0,
+            "analysis_interval": 10}  # fmt: skip
+    custom = client.CustomObjectsApi(k8s)
+    with users(stack, registry, tmp_path) as loop:
+        run_id = airflow.trigger(DAG, {**BASE, **conf})
+        deadline = time.monotonic() + 600
+        killed = None
+        while killed is None and time.monotonic() < deadline:
+            rollout_ti = airflow.task_instances(DAG, run_id).get("rollout", {})
+            route = None
+            if rollout_ti.get("state") == "running":
+                route = custom.get_namespaced_custom_object(
+                    "gateway.networking.k8s.io", "v1", NS, "httproutes", INSTANCE
+                )
+            if route and route["spec"]["rules"][0]["backendRefs"][1]["weight"] == 20:
+                # The LocalExecutor worker names the task instance it runs; its child is the
+                # task's own process. SIGKILL it, as the OOM killer or a lost node would.
+                worker = next(p for p in psutil.process_iter(["cmdline"])
+                              if rollout_ti["id"] in " ".join(p.info["cmdline"] or []))  # fmt: skip
+                children = worker.children()
+                for child in children:
+                    child.kill()
+                killed = [c.pid for c in children]
+            time.sleep(0.5)
+        assert killed, "the rollout never reached its 20% step"
+        result = airflow.wait(DAG, run_id, timeout=900)
+        time.sleep(1)
+    assert result["state"] == "success"
+    rollout_ti = airflow.task_instances(DAG, run_id)["rollout"]
+    assert rollout_ti["try_number"] == 2  # the retry, not a second rollout
+    log = airflow.task_log(DAG, run_id, "rollout", try_number=2)
+    assert "resuming the rollout of version" in log
+    version = airflow.xcom(DAG, run_id, "decide")["version"]
+    assert served_version(stack) == version
+    assert loop.failures == [], loop.failures[:5]
+
+
+def test_9_every_kubernetes_call_airflow_made_is_allowed_by_the_role(stack: Stack) -> None:
     role = next(
         d
         for d in yaml.safe_load_all((REPO / "deploy" / "rbac.yaml").read_text())
