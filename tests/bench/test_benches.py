@@ -1,0 +1,24 @@
+"""Every benchmark still starts and finishes: its --smoke mode, as a user would run it.
+
+A benchmark that no longer starts is a broken build (two once crashed at import for weeks,
+unnoticed). The smoke runs measure nothing worth keeping; their figures are not asserted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.dev_env import REPO
+
+
+@pytest.mark.parametrize("bench", ["rollout_bench", "stack_bench"])
+def test_the_benchmark_runs_in_smoke_mode(bench: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", f"bench.{bench}", "--smoke"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "goal" in proc.stdout  # it got as far as printing its ratios
