@@ -15,7 +15,7 @@ RUFF_PATHS ?= dags plugins images localcluster tests tools bench compose
 MYPY_PATHS ?= plugins/helmsman images/steps/src/helmsman_steps localcluster tools
 PYTEST_ARGS ?=
 
-.PHONY: help setup lock lock-check lint format test demo down backfill clean
+.PHONY: help setup test-tools lock lock-check lint format test demo down backfill clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -56,7 +56,10 @@ $(PROMETHEUS):
 	  apt-get install -y -qq prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }; \
 	else echo "note: no $(PROMETHEUS) and no root to install it; install Debian's prometheus package" >&2; fi
 
-setup: $(VENV)/.installed $(POLICY_VENV)/.installed $(CHROMIUM) $(PROMETHEUS) ## Create or update the venvs from the locks (idempotent)
+setup: $(VENV)/.installed $(PROMETHEUS) ## Create or update what `make demo` needs (idempotent)
+
+# What only the tests need: the policy scanner's venv and the browser for the UI test.
+test-tools: $(POLICY_VENV)/.installed $(CHROMIUM)
 
 lock: | $(BIN)/python ## Re-resolve requirements*.txt from the *.in inputs
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
@@ -74,7 +77,7 @@ format: setup ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix $(RUFF_PATHS)
 	$(BIN)/ruff format $(RUFF_PATHS)
 
-test: setup lock-check lint ## Quality gates, then the whole test suite
+test: setup test-tools lock-check lint ## Quality gates, then the whole test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: setup ## Run the whole pipeline on this machine (again: trains a challenger)

@@ -326,6 +326,15 @@ def down(root: Path = ROOT) -> list[str]:
     return stopped
 
 
+def progress(line: str, shown: str) -> None:
+    """A progress line: redrawn in place on a terminal; elsewhere (a file, a pipe, CI) printed
+    once each time it changes, so a log reads one line per change."""
+    if console.is_terminal:
+        console.print(line, end="\r")
+    elif line != shown:
+        console.print(line)
+
+
 def backfill(start: str, end: str, root: Path = ROOT) -> list[dict[str, Any]]:
     stack = Stack.load(root)
     if stack is None or not stack.running():
@@ -334,16 +343,20 @@ def backfill(start: str, end: str, root: Path = ROOT) -> list[dict[str, Any]]:
     before = serving(stack).get("served_version")
     api.backfill(DAG, f"{start}T00:00:00Z", f"{end}T23:59:59Z", max_active_runs=1)
     console.print(f"· backfill of {DAG} from {start} to {end} created; following it")
-    deadline, runs = time.monotonic() + 3600, []
+    deadline, runs, shown = time.monotonic() + 3600, [], ""
     while time.monotonic() < deadline:
         runs = [r for r in api.runs(DAG) if r["run_type"] == "backfill"
                 and start <= r["data_interval_start"][:10] <= end]  # fmt: skip
-        console.print(f"  {sum(r['state'] in ('success', 'failed') for r in runs)}/{len(runs)} "
-                      "runs finished", end="\r")  # fmt: skip
+        line = (
+            f"  {sum(r['state'] in ('success', 'failed') for r in runs)}/{len(runs)} runs finished"
+        )
+        progress(line, shown)
+        shown = line
         if runs and all(r["state"] in ("success", "failed") for r in runs):
             break
         time.sleep(3)
-    console.print()
+    if console.is_terminal:
+        console.print()
     for r in runs:
         decision = api.xcom(DAG, r["dag_run_id"], "decide") if r["state"] == "success" else {}
         deployed = "yes" if decision.get("deploy") else "no"

@@ -36,11 +36,14 @@ class Server:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 90) -> Server:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("wb")
-        self.proc = subprocess.Popen(
-            self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
+        if self.log_path.exists():
+            self.log_path.unlink()
+        self.start_background()
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 90) -> Server:
+        """Poll the health URL until it answers 200; stop the server if it never does."""
+        assert self.proc is not None, "start the server first"  # noqa: S101
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -95,15 +98,15 @@ def stop_group(pid: int, grace: float = 10) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and _group_alive(pid):
+    while time.monotonic() < deadline and group_alive(pid):
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    while _group_alive(pid) and time.monotonic() < deadline + 5:
+    while group_alive(pid) and time.monotonic() < deadline + 5:
         time.sleep(0.1)
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:

@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 
 from tools import prometheus
-from tools.procs import Server, alive, free_port, port_taken, stop_group
+from tools.procs import Server, alive, free_port, group_alive, port_taken, stop_group
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -103,6 +103,9 @@ class Stack:
     ports: Ports = field(default_factory=Ports)
     settings: Settings = field(default_factory=Settings)
     pids: dict[str, int] = field(default_factory=dict)
+    # Every process group the stack started (a component's PID leads its group), also of
+    # components since restarted: `down` ends those too.
+    groups: list[int] = field(default_factory=list)
 
     # -- where things are ---------------------------------------------------------------------
 
@@ -153,7 +156,7 @@ class Stack:
     # -- state on disk ------------------------------------------------------------------------
 
     def save(self) -> None:
-        data = {"ports": asdict(self.ports), "pids": self.pids}
+        data = {"ports": asdict(self.ports), "pids": self.pids, "groups": self.groups}
         self.state_file.write_text(json.dumps(data, indent=2))
 
     @classmethod
@@ -162,7 +165,10 @@ class Stack:
         if not path.exists():
             return None
         data = json.loads(path.read_text())
-        return cls(root, Ports(**data["ports"]), pids=data.get("pids", {}))
+        return cls(
+            root, Ports(**data["ports"]), pids=data.get("pids", {}),
+            groups=data.get("groups", []),
+        )  # fmt: skip
 
     def running(self) -> list[str]:
         return [name for name, pid in self.pids.items() if alive(pid)]
@@ -183,8 +189,12 @@ class Stack:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            # Two cores: a handful of task processes at once, not the default 32.
-            "AIRFLOW__CORE__PARALLELISM": "4",
+            # The LocalExecutor forks this many workers at start (the default 32). Two: a run's
+            # task and a backfill's, or a task and the rollout's resumed try.
+            "AIRFLOW__CORE__PARALLELISM": "2",
+            # One api-server process, one DAG parser at a time: a handful of DAG files.
+            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
             "AIRFLOW__API__BASE_URL": self.airflow_url,
@@ -219,21 +229,39 @@ class Stack:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def up(self, say: Any = print) -> None:
-        """Start every component that is not running, set up what the DAGs need, wait."""
+        """Start every component that is not running, set up what the DAGs need, wait.
+
+        Components that do not need each other start together: localcluster, MLflow and
+        Airflow's database migration at once; Prometheus and Airflow's components as soon as
+        what they need is there. Each is waited on through its health endpoint, never a sleep.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
         self._prepare_files()
         if not self.pids or not self.running():
             self._check_ports()
             self.pids = {}
-        started = False
-        if "localcluster" not in self.running():
+        running = set(self.running())
+        waits: list[Server] = []
+        if "localcluster" not in running:
             say("starting localcluster (the Kubernetes API, pods as processes)")
-            health = f"http://127.0.0.1:{self.ports.cluster}/readyz"
-            self._start("localcluster", self._localcluster_cmd(), health, {"PYTHONPATH": str(REPO)})
+            health = f"{self.cluster_url}/readyz"
+            cluster = self._launch("localcluster", self._localcluster_cmd(), health,
+                                   {"PYTHONPATH": str(REPO)})  # fmt: skip
+        if "mlflow" not in running:
+            say("starting MLflow (SQLite backend, local artifacts)")
+            # No job runner: its seven consumer processes serve MLflow's server-side GenAI
+            # jobs and periodic trace tasks, which tracking and the registry never use.
+            no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+            waits.append(self._launch("mlflow", self._mlflow_cmd(), f"{self.mlflow_url}/health",
+                                      no_jobs))  # fmt: skip
+        airflow = [c for c in AIRFLOW_COMPONENTS if c not in running]
+        if airflow:
+            self._airflow_init()  # the database, while the others start
+        if "localcluster" not in running:
+            self._ready(cluster)
             self._setup_cluster()
-            started = True
-        if "prometheus" not in self.running():
+        if "prometheus" not in running:
             say("starting Prometheus (scrapes the serving pods for the rollout's analysis)")
             try:
                 server = prometheus.server(
@@ -241,34 +269,24 @@ class Stack:
                 )
             except RuntimeError as exc:
                 raise StackError(str(exc)) from None
-            self._start("prometheus", server.cmd, server.health_url)
-            started = True
-        if "mlflow" not in self.running():
-            say("starting MLflow (SQLite backend, local artifacts)")
-            self._start("mlflow", self._mlflow_cmd(), f"{self.mlflow_url}/health")
-            started = True
-        airflow = [c for c in AIRFLOW_COMPONENTS if c not in self.running()]
+            waits.append(self._launch("prometheus", server.cmd, server.health_url))
         if airflow:
             say(f"starting Airflow ({', '.join(airflow)})")
-            self._airflow_init()
             for component in airflow:
-                health = f"{self.airflow_url}/api/v2/monitor/health"
-                self._start(
-                    component,
-                    # Bound to loopback only: pods serve on 127.x.y.z addresses with the same
-                    # ports, which a wildcard bind would take from them.
-                    [str(BIN / "airflow"), component]
-                    + (["--host", "127.0.0.1"] if component == "api-server" else []),
-                    health if component == "api-server" else None,
-                    self.airflow_env(),
-                )
-            started = True
+                self._launch(component, self._airflow_cmd(component), "", self.airflow_env())
+        for server in waits:
+            self._ready(server)
         self.save()
-        if started:
+        if airflow:
             self._wait_airflow_healthy()
 
     def down(self) -> list[str]:
-        """Stop every component this stack started (by PID); return the names stopped."""
+        """Stop every process this stack started; return the names stopped.
+
+        Each component's process group is ended (SIGTERM, then SIGKILL after the grace
+        period), and so is every group the stack ever started, so that processes whose parent
+        died -- LocalExecutor workers of a scheduler that was killed and restarted -- go too.
+        """
         stopped = []
         # Airflow first (it may be talking to the cluster), the cluster last (it ends pods).
         for name in reversed(COMPONENTS):
@@ -276,7 +294,14 @@ class Stack:
             if pid and alive(pid):
                 stop_group(pid, grace=20 if name == "localcluster" else 10)
                 stopped.append(name)
-        self.pids = {}
+        orphans = 0
+        for group in self.groups:
+            if group_alive(group):
+                orphans += 1
+                stop_group(group, grace=5)
+        if orphans:
+            stopped.append(f"{orphans} orphaned process group(s)")
+        self.pids, self.groups = {}, []
         if self.state_file.exists():
             self.save()
         return stopped
@@ -319,26 +344,38 @@ class Stack:
                     f"`make down` if it is an earlier demo (ss -ltnp 'sport = :{port}' shows who)"
                 )
 
-    def _start(
-        self,
-        name: str,
-        cmd: list[str],
-        health: str | None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        server = Server(name, cmd, health or "", self.log(name), {**inherited_env(), **(env or {})})
+    def _launch(
+        self, name: str, cmd: list[str], health: str, env: dict[str, str] | None = None
+    ) -> Server:
+        """Start a component in its own process group, recorded at once; do not wait."""
+        server = Server(name, cmd, health, self.log(name), {**inherited_env(), **(env or {})})
+        server.start_background()
+        assert server.proc is not None  # noqa: S101 - start_background sets it
+        self.pids[name] = server.proc.pid
+        self.groups = sorted({*self.groups, server.proc.pid})
+        self.save()
+        return server
+
+    def _ready(self, server: Server, timeout: float = 180) -> None:
         try:
-            if health:
-                server.start(timeout=180)
-            else:
-                server.start_background()
+            server.wait_ready(timeout)
         except (RuntimeError, TimeoutError) as exc:
             raise StackError(
-                f"{name} did not start: {str(exc).splitlines()[0]}\nread its log: {self.log(name)}"
+                f"{server.name} did not start: {str(exc).splitlines()[0]}\n"
+                f"read its log: {self.log(server.name)}"
             ) from None
-        if server.proc is not None:
-            self.pids[name] = server.proc.pid
-        self.save()
+
+    def _airflow_cmd(self, component: str) -> list[str]:
+        cmd = [str(BIN / "airflow"), component]
+        if component == "api-server":
+            # Bound to loopback only: pods serve on 127.x.y.z addresses with the same ports,
+            # which a wildcard bind would take from them.
+            cmd += ["--host", "127.0.0.1"]
+        if component in ("scheduler", "triggerer"):
+            # One machine, one log folder: the api-server reads task logs from the files, so
+            # the log-serving subprocess each of these would start is not needed.
+            cmd.append("--skip-serve-logs")
+        return cmd
 
     def _localcluster_cmd(self) -> list[str]:
         return [
@@ -356,7 +393,7 @@ class Stack:
             "--host", "127.0.0.1", "--port", str(self.ports.mlflow),
             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
             "--artifacts-destination", str(self.root / "mlartifacts"),
-            "--workers", "1",
+            "--workers", "1",  # one uvicorn process serves the demo (the default is four)
         ]  # fmt: skip
 
     def kubectl(self, *args: str, input_text: str | None = None) -> str:

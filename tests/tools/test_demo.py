@@ -9,11 +9,14 @@ succeeds, a backfill deploys nothing, and `down` leaves no process and no port b
 from __future__ import annotations
 
 import shutil
+import urllib.parse
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from tools import demo
@@ -66,9 +69,14 @@ def test_a_second_demo_reuses_the_stack_and_trains_a_challenger(
     s = second.summary
     assert s["model_version"] != outcome.summary["model_version"]
     assert s["evaluation"] in ("promote", "reject")
-    # Whatever was decided, the Service answers with the version that decision implies.
+    # Whatever was decided, the Gateway answers with the version that decision implies.
     expected = s["model_version"] if s["deploy"] else outcome.summary["model_version"]
     assert s["served_version"] == expected
+    # Simulated users were on the Gateway all along; none of their requests failed.
+    assert s["users"]["requests"] > 100
+    assert s["users"]["failed"] == 0
+    if s["deploy"]:
+        assert [step["step"] for step in s["rollout_outcome"]["steps"]] == ["shadow", "10%", "50%"]
 
 
 def test_the_ui_trigger_form_shows_the_params_and_a_run_triggered_from_it_succeeds(
@@ -132,17 +140,38 @@ def test_a_backfill_from_the_demo_deploys_nothing(
     assert demo.serving(stack)["served_version"] == before
 
 
-def test_down_leaves_no_process_and_no_port(
+def running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_killed_scheduler_is_restarted_then_down_leaves_no_process_and_no_port(
     first: tuple[Stack, demo.Outcome], demo_root: Path
 ) -> None:
     stack, _ = first
-    pids, ports = dict(stack.pids), (stack.ports.cluster, stack.ports.mlflow, stack.ports.airflow)
-    pod_ips = demo.serving(stack)["service"]
+    # The scheduler dies (OOM killer, a crash); its LocalExecutor workers are left behind.
+    scheduler = psutil.Process(stack.pids["scheduler"])
+    workers = [p.pid for p in scheduler.children(recursive=True)]
+    assert workers, "the scheduler had no worker processes to orphan"
+    scheduler.kill()
+    scheduler.wait(10)
+    assert any(running(pid) for pid in workers)
+    restarted = demo.stack_for(demo_root)
+    restarted.up(say=lambda message: None)  # brings the scheduler back, in a new group
+    stack = restarted
+    assert stack.pids["scheduler"] != scheduler.pid
+    pids, ports = dict(stack.pids), list(asdict(stack.ports).values())
+    gateway = urllib.parse.urlsplit(demo.serving(stack)["service"])
     stopped = demo.down(demo_root)
-    assert set(stopped) == set(pids)
+    assert set(pids) <= set(stopped)
+    assert "1 orphaned process group(s)" in stopped  # the old scheduler's workers
     assert [name for name, pid in pids.items() if alive(pid)] == []
+    assert [pid for pid in workers if running(pid)] == []
     assert [p for p in ports if port_taken(p)] == []
-    # The pods' processes went with localcluster: the Service address no longer answers.
-    host, port = pod_ips.removeprefix("http://").split(":")
-    assert not port_taken(int(port), host)
+    # The pods and the Gateway went with localcluster: its address no longer answers.
+    assert gateway.hostname is not None
+    assert not port_taken(gateway.port or 80, gateway.hostname)
     assert demo.down(demo_root) == []  # a second `make down` finds nothing to stop
