@@ -12,6 +12,7 @@ import pytest
 from helmsman.serving import objects
 from helmsman.serving.analysis import (
     Figures,
+    Offline,
     Paired,
     StepReport,
     Thresholds,
@@ -128,7 +129,7 @@ def test_judge_compares_the_shadow_pairs() -> None:
 def test_the_shadow_step_allows_what_evaluation_saw_between_the_versions_and_no_more() -> None:
     # Evaluation found the retrained model 0.13 away from the champion on average: live, the
     # same 0.13 is expected, not a fault; 0.13 + the 0.05 margin is the limit.
-    offline = Paired(pairs=2000, disagreement=0.12, mean_abs_diff=0.13)
+    offline = Offline(disagreement=0.12, mean_abs_diff=0.13)
     as_evaluated = Paired(pairs=200, disagreement=0.13, mean_abs_diff=0.14)
     judged = judge(StepReport("shadow", 0, 10.0, figures(100), figures(100), paired=as_evaluated),
                    T, offline=offline)  # fmt: skip
@@ -140,6 +141,20 @@ def test_the_shadow_step_allows_what_evaluation_saw_between_the_versions_and_no_
         "shadow: decisions differ on 30.0% of 200 requests (over 17.0%)",
         "shadow: mean |score difference| 0.250 over 0.180",
     ]
+
+
+def test_a_distribution_is_judged_against_what_evaluation_saw_between_the_versions() -> None:
+    # Two models far apart by design (evaluation: 0.7): live 0.75 is them, served right.
+    offline = Offline(disagreement=0.0, mean_abs_diff=0.0, divergence=0.7)
+    apart = figures(100, hist=[100, 0, 0, 0]), figures(100, hist=[30, 70, 0, 0])
+    assert judge(StepReport("20%", 20, 10.0, *apart), T, offline=offline).failures == []
+    # Without that baseline the same figures fail the absolute limit.
+    failures = judge(StepReport("20%", 20, 10.0, *apart), T).failures
+    assert failures[0].startswith("prediction distribution diverges")
+    # Further apart than evaluation saw, beyond the margin: a serving fault.
+    offline = Offline(disagreement=0.0, mean_abs_diff=0.0, divergence=0.2)
+    failures = judge(StepReport("20%", 20, 10.0, *apart), T, offline=offline).failures
+    assert failures[0].endswith("over 0.300 (evaluation saw 0.200)")
 
 
 def test_a_switch_is_judged_against_the_stable_versions_window_before() -> None:

@@ -155,10 +155,16 @@ def test_decision_rules(
 
 
 def test_the_offline_difference_from_the_champion_is_what_the_rollout_expects_live() -> None:
-    new = np.array([0.1, 0.6, 0.8, 0.2], dtype=np.float32)
+    new = np.array([0.12, 0.62, 0.83, 0.22], dtype=np.float32)
     old = np.array([0.3, 0.4, 0.7, 0.2], dtype=np.float32)
     versus = evaluate.versus_champion(new, old, "3")
     assert versus["champion_version"] == "3"
-    assert versus["mean_abs_diff"] == pytest.approx((0.2 + 0.2 + 0.1 + 0.0) / 4)
-    assert versus["disagreement"] == pytest.approx(1 / 4)  # only 0.6 vs 0.4 crosses 0.5
+    assert versus["mean_abs_diff"] == pytest.approx((0.18 + 0.22 + 0.13 + 0.02) / 4)
+    assert versus["disagreement"] == pytest.approx(1 / 4)  # only 0.62 vs 0.4 crosses 0.5
     assert versus["rows"] == 4
+    # Counted in the serving histogram's buckets, (0.1, 0.15] being the third: 0.12 -> 2,
+    # 0.22 -> 4, 0.62 -> 12, 0.83 -> 16.
+    counts = versus["challenger_counts"]
+    assert len(counts) == 20
+    assert [i for i, n in enumerate(counts) if n] == [2, 4, 12, 16]
+    assert sum(versus["champion_counts"]) == 4

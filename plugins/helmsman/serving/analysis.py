@@ -43,10 +43,11 @@ class Thresholds:
     min_divergence_samples: int = 100
     max_disagreement: float = 0.1  # shadow: share of requests whose decision differs
     max_mean_abs_diff: float = 0.1  # shadow: mean |score_new - score_stable|
-    # ... or, when evaluation compared the two versions offline, what it saw plus this margin:
+    # ... or, when evaluation compared the two versions offline, what it saw plus a margin:
     # a retrained model may differ from the champion by design; served, it must differ as much
     # as it did in evaluation, no more.
     shadow_margin: float = 0.05
+    divergence_margin: float = 0.1  # sampling noise of 100 predictions is under 0.07
     min_requests: int = 20  # per side and window, to judge rates and distributions
     decision_threshold: float = 0.5  # a score at or above it is the positive decision
 
@@ -72,6 +73,15 @@ class Paired:
     pairs: int = 0
     disagreement: float = 0.0
     mean_abs_diff: float = 0.0
+
+
+@dataclass(frozen=True)
+class Offline:
+    """How evaluation saw the new version differ from the stable one on the held-out rows."""
+
+    disagreement: float
+    mean_abs_diff: float
+    divergence: float | None = None
 
 
 @dataclass
@@ -177,7 +187,7 @@ def judge(
     thresholds: Thresholds,
     *,
     compare_live: bool = True,
-    offline: Paired | None = None,
+    offline: Offline | None = None,
 ) -> StepReport:
     """Fill in the report's failures and notes from its figures; returns the report.
 
@@ -219,10 +229,18 @@ def judge(
             )
         elif stable.requests >= t.min_requests:
             report.divergence = jensen_shannon(new.histogram, stable.histogram)
-            if report.divergence > t.max_divergence:
+            most = t.max_divergence
+            if offline is not None and offline.divergence is not None:
+                most = max(most, offline.divergence + t.divergence_margin)
+            if report.divergence > most:
+                seen = (
+                    f" (evaluation saw {offline.divergence:.3f})"
+                    if offline is not None and offline.divergence is not None
+                    else ""
+                )
                 report.failures.append(
                     f"prediction distribution diverges from the stable version's: "
-                    f"Jensen-Shannon {report.divergence:.3f} over {t.max_divergence}"
+                    f"Jensen-Shannon {report.divergence:.3f} over {most:.3f}{seen}"
                 )
         elif compare_live:
             report.notes.append("the stable version had too little traffic to compare with")

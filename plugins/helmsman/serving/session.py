@@ -40,10 +40,11 @@ from typing import Any
 
 from helmsman.serving import objects
 from helmsman.serving.analysis import (
-    Paired,
+    Offline,
     Prometheus,
     StepReport,
     Thresholds,
+    jensen_shannon,
     judge,
     pair,
     parse_prediction_log,
@@ -415,13 +416,14 @@ class RolloutSession:
             report, self.settings.thresholds, compare_live=weight < 100, offline=self._offline()
         )
 
-    def _offline(self) -> Paired | None:
+    def _offline(self) -> Offline | None:
         """How evaluation saw the new version differ from the one serving now, if it did."""
         versus = self.golden().get("versus_champion") or {}
         if not versus or str(versus.get("champion_version")) != str(self.record.get("previous")):
             return None
-        return Paired(int(versus.get("rows", 0)), float(versus["disagreement"]),
-                      float(versus["mean_abs_diff"]))  # fmt: skip
+        new, old = versus.get("challenger_counts"), versus.get("champion_counts")
+        divergence = jensen_shannon(new, old) if new and old else None
+        return Offline(float(versus["disagreement"]), float(versus["mean_abs_diff"]), divergence)
 
     def _predictions(self, slot: str, since_seconds: int) -> dict[str, list[float]]:
         """What a slot's pods logged as compared predictions, by request id."""

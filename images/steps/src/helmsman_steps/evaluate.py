@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from helmsman_steps import logs, registry
 from helmsman_steps.exitcodes import BadInputError
-from helmsman_steps.model import NumpyModel
+from helmsman_steps.model import NumpyModel, score_counts
 from helmsman_steps.schema import ID_COLUMN, LABEL, RAW_FEATURES
 from helmsman_steps.store import DatasetStore, days_in
 from helmsman_steps.train import HOLDOUT_BUCKET, buckets
@@ -168,12 +168,15 @@ def versus_champion(
     new: npt.NDArray[np.float32], old: npt.NDArray[np.float32], champion_version: str
 ) -> dict[str, Any]:
     """How far the challenger's answers are from the champion's on the held-out rows: what a
-    rollout's shadow step should see live too, if both are served as they were evaluated."""
+    rollout's shadow step and live steps should see too, if both are served as evaluated."""
     return {
         "champion_version": champion_version,
         "mean_abs_diff": float(np.mean(np.abs(new - old))),
         "disagreement": float(np.mean((new >= 0.5) != (old >= 0.5))),
         "rows": len(new),
+        # Counts per serving histogram bucket: the distributions a live step compares.
+        "challenger_counts": score_counts(new).tolist(),
+        "champion_counts": score_counts(old).tolist(),
     }
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from helmsman_steps import logs, registry
 from helmsman_steps.exitcodes import BadInputError, ExitCode
-from helmsman_steps.model import NumpyModel
+from helmsman_steps.model import PREDICTION_BUCKETS, NumpyModel, score_counts
 from helmsman_steps.schema import CATEGORIES, NUMERIC_RANGES
 
 log = logs.get(__name__)
@@ -93,7 +93,6 @@ class Metrics:
         )  # fmt: skip
 
 
-PREDICTION_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95, then +Inf
 COMPARE_HEADER = b"x-helmsman-compare"
 REQUEST_ID_HEADER = b"x-request-id"
 
@@ -103,15 +102,12 @@ class PredictionHistogram:
     with numpy (one ``observe`` per row would cost more than the model for large batches)."""
 
     def __init__(self) -> None:
-        self.bounds = np.asarray(PREDICTION_BUCKETS)
         self.counts = np.zeros(len(PREDICTION_BUCKETS) + 1, dtype=np.int64)
         self.total = 0.0
         self.lock = threading.Lock()
 
     def observe(self, scores: np.ndarray) -> None:
-        # A score on a bucket's bound belongs to it (Prometheus buckets are "le").
-        bins = np.searchsorted(self.bounds, scores, side="left")
-        counts = np.bincount(bins, minlength=len(self.counts))
+        counts = score_counts(scores)
         with self.lock:
             self.counts += counts
             self.total += float(scores.sum())
