@@ -51,6 +51,92 @@ def _truthy(value: str | None) -> bool:
     return (value or "").lower() in ("true", "1")
 
 
+# The annotation on the bookmark that ends a watch's initial events (WatchList).
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+
+def _go_strings(values: list[str]) -> str:
+    """A string slice as Go's ``%#v`` prints it in a field error: ``[]string{"a", "b"}``."""
+    return "[]string{" + ", ".join(json.dumps(v) for v in values) + "}"
+
+
+def dry_run(values: list[str], options: str) -> bool:
+    """Whether ``dryRun`` values ask for a dry run; 422 for any but "All", as the real server's
+    ``ValidateDryRun`` answers for ``options`` (CreateOptions, UpdateOptions, ...)."""
+    if any(v != "All" for v in values):
+        body = f'Unsupported value: {_go_strings(values)}: supported values: "All"'
+        raise errors.invalid_options(options, [("FieldValueNotSupported", "dryRun", body)])
+    return bool(values)
+
+
+def check_list_options(query: Any, watch: bool) -> None:
+    """``ValidateListOptions`` of the real server (WatchList enabled): 422 on ListOptions."""
+    match = query.get("resourceVersionMatch", "")
+    initial = query.get("sendInitialEvents")
+    causes: list[tuple[str, str, str]] = []
+
+    def forbidden(field: str, detail: str) -> None:
+        causes.append(("FieldValueForbidden", field, f"Forbidden: {detail}"))
+
+    def unsupported(supported: list[str]) -> None:
+        listed = ", ".join(json.dumps(v) for v in supported)
+        detail = f"Unsupported value: {json.dumps(match)}: supported values: {listed}"
+        causes.append(("FieldValueNotSupported", "resourceVersionMatch", detail))
+
+    if watch:
+        if initial is not None and match != "NotOlderThan":
+            forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )
+        if match:
+            if initial is None:
+                forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is "
+                    "provided",
+                )
+            if match != "NotOlderThan":
+                unsupported(["NotOlderThan"])
+            if query.get("continue"):
+                forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden when continue is provided",
+                )
+    else:
+        if match:
+            rv = query.get("resourceVersion", "")
+            if not rv:
+                forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                )
+            if query.get("continue"):
+                forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden when continue is provided",
+                )
+            if match not in ("Exact", "NotOlderThan"):
+                unsupported(["Exact", "NotOlderThan", ""])
+            if match == "Exact" and rv == "0":
+                forbidden(
+                    "resourceVersionMatch",
+                    'resourceVersionMatch "exact" is forbidden for resourceVersion "0"',
+                )
+        if initial is not None:
+            forbidden("sendInitialEvents", "sendInitialEvents is forbidden for list")
+    if causes:
+        raise errors.invalid_options("ListOptions", causes)
+
+
+def _count(query: Any, name: str) -> int:
+    value = query.get(name) or "0"
+    try:
+        return max(int(value), 0)
+    except ValueError as exc:
+        raise errors.bad_request(f'strconv.ParseInt: parsing "{value}": invalid syntax') from exc
+
+
 def parse_path(parts: list[str]) -> Target:
     """``[group, version, ...rest]`` after /api or /apis -> what the request addresses."""
     group, version, rest = parts[0], parts[1], parts[2:]
@@ -261,21 +347,23 @@ class ApiServer:
                     return await self._watch(request, target)
                 listing = self._list(request, target)
                 if tables.wants_table(request.headers.get("Accept", "")):
-                    return json_response(
-                        tables.table(
-                            target.kind.kind,
-                            listing["items"],
-                            listing["metadata"]["resourceVersion"],
-                            request.query.get("includeObject", "Metadata"),
-                        )
+                    table = tables.table(
+                        target.kind.kind,
+                        listing["items"],
+                        listing["metadata"]["resourceVersion"],
+                        request.query.get("includeObject", "Metadata"),
                     )
+                    table["metadata"] = listing["metadata"]
+                    return json_response(table)
                 return json_response(listing)
             if method == "POST":
+                dry = dry_run(request.query.getall("dryRun", []), "CreateOptions")
+                body = await self._body(request)
                 return json_response(
-                    self.store.create(target.kind, target.namespace, await self._body(request)), 201
+                    self.store.create(target.kind, target.namespace, body, dry_run=dry), 201
                 )
             if method == "DELETE":
-                return json_response(self._delete_collection(request, target))
+                return json_response(await self._delete_collection(request, target))
         else:
             if target.subresource == "log" and method == "GET":
                 return await self._log(request, target)
@@ -292,15 +380,17 @@ class ApiServer:
                     )
                 return json_response(obj)
             if method == "PUT":
+                dry = dry_run(request.query.getall("dryRun", []), "UpdateOptions")
                 body = await self._body(request)
                 self._validate_fields(request, target, body)
-                return json_response(self._put(target, body))
+                return json_response(self._put(target, body, dry))
             if method == "PATCH":
                 return json_response(await self._patch(request, target))
             if method == "DELETE":
                 return json_response(await self._delete(request, target))
             if method == "POST" and target.subresource == "eviction":
-                self.store.delete(target.kind, target.namespace, target.name)
+                dry = await self._eviction_dry_run(request)
+                self.store.delete(target.kind, target.namespace, target.name, dry_run=dry)
                 return json_response(
                     {"kind": "Status", "apiVersion": "v1", "status": "Success"}, 201
                 )
@@ -315,24 +405,56 @@ class ApiServer:
             raise errors.bad_request("the request body must be a JSON object")
         return body  # type: ignore[return-value]
 
+    async def _eviction_dry_run(self, request: web.Request) -> bool:
+        """An Eviction's dry run: its CreateOptions' ``dryRun``, carried into its
+        ``deleteOptions`` as the real eviction REST does (400 if the two disagree)."""
+        query = request.query.getall("dryRun", [])
+        dry_run(query, "CreateOptions")
+        eviction: Any = {}
+        if request.can_read_body:
+            text = await request.text()
+            if text.strip():
+                eviction = json.loads(text)
+        inner = ((eviction or {}).get("deleteOptions") or {}).get("dryRun") or []
+        dry_run(inner, "DeleteOptions")
+        if query and inner and query != inner:
+            raise errors.bad_request(
+                f"DryRun in DeleteOptions ({inner}) does not match DryRun in CreateOptions "
+                f"({query})"
+            )
+        return bool(query or inner)
+
     # -- verbs -----------------------------------------------------------------------------
     def _list(self, request: web.Request, target: Target) -> dict[str, Any]:
-        labels = selectors.parse_labels(request.query.get("labelSelector"))
-        fields = selectors.parse_fields(request.query.get("fieldSelector"))
-        namespace = target.namespace or None
-        items = self.store.list(
-            target.kind,
-            namespace,
-            lambda o: labels(o["metadata"].get("labels") or {}) and fields(o),
+        """A list, or one chunk of it with ``limit`` and ``continue`` (see ``Store.list_page``)."""
+        query = request.query
+        check_list_options(query, watch=False)
+        token = query.get("continue", "")
+        if token and query.get("resourceVersion", "") not in ("", "0"):
+            raise errors.bad_request(
+                "specifying resource version is not allowed when using continue"
+            )
+        where = None
+        if query.get("labelSelector") or query.get("fieldSelector"):
+            labels = selectors.parse_labels(query.get("labelSelector"))
+            fields = selectors.parse_fields(query.get("fieldSelector"))
+
+            def where(o: dict[str, Any]) -> bool:
+                return labels(o["metadata"].get("labels") or {}) and fields(o)
+
+        page = self.store.list_page(
+            target.kind, target.namespace or None, where, _count(query, "limit"), token
         )
-        limit = int(request.query.get("limit") or 0)
-        if limit:
-            items = items[:limit]
+        metadata: dict[str, Any] = {"resourceVersion": page.resource_version}
+        if page.continue_token:
+            metadata["continue"] = page.continue_token
+        if page.remaining is not None:
+            metadata["remainingItemCount"] = page.remaining
         return {
             "kind": f"{target.kind.kind}List",
             "apiVersion": target.kind.api_version,
-            "metadata": {"resourceVersion": self.store.resource_version},
-            "items": items,
+            "metadata": metadata,
+            "items": page.items,
         }
 
     def _get(self, target: Target) -> dict[str, Any]:
@@ -341,7 +463,7 @@ class ApiServer:
             return _scale_of(obj)
         return obj
 
-    def _scale_to(self, target: Target, scale: dict[str, Any]) -> dict[str, Any]:
+    def _scale_to(self, target: Target, scale: dict[str, Any], dry: bool) -> dict[str, Any]:
         """The scale subresource: only spec.replicas of the parent object changes."""
         replicas = scale.get("spec", {}).get("replicas", 0)
         updated = self.store.update(
@@ -349,17 +471,19 @@ class ApiServer:
             target.namespace,
             target.name,
             lambda o: o["spec"].__setitem__("replicas", replicas),
+            dry_run=dry,
         )
         return _scale_of(updated)
 
-    def _put(self, target: Target, body: dict[str, Any]) -> dict[str, Any]:
+    def _put(self, target: Target, body: dict[str, Any], dry: bool) -> dict[str, Any]:
         if target.subresource == "scale":
-            return self._scale_to(target, body)
+            return self._scale_to(target, body, dry)
         return self.store.replace(
-            target.kind, target.namespace, target.name, body, target.subresource
+            target.kind, target.namespace, target.name, body, target.subresource, dry
         )
 
     async def _patch(self, request: web.Request, target: Target) -> dict[str, Any]:
+        dry = dry_run(request.query.getall("dryRun", []), "PatchOptions")
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
         body: Any = await self._body(request)
         self._validate_fields(request, target, body)
@@ -383,63 +507,96 @@ class ApiServer:
                 "application/apply-patch+yaml, application/strategic-merge-patch+json",
             )
         if target.subresource == "scale":
-            return self._scale_to(target, new)
+            return self._scale_to(target, new, dry)
         new.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
         return self.store.replace(
-            target.kind, target.namespace, target.name, new, target.subresource
+            target.kind, target.namespace, target.name, new, target.subresource, dry
         )
 
-    async def _delete_options(self, request: web.Request) -> tuple[int | None, str]:
+    async def _delete_options(self, request: web.Request) -> tuple[int | None, str, bool]:
+        """Grace period, propagation policy and dry run of a DELETE.
+
+        ``dryRun`` comes from the DeleteOptions body when there is one, else from the query,
+        as the real handler decodes it.
+        """
         options: dict[str, Any] = {}
+        has_body = False
         if request.can_read_body:
             text = await request.text()
             if text.strip():
-                options = json.loads(text)
+                options, has_body = json.loads(text), True
         grace = options.get("gracePeriodSeconds", request.query.get("gracePeriodSeconds"))
         propagation = (
             options.get("propagationPolicy")
             or request.query.get("propagationPolicy")
             or "Background"
         )
-        return (int(grace) if grace is not None else None), propagation
+        dry_values = options.get("dryRun") if has_body else request.query.getall("dryRun", [])
+        dry = dry_run(list(dry_values or []), "DeleteOptions")
+        return (int(grace) if grace is not None else None), propagation, dry
 
     async def _delete(self, request: web.Request, target: Target) -> dict[str, Any]:
-        grace, propagation = await self._delete_options(request)
-        if target.kind.kind == "Namespace":
+        grace, propagation, dry = await self._delete_options(request)
+        if target.kind.kind == "Namespace" and not dry:
             for kind in KINDS:
                 if kind.namespaced:
                     for obj in self.store.list(kind, target.name):
                         with contextlib.suppress(errors.ApiError):
                             self.store.delete(kind, target.name, obj["metadata"]["name"], 0)
-        return self.store.delete(target.kind, target.namespace, target.name, grace, propagation)
+        return self.store.delete(
+            target.kind, target.namespace, target.name, grace, propagation, dry
+        )
 
-    def _delete_collection(self, request: web.Request, target: Target) -> dict[str, Any]:
+    async def _delete_collection(self, request: web.Request, target: Target) -> dict[str, Any]:
+        grace, propagation, dry = await self._delete_options(request)
         listing = self._list(request, target)
         for obj in listing["items"]:
             with contextlib.suppress(errors.ApiError):
                 self.store.delete(
-                    target.kind, obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+                    target.kind,
+                    obj["metadata"].get("namespace", ""),
+                    obj["metadata"]["name"],
+                    grace,
+                    propagation,
+                    dry,
                 )
         return listing
 
     # -- streams ---------------------------------------------------------------------------
     async def _watch(self, request: web.Request, target: Target) -> web.StreamResponse:
-        labels = selectors.parse_labels(request.query.get("labelSelector"))
-        fields = selectors.parse_fields(request.query.get("fieldSelector"))
-        timeout = float(request.query.get("timeoutSeconds") or 1800)
+        """A watch; with ``sendInitialEvents`` the WatchList protocol of the real server.
+
+        ``sendInitialEvents=true``: an ADDED event per current object, then (with
+        ``allowWatchBookmarks``) a BOOKMARK annotated ``k8s.io/initial-events-end``, then the
+        changes. ``sendInitialEvents=false``: the changes after ``resourceVersion``, or from now
+        when it is unset or "0". Both need ``resourceVersionMatch=NotOlderThan`` (422 if not).
+        """
+        query = request.query
+        check_list_options(query, watch=True)
+        labels = selectors.parse_labels(query.get("labelSelector"))
+        fields = selectors.parse_fields(query.get("fieldSelector"))
+        timeout = float(query.get("timeoutSeconds") or 1800)
+        since = query.get("resourceVersion")
+        initial = query.get("sendInitialEvents")
+        end_bookmark = False
+        if initial is not None:
+            if _truthy(initial):
+                since = None  # the current state, which is never older than what was asked
+                end_bookmark = _truthy(query.get("allowWatchBookmarks"))
+            elif not since or since == "0":
+                since = self.store.resource_version
         response = web.StreamResponse(
             headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"}
         )
         await response.prepare(request)
         try:
-            watch, replay = self.store.watch(
-                target.kind, target.namespace or None, request.query.get("resourceVersion")
-            )
+            watch, replay = self.store.watch(target.kind, target.namespace or None, since)
         except errors.ApiError as exc:
             await response.write(
                 json.dumps({"type": "ERROR", "object": exc.status()}).encode() + b"\n"
             )
             return response
+        listed_at = self.store.resource_version
 
         def visible(obj: dict[str, Any]) -> bool:
             return labels(obj["metadata"].get("labels") or {}) and fields(obj)
@@ -450,6 +607,8 @@ class ApiServer:
             for event in replay:
                 if visible(event.obj):
                     await response.write(_event_line(event.type, event.obj))
+            if end_bookmark:
+                await response.write(_event_line("BOOKMARK", _bookmark(target.kind, listed_at)))
             while True:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
@@ -506,6 +665,18 @@ class ApiServer:
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
+
+
+def _bookmark(kind: Kind, resource_version: str) -> dict[str, Any]:
+    """The empty object of a BOOKMARK event that ends the initial events."""
+    return {
+        "kind": kind.kind,
+        "apiVersion": kind.api_version,
+        "metadata": {
+            "resourceVersion": resource_version,
+            "annotations": {INITIAL_EVENTS_END: "true"},
+        },
+    }
 
 
 def _event_line(type_: str, obj: dict[str, Any]) -> bytes:

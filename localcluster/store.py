@@ -10,23 +10,29 @@ client and every controller alike.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import builtins
 import contextlib
 import copy
 import datetime as dt
 import random
 import re
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from localcluster import defaults, errors
+from localcluster import defaults, errors, paging
 from localcluster.resources import BY_KIND, Kind, kind
 
 Obj = dict[str, Any]
 HISTORY = 10_000
+# How long a paged list's first revision stays readable for its continue tokens: a real
+# cluster's etcd is compacted every 5 minutes, after which such a token gets 410 Expired.
+SNAPSHOT_SECONDS = 300.0
+SNAPSHOTS = 32
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
@@ -42,6 +48,25 @@ class Event:
     kind: Kind
     obj: Obj
     rv: int
+
+
+@dataclass
+class Page:
+    """One chunk of a list: the items, the revision they were read at, what follows."""
+
+    items: builtins.list[Obj]
+    resource_version: str
+    continue_token: str = ""
+    remaining: int | None = None
+
+
+@dataclass
+class _Snapshot:
+    """Every object of one kind at one revision, by key (``NAMESPACE/NAME`` or ``NAME``)."""
+
+    taken: float
+    keys: builtins.list[str]
+    objects: builtins.list[Obj]
 
 
 @dataclass
@@ -64,6 +89,7 @@ class Store:
         self._watches: list[Watch] = []
         self._waiters: builtins.list[asyncio.Future[None]] = []
         self._services = 0
+        self._snapshots: dict[tuple[str, int], _Snapshot] = {}
         # Each cluster takes its pod and service addresses from two /16s of 127.0.0.0/8 picked
         # at random, so that two clusters on one machine (tests beside a demo) do not collide.
         self.pod_octet, self.service_octet = random.sample(range(16, 250), 2)
@@ -101,11 +127,93 @@ class Store:
             and (where is None or where(obj))
         ]
 
+    def list_page(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        where: Callable[[Obj], bool] | None,
+        limit: int,
+        token: str,
+    ) -> Page:
+        """A list chunk of at most ``limit`` items (0: all) from where ``token`` left off.
+
+        Like etcd under the real server, every chunk of one list is read at the revision of its
+        first: the objects of the kind at that revision are kept (references: a stored object
+        is replaced on write, never changed in place) for ``SNAPSHOT_SECONDS``. A token that
+        outlives its revision gets 410 Expired carrying a token that goes on at the latest
+        revision. ``remaining`` counts what follows, and only without ``where``: with a
+        selector the real server cannot count cheaply and leaves it out.
+        """
+        prefix = f"{namespace}/" if namespace and kind.namespaced else ""
+        if token:
+            start, revision = paging.decode(token)
+            start = prefix + start
+            if revision == paging.LATEST:
+                revision = self._rv
+                snapshot = self._snapshot(kind)
+            else:
+                kept = self._snapshots.get((kind.key, revision))
+                if kept is None or time.monotonic() - kept.taken > SNAPSHOT_SECONDS:
+                    retry = paging.encode(start[len(prefix) :], paging.LATEST)
+                    raise errors.expired(paging.TOO_OLD, retry)
+                snapshot = kept
+        else:
+            start, revision = prefix, self._rv
+            snapshot = self._snapshot(kind)
+        keys = snapshot.keys
+        first = bisect.bisect_left(keys, start)
+        last = first
+        while last < len(keys) and keys[last].startswith(prefix):
+            last += 1
+        picked: builtins.list[int] = []
+        more = False
+        for i in range(first, last):
+            if where is None or where(snapshot.objects[i]):
+                if limit and len(picked) == limit:
+                    more = True
+                    break
+                picked.append(i)
+        page = Page([copy.deepcopy(snapshot.objects[i]) for i in picked], str(revision), "", None)
+        if more:
+            page.continue_token = paging.encode(keys[picked[-1]][len(prefix) :] + "\x00", revision)
+            if where is None:
+                page.remaining = last - first - limit
+            self._keep(kind, revision, snapshot)
+        return page
+
+    def _snapshot(self, kind: Kind) -> _Snapshot:
+        kept = self._snapshots.get((kind.key, self._rv))
+        if kept is not None:
+            return kept
+        pairs = sorted(
+            (f"{ns}/{name}" if kind.namespaced else name, obj)
+            for (key, ns, name), obj in self._objects.items()
+            if key == kind.key
+        )
+        return _Snapshot(time.monotonic(), [k for k, _ in pairs], [o for _, o in pairs])
+
+    def _keep(self, kind: Kind, revision: int, snapshot: _Snapshot) -> None:
+        """Keep a revision readable for continue tokens (for ``SNAPSHOT_SECONDS`` from its last
+        page); forget the expired and, past ``SNAPSHOTS``, the least recently paged."""
+        snapshot.taken = time.monotonic()
+        horizon = snapshot.taken - SNAPSHOT_SECONDS
+        for key in [k for k, s in self._snapshots.items() if s.taken < horizon]:
+            del self._snapshots[key]
+        self._snapshots[(kind.key, revision)] = snapshot
+        while len(self._snapshots) > SNAPSHOTS:
+            oldest = min(self._snapshots, key=lambda k: self._snapshots[k].taken)
+            del self._snapshots[oldest]
+
     # -- writes ----------------------------------------------------------------------------
     def allocate_address(self) -> str:
         """A loopback address of its own, from the Service range (ClusterIPs, gateways)."""
+        address = self._next_address()
         self._services += 1
-        n = self._services
+        return address
+
+    def _next_address(self) -> str:
+        """The address ``allocate_address`` would hand out next (a dry run shows it, keeps it)."""
+        n = self._services + 1
         return f"127.{self.service_octet}.{(n // 250) % 250}.{n % 250 + 2}"
 
     def _bump(self) -> str:
@@ -123,7 +231,11 @@ class Store:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def create(self, kind: Kind, namespace: str, obj: Obj) -> Obj:
+    def create(self, kind: Kind, namespace: str, obj: Obj, dry_run: bool = False) -> Obj:
+        """Store a new object. ``dry_run``: every check and default, a generated name, uid and
+        creationTimestamp, but nothing stored and no resourceVersion (the real server's dry-run
+        storage answers with the object as it would have been written, before etcd versions it).
+        """
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         if not meta.get("name") and meta.get("generateName"):
@@ -158,20 +270,34 @@ class Store:
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         defaults.apply(kind.kind, obj)
         if kind.kind == "Service" and obj["spec"].get("clusterIP") in (None, ""):
-            ip = self.allocate_address()
+            ip = self._next_address() if dry_run else self.allocate_address()
             obj["spec"]["clusterIP"], obj["spec"]["clusterIPs"] = ip, [ip]
-        meta.update(uid=str(uuid.uuid4()), resourceVersion=self._bump(), creationTimestamp=now())
+        meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
         meta.pop("deletionTimestamp", None)
         if "spec" in obj or kind.kind in ("Deployment", "ReplicaSet", "Pod", "Service"):
             meta["generation"] = 1
+        if dry_run:
+            meta.pop("resourceVersion", None)
+            return obj
+        meta["resourceVersion"] = self._bump()
         self._objects[key] = obj
         self._emit("ADDED", kind, obj)
         return copy.deepcopy(obj)
 
     def replace(
-        self, kind: Kind, namespace: str, name: str, obj: Obj, subresource: str = ""
+        self,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        obj: Obj,
+        subresource: str = "",
+        dry_run: bool = False,
     ) -> Obj:
-        """PUT semantics: whole object (or its status), with optimistic concurrency."""
+        """PUT semantics: whole object (or its status), with optimistic concurrency.
+
+        ``dry_run``: the object as the write would leave it, at its current resourceVersion;
+        nothing stored, no event, no deletion even when the last finalizer goes.
+        """
         current = self.get(kind, namespace, name)
         new = copy.deepcopy(obj)
         meta = new.setdefault("metadata", {})
@@ -209,6 +335,9 @@ class Store:
                 changed = new.get("spec") != current.get("spec")
                 meta["generation"] = current["metadata"]["generation"] + (1 if changed else 0)
         new["apiVersion"], new["kind"] = kind.api_version, kind.kind
+        if dry_run:
+            new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            return new
         new["metadata"]["resourceVersion"] = self._bump()
         ns = current["metadata"].get("namespace", "")
         released = new["metadata"].get("deletionTimestamp") and not new["metadata"].get(
@@ -227,6 +356,7 @@ class Store:
         name: str,
         mutate: Callable[[Obj], None],
         subresource: str = "",
+        dry_run: bool = False,
     ) -> Obj:
         """Read-modify-write for components: apply ``mutate`` to the current object."""
         obj = self.get(kind, namespace, name)
@@ -234,7 +364,7 @@ class Store:
         mutate(obj)
         if obj == before:
             return obj
-        return self.replace(kind, namespace, name, obj, subresource)
+        return self.replace(kind, namespace, name, obj, subresource, dry_run)
 
     @staticmethod
     def _pod_needs_kubelet(pod: Obj) -> bool:
@@ -248,7 +378,14 @@ class Store:
         name: str,
         grace_seconds: int | None = None,
         propagation: str = "Background",
+        dry_run: bool = False,
     ) -> Obj:
+        """Delete, gracefully for running pods and objects with finalizers.
+
+        ``dry_run``: the answer the deletion would give (the object, with a deletionTimestamp
+        where the deletion would be graceful) at its current resourceVersion; nothing stored,
+        no event, no garbage collection.
+        """
         obj = self.get(kind, namespace, name)
         meta = obj["metadata"]
         ns = meta.get("namespace", "")
@@ -261,6 +398,8 @@ class Store:
                 if not meta.get("deletionTimestamp"):
                     meta["deletionTimestamp"] = now()
                     meta["deletionGracePeriodSeconds"] = grace
+                    if dry_run:
+                        return obj
                     meta["resourceVersion"] = self._bump()
                     self._objects[(kind.key, ns, name)] = obj
                     self._emit("MODIFIED", kind, obj)
@@ -269,10 +408,14 @@ class Store:
             if not meta.get("deletionTimestamp"):
                 meta["deletionTimestamp"] = now()
                 meta["deletionGracePeriodSeconds"] = 0
+                if dry_run:
+                    return obj
                 meta["resourceVersion"] = self._bump()
                 self._objects[(kind.key, ns, name)] = obj
                 self._emit("MODIFIED", kind, obj)
             return copy.deepcopy(obj)
+        if dry_run:
+            return obj
         removed = self._remove(kind, ns, name, obj)
         if propagation != "Orphan":
             self._collect_dependents(meta["uid"])
