@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.dev_env import REPO
-from tools.procs import Server, free_port
+from tools.procs import free_port, mlflow
 
 STEPS_SRC = REPO / "images" / "steps" / "src"
 ROWS_PER_DAY = 5000
@@ -30,14 +30,7 @@ DAYS = 3
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
-    server = Server(
-        "mlflow",
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        f"http://127.0.0.1:{port}/health",
-        root / "server.log",
-    ).start(timeout=120)  # fmt: skip
+    server = mlflow(root, port).start(timeout=120)
     uri = f"http://127.0.0.1:{port}"
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri

@@ -27,7 +27,6 @@ and the pod spec are real; the training pod computes on this machine's CPU).
 from __future__ import annotations
 
 import json
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from helmsman.serving import objects
 from tests.cluster_fixtures import faulty_image
 from tools.airflow_api import AirflowApi, ApiError
 from tools.stack import REPO, Stack
+from tools.users import Users
 
 DAG = "ml_training"
 MODEL = "churn"
@@ -193,41 +193,10 @@ def test_3_a_worse_challenger_is_recorded_and_not_deployed(
     assert tags["helmsman.decision"] == "reject"
 
 
-class RequestLoop(threading.Thread):
+def users(stack: Stack, registry: Any, tmp: Path) -> Users:
     """A steady client on the Gateway: one prediction every 20 ms, the champion's golden-set
-    rows in turn, every answer and failure recorded."""
-
-    def __init__(self, url: str, rows: list[dict[str, Any]]) -> None:
-        super().__init__(daemon=True)
-        self.url, self.rows = url, rows
-        self.ok, self.failures = 0, []  # type: ignore[var-annotated]
-        self.versions: dict[str, int] = {}
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        turn = 0
-        while not self.stopping.is_set():
-            row, turn = self.rows[turn % len(self.rows)], turn + 1
-            try:
-                answer = get_json(self.url + "/predict", {"instances": [row]})
-                version = str(answer["model_version"])
-                self.versions[version] = self.versions.get(version, 0) + 1
-                self.ok += 1
-            except Exception as exc:  # every failure is what a user saw
-                self.failures.append(repr(exc))
-            time.sleep(0.02)
-
-    def __enter__(self) -> RequestLoop:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stopping.set()
-        self.join()
-
-
-def users(stack: Stack, registry: Any, tmp: Path) -> RequestLoop:
-    return RequestLoop(service_address(stack), golden_inputs(registry, champion(registry), tmp))
+    rows in turn."""
+    return Users(service_address(stack), golden_inputs(registry, champion(registry), tmp))
 
 
 def test_4_a_challenger_served_wrong_is_caught_before_any_user_sees_it(
@@ -257,8 +226,8 @@ def test_4_a_challenger_served_wrong_is_caught_before_any_user_sees_it(
     assert airflow.task_instances(DAG, run_id)["rollout"]["try_number"] == 1  # no retry
 
     assert loop.failures == [], loop.failures[:5]
-    assert loop.ok > 100
-    assert set(loop.versions) == {before}  # no user request ever reached the skewed pods
+    assert len(loop.answers) > 100
+    assert set(loop.versions()) == {before}  # no user request ever reached the skewed pods
     assert serving_state(k8s) == serving  # the live slot was never touched
     assert live_deployment(k8s).spec.template.spec.containers[0].image != skewed
 
@@ -271,11 +240,11 @@ def test_5_a_challenger_wrong_only_on_live_traffic_is_caught_in_the_shadow_step(
             "serving_image": faulty_image("skew-live")}  # fmt: skip
     with users(stack, registry, tmp_path) as loop:
         run_id, result = run(airflow, conf, "live-only fault (caught in shadow)")
-    assert result["states"]["rollout"] == "failed"
+    assert result["states"]["rollout"] == "failed", airflow.xcom(DAG, run_id, "rollout")
     rejected = airflow.xcom(DAG, run_id, "decide")["version"]
     assert champion(registry) == before
     assert loop.failures == [], loop.failures[:5]
-    assert set(loop.versions) == {before}  # the shadow's answers were discarded
+    assert set(loop.versions()) == {before}  # the shadow's answers were discarded
     tags = registry.get_model_version(MODEL, rejected).tags
     assert tags["helmsman.rollout"] == "rejected"
     reasons = tags["helmsman.rollout_reason"].split("; ")
@@ -348,7 +317,7 @@ def test_7_good_challengers_reach_every_user_step_by_step_with_no_failed_request
     assert [s["step"] for s in outcome["steps"]] == steps
     assert all(s["passed"] for s in outcome["steps"])
     assert loop.failures == [], loop.failures[:5]
-    assert set(loop.versions) == {before, version}
+    assert set(loop.versions()) == {before, version}
     assert champion(registry) == version
     assert registry.get_model_version_by_alias(MODEL, "previous-champion").version == before
     assert {served_version(stack) for _ in range(8)} == {version}

@@ -143,6 +143,22 @@ def test_the_shadow_step_allows_what_evaluation_saw_between_the_versions_and_no_
     ]
 
 
+def test_a_skew_shows_as_a_shift_from_the_signed_difference_evaluation_saw() -> None:
+    # Two versions far apart (mean |diff| 0.3), the new one 0.1 lower on average offline.
+    offline = Offline(disagreement=0.4, mean_abs_diff=0.3, mean_diff=-0.1)
+    served_right = Paired(200, 0.4, 0.3, -0.11)
+    judged = judge(StepReport("shadow", 0, 10.0, figures(100), figures(100),
+                              paired=served_right), T, offline=offline)  # fmt: skip
+    assert judged.failures == []
+    skewed = Paired(200, 0.4, 0.32, +0.15)  # same spread, but every score pushed up
+    judged = judge(StepReport("shadow", 0, 10.0, figures(100), figures(100), paired=skewed),
+                   T, offline=offline)  # fmt: skip
+    assert judged.failures == [
+        "shadow: scores shifted by +0.250 from what evaluation saw (live +0.150, evaluation "
+        "-0.100; margin 0.05)"
+    ]
+
+
 def test_a_distribution_is_judged_against_what_evaluation_saw_between_the_versions() -> None:
     # Two models far apart by design (evaluation: 0.7): live 0.75 is them, served right.
     offline = Offline(disagreement=0.0, mean_abs_diff=0.0, divergence=0.7)
@@ -178,6 +194,7 @@ def test_predictions_are_paired_by_request_id() -> None:
     assert result.pairs == 2  # "c" was answered by one side only
     assert result.disagreement == pytest.approx(0.5)
     assert result.mean_abs_diff == pytest.approx((0.5 + 0.05) / 2)
+    assert result.mean_diff == pytest.approx((-0.5 + 0.05) / 2)
 
 
 def test_replica_ratio_splits_pods_and_keeps_one_stable_pod_until_promotion() -> None:

@@ -161,6 +161,7 @@ def test_the_offline_difference_from_the_champion_is_what_the_rollout_expects_li
     assert versus["champion_version"] == "3"
     assert versus["mean_abs_diff"] == pytest.approx((0.18 + 0.22 + 0.13 + 0.02) / 4)
     assert versus["disagreement"] == pytest.approx(1 / 4)  # only 0.62 vs 0.4 crosses 0.5
+    assert versus["mean_diff"] == pytest.approx((-0.18 + 0.22 + 0.13 + 0.02) / 4)
     assert versus["rows"] == 4
     # Counted in the serving histogram's buckets, (0.1, 0.15] being the third: 0.12 -> 2,
     # 0.22 -> 4, 0.62 -> 12, 0.83 -> 16.

@@ -73,6 +73,7 @@ class Paired:
     pairs: int = 0
     disagreement: float = 0.0
     mean_abs_diff: float = 0.0
+    mean_diff: float = 0.0  # signed: new - stable; a serving skew shifts it
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class Offline:
     disagreement: float
     mean_abs_diff: float
     divergence: float | None = None
+    mean_diff: float | None = None  # signed: new - stable
 
 
 @dataclass
@@ -156,15 +158,16 @@ def buckets_from_cumulative(cumulative: dict[float, float]) -> list[float]:
 def pair(stable: dict[str, list[float]], new: dict[str, list[float]], threshold: float) -> Paired:
     """Compare the predictions two versions logged for the same request ids."""
     common = sorted(set(stable) & set(new))
-    diffs, disagreements, n = 0.0, 0, 0
+    diffs, signed, disagreements, n = 0.0, 0.0, 0, 0
     for request_id in common:
         for a, b in zip(stable[request_id], new[request_id], strict=False):
             diffs += abs(a - b)
+            signed += b - a
             disagreements += (a >= threshold) != (b >= threshold)
             n += 1
     if not n:
         return Paired()
-    return Paired(len(common), disagreements / n, diffs / n)
+    return Paired(len(common), disagreements / n, diffs / n, signed / n)
 
 
 def parse_prediction_log(text: str) -> dict[str, list[float]]:
@@ -267,6 +270,17 @@ def judge(
                     f"shadow: mean |score difference| {paired.mean_abs_diff:.3f} over "
                     f"{most_diff:.3f}"
                 )
+            # Served as evaluated, the new version's scores sit above or below the stable
+            # one's by what evaluation saw; a skew in serving moves that, even between two
+            # versions that differ a lot.
+            if offline is not None and offline.mean_diff is not None:
+                shift = paired.mean_diff - offline.mean_diff
+                if abs(shift) > t.shadow_margin:
+                    report.failures.append(
+                        f"shadow: scores shifted by {shift:+.3f} from what evaluation saw "
+                        f"(live {paired.mean_diff:+.3f}, evaluation {offline.mean_diff:+.3f}; "
+                        f"margin {t.shadow_margin})"
+                    )
     return report
 
 

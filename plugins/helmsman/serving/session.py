@@ -423,7 +423,11 @@ class RolloutSession:
             return None
         new, old = versus.get("challenger_counts"), versus.get("champion_counts")
         divergence = jensen_shannon(new, old) if new and old else None
-        return Offline(float(versus["disagreement"]), float(versus["mean_abs_diff"]), divergence)
+        signed = versus.get("mean_diff")
+        return Offline(
+            float(versus["disagreement"]), float(versus["mean_abs_diff"]), divergence,
+            None if signed is None else float(signed),
+        )  # fmt: skip
 
     def _predictions(self, slot: str, since_seconds: int) -> dict[str, list[float]]:
         """What a slot's pods logged as compared predictions, by request id."""

@@ -172,6 +172,7 @@ def versus_champion(
     return {
         "champion_version": champion_version,
         "mean_abs_diff": float(np.mean(np.abs(new - old))),
+        "mean_diff": float(np.mean(new - old)),
         "disagreement": float(np.mean((new >= 0.5) != (old >= 0.5))),
         "rows": len(new),
         # Counts per serving histogram bucket: the distributions a live step compares.
