@@ -26,11 +26,8 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "plugins"), str(REPO / "images" / "steps" / "src")]
@@ -45,8 +42,9 @@ from helmsman.serving.kube import Kube  # noqa: E402
 from helmsman.serving.session import RolloutSession, Settings  # noqa: E402
 from helmsman.serving.verify import Rejected  # noqa: E402
 from tests.cluster_fixtures import faulty_image, faulty_images, start_cluster, wait_for  # noqa: E402
-from tools import prometheus  # noqa: E402
-from tools.procs import Server, free_port  # noqa: E402
+from tools import procs, prometheus  # noqa: E402
+from tools.procs import free_port  # noqa: E402
+from tools.users import Users  # noqa: E402
 
 MODEL, NS, INSTANCE = "bench-churn", "ml", "churn-serving"
 FIRST_DAY = dt.date(2026, 3, 1)
@@ -74,30 +72,6 @@ def train_versions(root: Path, rows_per_day: int, epochs: int) -> tuple[str, str
     return versions[0], versions[1]
 
 
-class Users(threading.Thread):
-    """A steady client on the Gateway: real rows in turn, one every 20 ms."""
-
-    def __init__(self, url: str, rows: list[dict[str, Any]]) -> None:
-        super().__init__(daemon=True)
-        self.url, self.rows, self.sent, self.failed = url, rows, 0, 0
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        import json
-
-        while not self.stopping.wait(0.02):
-            body = json.dumps({"instances": [self.rows[self.sent % len(self.rows)]]}).encode()
-            request = urllib.request.Request(  # noqa: S310 - the local Gateway
-                self.url + "/predict", data=body, headers={"Content-Type": "application/json"}
-            )
-            self.sent += 1
-            try:
-                with urllib.request.urlopen(request, timeout=5):  # noqa: S310
-                    pass
-            except OSError:
-                self.failed += 1
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--interval", type=float, default=10.0, help="analysis interval (s)")
@@ -113,13 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(root: Path, interval: float, rounds: int, small: bool) -> int:
     port = free_port()
-    mlflow = Server(
-        "mlflow",
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
-        f"http://127.0.0.1:{port}/health", root / "mlflow.log",
-    ).start(timeout=120)  # fmt: skip
+    tracking = procs.mlflow(root, port).start(timeout=120)
     uri = f"http://127.0.0.1:{port}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
     cluster = prom = None
@@ -184,8 +152,7 @@ def run(root: Path, interval: float, rounds: int, small: bool) -> int:
                 (good.record["finished"] - good.record["verified_at"]) / (steps * interval)
             )
             stable, other = other, stable
-        users.stopping.set()
-        users.join()
+        users.__exit__()
         print(f"\nrollout bench: interval {interval:.0f}s, {rounds} round(s), steps shadow/20%/50%")
         print(f"  bad canary: abort time / interval        {fmt(aborts)}   (goal <= 1.2)")
         print(f"  good canary: steps wall / (steps x int.) {fmt(goods)}   (goal <= 1.2)")
@@ -193,7 +160,8 @@ def run(root: Path, interval: float, rounds: int, small: bool) -> int:
         start_s = statistics.mean(walls) - 3 * interval
         print(f"  good canary: whole rollout / (steps x int.) {fmt(whole)} "
               f"(pod start and preview: {start_s:.1f}s)")  # fmt: skip
-        print(f"  client: {users.sent} requests, {users.failed} failed "
+        seen = users.summary()
+        print(f"  client: {seen['requests']} requests, {seen['failed']} failed "
               f"(the bad canaries' first step may cost a few)")  # fmt: skip
         return 0
     finally:
@@ -202,7 +170,7 @@ def run(root: Path, interval: float, rounds: int, small: bool) -> int:
         if cluster is not None:
             cluster.api.close()
             cluster.server.stop()
-        mlflow.stop()
+        tracking.stop()
 
 
 def fmt(values: list[float]) -> str:

@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import asdict, dataclass
@@ -31,6 +30,7 @@ from rich.table import Table
 from tools.airflow_api import AirflowApi
 from tools.procs import port_taken
 from tools.stack import REPO, Ports, Settings, Stack, StackError
+from tools.users import Users
 
 DAG = "ml_training"
 MODEL = "churn"
@@ -109,35 +109,6 @@ def progress_table(tis: dict[str, dict[str, Any]], started: float) -> Table:
     return table
 
 
-class Users(threading.Thread):
-    """Simulated users: a prediction every 50 ms through the Gateway, while a run goes on, so
-    the rollout's steps have live traffic to be judged on and the demo can say what users saw.
-    They send the champion's golden-set rows in turn: real rows, of every kind."""
-
-    def __init__(self, url: str, rows: list[dict[str, Any]]) -> None:
-        super().__init__(daemon=True)
-        self.url, self.rows, self.ok, self.failed = url, rows or [SAMPLE], 0, 0
-        self.versions: dict[str, int] = {}
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        turn = 0
-        while not self.stopping.wait(0.05):
-            row, turn = self.rows[turn % len(self.rows)], turn + 1
-            try:
-                answer = _json(self.url + "/predict", {"instances": [row]})
-            except OSError:
-                self.failed += 1
-                continue
-            self.ok += 1
-            version = str(answer["model_version"])
-            self.versions[version] = self.versions.get(version, 0) + 1
-
-    def summary(self) -> dict[str, Any]:
-        return {"requests": self.ok + self.failed, "failed": self.failed,
-                "versions": dict(sorted(self.versions.items()))}  # fmt: skip
-
-
 def run_pipeline(stack: Stack, conf: dict[str, Any], show: bool = True) -> Outcome:
     api = api_for(stack)
     api.wait_for_dag(DAG)
@@ -145,7 +116,7 @@ def run_pipeline(stack: Stack, conf: dict[str, Any], show: bool = True) -> Outco
     started = time.monotonic()
     users = None
     if "served_version" in serving(stack):  # something serves: users are on the route
-        users = Users(str(stack.gateway_url()), champion_rows(stack))
+        users = Users(str(stack.gateway_url()), champion_rows(stack) or [SAMPLE], every=0.05)
         users.start()
     run_id = api.trigger(DAG, conf, note="make demo")
     try:
@@ -159,8 +130,7 @@ def run_pipeline(stack: Stack, conf: dict[str, Any], show: bool = True) -> Outco
             run = api.wait(DAG, run_id)
     finally:
         if users is not None:
-            users.stopping.set()
-            users.join()
+            users.__exit__()
     seconds = time.monotonic() - started
     summary = summarize(stack, api, run_id)
     if users is not None:

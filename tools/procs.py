@@ -149,3 +149,17 @@ def localcluster(root: Path, port: int, config_file: Path | None = None) -> Serv
     )
     server.env["PYTHONPATH"] = str(repo)
     return server
+
+
+def mlflow(root: Path, port: int) -> Server:
+    """An MLflow tracking server (SQLite backend, local artifacts) with its state under root."""
+    import sys
+
+    return Server(
+        "mlflow",
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--workers", "1"],
+        f"http://127.0.0.1:{port}/health",
+        root / "server.log",
+    )  # fmt: skip
