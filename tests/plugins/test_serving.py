@@ -155,7 +155,7 @@ def test_a_skew_shows_as_a_shift_from_the_signed_difference_evaluation_saw() -> 
                    T, offline=offline)  # fmt: skip
     assert judged.failures == [
         "shadow: scores shifted by +0.250 from what evaluation saw (live +0.150, evaluation "
-        "-0.100; margin 0.05)"
+        "-0.100, margin 0.05)"
     ]
 
 

@@ -278,7 +278,7 @@ def judge(
                 if abs(shift) > t.shadow_margin:
                     report.failures.append(
                         f"shadow: scores shifted by {shift:+.3f} from what evaluation saw "
-                        f"(live {paired.mean_diff:+.3f}, evaluation {offline.mean_diff:+.3f}; "
+                        f"(live {paired.mean_diff:+.3f}, evaluation {offline.mean_diff:+.3f}, "
                         f"margin {t.shadow_margin})"
                     )
     return report
