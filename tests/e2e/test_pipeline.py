@@ -305,7 +305,7 @@ def test_7_good_challengers_reach_every_user_step_by_step_with_no_failed_request
     registry: Any, tmp_path: Path,
 ) -> None:  # fmt: skip
     before = champion(registry)
-    end = {"blue-green": "2026-03-20", "canary": "2026-03-21"}[strategy]
+    end = {"canary": "2026-03-21", "blue-green": "2026-03-22"}[strategy]  # newer each time
     conf = {"data_end": end, "epochs": 4, "min_improvement": -1.0, "strategy": strategy}
     with users(stack, registry, tmp_path) as loop:
         run_id, result = run(airflow, conf, f"{strategy} rollout")
@@ -334,7 +334,7 @@ def test_7_good_challengers_reach_every_user_step_by_step_with_no_failed_request
 def test_8_a_rollout_task_killed_mid_step_is_resumed_by_its_retry(
     airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any, tmp_path: Path
 ) -> None:
-    conf = {"data_end": "2026-03-22", "epochs": 4, "min_improvement": -1.0,
+    conf = {"data_end": "2026-03-23", "epochs": 4, "min_improvement": -1.0,
             "analysis_interval": 10}  # fmt: skip
     custom = client.CustomObjectsApi(k8s)
     with users(stack, registry, tmp_path) as loop:
