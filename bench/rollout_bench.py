@@ -103,7 +103,7 @@ def run(root: Path, interval: float, rounds: int, small: bool) -> int:
             "data": {"MLFLOW_TRACKING_URI": base64.b64encode(uri.encode()).decode()},
         })  # fmt: skip
         custom = client.CustomObjectsApi(cluster.api)
-        gateway = yaml.safe_load((REPO / "deploy" / "gateway.yaml").read_text())
+        gateway = yaml.safe_load((REPO / "deploy" / "serving-gateway.yaml").read_text())
         custom.create_namespaced_custom_object(
             "gateway.networking.k8s.io", "v1", NS, "gateways", gateway
         )

@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 NAMESPACE = "ml"
 ADMIN_USER = "admin"
-GATEWAY = "helmsman-gateway"  # deploy/gateway.yaml
+GATEWAY = "helmsman-gateway"  # deploy/serving-gateway.yaml
 # Pools the DAGs use, as a platform team imports them (helm-values/airflow.yaml does the same).
 POOLS_FILE = REPO / "helm-values" / "airflow-pools.json"
 LOCAL_SETTINGS = "from helmsman.policies import task_instance_mutation_hook  # noqa: F401\n"
@@ -404,7 +404,7 @@ class Stack:
         """What a platform team applies once: namespace, RBAC, the Secret and the settings."""
         self.kubectl("apply", "-f", str(REPO / "deploy" / "namespace.yaml"))
         self.kubectl("apply", "-f", str(REPO / "deploy" / "rbac.yaml"))
-        self.kubectl("apply", "-f", str(REPO / "deploy" / "gateway.yaml"))
+        self.kubectl("apply", "-f", str(REPO / "deploy" / "serving-gateway.yaml"))
         uri = base64.b64encode(f"http://127.0.0.1:{self.ports.mlflow}".encode()).decode()
         s = self.settings
         objects = [

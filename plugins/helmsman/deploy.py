@@ -168,6 +168,7 @@ class RolloutOperator(BaseOperator):
         self.ready_timeout = ready_timeout
         self.thresholds, self.checks = thresholds or {}, checks or {}
         self.deferrable = self.platform.deferrable if deferrable is None else deferrable
+        self._session: RolloutSession | None = None  # the running one, for on_kill
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -235,6 +236,12 @@ class RolloutOperator(BaseOperator):
         # (or failed: then the wait's check in the session says why).
         return self._run(context, defer=False)
 
+    def on_kill(self) -> None:
+        """Killed (marked failed, timed out, its worker stopping): all traffic back to the
+        stable version before the process ends, as any interrupted session does."""
+        if self._session is not None:
+            self._session.interrupt()
+
     def _run(self, context: Any, defer: bool) -> dict[str, Any]:
         decision = self._decision(context)
         settings, prometheus = self.settings(), self._prometheus()
@@ -246,6 +253,7 @@ class RolloutOperator(BaseOperator):
             Kube(kube_api(self.platform), target.namespace), target, owner, settings,
             golden=lambda: models.golden(version), prometheus=prometheus, log=self.log,
         )  # fmt: skip
+        self._session = session
         if defer:
             session.defer_ready = lambda deployment, timeout: self.defer(
                 trigger=DeploymentAvailableTrigger(

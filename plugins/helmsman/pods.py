@@ -60,7 +60,7 @@ class Platform:
     # executor event; apache/airflow#67287, #72716): see docs/adr/0005-deploy-task.md.
     deferrable: bool = False
     # Where the rollout splits traffic: the Gateway (Gateway API) the serving HTTPRoutes
-    # attach to, in the serving namespace (deploy/gateway.yaml). None: the cluster has no
+    # attach to, in the serving namespace (deploy/serving-gateway.yaml). None: the cluster has no
     # Gateway, and traffic moves by the replica ratio (no shadow step).
     gateway: str | None = "helmsman-gateway"
     # The Prometheus that scrapes the serving pods (an http connection: host, port).

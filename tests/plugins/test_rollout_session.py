@@ -76,7 +76,7 @@ def env(
     cluster.core.create_namespaced_secret(
         NS, {"metadata": {"name": "helmsman-mlflow"}, "data": secret}
     )
-    gateway = yaml.safe_load((REPO / "deploy" / "gateway.yaml").read_text())
+    gateway = yaml.safe_load((REPO / "deploy" / "serving-gateway.yaml").read_text())
     custom = client.CustomObjectsApi(cluster.api)
     custom.create_namespaced_custom_object(GROUP, VERSION, NS, "gateways", gateway)
 

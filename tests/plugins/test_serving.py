@@ -114,6 +114,19 @@ def test_judge_fails_each_check_with_its_figures_and_notes_what_it_could_not_jud
     assert "3 requests" in quiet.notes[0]
 
 
+def test_a_step_prometheus_saw_nothing_of_fails_instead_of_passing_unjudged() -> None:
+    unseen = Figures(scraped=False)
+    judged = report(unseen, Figures(scraped=False))
+    assert judged.failures == [
+        "Prometheus has no series of either version: is it scraping the serving pods "
+        "(labels slot, service, version)? Nothing was judged"
+    ]
+    # Scraped but quiet (no users in the window): noted, not failed.
+    quiet = report(Figures(), Figures())
+    assert quiet.failures == []
+    assert quiet.notes
+
+
 def test_judge_compares_the_shadow_pairs() -> None:
     paired = Paired(pairs=50, disagreement=0.3, mean_abs_diff=0.25)
     failures = report(figures(100), figures(100), weight=0, paired=paired).failures

@@ -60,6 +60,7 @@ class Figures:
     errors: float = 0.0
     p99_ms: float | None = None
     histogram: list[float] = field(default_factory=list)  # counts per prediction bucket
+    scraped: bool = True  # Prometheus had series of this version at all
 
     @property
     def error_rate(self) -> float:
@@ -199,6 +200,12 @@ def judge(
     ``offline``: how the two versions differed in evaluation (the shadow step's baseline).
     """
     t, new, stable = thresholds, report.new, report.stable
+    if not new.scraped and not stable.scraped:
+        report.failures.append(
+            "Prometheus has no series of either version: is it scraping the serving pods "
+            "(labels slot, service, version)? Nothing was judged"
+        )
+        return report
     if new.requests < t.min_requests:
         report.notes.append(
             f"the new version had {new.requests:.0f} requests in {report.window_s:.0f}s "
@@ -325,6 +332,7 @@ class Prometheus:
         sel = f'namespace="{namespace}",service="{service}",slot="{slot}"'
         w = f"{max(2, round(window_s))}s"
         predict = f'{sel},endpoint="/predict"'
+        scraped = bool(self.query(f"count(helmsman_model_info{{{sel}}})", at))
         requests = self.scalar(f"sum(increase(helmsman_requests_total{{{predict}}}[{w}]))", at)
         errors = self.scalar(
             f'sum(increase(helmsman_requests_total{{{predict},code=~"5.."}}[{w}]))', at
@@ -339,6 +347,7 @@ class Prometheus:
         )
         cumulative = {float(b["metric"]["le"]): float(b["value"][1]) for b in buckets}
         return Figures(
+            scraped=scraped,
             requests=requests or 0.0,
             errors=errors or 0.0,
             p99_ms=None if p99 is None else 1000 * p99,

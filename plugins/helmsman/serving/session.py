@@ -57,7 +57,7 @@ from helmsman.serving.verify import Checks, Rejected, verify, wait_available
 RECORD_ANNOTATION = "helmsman.io/rollout"
 STRATEGIES = ("canary", "blue-green", "rolling")
 FINAL = ("done", "aborted")
-DEFAULT_GATEWAY = GatewayRef("helmsman-gateway")  # deploy/gateway.yaml
+DEFAULT_GATEWAY = GatewayRef("helmsman-gateway")  # deploy/serving-gateway.yaml
 
 
 class RolloutBusy(Exception):
@@ -152,6 +152,7 @@ class RolloutSession:
         # wait elsewhere (the triggerer); it raises Airflow's TaskDeferred, and the task's
         # next call of run() resumes the preview from the record. None: wait here.
         self.defer_ready: Callable[[str, float], None] | None = None
+        self._deferring = False
         self._lease: Obj | None = None
         self._renewed = 0.0
 
@@ -250,10 +251,12 @@ class RolloutSession:
                 objects.SLOT_LABEL, objects.LEGACY_SLOT
             )
         previous = self._serving_version(stable) if stable else None
+        # The new version never goes to the slot the stable Service selects, even when that
+        # slot serves nothing now: its pods would take user traffic before their preview.
+        new = objects.other_slot(stable)
         if previous is None:
             stable = None  # a Service with nothing behind it: start as if first
         router = self._router_kind()
-        new = objects.other_slot(stable)
         steps = plan(self.settings, router == "gateway", self.target.replicas, first=stable is None)
         self.record = {}
         self._write(
@@ -311,15 +314,26 @@ class RolloutSession:
             raise
         except (LostLock, RolloutBusy):
             raise
-        except Exception:
-            # Anything else (the API down, a bug): no user keeps getting an unjudged version
-            # while the task waits for its retry, which resumes from the record.
-            self.log.exception("rollout interrupted; sending all traffic to the stable version")
-            try:
-                self._restore(self.record, scale_down=False)
-            except Exception:
-                self.log.exception("could not send traffic back to the stable version")
+        except BaseException:
+            if self._deferring:  # Airflow's deferral: the triggerer waits, nothing went wrong
+                raise
+            # Anything else (the API down, a bug, the task killed or timed out): no user keeps
+            # getting an unjudged version while the task waits for its retry, which resumes
+            # from the record.
+            self.interrupt()
             raise
+
+    def interrupt(self) -> None:
+        """Best effort, for a session that cannot go on: every request back to the stable
+        version. Not once promotion began: the version passed every step, and the next try
+        finishes the promotion (going back would point users at a slot scaled down)."""
+        if not self.record or self.record.get("phase") in ("promoting", *FINAL):
+            return
+        self.log.error("rollout interrupted; sending all traffic to the stable version")
+        try:
+            self._restore(self.record, scale_down=False)
+        except Exception:
+            self.log.exception("could not send traffic back to the stable version")
 
     def _advance(self) -> dict[str, Any]:
         while True:
@@ -347,6 +361,7 @@ class RolloutSession:
         if self.defer_ready is not None:
             deployment = kube.read("Deployment", name)
             if deployment is not None and not progress(deployment).done:
+                self._deferring = True
                 self.defer_ready(name, self.settings.ready_timeout_s)
         problems = wait_available(
             kube, objects.deployment_name(t.name, r["new"]), objects.slot_labels(t, r["new"]),

@@ -82,6 +82,10 @@ class GatewayRouter:
         if self.stable is not None:
             self._route(0)
             self.kube.apply(objects.service(t, t.name, self.stable), t.name)
+            # A stable slot scaled down by hand or by a half-done promotion serves again.
+            stable = self.kube.read("Deployment", objects.deployment_name(t.name, self.stable))
+            if stable is not None and not stable["spec"].get("replicas"):
+                self.kube.scale(objects.deployment_name(t.name, self.stable), t.replicas)
 
 
 class ReplicaRouter:
