@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
-from tests.servers import Server, free_port, localcluster  # noqa: E402 - needs the path set above
+from tools.procs import Server, free_port, localcluster  # noqa: E402 - needs the path set above
 
 ECHO = """
 import json, sys

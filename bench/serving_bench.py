@@ -31,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "images" / "steps" / "src")]
 
-from tests.servers import Server, free_port  # noqa: E402 - needs the path set above
+from tools.procs import Server, free_port  # noqa: E402 - needs the path set above
 
 ROW = {"age": 30.0, "tenure_months": 3.0, "monthly_charges": 95.5, "total_charges": 300.0,
        "support_calls": 4.0, "plan": "basic", "region": "south"}  # fmt: skip
