@@ -84,6 +84,7 @@ def test_the_ui_trigger_form_shows_the_params_and_a_run_triggered_from_it_succee
 ) -> None:
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium as root")
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     stack, _ = first
@@ -100,7 +101,13 @@ def test_the_ui_trigger_form_shows_the_params_and_a_run_triggered_from_it_succee
             page.get_by_role("button", name="Sign in").click()
             page.wait_for_load_state("networkidle")
             page.goto(f"{stack.airflow_url}/dags/{demo.DAG}")
-            page.get_by_role("button", name="Trigger").first.click()
+            trigger = page.get_by_role("button", name="Trigger").first
+            try:  # the DAG page renders after its API calls; a loaded machine is slow at it
+                trigger.wait_for(timeout=60_000)
+            except PlaywrightTimeout:
+                page.reload()
+                trigger.wait_for(timeout=60_000)
+            trigger.click()
             dialog = page.get_by_role("dialog")
             dialog.get_by_text("Run Parameters").wait_for()
             text = dialog.inner_text()
