@@ -93,14 +93,7 @@ def actionlint(paths: list[Path], config: Path | None = ACTIONLINT_CONFIG) -> li
     ]
     if config is not None:
         command += ["-config-file", str(config)]
-    proc = subprocess.run(
-        [*command, *map(str, paths)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _run_linter(command, paths)
     # 0: clean, 1: findings; 2 and 3 mean actionlint itself could not run.
     if proc.returncode not in (0, 1):
         raise RuntimeError(f"actionlint failed ({proc.returncode}): {proc.stderr}")
@@ -208,13 +201,9 @@ def shellcheck_actions(paths: list[Path]) -> list[Finding]:
     return findings
 
 
-def hadolint(paths: list[Path], config: Path | None = HADOLINT_CONFIG) -> list[Finding]:
-    """hadolint over Dockerfiles, every level down to style. An explicit config keeps a
-    developer's own ~/.config/hadolint.yaml out of the result."""
-    command = [tool("hadolint"), "--no-color", "--format", "json"]
-    if config is not None:
-        command += ["--config", str(config)]
-    proc = subprocess.run(
+def _run_linter(command: list[str], paths: list[Path]) -> subprocess.CompletedProcess[str]:
+    """A linter over ``paths`` from the repository root; its exit code is the caller's to read."""
+    return subprocess.run(
         [*command, *map(str, paths)],
         cwd=REPO,
         capture_output=True,
@@ -222,6 +211,15 @@ def hadolint(paths: list[Path], config: Path | None = HADOLINT_CONFIG) -> list[F
         timeout=120,
         check=False,
     )
+
+
+def hadolint(paths: list[Path], config: Path | None = HADOLINT_CONFIG) -> list[Finding]:
+    """hadolint over Dockerfiles, every level down to style. An explicit config keeps a
+    developer's own ~/.config/hadolint.yaml out of the result."""
+    command = [tool("hadolint"), "--no-color", "--format", "json"]
+    if config is not None:
+        command += ["--config", str(config)]
+    proc = _run_linter(command, paths)
     try:
         results: list[dict[str, Any]] = json.loads(proc.stdout or "[]")
     except json.JSONDecodeError as error:
