@@ -56,7 +56,13 @@ $(PROMETHEUS):
 	  apt-get install -y -qq prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }; \
 	else echo "note: no $(PROMETHEUS) and no root to install it; install Debian's prometheus package" >&2; fi
 
-setup: $(VENV)/.installed $(PROMETHEUS) ## Create or update what `make demo` needs (idempotent)
+# A migrated Airflow database the local stack copies on a fresh start (tools/stack.py).
+AIRFLOW_DB_TEMPLATE := $(VENV)/share/helmsman/.built
+$(AIRFLOW_DB_TEMPLATE): $(VENV)/.installed helm-values/airflow-pools.json
+	$(BIN)/python -c 'from tools.stack import airflow_db_template; airflow_db_template()'
+	@touch $@
+
+setup: $(VENV)/.installed $(PROMETHEUS) $(AIRFLOW_DB_TEMPLATE) ## Create or update what `make demo` needs (idempotent)
 
 # What only the tests need: the policy scanner's venv and the browser for the UI test.
 test-tools: $(POLICY_VENV)/.installed $(CHROMIUM)
@@ -81,7 +87,7 @@ test: setup test-tools lock-check lint ## Quality gates, then the whole test sui
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: setup ## Run the whole pipeline on this machine (again: trains a challenger)
-	$(BIN)/python -m tools.demo up
+	$(BIN)/python -m tools.demo up $(if $(TRIGGERER),--triggerer)
 
 down: ## Stop every process `make demo` started
 	@if [ -x $(BIN)/python ]; then $(BIN)/python -m tools.demo down; fi

@@ -342,7 +342,12 @@ def backfill(start: str, end: str, root: Path = ROOT) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     sub = parser.add_subparsers(dest="action", required=True)
-    sub.add_parser("up", help="start or reuse the stack and run the pipeline once")
+    start = sub.add_parser("up", help="start or reuse the stack and run the pipeline once")
+    start.add_argument(
+        "--triggerer",
+        action="store_true",
+        help="also run Airflow's triggerer (for a platform with deferrable on)",
+    )
     sub.add_parser("down", help="stop every process the demo started")
     fill = sub.add_parser("backfill", help="backfill the training DAG over past days")
     fill.add_argument("--from", dest="start", required=True, help="first day, YYYY-MM-DD")
@@ -357,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
                 dt.date.fromisoformat(day)
             runs = backfill(args.start, args.end)
             return 0 if runs and all(r["state"] == "success" for r in runs) else 1
-        _, outcome = up()
+        settings = Settings(rows_per_day=50_000, triggerer=args.triggerer)
+        _, outcome = up(settings=settings)
         return 0 if outcome.state == "success" else 1
     except StackError as exc:
         console.print(f"[red]demo: {exc}[/]")

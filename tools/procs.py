@@ -84,6 +84,10 @@ class Server:
 
 
 def alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a child of ours that exited is reaped (a zombie is not alive)."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

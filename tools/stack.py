@@ -15,15 +15,18 @@ its pools from ``airflow pools set``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +59,42 @@ def inherited_env() -> dict[str, str]:
 
 class StackError(Exception):
     """A component did not start; the message says which, why, and which log to read."""
+
+
+def airflow_db_template() -> Path:
+    """An Airflow database migrated to this venv's Airflow, with the pools imported.
+
+    Migrating a fresh SQLite database and importing the pools takes two Airflow CLI starts
+    (~8 s, on the critical path of every fresh stack). Nothing in the result depends on the
+    stack (no ports, no secrets, no paths: the log templates, the pools and an audit line), so
+    one copy per Airflow version and pools file serves every stack; it lives in the venv, and
+    `make setup` builds it. Built under a temporary name and renamed: concurrent builders race
+    harmlessly.
+    """
+    key = hashlib.sha256(POOLS_FILE.read_bytes()).hexdigest()[:12]
+    folder = BIN.parent / "share" / "helmsman"
+    template = folder / f"airflow-{version('apache-airflow')}-{key}.db"
+    if template.exists():
+        return template
+    folder.mkdir(parents=True, exist_ok=True)
+    building = folder / f".{template.name}.{os.getpid()}"
+    home = folder / f".home.{os.getpid()}"
+    home.mkdir(exist_ok=True)
+    env = {
+        **inherited_env(),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{building}",
+    }
+    try:
+        _run([str(BIN / "airflow"), "db", "migrate"], "airflow db migrate", env=env, timeout=300)
+        _run([str(BIN / "airflow"), "pools", "import", str(POOLS_FILE)], "airflow pools import",
+             env=env)  # fmt: skip
+        building.rename(template)
+    finally:
+        building.unlink(missing_ok=True)
+        shutil.rmtree(home, ignore_errors=True)
+    return template
 
 
 def _run(
@@ -95,17 +134,24 @@ class Settings:
     seed: int = 7
     model_name: str = "churn"
     extra_images: list[dict[str, Any]] = field(default_factory=list)
+    # Airflow's triggerer runs deferred tasks' waits. The DAGs defer nothing unless the
+    # platform's deferrable switch is on (plugins/helmsman/pods.py), so the stack leaves it out
+    # by default: a quarter GiB and a few seconds of start-up for nothing otherwise.
+    triggerer: bool = False
 
 
 @dataclass
 class Stack:
-    root: Path
+    root: Path  # made absolute: Airflow's SQLite URL and the kubeconfig need absolute paths
     ports: Ports = field(default_factory=Ports)
     settings: Settings = field(default_factory=Settings)
     pids: dict[str, int] = field(default_factory=dict)
     # Every process group the stack started (a component's PID leads its group), also of
     # components since restarted: `down` ends those too.
     groups: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.root = self.root.resolve()
 
     # -- where things are ---------------------------------------------------------------------
 
@@ -232,8 +278,10 @@ class Stack:
         """Start every component that is not running, set up what the DAGs need, wait.
 
         Components that do not need each other start together: localcluster, MLflow and
-        Airflow's database migration at once; Prometheus and Airflow's components as soon as
-        what they need is there. Each is waited on through its health endpoint, never a sleep.
+        Airflow's components at once (Airflow's database is a copy of a migrated template);
+        Prometheus once the cluster it discovers pods from answers. Each is waited on through
+        its health endpoint, never a sleep. When a component fails to start, the ones this call
+        started are stopped again (nothing half-started is left behind) before the error.
         """
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
@@ -242,6 +290,16 @@ class Stack:
             self._check_ports()
             self.pids = {}
         running = set(self.running())
+        try:
+            self._start(running, say)
+        except BaseException:
+            for name in reversed(COMPONENTS):
+                if name not in running and name in self.pids:
+                    stop_group(self.pids.pop(name), grace=10)
+            self.save()
+            raise
+
+    def _start(self, running: set[str], say: Any) -> None:
         waits: list[Server] = []
         if "localcluster" not in running:
             say("starting localcluster (the Kubernetes API, pods as processes)")
@@ -255,9 +313,15 @@ class Stack:
             no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
             waits.append(self._launch("mlflow", self._mlflow_cmd(), f"{self.mlflow_url}/health",
                                       no_jobs))  # fmt: skip
-        airflow = [c for c in AIRFLOW_COMPONENTS if c not in running]
+        wanted = [c for c in AIRFLOW_COMPONENTS if c != "triggerer" or self.settings.triggerer]
+        airflow = [c for c in wanted if c not in running]
         if airflow:
-            self._airflow_init()  # the database, while the others start
+            # The database from a migrated template (no migration on a fresh start), then
+            # Airflow's components at once: none of them needs the cluster to start.
+            self._airflow_init()
+            say(f"starting Airflow ({', '.join(airflow)})")
+            for component in airflow:
+                self._launch(component, self._airflow_cmd(component), "", self.airflow_env())
         if "localcluster" not in running:
             self._ready(cluster)
             self._setup_cluster()
@@ -270,10 +334,6 @@ class Stack:
             except RuntimeError as exc:
                 raise StackError(str(exc)) from None
             waits.append(self._launch("prometheus", server.cmd, server.health_url))
-        if airflow:
-            say(f"starting Airflow ({', '.join(airflow)})")
-            for component in airflow:
-                self._launch(component, self._airflow_cmd(component), "", self.airflow_env())
         for server in waits:
             self._ready(server)
         self.save()
@@ -348,7 +408,12 @@ class Stack:
         self, name: str, cmd: list[str], health: str, env: dict[str, str] | None = None
     ) -> Server:
         """Start a component in its own process group, recorded at once; do not wait."""
-        server = Server(name, cmd, health, self.log(name), {**inherited_env(), **(env or {})})
+        # glibc gives each thread that allocates its own arena (up to 8 per core), and each
+        # keeps what it freed: the threaded servers here (Airflow's api-server, MLflow's worker
+        # thread pool) hold tens of MB that way. Two arenas are plenty for this load.
+        tuned = {"MALLOC_ARENA_MAX": "2"}
+        server = Server(name, cmd, health, self.log(name),
+                        {**inherited_env(), **tuned, **(env or {})})  # fmt: skip
         server.start_background()
         assert server.proc is not None  # noqa: S101 - start_background sets it
         self.pids[name] = server.proc.pid
@@ -425,14 +490,23 @@ class Stack:
         return _run(cmd, f"airflow {' '.join(args)}", env=self.airflow_env(), timeout=300)
 
     def _airflow_init(self) -> None:
-        self.airflow("db", "migrate")
-        self.airflow("pools", "import", str(POOLS_FILE))
+        """A fresh stack's database is a copy of the migrated template; an existing one is
+        migrated in place (a no-op unless Airflow was upgraded under it)."""
+        database = self.root / "airflow" / "airflow.db"
+        if database.exists():
+            self.airflow("db", "migrate")
+            self.airflow("pools", "import", str(POOLS_FILE))
+        else:
+            shutil.copyfile(airflow_db_template(), database)
 
     def _wait_airflow_healthy(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         last: Any = None
+        parts = ["metadatabase", "scheduler", "dag_processor"]
+        if "triggerer" in self.pids:
+            parts.append("triggerer")
         while time.monotonic() < deadline:
-            for name in COMPONENTS:
+            for name in self.pids:
                 if not alive(self.pids[name]):
                     raise StackError(f"{name} exited; read its log: {self.log(name)}")
             try:
@@ -443,7 +517,6 @@ class Stack:
             except (OSError, ValueError) as exc:
                 last = str(exc)
             else:
-                parts = ("metadatabase", "scheduler", "triggerer", "dag_processor")
                 if all((last.get(p) or {}).get("status") == "healthy" for p in parts):
                     return
             time.sleep(1)

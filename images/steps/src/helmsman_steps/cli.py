@@ -217,6 +217,25 @@ def evaluate(
     _emit(decision)
 
 
+@app.command("fetch-model")
+def fetch_model(
+    model_uri: Annotated[
+        str, typer.Option(envvar="HELMSMAN_MODEL_URI", help="models:/NAME/VERSION or @ALIAS.")
+    ],
+    dest: Annotated[str, typer.Option(help="Folder to download the serving export into.")],
+) -> None:
+    """Resolve a model URI to its exact version and download its serving export.
+
+    Prints {"name", "version", "run_id", "aliases", "path"}. The server runs this as a child
+    process, so MLflow's client is never resident in a serving pod.
+    """
+    from helmsman_steps import registry
+
+    resolved = registry.resolve(model_uri)
+    path = registry.download_serving_model(resolved, dest)
+    _emit({**asdict(resolved), "path": path})
+
+
 @app.command()
 def serve(
     model_uri: Annotated[

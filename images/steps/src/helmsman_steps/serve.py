@@ -22,6 +22,10 @@ uvloop and httptools, and requests are decoded and validated in one pass by msgs
 
 from __future__ import annotations
 
+import contextlib
+import json
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -124,6 +128,40 @@ class PredictionHistogram:
         yield family
 
 
+def fetch(model_uri: str, destination: str) -> tuple[registry.ResolvedModel, str]:
+    """Resolve and download the model in a child process (``helmsman-step fetch-model``).
+
+    MLflow's client is what the download needs and nothing else does: imported here it would
+    stay resident for the pod's life (~130 MB of each serving pod's ~170 MB). In a child it
+    leaves when the download is done. The child's log lines go to this process's stderr; its
+    exit code keeps its meaning (2: a model URI a person must fix).
+    """
+    cmd = [sys.executable, "-m", "helmsman_steps", "fetch-model",
+           "--model-uri", model_uri, "--dest", destination]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=600)  # noqa: S603
+    sys.stderr.write(proc.stderr)
+    if proc.returncode:
+        reason = _last_error(proc.stderr) or f"exit code {proc.returncode}"
+        if proc.returncode == ExitCode.BAD_INPUT:
+            raise BadInputError(reason)
+        raise RuntimeError(f"fetching {model_uri} failed: {reason}")
+    found = json.loads(proc.stdout)
+    resolved = registry.ResolvedModel(
+        found["name"], found["version"], found["run_id"], tuple(found["aliases"])
+    )
+    return resolved, str(found["path"])
+
+
+def _last_error(stderr: str) -> str:
+    """The error of the child's last JSON log line that has one."""
+    for line in reversed(stderr.splitlines()):
+        with contextlib.suppress(ValueError):
+            record = json.loads(line)
+            if isinstance(record, dict) and record.get("error"):
+                return str(record["error"])
+    return ""
+
+
 class App:
     """The ASGI application."""
 
@@ -139,9 +177,9 @@ class App:
 
     # -- model loading -------------------------------------------------------------------
     def load(self) -> None:
-        resolved = registry.resolve(self.model_uri)
         with tempfile.TemporaryDirectory() as tmp:
-            model = NumpyModel.load(registry.download_serving_model(resolved, tmp))
+            resolved, path = fetch(self.model_uri, tmp)
+            model = NumpyModel.load(path)
         # Warm up: the first calls allocate and pick kernels; do it before saying ready.
         sample = {name: np.full(64, low) for name, (low, _) in NUMERIC_RANGES.items()}
         sample |= {name: np.full(64, vocab[0]) for name, vocab in CATEGORIES.items()}
