@@ -36,6 +36,7 @@ from helmsman.serving.analysis import Prometheus, Thresholds
 from helmsman.serving.kube import Kube, progress
 from helmsman.serving.session import RolloutSession, Settings
 from helmsman.serving.verify import Checks, Rejected
+from helmsman_steps import contract
 
 POOL = "serving_rollout"  # one slot: one rollout at a time across DAGs (helm-values, demo)
 DEFAULT_INSTANCE = "churn-serving"
@@ -274,9 +275,9 @@ class RolloutOperator(BaseOperator):
         report_name = owner.replace("/", "__")
         models.log_rollout(version, report_name, outcome)
         models.tag(version, {
-            models.ROLLOUT_TAG: "passed",
-            models.DEPLOYMENT_TAG: f"{target.namespace}/{target.name}",
-            "helmsman.deployed_by": owner,
+            contract.ROLLOUT_TAG: "passed",
+            contract.DEPLOYMENT_TAG: f"{target.namespace}/{target.name}",
+            contract.DEPLOYED_BY_TAG: owner,
         })  # fmt: skip
         self.log.info("version %s passed every check and serves all traffic (%.0fs)",
                       target.model_version, outcome["seconds"])  # fmt: skip
@@ -293,9 +294,9 @@ class RolloutOperator(BaseOperator):
         })  # fmt: skip
         figures = json.dumps(record.get("reports", [])[-1:], sort_keys=True)[:3000]
         models.tag(version, {
-            models.ROLLOUT_TAG: "rejected",
-            models.ROLLOUT_REASON_TAG: "; ".join(reasons),
-            "helmsman.rollout_figures": figures,
+            contract.ROLLOUT_TAG: "rejected",
+            contract.ROLLOUT_REASON_TAG: "; ".join(reasons),
+            contract.ROLLOUT_FIGURES_TAG: figures,
         })  # fmt: skip
         serving, expected = session.serving_version(), record.get("previous")
         if serving != expected:
@@ -335,7 +336,7 @@ def choose_version(model_name: str, version: str) -> dict[str, Any]:
             f"version {version} of {model_name} was never evaluated; pick one that was "
             "(its tags carry helmsman.decision)"
         )
-    champion = models.by_alias(model_name, models.CHAMPION)
+    champion = models.by_alias(model_name, contract.CHAMPION)
     if champion is not None and champion.version == chosen.version:
         return {"version": version, "deploy": False, "reason": f"{version} is already @champion"}
     return {"version": version, "deploy": True, "reason": f"manual rollback to version {version}"}

@@ -15,18 +15,11 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-CHAMPION = "champion"
-PREVIOUS = "previous-champion"  # the version @champion named before the last promotion
-MLFLOW_CONN_ID = "mlflow_default"
-TRAINING_EXPERIMENT = "helmsman-training"
+from helmsman_steps import contract
+from helmsman_steps.contract import CHAMPION, TRAINING_EXPERIMENT
+from helmsman_steps.contract import PREVIOUS_CHAMPION as PREVIOUS
 
-# Tags the Airflow side writes on model versions (the pods write helmsman.decision etc.).
-FENCE_TAG = "helmsman.fence"
-FENCE_REASON_TAG = "helmsman.fence_reason"
-ROLLOUT_TAG = "helmsman.rollout"
-ROLLOUT_REASON_TAG = "helmsman.rollout_reason"
-DEPLOYMENT_TAG = "helmsman.deployment"
-PROMOTED_BY_TAG = "helmsman.promoted_by"
+MLFLOW_CONN_ID = "mlflow_default"
 
 
 def http_url(conn_id: str) -> str:
@@ -74,11 +67,11 @@ class Version:
 
     @property
     def interval_end(self) -> dt.datetime | None:
-        return _parse_day(self.tags.get("helmsman.interval_end", ""))
+        return _parse_day(self.tags.get(contract.INTERVAL_END_TAG, ""))
 
     @property
     def decision(self) -> str:
-        return self.tags.get("helmsman.decision", "")
+        return self.tags.get(contract.DECISION_TAG, "")
 
 
 def _parse_day(value: str) -> dt.datetime | None:
@@ -110,7 +103,7 @@ def trained_by(model_name: str, run_key: str) -> Version:
     from helmsman_steps import registry
 
     run = registry.find_run(TRAINING_EXPERIMENT, run_key)
-    version = run.data.tags.get("helmsman.model_version", "") if run else ""
+    version = run.data.tags.get(contract.MODEL_VERSION_TAG, "") if run else ""
     if not version:
         raise LookupError(f"no model version was registered by training run {run_key!r}")
     return get(model_name, version)
@@ -120,9 +113,8 @@ def golden(version: Version) -> dict[str, Any]:
     """The golden set evaluation saved: inputs and the challenger's offline predictions."""
     import mlflow
 
-    from helmsman_steps.evaluate import GOLDEN_ARTIFACT
-
-    data: dict[str, Any] = mlflow.artifacts.load_dict(f"runs:/{version.run_id}/{GOLDEN_ARTIFACT}")
+    path = f"runs:/{version.run_id}/{contract.GOLDEN_ARTIFACT}"
+    data: dict[str, Any] = mlflow.artifacts.load_dict(path)
     return data
 
 
@@ -149,5 +141,5 @@ def promote(version: Version, promoted_by: str) -> Version | None:
     if before is not None:
         client.set_registered_model_alias(version.name, PREVIOUS, before.version)
     client.set_registered_model_alias(version.name, CHAMPION, version.version)
-    tag(version, {PROMOTED_BY_TAG: promoted_by})
+    tag(version, {contract.PROMOTED_BY_TAG: promoted_by})
     return before

@@ -18,6 +18,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
 from helmsman.serving.objects import GatewayRef
+from helmsman_steps import contract
 
 # Images, pinned in this one place. A release bumps TAG (and the Airflow image it ships in).
 REGISTRY = "ghcr.io/helmsman-ml"
@@ -238,7 +239,7 @@ def pod_task(
 
 def run_key(stage: str) -> str:
     """The MLflow run key of one stage of one DAG run (a retry finds its earlier run by it)."""
-    return "{{ dag.dag_id }}/{{ run_id }}/" + stage
+    return contract.run_key_template(stage)
 
 
 def _snake(mapping: dict[str, Any]) -> dict[str, Any]:

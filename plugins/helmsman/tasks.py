@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from helmsman import fence, models
+from helmsman_steps import contract
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def decide(
     the model version and returned (XCom) for the rollout task."""
     models.configure()
     version = models.trained_by(model_name, train_run_key)
-    champion = models.by_alias(model_name, models.CHAMPION)
+    champion = models.by_alias(model_name, contract.CHAMPION)
     if not version.decision:
         raise LookupError(
             f"version {version.version} has no evaluation decision; did the evaluate task run?"
@@ -79,8 +80,8 @@ def decide(
     models.tag(
         version,
         {
-            models.FENCE_TAG: "deploy" if decision.deploy else "hold",
-            models.FENCE_REASON_TAG: decision.reason,
+            contract.FENCE_TAG: "deploy" if decision.deploy else "hold",
+            contract.FENCE_REASON_TAG: decision.reason,
         },
     )
     log.info(

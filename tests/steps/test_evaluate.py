@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from helmsman_steps import evaluate, registry, train
+from helmsman_steps import contract, evaluate, registry, train
 from helmsman_steps.schema import RAW_FEATURES
 from helmsman_steps.store import DatasetStore
 from tests.mlflow_fixtures import Trained
@@ -85,14 +85,14 @@ def test_the_decision_is_recorded_on_the_version_and_the_run(
 ) -> None:
     worse = contest["worse"]
     mv = registry.client().get_model_version(MODEL, worse.challenger_version)
-    assert mv.tags[evaluate.DECISION_TAG] == "reject"
-    assert "roc_auc gain" in mv.tags[evaluate.REASONS_TAG]
+    assert mv.tags[contract.DECISION_TAG] == "reject"
+    assert "roc_auc gain" in mv.tags[contract.DECISION_REASONS_TAG]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(mv.run_id, "evaluation")}
     assert artifacts >= {"evaluation/roc.png", "evaluation/pr.png", "evaluation/calibration.png",
                          "evaluation/decision.json", "evaluation/golden.json"}  # fmt: skip
     stored = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{evaluate.DECISION_ARTIFACT}")
     assert stored["decision"] == "reject"
-    golden = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{evaluate.GOLDEN_ARTIFACT}")
+    golden = mlflow.artifacts.load_dict(f"runs:/{mv.run_id}/{contract.GOLDEN_ARTIFACT}")
     assert len(golden["inputs"]) == len(golden["predictions"]) == 256
     assert set(golden["inputs"][0]) == set(RAW_FEATURES)
     # What the rollout's shadow step will compare live: the difference from this champion.

@@ -16,7 +16,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from helmsman_steps import evaluate, registry
+from helmsman_steps import contract, registry
 from tests.mlflow_fixtures import Trained
 from tools.procs import Server, free_port
 
@@ -68,7 +68,7 @@ def test_served_predictions_match_the_offline_golden_set(
     http: httpx.Client, champion: Trained
 ) -> None:
     run_id = registry.resolve(f"models:/{champion.model_name}/{champion.version}").run_id
-    golden = mlflow.artifacts.load_dict(f"runs:/{run_id}/{evaluate.GOLDEN_ARTIFACT}")
+    golden = mlflow.artifacts.load_dict(f"runs:/{run_id}/{contract.GOLDEN_ARTIFACT}")
     response = http.post("/predict", json={"instances": golden["inputs"]})
     assert response.status_code == 200, response.text
     body = response.json()

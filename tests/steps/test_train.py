@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helmsman_steps import registry, train
+from helmsman_steps import contract, registry, train
 from helmsman_steps.evaluate import holdout, metrics
 from helmsman_steps.model import NumpyModel
 from helmsman_steps.schema import CATEGORIES, LABEL, NUMERIC_RANGES
@@ -27,7 +27,7 @@ def test_version_carries_lineage_tags(champion: Trained) -> None:
     mv = registry.client().get_model_version(champion.model_name, champion.version)
     assert mv.tags["helmsman.dag_id"] == "tests"
     assert mv.tags["helmsman.interval_start"] == str(champion.start)
-    assert mv.tags[registry.RUN_KEY_TAG] == "session/champion"
+    assert mv.tags[contract.RUN_KEY_TAG] == "session/champion"
     assert len(mv.tags["helmsman.dataset_hash"]) == 64
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from helmsman_steps import logs
+from helmsman_steps import contract, logs
 from helmsman_steps.exitcodes import BadInputError, ExitCode
 
 app = typer.Typer(
@@ -90,9 +90,9 @@ def etl(
         typer.Option(min=0.0, max=1.0, help="Fail if a day's share of invalid rows exceeds this."),
     ] = 0.05,
     run_key: RunKey = "",
-    experiment: Annotated[str, typer.Option(help="MLflow experiment for ETL runs.")] = (
-        "helmsman-etl"
-    ),
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment for ETL runs.")
+    ] = contract.ETL_EXPERIMENT,
 ) -> None:
     """Validate and featurize the raw records of [start, end) into dataset partitions."""
     import mlflow
@@ -103,7 +103,7 @@ def etl(
 
     source = sources.from_uri(source_uri)
     reports = stage.run(source, DatasetStore(dataset_uri), start.date(), end.date(), max_bad_share)
-    key = run_key or f"local/{start.date()}_{end.date()}/etl"
+    key = run_key or contract.local_run_key(str(start.date()), str(end.date()), "etl")
     lineage = registry.Lineage.from_env(
         interval_start=str(start.date()), interval_end=str(end.date())
     )
@@ -117,7 +117,7 @@ def etl(
                 "bad_row_share": max(r["bad_row_share"] for r in reports),
             }
         )
-        mlflow.set_tags({"helmsman.dataset_hash": digest, "helmsman.source_uri": source_uri})
+        mlflow.set_tags({contract.DATASET_HASH_TAG: digest, contract.SOURCE_URI_TAG: source_uri})
         mlflow.log_dict({"days": reports}, "etl/reports.json")
     _emit({"dataset_hash": digest, "days": reports})
 
@@ -139,9 +139,9 @@ def train(
         str, typer.Option(help="Hidden layer widths, comma-separated, e.g. 64,32.")
     ] = "64,32",
     seed: Annotated[int, typer.Option(help="Seed for weights and batch order.")] = 42,
-    experiment: Annotated[str, typer.Option(help="MLflow experiment for training runs.")] = (
-        "helmsman-training"
-    ),
+    experiment: Annotated[
+        str, typer.Option(help="MLflow experiment for training runs.")
+    ] = contract.TRAINING_EXPERIMENT,
 ) -> None:
     """Train the model on the dataset window ending at END and register a model version."""
     from helmsman_steps import registry
@@ -156,7 +156,7 @@ def train(
         raise BadInputError(f"--hidden needs at least one positive width, got {hidden!r}")
     config = stage.TrainConfig(epochs, batch_size, learning_rate, 1e-4, widths, seed, window_days)
     lineage = registry.Lineage.from_env()  # train.run adds the interval
-    key = run_key or f"local/{start.date()}_{end.date()}/train"
+    key = run_key or contract.local_run_key(str(start.date()), str(end.date()), "train")
     result = stage.run(
         DatasetStore(dataset_uri), start.date(), end.date(), model_name, key, config, lineage,
         experiment,
@@ -194,7 +194,7 @@ def evaluate(
     golden_size: Annotated[int, typer.Option(min=1, help="Rows in the golden set.")] = 256,
     training_experiment: Annotated[
         str, typer.Option(help="MLflow experiment of the training runs.")
-    ] = "helmsman-training",
+    ] = contract.TRAINING_EXPERIMENT,
 ) -> None:
     """Compare the challenger with @champion on held-out rows and record the decision."""
     from helmsman_steps import evaluate as stage
@@ -206,7 +206,7 @@ def evaluate(
         if not run_key:
             raise BadInputError("give --challenger-version or --run-key of the training run")
         trained = registry.find_run(training_experiment, run_key)
-        version = trained.data.tags.get("helmsman.model_version", "") if trained else ""
+        version = trained.data.tags.get(contract.MODEL_VERSION_TAG, "") if trained else ""
         if not version:
             raise BadInputError(f"no model version was registered by training run {run_key!r}")
     rules = stage.Rules(min_primary, min_improvement, max_secondary_regression,

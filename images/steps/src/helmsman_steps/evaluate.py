@@ -22,6 +22,8 @@ import numpy as np
 import numpy.typing as npt
 
 from helmsman_steps import logs, registry
+from helmsman_steps.contract import DECISION_REASONS_TAG as REASONS_TAG
+from helmsman_steps.contract import DECISION_TAG, GOLDEN_ARTIFACT
 from helmsman_steps.exitcodes import BadInputError
 from helmsman_steps.model import NumpyModel, score_counts
 from helmsman_steps.schema import ID_COLUMN, LABEL, RAW_FEATURES
@@ -33,9 +35,6 @@ if TYPE_CHECKING:
 
 log = logs.get(__name__)
 
-DECISION_TAG = "helmsman.decision"
-REASONS_TAG = "helmsman.decision_reasons"
-GOLDEN_ARTIFACT = "evaluation/golden.json"
 DECISION_ARTIFACT = "evaluation/decision.json"
 
 
@@ -283,11 +282,12 @@ def run(
             if p_old is not None and champion is not None
             else None
         )
-        (folder / "golden.json").write_text(json.dumps(_golden(rows, p_new, golden_size, versus)))
+        artifacts, golden_name = Path(GOLDEN_ARTIFACT).parent, Path(GOLDEN_ARTIFACT).name
+        (folder / golden_name).write_text(json.dumps(_golden(rows, p_new, golden_size, versus)))
         with mlflow.start_run(run_id=challenger.run_id):
             mlflow.log_metrics({f"eval_{k}": v for k, v in new_metrics.items()})
-            for path in [*plots, folder / "decision.json", folder / "golden.json"]:
-                mlflow.log_artifact(str(path), artifact_path="evaluation")
+            for path in [*plots, folder / "decision.json", folder / golden_name]:
+                mlflow.log_artifact(str(path), artifact_path=str(artifacts))
             mlflow.set_tags({DECISION_TAG: verdict, REASONS_TAG: "; ".join(reasons)[:5000]})
     c = registry.client()
     c.set_model_version_tag(model_name, challenger.version, DECISION_TAG, verdict)

@@ -18,8 +18,7 @@ if TYPE_CHECKING:
     from mlflow import ActiveRun
     from mlflow.entities import Run
 
-RUN_KEY_TAG = "helmsman.run_key"
-TAG_PREFIX = "helmsman."
+from helmsman_steps.contract import RUN_KEY_TAG, TAG_PREFIX
 
 
 @dataclass(frozen=True)

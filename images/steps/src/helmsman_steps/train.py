@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from helmsman_steps import features, logs, registry
+from helmsman_steps import contract, features, logs, registry
 from helmsman_steps.model import FILENAME, NumpyModel
 from helmsman_steps.schema import ID_COLUMN, LABEL
 from helmsman_steps.store import DatasetStore, days_in
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 log = logs.get(__name__)
 
-EXPERIMENT = "helmsman-training"
+EXPERIMENT = contract.TRAINING_EXPERIMENT
 CHECKPOINT = "checkpoints/last.pt"
 # Rows are split by a hash of their id: bucket 0 is held out for evaluation, bucket 1
 # validates each epoch, the rest train. The same id always lands in the same bucket.
@@ -150,7 +150,7 @@ def run(
     lineage = replace(lineage, interval_start=str(start), interval_end=str(end))
     with registry.get_or_start_run(experiment, run_key, f"train {start}", lineage.tags()) as run:
         run_id = run.info.run_id
-        done = run.data.tags.get("helmsman.model_version")
+        done = run.data.tags.get(contract.MODEL_VERSION_TAG)
         if done:
             log.info("already trained; reusing its model version", run_id=run_id, version=done)
             return TrainResult(run_id, model_name, done, trained=False)
@@ -229,7 +229,7 @@ def run(
         version = _log_and_register(
             net, exported, mean, scale, x_all[:5], model_name, lineage, run_key, dataset_hash
         )
-        mlflow.set_tags({"helmsman.model_version": version, "helmsman.model_name": model_name})
+        mlflow.set_tags({contract.MODEL_VERSION_TAG: version, contract.MODEL_NAME_TAG: model_name})
         final = history[-1] if history else {}
         return TrainResult(run_id, model_name, version, final, resumed)
 
@@ -297,8 +297,8 @@ def _log_and_register(
         )
     version = str(info.registered_model_version)
     client = registry.client()
-    for key, value in {**lineage.tags(), "helmsman.dataset_hash": dataset_hash,
-                       registry.RUN_KEY_TAG: run_key}.items():  # fmt: skip
+    for key, value in {**lineage.tags(), contract.DATASET_HASH_TAG: dataset_hash,
+                       contract.RUN_KEY_TAG: run_key}.items():  # fmt: skip
         client.set_model_version_tag(model_name, version, key, value)
     log.info("registered model version", model=model_name, version=version)
     return version

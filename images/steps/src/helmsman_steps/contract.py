@@ -1,0 +1,56 @@
+"""The names the pods and the Airflow side agree on: MLflow experiments, tags, aliases, artifact
+paths and the run-key format.
+
+One home for each, imported by the step package (in the pods) and by ``plugins/helmsman`` (in
+Airflow's workers and DAG processor). Standard library only, and nothing heavy imported: a DAG
+file may import it at parse time.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# MLflow experiments, one per stage that logs runs.
+ETL_EXPERIMENT: Final = "helmsman-etl"
+TRAINING_EXPERIMENT: Final = "helmsman-training"
+
+# Registered model aliases: what serves, and what served before the last promotion.
+CHAMPION: Final = "champion"
+PREVIOUS_CHAMPION: Final = "previous-champion"
+
+# Tags on runs and model versions. Every tag Helmsman writes starts with the prefix.
+TAG_PREFIX: Final = "helmsman."
+RUN_KEY_TAG: Final = "helmsman.run_key"  # a run's key (a retry finds its earlier run by it)
+MODEL_NAME_TAG: Final = "helmsman.model_name"
+MODEL_VERSION_TAG: Final = "helmsman.model_version"  # on the training run: what it registered
+DATASET_HASH_TAG: Final = "helmsman.dataset_hash"
+SOURCE_URI_TAG: Final = "helmsman.source_uri"
+INTERVAL_END_TAG: Final = "helmsman.interval_end"  # lineage: the data a version saw
+DECISION_TAG: Final = "helmsman.decision"  # evaluation's verdict: promote / reject
+DECISION_REASONS_TAG: Final = "helmsman.decision_reasons"
+FENCE_TAG: Final = "helmsman.fence"  # may this run deploy (the orchestrator's decision)
+FENCE_REASON_TAG: Final = "helmsman.fence_reason"
+ROLLOUT_TAG: Final = "helmsman.rollout"  # passed / rejected
+ROLLOUT_REASON_TAG: Final = "helmsman.rollout_reason"
+ROLLOUT_FIGURES_TAG: Final = "helmsman.rollout_figures"
+DEPLOYMENT_TAG: Final = "helmsman.deployment"
+DEPLOYED_BY_TAG: Final = "helmsman.deployed_by"
+PROMOTED_BY_TAG: Final = "helmsman.promoted_by"
+
+# Artifacts one side writes and the other reads.
+GOLDEN_ARTIFACT: Final = "evaluation/golden.json"  # inputs and the offline predictions
+
+
+def run_key(dag_id: str, run_id: str, stage: str) -> str:
+    """The key of one stage of one DAG run: ``DAG_ID/RUN_ID/STAGE``."""
+    return f"{dag_id}/{run_id}/{stage}"
+
+
+def run_key_template(stage: str) -> str:
+    """``run_key`` as a Jinja template, for a pod's arguments or environment."""
+    return run_key("{{ dag.dag_id }}", "{{ run_id }}", stage)
+
+
+def local_run_key(start: str, end: str, stage: str) -> str:
+    """The key of a stage run by hand, outside Airflow: ``local/START_END/STAGE``."""
+    return run_key("local", f"{start}_{end}", stage)
