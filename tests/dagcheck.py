@@ -66,6 +66,9 @@ def check(dag_file: Path) -> dict[str, Any]:
                 "owners": sorted({t.owner for t in dag.tasks}),
                 "retries": {t.task_id: t.retries for t in dag.tasks},
                 "has_doc_md": bool(dag.doc_md),
+                "params": dag.params.dump(),
+                "schedule": None if dag.schedule is None else str(dag.schedule),
+                "tasks": sorted(t.task_id for t in dag.tasks),
             }
         )
     return {

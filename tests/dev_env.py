@@ -8,11 +8,15 @@ development only; real ones come from Kubernetes Secrets (see helm-values/).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 DAGS_FOLDER = REPO / "dags"
 PLUGINS_FOLDER = REPO / "plugins"
+# The plugins import the step package's contract and model spec (installed in the Airflow
+# image; here, from the source tree).
+STEPS_SRC = REPO / "images" / "steps" / "src"
 
 DEV_VARIABLES = {
     "helmsman_namespace": "ml",
@@ -35,7 +39,7 @@ def airflow_env(airflow_home: Path) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__UNIT_TEST_MODE": "True",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-        "PYTHONPATH": str(PLUGINS_FOLDER),
+        "PYTHONPATH": os.pathsep.join([str(PLUGINS_FOLDER), str(STEPS_SRC)]),
     }
     env |= {f"AIRFLOW_VAR_{k.upper()}": v for k, v in DEV_VARIABLES.items()}
     env |= {f"AIRFLOW_CONN_{k.upper()}": json.dumps(v) for k, v in DEV_CONNECTIONS.items()}

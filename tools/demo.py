@@ -1,7 +1,7 @@
 """`make demo`, `make down` and `make backfill`: the whole pipeline on this machine.
 
 ``up`` starts (or finds running) the local stack in ``.demo/`` -- localcluster, MLflow and
-Airflow 3, each in its own process group -- then triggers ``ml_training`` through Airflow's
+Airflow 3, each in its own process group -- then triggers ``train_churn`` through Airflow's
 REST API with Params, follows it task by task, and prints where everything is: the MLflow run
 and model version, the evaluation decision, the rollout's preview and every step's figures,
 the Gateway address the model answers on, a prediction made through it, and the UI addresses
@@ -32,7 +32,7 @@ from tools.procs import port_taken
 from tools.stack import REPO, Ports, Settings, Stack, StackError
 from tools.users import Users
 
-DAG = "ml_training"
+DAG = "train_churn"
 MODEL = "churn"
 NAMESPACE = "ml"
 ROOT = REPO / ".demo"

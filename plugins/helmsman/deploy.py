@@ -39,7 +39,6 @@ from helmsman.serving.verify import Checks, Rejected
 from helmsman_steps import contract
 
 POOL = "serving_rollout"  # one slot: one rollout at a time across DAGs (helm-values, demo)
-DEFAULT_INSTANCE = "churn-serving"
 
 
 class RolloutGateFailed(AirflowFailException):
@@ -91,23 +90,25 @@ class DeploymentAvailableTrigger(BaseTrigger):
             await asyncio.sleep(2)
 
 
-def rollout_params() -> dict[str, Any]:
+def rollout_params(
+    strategy: str = "canary", steps: tuple[int, ...] | list[int] = (5, 25, 50)
+) -> dict[str, Any]:
     """The rollout's Params, shared by every DAG that rolls a version out (typed trigger form
-    and REST ``conf`` alike)."""
+    and REST ``conf`` alike); the defaults are the model's (``serving`` in model.yaml)."""
     from airflow.sdk import Param
 
     from helmsman.serving.session import STRATEGIES
 
     return {
         "strategy": Param(
-            "canary", title="Rollout strategy", enum=list(STRATEGIES),
+            strategy, title="Rollout strategy", enum=list(STRATEGIES),
             description="Every strategy first verifies the new version behind a preview "
             "Service no user reaches. canary: then traffic in steps, each judged on live "
             "traffic. blue-green: then all traffic at once and a live window (switched back "
             "on failure). rolling: pod by pod, for clusters without a Gateway.",
         ),
         "canary_steps": Param(
-            "5,25,50", title="Canary steps", type="string",
+            ",".join(str(s) for s in steps), title="Canary steps", type="string",
             pattern=r"^[1-9][0-9]?(,[1-9][0-9]?)*$",
             description="Traffic percentages before 100%, rising (e.g. 5,25,50).",
         ),
@@ -145,8 +146,8 @@ class RolloutOperator(BaseOperator):
         self,
         *,
         decide_task_id: str = "decide",
-        instance: str = DEFAULT_INSTANCE,
-        model_name: str = "churn",
+        model_name: str,
+        instance: str | None = None,
         strategy: str = "canary",
         steps: str | list[int] = "5,25,50",
         interval: float | str = 30,
@@ -162,7 +163,8 @@ class RolloutOperator(BaseOperator):
     ) -> None:
         kwargs.setdefault("pool", POOL)
         super().__init__(**kwargs)
-        self.decide_task_id, self.instance, self.model_name = decide_task_id, instance, model_name
+        self.decide_task_id, self.model_name = decide_task_id, model_name
+        self.instance = instance or contract.serving_instance(model_name)
         self.strategy, self.steps, self.interval, self.shadow = strategy, steps, interval, shadow
         self.image, self.replicas = image, replicas
         self.platform = platform or Platform()

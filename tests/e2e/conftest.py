@@ -32,6 +32,6 @@ def stack() -> Iterator[Stack]:
 @pytest.fixture(scope="session")
 def airflow(stack: Stack) -> AirflowApi:
     api = AirflowApi(stack.airflow_url, "admin", stack.password)
-    api.wait_for_dag("ml_training")
-    api.unpause("ml_training")
+    api.wait_for_dag("train_churn")
+    api.unpause("train_churn")
     return api

@@ -44,7 +44,7 @@ from tools.airflow_api import AirflowApi, ApiError
 from tools.stack import REPO, Stack
 from tools.users import Users
 
-DAG = "ml_training"
+DAG = "train_churn"
 MODEL = "churn"
 NS = "ml"
 INSTANCE = "churn-serving"

@@ -136,7 +136,7 @@ def test_the_schema_check_catches_a_misspelled_field() -> None:
 
 def context(**params: Any) -> Any:
     """What the templates of a pod task read from Airflow's task context."""
-    return {"params": params, "dag": SimpleNamespace(dag_id="ml_training"), "run_id": "manual_1"}
+    return {"params": params, "dag": SimpleNamespace(dag_id="train_churn"), "run_id": "manual_1"}
 
 
 def test_a_templated_gpu_count_follows_the_rendered_param() -> None:

@@ -41,6 +41,11 @@ PROMOTED_BY_TAG: Final = "helmsman.promoted_by"
 GOLDEN_ARTIFACT: Final = "evaluation/golden.json"  # inputs and the offline predictions
 
 
+def serving_instance(model_name: str) -> str:
+    """The serving instance of a model: its Deployments' prefix, Services and HTTPRoute."""
+    return f"{model_name}-serving"
+
+
 def run_key(dag_id: str, run_id: str, stage: str) -> str:
     """The key of one stage of one DAG run: ``DAG_ID/RUN_ID/STAGE``."""
     return f"{dag_id}/{run_id}/{stage}"

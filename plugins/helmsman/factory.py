@@ -1,0 +1,371 @@
+"""A model's DAGs, built from its folder: ``train_<name>``, ``rollback_<name>``, ``scale_<name>``.
+
+``models/<name>/model.yaml`` (``helmsman_steps.spec``) declares the model; this module turns it
+into the DAGs every model gets, the way astronomer-cosmos turns a dbt project into a DAG. A DAG
+file per model holds two lines (``dags/model_<name>.py``), so a broken ``model.yaml`` is an
+import error of that file alone, with the file, the field and what it allows in the message,
+and every other model's DAGs still load.
+
+Nothing heavy is imported here: the DAG processor pays this module's cost on every parse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import DAG, Param, task
+
+from helmsman import deploy, tasks
+from helmsman.pods import Platform, pod_task
+from helmsman.serving.analysis import Thresholds
+from helmsman_steps import contract, spec
+from helmsman_steps.spec import ModelSpec, ModelSpecError
+
+MAX_GPUS = 4  # the most one training run may ask for (the GPU pools hold at least this)
+# What this release's pipeline trains, evaluates and serves; a spec may declare more (the
+# contract is wider than today's steps), and gets a clear error until the steps catch up.
+SUPPORTED = {"task": ("binary",), "trainer.kind": ("mlp",), "evaluation.metric": ("roc_auc",)}
+
+TRAINING_DOC = """
+### Train, evaluate, roll out `{name}` — {description}
+
+Built from `models/{name}/model.yaml` (task: {task}, trainer: {trainer}, metric: {metric}).
+
+1. `plan` (worker): the days — the Param `data_end`, else the data interval, else yesterday.
+2. `etl` (pod): validates the training window's raw records, quarantines bad rows, writes
+   Parquet partitions.
+3. `train` (GPU pod): trains, checkpoints every epoch (a retry resumes), registers a model
+   version with lineage tags.
+4. `evaluate` (pod): challenger vs `@champion` on the same held-out day; the decision, plots
+   and a golden set go to MLflow.
+5. `decide` (worker): the fence — backfills, dry runs and data older than the champion's
+   never deploy.
+6. `rollout` (worker): the new version is verified behind a preview Service no user reaches
+   (identity, golden-set parity, probe load), then gets traffic in steps, each judged on its
+   live traffic in Prometheus (error rate, p99, prediction divergence from the stable
+   version); any failed check sends all traffic back to the stable version at once.
+7. `promote` (worker): moves `@champion`; the old one keeps `@previous-champion`.
+
+**Triage.** A red `etl`: read its log for the bad-row share and the quarantine report path.
+A red `train`/`evaluate`: the failed pod is kept (`kubectl -n ml get pods -l
+app.kubernetes.io/component=train`), the MLflow run has the params and metrics so far.
+`rollout` red means the new version failed a check and **was taken out of traffic** — the log
+lists each step's figures and each failed check, the model version carries
+`helmsman.rollout=rejected`, the reasons and the figures (and `rollout/*.json` in its run); the
+champion is serving. `decide` and `rollout` skipped is normal for backfills and rejected
+challengers: the reason is in the `decide` log and on the version (`helmsman.fence_reason`).
+"""
+
+
+def models_root(default: str | Path) -> Path:
+    """Where model folders live: ``HELMSMAN_MODELS_DIR``, else ``default`` (the DAG files pass
+    the ``models/`` folder beside theirs)."""
+    return Path(os.environ.get("HELMSMAN_MODELS_DIR") or default)
+
+
+def load(name: str, models_dir: str | Path) -> ModelSpec:
+    """The validated spec of model ``name``, or a ModelSpecError a person can act on."""
+    folder = models_root(models_dir) / name
+    model = spec.load(folder)
+    shown = f"models/{name}/{spec.SPEC_FILE}"
+    declared = {
+        "task": model.task,
+        "trainer.kind": model.trainer.kind,
+        "evaluation.metric": model.evaluation.metric,
+    }
+    for field, value in declared.items():
+        if value not in SUPPORTED[field]:
+            raise ModelSpecError(
+                f"{shown}: {field}: {value!r} is part of the model contract, but this release's "
+                f"pipeline supports only {list(SUPPORTED[field])}"
+            )
+    unknown = set(model.serving.thresholds) - {f.name for f in fields(Thresholds)}
+    if unknown:
+        allowed = sorted(f.name for f in fields(Thresholds))
+        raise ModelSpecError(
+            f"{shown}: serving.thresholds: unknown {sorted(unknown)}; one of {allowed}"
+        )
+    if model.gpus > MAX_GPUS:
+        raise ModelSpecError(
+            f"{shown}: gpus: {model.gpus} is above the {MAX_GPUS} a run may ask for"
+        )
+    return model
+
+
+def model_dags(
+    name: str, models_dir: str | Path, platform: Platform | None = None
+) -> tuple[DAG, DAG, DAG]:
+    """The three DAGs of model ``name`` (``models_dir/name/model.yaml``): training, rollback,
+    scale."""
+    model = load(name, models_dir)
+    platform = platform or Platform()
+    return training_dag(model, platform), rollback_dag(model, platform), scale_dag(model, platform)
+
+
+def _default_args() -> dict[str, Any]:
+    return {
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": dt.timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+    }
+
+
+def _trainer_params(model: ModelSpec) -> dict[str, Param]:
+    """The MLP trainer's knobs, with the model's values as defaults."""
+    given = model.trainer.params
+    return {
+        "epochs": Param(
+            given.get("epochs", 8), title="Epochs", type="integer", minimum=1, maximum=500,
+            description="Passes over the training data (1 to 500).",
+        ),
+        "learning_rate": Param(
+            given.get("learning_rate", 0.003), title="Learning rate", type="number",
+            exclusiveMinimum=0, maximum=1, description="AdamW learning rate (above 0, at most 1).",
+        ),
+        "hidden": Param(
+            str(given.get("hidden", "64,32")), title="Hidden layers", type="string",
+            pattern=r"^[1-9][0-9]*(,[1-9][0-9]*)*$",
+            description="Hidden layer widths, comma-separated (e.g. 64,32).",
+        ),
+        "batch_size": Param(
+            given.get("batch_size", 1024), title="Batch size", type="integer", minimum=16,
+            maximum=65536, description="Rows per optimizer step (16 to 65536).",
+        ),
+        "seed": Param(
+            given.get("seed", 42), title="Seed", type="integer", minimum=0,
+            description="Seed for weights and batch order (0 or more).",
+        ),
+    }  # fmt: skip
+
+
+def training_dag(model: ModelSpec, platform: Platform) -> DAG:
+    name = model.name
+    params = {
+        "data_end": Param(
+            None, type=["null", "string"], format="date", title="Data end (exclusive)",
+            description="Train on days before this date (YYYY-MM-DD). Empty: the run's data "
+            "interval, or yesterday for a manual run.",
+        ),
+        "window_days": Param(
+            7, title="Training window (days)", type="integer", minimum=1, maximum=90,
+            description="Days of data to train on, ending at the data end (1 to 90).",
+        ),
+        **_trainer_params(model),
+        "gpus": Param(
+            model.gpus, title="GPUs", type="integer", minimum=0, maximum=MAX_GPUS,
+            description=f"GPUs for the training pod (0 to {MAX_GPUS}; 0: train on CPU).",
+        ),
+        "min_improvement": Param(
+            model.evaluation.min_improvement, title="Minimum AUC gain", type="number",
+            minimum=-1, maximum=1,
+            description="ROC AUC gain over the champion a challenger needs to be promoted "
+            "(-1 to 1).",
+        ),
+        **deploy.rollout_params(model.serving.strategy, model.serving.canary_steps),
+        "deploy": Param(
+            "auto", title="Deploy", enum=["auto", "never", "force"],
+            description="auto: deploy if evaluation promotes. never: record only. force: deploy "
+            "even if evaluation rejected (the health gate still applies).",
+        ),
+        "replicas": Param(
+            model.serving.replicas, title="Serving replicas", type="integer", minimum=1,
+            maximum=20, description="Serving pods after the rollout (1 to 20).",
+        ),
+        "serving_image": Param(
+            None, type=["null", "string"], title="Serving image",
+            description="Serving image override (empty: the release's pinned image).",
+        ),
+        "dry_run": Param(
+            False, title="Dry run", type="boolean", description="Train and evaluate; never deploy."
+        ),
+    }  # fmt: skip
+    doc = TRAINING_DOC.format(
+        name=name, description=model.description or "one model per day of data", task=model.task,
+        trainer=model.trainer.kind, metric=model.evaluation.metric,
+    )  # fmt: skip
+    with DAG(
+        dag_id=f"train_{name}",
+        description=f"Daily training of the {name} model on Kubernetes, rolled out gated.",
+        doc_md=doc,
+        schedule=model.schedule,
+        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        catchup=False,
+        max_active_runs=1,
+        tags=["helmsman", "training", "kubernetes", f"model:{name}"],
+        default_args=_default_args(),
+        params=params,
+    ) as dag:
+
+        @task(retries=1)
+        def plan(
+            params: Any = None,
+            data_interval_start: dt.datetime | None = None,
+            data_interval_end: dt.datetime | None = None,
+            dag_run: Any = None,
+        ) -> dict[str, str]:
+            return tasks.plan_interval(
+                data_interval_start=data_interval_start,
+                data_interval_end=data_interval_end,
+                run_after=dag_run.run_after,
+                data_end=params["data_end"],
+                window_days=params["window_days"],
+            )
+
+        interval = ["--start", tasks.planned("start"), "--end", tasks.planned("end")]
+        etl = pod_task(
+            "etl", "etl",
+            ["--start", tasks.planned("window_start"), "--end", tasks.planned("end")],
+            platform=platform,
+        )  # fmt: skip
+        train = pod_task(
+            "train", "train",
+            [*interval, "--model-name", name,
+             "--window-days", "{{ params.window_days }}", "--epochs", "{{ params.epochs }}",
+             "--learning-rate", "{{ params.learning_rate }}", "--hidden", "{{ params.hidden }}",
+             "--batch-size", "{{ params.batch_size }}", "--seed", "{{ params.seed }}"],
+            gpus="{{ params.gpus }}",
+            gpu_slots=max(model.gpus, 1),  # the cluster policy sets them from the run's conf
+            platform=platform,
+        )  # fmt: skip
+        evaluate = pod_task(
+            "evaluate", "evaluate",
+            [*interval, "--model-name", name, "--run-key", contract.run_key_template("train"),
+             "--min-primary", str(model.evaluation.floor),
+             "--min-improvement", "{{ params.min_improvement }}"],
+            platform=platform,
+        )  # fmt: skip
+
+        @task(retries=1)
+        def decide(params: Any = None, dag_run: Any = None, ti: Any = None) -> dict[str, Any]:
+            return tasks.decide(
+                model_name=name,
+                train_run_key=contract.run_key(dag_run.dag_id, dag_run.run_id, "train"),
+                run_type=getattr(dag_run.run_type, "value", str(dag_run.run_type)),
+                interval_end=ti.xcom_pull(task_ids="plan")["end"],
+                deploy=params["deploy"],
+                dry_run=params["dry_run"],
+            )
+
+        rollout = deploy.RolloutOperator(
+            task_id="rollout",
+            model_name=name,
+            instance=model.instance,
+            strategy="{{ params.strategy }}",
+            steps="{{ params.canary_steps }}",
+            interval="{{ params.analysis_interval }}",
+            shadow="{{ params.shadow }}",
+            image="{{ params.serving_image or '' }}",
+            replicas="{{ params.replicas }}",
+            thresholds=dict(model.serving.thresholds),
+            platform=platform,
+            # A retry after a crash resumes the rollout from its record; a failed check fails
+            # without retries.
+            retries=2,
+            retry_delay=dt.timedelta(seconds=10),
+            retry_exponential_backoff=False,
+            max_active_tis_per_dag=1,
+        )
+
+        @task(retries=2)
+        def promote(dag_run: Any = None, ti: Any = None) -> Any:
+            gated = ti.xcom_pull(task_ids="rollout")
+            owner = f"{dag_run.dag_id}/{dag_run.run_id}"
+            return deploy.promote(name, gated["version"], owner)
+
+        plan() >> etl >> train >> evaluate >> decide() >> rollout >> promote()
+    return dag
+
+
+def _ops_args() -> dict[str, Any]:
+    return {
+        "start_date": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": {"owner": "ml-platform", "retries": 1},
+    }
+
+
+def rollback_dag(model: ModelSpec, platform: Platform) -> DAG:
+    name = model.name
+    with DAG(
+        dag_id=f"rollback_{name}",
+        schedule=None,
+        description=f"Roll {model.instance} back to a chosen {name} version, health-gated.",
+        doc_md=f"""
+Rolls `{model.instance}` out to the `{name}` version you name (one that a training run
+evaluated), through the same preview checks and live steps as a training run's rollout, then
+moves `@champion` to it. If a check fails, the current version stays. Find candidates in
+MLflow: `@previous-champion`, or versions tagged `helmsman.rollout=passed`.
+""",
+        tags=["helmsman", "serving", "operations", f"model:{name}"],
+        params={
+            "model_version": Param(
+                type="string",
+                pattern=r"^[1-9][0-9]*$",
+                description="The model version to serve (a number, e.g. 3).",
+            ),
+            **deploy.rollout_params(model.serving.strategy, model.serving.canary_steps),
+        },
+        **_ops_args(),
+    ) as dag:
+
+        @task
+        def decide(params: Any = None) -> dict[str, Any]:
+            return deploy.choose_version(name, params["model_version"])
+
+        rollout = deploy.RolloutOperator(
+            task_id="rollout",
+            model_name=name,
+            instance=model.instance,
+            strategy="{{ params.strategy }}",
+            steps="{{ params.canary_steps }}",
+            interval="{{ params.analysis_interval }}",
+            shadow="{{ params.shadow }}",
+            thresholds=dict(model.serving.thresholds),
+            platform=platform,
+            max_active_tis_per_dag=1,
+        )
+
+        @task
+        def promote(dag_run: Any = None, ti: Any = None) -> Any:
+            gated = ti.xcom_pull(task_ids="rollout")
+            return deploy.promote(name, gated["version"], f"{dag_run.dag_id}/{dag_run.run_id}")
+
+        decide() >> rollout >> promote()
+    return dag
+
+
+def scale_dag(model: ModelSpec, platform: Platform) -> DAG:
+    with DAG(
+        dag_id=f"scale_{model.name}",
+        schedule=None,
+        description=f"Scale {model.instance} to a number of replicas.",
+        doc_md=f"""
+Sets the replica count of the slot that serves behind `{model.instance}` and waits until every
+replica is available; the autoscaler's floor moves with it (it follows the serving slot after
+every rollout), so the count holds until load asks for more.
+""",
+        tags=["helmsman", "serving", "operations", f"model:{model.name}"],
+        params={
+            "replicas": Param(
+                model.serving.replicas,
+                type="integer",
+                minimum=1,
+                maximum=20,
+                description="Replicas (1 to 20).",
+            ),
+        },
+        **_ops_args(),
+    ) as dag:
+
+        @task(pool=deploy.POOL)
+        def scale(params: Any = None) -> Any:
+            return deploy.scale(model.instance, params["replicas"], platform)
+
+        scale()
+    return dag

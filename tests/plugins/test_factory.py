@@ -1,0 +1,104 @@
+"""The DAG factory: a model folder becomes its DAGs, a broken one breaks only its own file.
+
+Each DAG file is parsed by Airflow's DagBag in a fresh interpreter (tests/dagcheck.py), as the
+DAG processor parses it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from helmsman import factory
+from helmsman_steps.spec import ModelSpecError
+from tests.dags.test_dag_integrity import parse_report
+
+REPO = Path(__file__).resolve().parents[2]
+CHURN = yaml.safe_load((REPO / "models" / "churn" / "model.yaml").read_text())
+DAG_FILE = '''"""Airflow DAGs of the {name} model, built from models/{name}/model.yaml."""
+
+from pathlib import Path
+
+from helmsman.factory import model_dags
+
+train, rollback, scale = model_dags("{name}", Path(__file__).parents[1] / "models")
+'''
+
+
+def add_model(root: Path, name: str, **changes: Any) -> Path:
+    """A model folder (churn's spec under another name, with changes) and its DAG file."""
+    data = copy.deepcopy(CHURN) | {"name": name}
+    for section, value in changes.items():
+        data[section] = value if not isinstance(value, dict) else data.get(section, {}) | value
+    (root / "models" / name).mkdir(parents=True)
+    (root / "models" / name / "model.yaml").write_text(yaml.safe_dump(data))
+    (root / "dags").mkdir(exist_ok=True)
+    dag_file = root / "dags" / f"model_{name}.py"
+    dag_file.write_text(DAG_FILE.format(name=name))
+    return dag_file
+
+
+def test_each_model_folder_becomes_its_three_dags_with_its_own_params(
+    tmp_path: Path, dev_env: dict[str, str]
+) -> None:
+    files = [
+        add_model(tmp_path, "churn"),
+        add_model(tmp_path, "fraud", gpus=0, schedule="@hourly",
+                  serving={"replicas": 5, "strategy": "blue-green", "canary_steps": [10, 50]},
+                  trainer={"kind": "mlp", "params": {"epochs": 3, "hidden": "128"}},
+                  evaluation={"metric": "roc_auc", "floor": 0.7, "min_improvement": 0.01}),
+    ]  # fmt: skip
+    reports = [parse_report(f, dev_env, tmp_path) for f in files]
+    assert [r["import_errors"] for r in reports] == [{}, {}]
+    churn, fraud = ({d["dag_id"]: d for d in r["dags"]} for r in reports)
+    assert sorted(churn) == ["rollback_churn", "scale_churn", "train_churn"]
+    assert sorted(fraud) == ["rollback_fraud", "scale_fraud", "train_fraud"]
+    train = fraud["train_fraud"]["params"]
+    assert (train["epochs"], train["hidden"], train["gpus"], train["replicas"]) == (3, "128", 0, 5)
+    assert (train["strategy"], train["canary_steps"]) == ("blue-green", "10,50")
+    assert train["min_improvement"] == 0.01
+    assert fraud["train_fraud"]["schedule"] == "@hourly"
+    assert fraud["scale_fraud"]["params"] == {"replicas": 5}
+    assert fraud["rollback_fraud"]["params"]["strategy"] == "blue-green"
+    assert churn["train_churn"]["params"]["epochs"] == CHURN["trainer"]["params"]["epochs"]
+    assert churn["train_churn"]["tasks"] == [
+        "decide", "etl", "evaluate", "plan", "promote", "rollout", "train"
+    ]  # fmt: skip
+    assert "model:fraud" in fraud["train_fraud"]["tags"]
+
+
+def test_a_broken_model_is_an_import_error_of_its_own_file_only(
+    tmp_path: Path, dev_env: dict[str, str]
+) -> None:
+    good = add_model(tmp_path, "churn")
+    broken = add_model(tmp_path, "fraud", evaluation={"metric": "auc"})
+    good_report = parse_report(good, dev_env, tmp_path)
+    broken_report = parse_report(broken, dev_env, tmp_path)
+    assert good_report["import_errors"] == {}
+    assert len(good_report["dags"]) == 3
+    assert broken_report["dags"] == []
+    (error,) = broken_report["import_errors"].values()
+    assert "models/fraud/model.yaml: evaluation.metric: Input should be 'roc_auc'" in error
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"trainer": {"kind": "lightgbm", "params": {}}, "gpus": 0},
+         "trainer.kind: 'lightgbm' is part of"),
+        ({"gpus": 6}, "gpus: 6 is above the 4 a run may ask for"),
+        ({"serving": {"thresholds": {"max_p95_ms": 9}}}, "unknown ['max_p95_ms']; one of"),
+    ],
+)
+def test_what_the_pipeline_cannot_run_yet_is_refused_with_the_field(
+    tmp_path: Path, changes: dict[str, Any], expected: str
+) -> None:
+    add_model(tmp_path, "fraud", **changes)
+    with pytest.raises(ModelSpecError) as failure:
+        factory.load("fraud", tmp_path / "models")
+    assert str(failure.value).startswith("models/fraud/model.yaml: ")
+    assert expected in str(failure.value)
