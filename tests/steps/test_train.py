@@ -147,3 +147,36 @@ def test_training_window_covers_the_interval_and_earlier_days() -> None:
     wide = train.training_window(dt.date(2026, 3, 1), dt.date(2026, 3, 8), 3)
     assert wide[0] == dt.date(2026, 3, 1)
     assert len(wide) == 7
+
+
+def test_the_version_carries_an_onnx_graph_that_reproduces_it(
+    champion: Trained, tmp_path: Path
+) -> None:
+    """The registered version holds model.onnx beside the numpy export; the run logs the ONNX
+    flavor and the parity training checked; ONNX Runtime reproduces the native model."""
+    import mlflow
+    import onnx
+
+    from helmsman_steps import features, onnx_model
+    from helmsman_steps.model import FILENAME
+
+    mv = registry.client().get_model_version(champion.model_name, champion.version)
+    run = registry.client().get_run(mv.run_id)
+    assert run.data.metrics["onnx_max_abs_diff"] <= onnx_model.PARITY_TOLERANCE
+    assert run.data.metrics["onnx_parity_rows"] > 0
+    model_dir = Path(mlflow.artifacts.download_artifacts(
+        f"models:/{champion.model_name}/{champion.version}", dst_path=str(tmp_path / "native")
+    ))  # fmt: skip
+    graph = onnx.load(str(model_dir / "extra_files" / onnx_model.FILENAME))
+    native = NumpyModel.load(model_dir / "extra_files" / FILENAME)
+    (logged,) = [m for m in mlflow.search_logged_models(
+        experiment_ids=[run.info.experiment_id], output_format="list"
+    ) if m.source_run_id == mv.run_id and m.name == "onnx"]  # fmt: skip
+    flavor = mlflow.onnx.load_model(logged.model_uri)
+    rng = np.random.default_rng(3)
+    columns = {n: rng.uniform(lo, hi, 300) for n, (lo, hi) in NUMERIC_RANGES.items()}
+    columns |= {n: rng.choice(list(v), 300) for n, v in CATEGORIES.items()}
+    matrix = features.to_matrix(columns)
+    expected = native.predict_matrix(matrix)
+    for proto in (graph, flavor):
+        assert np.max(np.abs(onnx_model.predict(proto, matrix) - expected)) <= 1e-5

@@ -20,18 +20,20 @@ import os
 import tempfile
 import zlib
 from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import version as version_of
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from helmsman_steps import contract, features, logs, registry
+from helmsman_steps import contract, features, logs, onnx_model, registry
 from helmsman_steps.model import FILENAME, NumpyModel
 from helmsman_steps.schema import ID_COLUMN, LABEL
 from helmsman_steps.store import DatasetStore, days_in
 
 if TYPE_CHECKING:
+    import onnx
     import pandas as pd
     import torch
 
@@ -39,6 +41,7 @@ log = logs.get(__name__)
 
 EXPERIMENT = contract.TRAINING_EXPERIMENT
 CHECKPOINT = "checkpoints/last.pt"
+PARITY_ROWS = 4096  # held-out rows the ONNX graph is checked on before registration
 # Rows are split by a hash of their id: bucket 0 is held out for evaluation, bucket 1
 # validates each epoch, the rest train. The same id always lands in the same bucket.
 HOLDOUT_BUCKET, VALIDATION_BUCKET, BUCKETS = 0, 1, 10
@@ -226,9 +229,15 @@ def run(
                 raise SystemExit(1)
 
         exported = export(net, mean, scale)
+        # The ONNX graph must reproduce the native model on rows it never trained on.
+        graph = onnx_model.from_mlp(exported)
+        parity_rows = x_all[val_rows][:PARITY_ROWS]
+        parity = onnx_model.check_parity(graph, exported.predict_matrix(parity_rows), parity_rows)
+        mlflow.log_metrics({"onnx_max_abs_diff": parity, "onnx_parity_rows": len(parity_rows)})
         version = _log_and_register(
-            net, exported, mean, scale, x_all[:5], model_name, lineage, run_key, dataset_hash
-        )
+            net, exported, graph, mean, scale, x_all[:5], model_name, lineage, run_key,
+            dataset_hash,
+        )  # fmt: skip
         mlflow.set_tags({contract.MODEL_VERSION_TAG: version, contract.MODEL_NAME_TAG: model_name})
         final = history[-1] if history else {}
         return TrainResult(run_id, model_name, version, final, resumed)
@@ -260,6 +269,7 @@ def _save_checkpoint(
 def _log_and_register(
     net: torch.nn.Sequential,
     exported: NumpyModel,
+    graph: onnx.ModelProto,
     mean: Any,
     scale: Any,
     example: npt.NDArray[np.float32],
@@ -276,6 +286,7 @@ def _log_and_register(
         npz = Path(tmp) / FILENAME
         exported.save(npz)
         (Path(tmp) / "inputs.json").write_text(json.dumps(features.input_names()))
+        (Path(tmp) / onnx_model.FILENAME).write_bytes(graph.SerializeToString())
         import torch
 
         with torch.no_grad():
@@ -285,7 +296,11 @@ def _log_and_register(
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
-            extra_files=[str(npz), str(Path(tmp) / "inputs.json")],
+            extra_files=[
+                str(npz),
+                str(Path(tmp) / "inputs.json"),
+                str(Path(tmp) / onnx_model.FILENAME),
+            ],
             # Named rather than inferred: inference imports the model in a subprocess (~10 s),
             # and would drop the local "+cpu" label of a CPU build anyway.
             pip_requirements=[
@@ -294,6 +309,15 @@ def _log_and_register(
             ],
             registered_model_name=model_name,
             await_registration_for=60,
+        )
+        # The ONNX flavor beside the native model: what any ONNX runtime (and MLflow's own
+        # tooling) loads; the registered version carries the same graph as model.onnx.
+        mlflow.onnx.log_model(
+            graph,
+            name="onnx",
+            signature=infer_signature(example, exported.predict_matrix(example)),
+            input_example=example,
+            pip_requirements=[f"onnxruntime=={version_of('onnxruntime')}"],
         )
     version = str(info.registered_model_version)
     client = registry.client()

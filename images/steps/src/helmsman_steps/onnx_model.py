@@ -1,0 +1,100 @@
+"""The ONNX form of a trained model: one graph with a declared input signature, checked
+against the native model before it is registered.
+
+Every trainer exports ONNX so that one runtime (ONNX Runtime) can serve and evaluate any model
+a team brings. The signature: ``features``, float32 ``[batch, n_inputs]`` (the feature
+function's matrix, columns named in the model's metadata), in; ``score``, float32 ``[batch]``,
+out (a binary model's probability of the positive class).
+
+The MLP needs no exporter: its numpy export (mean, scale, weights, biases) maps one to one
+onto ONNX operators, so the graph is written directly, deterministic and small.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import onnx
+
+    from helmsman_steps.model import NumpyModel
+
+INPUT = "features"
+OUTPUT = "score"
+FILENAME = "model.onnx"
+OPSET = 17  # ONNX Runtime 1.14 and later run it; every operator used here is in it
+# The largest |ONNX - native| a prediction may differ by (float32 kernels in both).
+PARITY_TOLERANCE = 1e-5
+
+
+class ParityError(RuntimeError):
+    """The ONNX graph does not reproduce the native model: it must not be registered."""
+
+
+def from_mlp(model: NumpyModel) -> onnx.ModelProto:
+    """(x - mean) / scale, then Gemm + Relu per hidden layer, Gemm + Sigmoid, flattened."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, value: npt.NDArray[np.float32]) -> onnx.TensorProto:
+        return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+    initializers = [const("mean", model.mean), const("scale", model.scale)]
+    nodes = [
+        helper.make_node("Sub", [INPUT, "mean"], ["centered"]),
+        helper.make_node("Div", ["centered", "scale"], ["h0"]),
+    ]
+    last = len(model.weights) - 1
+    for i, (weight, bias) in enumerate(zip(model.weights, model.biases, strict=True)):
+        initializers += [const(f"w{i}", weight), const(f"b{i}", bias)]
+        nodes.append(helper.make_node("Gemm", [f"h{i}", f"w{i}", f"b{i}"], [f"z{i}"], transB=1))
+        if i < last:
+            nodes.append(helper.make_node("Relu", [f"z{i}"], [f"h{i + 1}"]))
+    nodes.append(helper.make_node("Sigmoid", [f"z{last}"], ["probability"]))
+    initializers.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat"))
+    nodes.append(helper.make_node("Reshape", ["probability", "flat"], [OUTPUT]))
+    graph = helper.make_graph(
+        nodes,
+        "helmsman-mlp",
+        [helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["batch", len(model.inputs)])],
+        [helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch"])],
+        initializers,
+    )
+    proto = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="helmsman"
+    )
+    proto.ir_version = 8  # what ONNX Runtime 1.14+ reads; opset 17 needs no newer
+    helper.set_model_props(proto, {"helmsman.inputs": json.dumps(model.inputs)})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def predict(
+    proto: onnx.ModelProto | bytes, matrix: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float32]:
+    """Run the graph on a feature matrix with ONNX Runtime (CPU)."""
+    import onnxruntime  # type: ignore[import-untyped]  # ships no type hints
+
+    data = proto if isinstance(proto, bytes) else proto.SerializeToString()
+    session = onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (scores,) = session.run([OUTPUT], {INPUT: np.ascontiguousarray(matrix, dtype=np.float32)})
+    return np.asarray(scores, dtype=np.float32)
+
+
+def check_parity(
+    proto: onnx.ModelProto, native: npt.NDArray[np.floating], matrix: npt.NDArray[np.floating]
+) -> float:
+    """The largest |ONNX - native| over ``matrix``; ParityError beyond the tolerance."""
+    if len(matrix) == 0:
+        raise ParityError("no rows to check the ONNX graph on")
+    diff = float(np.max(np.abs(predict(proto, matrix) - np.asarray(native, dtype=np.float32))))
+    if not diff <= PARITY_TOLERANCE:  # also catches NaN
+        raise ParityError(
+            f"the ONNX graph differs from the native model by up to {diff:.2e} on "
+            f"{len(matrix)} rows (tolerance {PARITY_TOLERANCE:.0e}); not registering it"
+        )
+    return diff
