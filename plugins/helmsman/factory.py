@@ -23,12 +23,14 @@ from helmsman import deploy, tasks
 from helmsman.pods import Platform, pod_task
 from helmsman.serving.analysis import Thresholds
 from helmsman_steps import contract, spec
+from helmsman_steps import schema as builtin_schema
 from helmsman_steps.spec import ModelSpec, ModelSpecError
 
 MAX_GPUS = 4  # the most one training run may ask for (the GPU pools hold at least this)
 # What this release's pipeline trains, evaluates and serves; a spec may declare more (the
 # contract is wider than today's steps), and gets a clear error until the steps catch up.
 SUPPORTED = {"task": ("binary",), "trainer.kind": ("mlp",), "evaluation.metric": ("roc_auc",)}
+BUILTIN_FEATURES = "helmsman_steps.features:derive"
 
 TRAINING_DOC = """
 ### Train, evaluate, roll out `{name}` — {description}
@@ -83,6 +85,14 @@ def load(name: str, models_dir: str | Path) -> ModelSpec:
                 f"{shown}: {field}: {value!r} is part of the model contract, but this release's "
                 f"pipeline supports only {list(SUPPORTED[field])}"
             )
+    # The steps' feature function is churn's: it needs churn's columns, whatever else differs.
+    builtin = {*builtin_schema.NUMERIC_RANGES, *builtin_schema.CATEGORIES}
+    raw = model.raw_schema
+    if model.features not in (None, BUILTIN_FEATURES) or set(raw.columns) != builtin:
+        raise ModelSpecError(
+            f"{shown}: features, schema.columns: this release's steps featurize churn's columns "
+            f"({', '.join(sorted(builtin))}) with {BUILTIN_FEATURES} only"
+        )
     unknown = set(model.serving.thresholds) - {f.name for f in fields(Thresholds)}
     if unknown:
         allowed = sorted(f.name for f in fields(Thresholds))
@@ -217,10 +227,12 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             )
 
         interval = ["--start", tasks.planned("start"), "--end", tasks.planned("end")]
+        # Every pod gets the model's spec; training stores it with the version it registers.
+        model_spec = spec.to_json(model)
         etl = pod_task(
             "etl", "etl",
             ["--start", tasks.planned("window_start"), "--end", tasks.planned("end")],
-            platform=platform,
+            platform=platform, model_spec=model_spec,
         )  # fmt: skip
         train = pod_task(
             "train", "train",
@@ -230,14 +242,14 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
              "--batch-size", "{{ params.batch_size }}", "--seed", "{{ params.seed }}"],
             gpus="{{ params.gpus }}",
             gpu_slots=max(model.gpus, 1),  # the cluster policy sets them from the run's conf
-            platform=platform,
+            platform=platform, model_spec=model_spec,
         )  # fmt: skip
         evaluate = pod_task(
             "evaluate", "evaluate",
             [*interval, "--model-name", name, "--run-key", contract.run_key_template("train"),
              "--min-primary", str(model.evaluation.floor),
              "--min-improvement", "{{ params.min_improvement }}"],
-            platform=platform,
+            platform=platform, model_spec=model_spec,
         )  # fmt: skip
 
         @task(retries=1)

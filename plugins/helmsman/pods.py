@@ -159,9 +159,13 @@ def pod_task(
     gpu_slots: int | None = None,
     platform: Platform | None = None,
     deferrable: bool | None = None,
+    model_spec: str | None = None,
     **operator_kwargs: Any,
 ) -> HelmsmanPodOperator:
     """A KubernetesPodOperator running ``helmsman-step STAGE ARGUMENTS`` with our defaults.
+
+    ``model_spec`` (the model's validated spec as JSON, ``helmsman_steps.spec.to_json``) reaches
+    the pod as ``HELMSMAN_MODEL_SPEC``.
 
     ``gpus`` is a count or a template of one; ``gpu_slots`` (default: ``gpus`` when it is a
     number, else 1) is what the task holds of the GPU pool unless the cluster policy sets it
@@ -205,6 +209,7 @@ def pod_task(
             k8s.V1EnvVar(name="HELMSMAN_IMAGE", value=image),
             k8s.V1EnvVar(name="HELMSMAN_CODE_VERSION", value=platform.tag),
             k8s.V1EnvVar(name="TMPDIR", value="/tmp"),  # noqa: S108 - the emptyDir below
+            *([k8s.V1EnvVar(name=contract.MODEL_SPEC_ENV, value=model_spec)] if model_spec else []),
         ],
         "labels": {
             "app.kubernetes.io/name": "helmsman",

@@ -88,9 +88,12 @@ def test_a_broken_model_is_an_import_error_of_its_own_file_only(
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"trainer": {"kind": "lightgbm", "params": {}}, "gpus": 0},
-         "trainer.kind: 'lightgbm' is part of"),
+        (
+            {"trainer": {"kind": "lightgbm", "params": {}}, "gpus": 0},
+            "trainer.kind: 'lightgbm' is part of",
+        ),
         ({"gpus": 6}, "gpus: 6 is above the 4 a run may ask for"),
+        ({"features": "features.py:derive"}, "features, schema.columns: this release's steps"),
         ({"serving": {"thresholds": {"max_p95_ms": 9}}}, "unknown ['max_p95_ms']; one of"),
     ],
 )
@@ -102,3 +105,19 @@ def test_what_the_pipeline_cannot_run_yet_is_refused_with_the_field(
         factory.load("fraud", tmp_path / "models")
     assert str(failure.value).startswith("models/fraud/model.yaml: ")
     assert expected in str(failure.value)
+
+
+def test_every_pipeline_pod_of_a_model_gets_its_spec() -> None:
+    """ETL, training and evaluation pods read the model's spec from HELMSMAN_MODEL_SPEC (the
+    JSON of model.yaml, validated); training stores it with the version it registers."""
+    import json
+
+    from helmsman.pods import Platform
+    from helmsman_steps import contract, spec
+
+    model = factory.load("churn", REPO / "models")
+    dag = factory.training_dag(model, Platform())
+    for task_id in ("etl", "train", "evaluate"):
+        env = {e.name: e.value for e in dag.get_task(task_id).env_vars}
+        assert spec.from_json(env[contract.MODEL_SPEC_ENV]) == model
+        assert json.loads(env[contract.MODEL_SPEC_ENV])["schema"]["id"] == CHURN["schema"]["id"]

@@ -180,3 +180,33 @@ def test_the_version_carries_an_onnx_graph_that_reproduces_it(
     expected = native.predict_matrix(matrix)
     for proto in (graph, flavor):
         assert np.max(np.abs(onnx_model.predict(proto, matrix) - expected)) <= 1e-5
+
+
+def test_a_version_trained_with_its_spec_carries_it_and_a_mismatched_spec_is_refused(
+    step_env: dict[str, str], dataset: str, tmp_path: Path
+) -> None:
+    """The DAG hands the pods the model's spec; training stores it with the version, and
+    fetch-model (what a serving pod runs) finds it; a spec of another model is bad input."""
+    import json
+
+    from helmsman_steps import spec
+
+    churn = spec.load(Path(__file__).resolve().parents[2] / "models" / "churn")
+    declared = spec.to_json(churn.model_copy(update={"name": "churn-spec"}))
+    args = ["train", "--start", "2026-03-03", "--end", "2026-03-04", "--dataset-uri", dataset,
+            "--model-name", "churn-spec", "--epochs", "1", "--window-days", "1"]  # fmt: skip
+    trained = run_step(step_env, *args, "--run-key", "spec/a",
+                       extra_env={contract.MODEL_SPEC_ENV: declared})  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    version = json.loads(trained.stdout)["model_version"]
+    fetched = run_step(step_env, "fetch-model", "--model-uri", f"models:/churn-spec/{version}",
+                       "--dest", str(tmp_path))  # fmt: skip
+    assert fetched.returncode == 0, fetched.stderr
+    stored = json.loads(Path(json.loads(fetched.stdout)["spec_path"]).read_text())
+    assert stored == json.loads(declared)
+    assert spec.from_json(json.dumps(stored)) == churn.model_copy(update={"name": "churn-spec"})
+
+    other = run_step(step_env, *args, "--run-key", "spec/b",
+                     extra_env={contract.MODEL_SPEC_ENV: spec.to_json(churn)})  # fmt: skip
+    assert other.returncode == 2
+    assert "the spec is model 'churn', not --model-name 'churn-spec'" in other.stderr

@@ -12,12 +12,15 @@ import datetime as dt
 import json
 import sys
 from dataclasses import asdict, is_dataclass
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from helmsman_steps import contract, logs
 from helmsman_steps.exitcodes import BadInputError, ExitCode
+
+if TYPE_CHECKING:
+    from helmsman_steps.spec import ModelSpec
 
 app = typer.Typer(
     name="helmsman-step",
@@ -58,6 +61,35 @@ RunKey = Annotated[
 ]
 
 
+ModelSpecJson = Annotated[
+    str,
+    typer.Option(
+        envvar=contract.MODEL_SPEC_ENV,
+        help="The model's validated spec as JSON (the DAG passes it to every pod): ETL "
+        "validates raw rows against its schema; training stores it with the version, so "
+        "that serving and rollbacks use the schema it was trained on.",
+    ),
+]
+
+
+def _spec(text: str) -> ModelSpec | None:
+    """The spec the DAG passed, validated again (a hand-edited variable is bad input)."""
+    if not text:
+        return None
+    from helmsman_steps import spec
+
+    try:
+        return spec.from_json(text)
+    except spec.ModelSpecError as exc:
+        raise BadInputError(str(exc)) from None
+
+
+def _canonical(declared: ModelSpec | None) -> str | None:
+    from helmsman_steps import spec
+
+    return spec.to_json(declared) if declared is not None else None
+
+
 def _emit(result: Any) -> None:
     payload = asdict(result) if is_dataclass(result) and not isinstance(result, type) else result
     sys.stdout.write(json.dumps(payload, default=str) + "\n")
@@ -90,6 +122,7 @@ def etl(
         typer.Option(min=0.0, max=1.0, help="Fail if a day's share of invalid rows exceeds this."),
     ] = 0.05,
     run_key: RunKey = "",
+    model_spec: ModelSpecJson = "",
     experiment: Annotated[
         str, typer.Option(help="MLflow experiment for ETL runs.")
     ] = contract.ETL_EXPERIMENT,
@@ -101,8 +134,12 @@ def etl(
     from helmsman_steps import registry, sources
     from helmsman_steps.store import DatasetStore
 
+    declared = _spec(model_spec)
     source = sources.from_uri(source_uri)
-    reports = stage.run(source, DatasetStore(dataset_uri), start.date(), end.date(), max_bad_share)
+    reports = stage.run(
+        source, DatasetStore(dataset_uri), start.date(), end.date(), max_bad_share,
+        declared.raw_schema if declared else None,
+    )  # fmt: skip
     key = run_key or contract.local_run_key(str(start.date()), str(end.date()), "etl")
     lineage = registry.Lineage.from_env(
         interval_start=str(start.date()), interval_end=str(end.date())
@@ -139,6 +176,7 @@ def train(
         str, typer.Option(help="Hidden layer widths, comma-separated, e.g. 64,32.")
     ] = "64,32",
     seed: Annotated[int, typer.Option(help="Seed for weights and batch order.")] = 42,
+    model_spec: ModelSpecJson = "",
     experiment: Annotated[
         str, typer.Option(help="MLflow experiment for training runs.")
     ] = contract.TRAINING_EXPERIMENT,
@@ -155,11 +193,14 @@ def train(
     if not widths or min(widths) < 1:
         raise BadInputError(f"--hidden needs at least one positive width, got {hidden!r}")
     config = stage.TrainConfig(epochs, batch_size, learning_rate, 1e-4, widths, seed, window_days)
+    declared = _spec(model_spec)
+    if declared is not None and declared.name != model_name:
+        raise BadInputError(f"the spec is model {declared.name!r}, not --model-name {model_name!r}")
     lineage = registry.Lineage.from_env()  # train.run adds the interval
     key = run_key or contract.local_run_key(str(start.date()), str(end.date()), "train")
     result = stage.run(
         DatasetStore(dataset_uri), start.date(), end.date(), model_name, key, config, lineage,
-        experiment,
+        experiment, _canonical(declared),
     )  # fmt: skip
     _emit(result)
 
@@ -226,14 +267,16 @@ def fetch_model(
 ) -> None:
     """Resolve a model URI to its exact version and download its serving export.
 
-    Prints {"name", "version", "run_id", "aliases", "path"}. The server runs this as a child
-    process, so MLflow's client is never resident in a serving pod.
+    Prints {"name", "version", "run_id", "aliases", "path", "spec_path"} (``spec_path``: the
+    spec the version was trained with, null for versions registered without one). The server
+    runs this as a child process, so MLflow's client is never resident in a serving pod.
     """
     from helmsman_steps import registry
 
     resolved = registry.resolve(model_uri)
     path = registry.download_serving_model(resolved, dest)
-    _emit({**asdict(resolved), "path": path})
+    spec_path = registry.download_spec(resolved, dest)
+    _emit({**asdict(resolved), "path": path, "spec_path": spec_path})
 
 
 @app.command()

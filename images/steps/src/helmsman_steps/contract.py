@@ -37,6 +37,12 @@ DEPLOYMENT_TAG: Final = "helmsman.deployment"
 DEPLOYED_BY_TAG: Final = "helmsman.deployed_by"
 PROMOTED_BY_TAG: Final = "helmsman.promoted_by"
 
+# The model's validated spec (models/<name>/model.yaml as JSON): the DAG hands it to the pods in
+# this variable, and training stores it with the model version, so that a version carries the
+# schema it was trained on wherever it is served or rolled back to.
+MODEL_SPEC_ENV: Final = "HELMSMAN_MODEL_SPEC"
+MODEL_SPEC_FILE: Final = "model_spec.json"
+
 # Artifacts one side writes and the other reads.
 GOLDEN_ARTIFACT: Final = "evaluation/golden.json"  # inputs and the offline predictions
 

@@ -23,6 +23,8 @@ from helmsman_steps.store import DatasetStore, content_hash, days_in
 if TYPE_CHECKING:
     import pandas as pd
 
+    from helmsman_steps.spec import RawSchema
+
 log = logs.get(__name__)
 
 
@@ -34,12 +36,16 @@ class DayResult:
     report: dict[str, Any]
 
 
-def validate(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Split raw rows into (valid rows, coerced to the schema) and (bad rows + reasons)."""
+def validate(
+    raw: pd.DataFrame, declared: RawSchema | None = None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split raw rows into (valid rows, coerced to the schema) and (bad rows + reasons).
+
+    The schema is the model's declared one (``model.yaml``) when given, else churn's."""
     import pandas as pd
     import pandera.errors
 
-    schema = raw_schema()
+    schema = raw_schema(declared)
     missing = [c for c in schema.columns if c not in raw.columns]
     if missing:
         raise BadInputError(f"raw data lacks required columns: {', '.join(missing)}")
@@ -66,9 +72,11 @@ def validate(raw: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return valid.reset_index(drop=True), pd.DataFrame(quarantine).reset_index(drop=True)
 
 
-def build_day(source: RawSource, day: dt.date, max_bad_share: float) -> DayResult:
+def build_day(
+    source: RawSource, day: dt.date, max_bad_share: float, declared: RawSchema | None = None
+) -> DayResult:
     raw = source.read(day)
-    valid, quarantine = validate(raw)
+    valid, quarantine = validate(raw, declared)
     bad_share = len(quarantine) / max(len(raw), 1)
     if bad_share > max_bad_share:
         top = quarantine["reasons"].value_counts().head(3).to_dict() if len(quarantine) else {}
@@ -76,7 +84,8 @@ def build_day(source: RawSource, day: dt.date, max_bad_share: float) -> DayResul
             f"{day}: {bad_share:.2%} of {len(raw)} raw rows fail validation, over the "
             f"--max-bad-share limit of {max_bad_share:.2%}; most common reasons: {top}"
         )
-    features = valid.assign(**derive(valid)).sort_values([DATE_COLUMN, ID_COLUMN])
+    order = [declared.timestamp, declared.id] if declared else [DATE_COLUMN, ID_COLUMN]
+    features = valid.assign(**derive(valid)).sort_values(order)
     features = features.reset_index(drop=True)
     report = {
         "day": day.isoformat(),
@@ -96,11 +105,12 @@ def run(
     start: dt.date,
     end: dt.date,
     max_bad_share: float,
+    declared: RawSchema | None = None,
 ) -> list[dict[str, Any]]:
     """Build and write every day of [start, end); return the days' reports."""
     results = []
     for day in days_in(start, end):
-        result = build_day(source, day, max_bad_share)
+        result = build_day(source, day, max_bad_share, declared)
         log.info("validated day", **{k: v for k, v in result.report.items() if k != "reasons"})
         results.append(result)
     for result in results:

@@ -134,6 +134,20 @@ def champion(model_name: str) -> ResolvedModel | None:
         return None
 
 
+def download_spec(model: ResolvedModel, destination: str) -> str | None:
+    """Download the spec a version was trained with; None for versions registered without."""
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    from helmsman_steps.contract import MODEL_SPEC_FILE
+
+    repo = ModelsArtifactRepository(f"models:/{model.name}/{model.version}")
+    wanted = f"extra_files/{MODEL_SPEC_FILE}"
+    if wanted not in {f.path for f in repo.list_artifacts("extra_files")}:  # type: ignore[no-untyped-call]
+        return None
+    path: str = repo.download_artifacts(wanted, dst_path=destination)  # type: ignore[no-untyped-call]
+    return path
+
+
 def download_serving_model(model: ResolvedModel, destination: str) -> str:
     """Download the numpy export of a model version; return its local path."""
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository

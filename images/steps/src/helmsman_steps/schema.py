@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandera.pandas as pa
 
+    from helmsman_steps.spec import RawSchema
+
 ID_COLUMN = "customer_id"
 DATE_COLUMN = "event_date"
 LABEL = "churned"
@@ -34,9 +36,13 @@ DERIVED = ("charges_per_tenure", "log_monthly_charges", "is_new_customer")
 NUMERIC_INPUTS = (*NUMERIC_RANGES, *DERIVED)
 
 
-def raw_schema() -> pa.DataFrameSchema:
-    """The pandera schema a raw row must satisfy to enter the dataset."""
+def raw_schema(declared: RawSchema | None = None) -> pa.DataFrameSchema:
+    """The pandera schema a raw row must satisfy to enter the dataset: derived from a model's
+    declared schema (``schema`` in model.yaml), or churn's constants above without one."""
     import pandera.pandas as pa
+
+    if declared is not None:
+        return _from_spec(declared)
 
     columns: dict[str, pa.Column] = {
         ID_COLUMN: pa.Column(str, pa.Check.str_length(min_value=1), nullable=False),
@@ -55,4 +61,37 @@ def raw_schema() -> pa.DataFrameSchema:
         coerce=True,
         strict="filter",
         name="churn_raw",
+    )
+
+
+def _from_spec(declared: RawSchema) -> pa.DataFrameSchema:
+    import pandera.pandas as pa
+
+    label = declared.label
+    columns: dict[str, pa.Column] = {
+        declared.id: pa.Column(str, pa.Check.str_length(min_value=1), nullable=False),
+        declared.timestamp: pa.Column("datetime64[ns]", nullable=False),
+        label.name: (
+            pa.Column(type(label.classes[0]), pa.Check.isin(list(label.classes)), nullable=False)
+            if label.classes
+            else pa.Column(float, nullable=False)
+        ),
+    }
+    for name, column in declared.columns.items():
+        if column.type == "category":
+            check = pa.Check.isin(list(column.vocabulary or ()))
+            columns[name] = pa.Column(str, check, nullable=column.nullable)
+        else:
+            # Whole bounds as integers: the quarantine reason reads in_range(0, 240).
+            bounds = [int(b) if float(b).is_integer() else b for b in column.range or ()]
+            checks = [pa.Check.in_range(*bounds)] if bounds else []
+            kind = float if column.type == "float" or column.nullable else "Int64"
+            columns[name] = pa.Column(kind, checks, nullable=column.nullable)
+    return pa.DataFrameSchema(
+        columns,
+        unique=[declared.id, declared.timestamp],
+        report_duplicates="exclude_first",  # a repeated record is quarantined, the first kept
+        coerce=True,
+        strict="filter",
+        name="raw",
     )

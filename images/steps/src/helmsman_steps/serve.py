@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import subprocess
 import sys
 import tempfile
@@ -51,22 +52,58 @@ MAX_BATCH = 10_000
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
-def _instance_type() -> type[msgspec.Struct]:
-    """A msgspec type for one input row, derived from the declared raw schema."""
-    fields: list[tuple[str, Any]] = [
-        (name, Annotated[float, msgspec.Meta(ge=low, le=high)])
-        for name, (low, high) in NUMERIC_RANGES.items()
-    ]
-    fields += [(name, Literal[vocabulary]) for name, vocabulary in CATEGORIES.items()]
+# The raw columns of versions registered without a spec (before model.yaml): churn's.
+DEFAULT_COLUMNS: dict[str, dict[str, Any]] = {
+    **{name: {"type": "float", "range": list(bounds)} for name, bounds in NUMERIC_RANGES.items()},
+    **{name: {"type": "category", "vocabulary": list(v)} for name, v in CATEGORIES.items()},
+}
+
+
+def instance_type(columns: dict[str, dict[str, Any]]) -> type[msgspec.Struct]:
+    """A msgspec type for one input row, derived from the spec's raw columns (``schema.columns``
+    of model.yaml, as the version stored it): a number within its range, a category within its
+    vocabulary, ``null`` only where the column is nullable, no other field. A bad row is a 400
+    whose message names the field, e.g. ``Expected `float` >= 18.0 - at `$.instances[0].age```.
+
+    The spec arrives as plain JSON (validated when the DAG was parsed and again by training):
+    the server does not import pydantic for it.
+    """
+    fields: list[tuple[str, Any]] = []
+    for name, column in columns.items():
+        kind: Any
+        if column["type"] == "category":
+            kind = Literal[tuple(column["vocabulary"])]
+        else:
+            bounds = column.get("range")
+            number: type = int if column["type"] == "int" else float
+            if bounds is None:
+                kind = number
+            elif number is int:  # whole bounds: the first and last whole values allowed
+                low, high = math.ceil(bounds[0]), math.floor(bounds[1])
+                kind = Annotated[int, msgspec.Meta(ge=low, le=high)]
+            else:
+                kind = Annotated[float, msgspec.Meta(ge=bounds[0], le=bounds[1])]
+        fields.append((name, kind | None if column.get("nullable") else kind))
     return msgspec.defstruct("Instance", fields, forbid_unknown_fields=True)
 
 
-Instance = _instance_type()
+def request_type(columns: dict[str, dict[str, Any]]) -> type[msgspec.Struct]:
+    """``{"instances": [row, ...]}``, or MLflow's ``{"dataframe_records": [...]}``."""
+    row = instance_type(columns)
+    return msgspec.defstruct(
+        "PredictRequest",
+        [("instances", list[row] | None, None), ("dataframe_records", list[row] | None, None)],  # type: ignore[valid-type]
+        forbid_unknown_fields=True,
+    )
 
 
-class PredictRequest(msgspec.Struct, forbid_unknown_fields=True):
-    instances: list[Instance] | None = None  # type: ignore[valid-type]
-    dataframe_records: list[Instance] | None = None  # type: ignore[valid-type]
+def spec_columns(spec_path: str | None) -> dict[str, dict[str, Any]]:
+    """The raw columns of the spec a version carries, or the defaults for one without."""
+    if spec_path is None:
+        return DEFAULT_COLUMNS
+    with open(spec_path) as f:
+        columns: dict[str, dict[str, Any]] = json.load(f)["schema"]["columns"]
+    return columns
 
 
 @dataclass
@@ -128,7 +165,7 @@ class PredictionHistogram:
         yield family
 
 
-def fetch(model_uri: str, destination: str) -> tuple[registry.ResolvedModel, str]:
+def fetch(model_uri: str, destination: str) -> tuple[registry.ResolvedModel, str, str | None]:
     """Resolve and download the model in a child process (``helmsman-step fetch-model``).
 
     MLflow's client is what the download needs and nothing else does: imported here it would
@@ -149,7 +186,7 @@ def fetch(model_uri: str, destination: str) -> tuple[registry.ResolvedModel, str
     resolved = registry.ResolvedModel(
         found["name"], found["version"], found["run_id"], tuple(found["aliases"])
     )
-    return resolved, str(found["path"])
+    return resolved, str(found["path"]), found.get("spec_path")
 
 
 def _last_error(stderr: str) -> str:
@@ -170,7 +207,10 @@ class App:
         self.model: NumpyModel | None = None
         self.resolved: registry.ResolvedModel | None = None
         self.metrics = Metrics()
-        self.decoder = msgspec.json.Decoder(PredictRequest)
+        self.columns: tuple[str, ...] = ()
+        self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
+            request_type(DEFAULT_COLUMNS)
+        )
         self.encoder = msgspec.json.Encoder()
         self.load_error: BaseException | None = None
         self.draining = False  # SIGTERM received: answer, but leave the endpoints
@@ -178,8 +218,11 @@ class App:
     # -- model loading -------------------------------------------------------------------
     def load(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            resolved, path = fetch(self.model_uri, tmp)
+            resolved, path, spec_path = fetch(self.model_uri, tmp)
             model = NumpyModel.load(path)
+            columns = spec_columns(spec_path)
+        self.decoder = msgspec.json.Decoder(request_type(columns))
+        self.columns = tuple(columns)
         # Warm up: the first calls allocate and pick kernels; do it before saying ready.
         sample = {name: np.full(64, low) for name, (low, _) in NUMERIC_RANGES.items()}
         sample |= {name: np.full(64, vocab[0]) for name, vocab in CATEGORIES.items()}
@@ -289,7 +332,7 @@ class App:
             )
         if len(rows) > MAX_BATCH:
             return self._json(400, {"error": f"{len(rows)} rows is over the {MAX_BATCH}-row limit"})
-        columns = {name: [getattr(r, name) for r in rows] for name in Instance.__struct_fields__}
+        columns = {name: [getattr(r, name) for r in rows] for name in self.columns}
         predictions = model.predict(columns)
         self.metrics.rows.inc(len(rows))
         self.metrics.predictions.observe(predictions)

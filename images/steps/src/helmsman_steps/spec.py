@@ -175,7 +175,10 @@ class ModelSpec(_Strict):
             if schedule not in presets:
                 raise ValueError(f"unknown preset {schedule!r}; one of {presets[:-1]} or cron")
             return schedule
-        from croniter import croniter  # type: ignore[import-untyped]  # Airflow's own dependency
+        try:
+            from croniter import croniter  # type: ignore[import-untyped]  # Airflow's dependency
+        except ImportError:  # in a pod: the DAG processor validated the schedule already
+            return schedule
 
         if not croniter.is_valid(schedule):
             raise ValueError(f"{schedule!r} is not a cron expression (e.g. '0 3 * * *')")
@@ -208,6 +211,20 @@ class ModelSpec(_Strict):
     @property
     def higher_is_better(self) -> bool:
         return self.evaluation.metric not in LOWER_IS_BETTER
+
+
+def to_json(model: ModelSpec) -> str:
+    """The spec as the pods receive it and the model version keeps it (field names as in
+    model.yaml)."""
+    return model.model_dump_json(by_alias=True)
+
+
+def from_json(text: str, origin: str = contract.MODEL_SPEC_ENV) -> ModelSpec:
+    """A spec from ``to_json``'s text, validated again; errors name ``origin``."""
+    try:
+        return ModelSpec.model_validate_json(text)
+    except ValidationError as exc:
+        raise ModelSpecError(_explain(origin, exc)) from None
 
 
 class ModelSpecError(ValueError):

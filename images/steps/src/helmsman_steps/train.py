@@ -145,7 +145,9 @@ def run(
     config: TrainConfig,
     lineage: registry.Lineage,
     experiment: str = EXPERIMENT,
+    model_spec: str | None = None,
 ) -> TrainResult:
+    """Train and register a version; ``model_spec`` (validated JSON) is stored with it."""
     import mlflow
     import torch
 
@@ -236,7 +238,7 @@ def run(
         mlflow.log_metrics({"onnx_max_abs_diff": parity, "onnx_parity_rows": len(parity_rows)})
         version = _log_and_register(
             net, exported, graph, mean, scale, x_all[:5], model_name, lineage, run_key,
-            dataset_hash,
+            dataset_hash, model_spec,
         )  # fmt: skip
         mlflow.set_tags({contract.MODEL_VERSION_TAG: version, contract.MODEL_NAME_TAG: model_name})
         final = history[-1] if history else {}
@@ -277,6 +279,7 @@ def _log_and_register(
     lineage: registry.Lineage,
     run_key: str,
     dataset_hash: str,
+    model_spec: str | None,
 ) -> str:
     import mlflow
     from mlflow.models import infer_signature
@@ -287,6 +290,10 @@ def _log_and_register(
         exported.save(npz)
         (Path(tmp) / "inputs.json").write_text(json.dumps(features.input_names()))
         (Path(tmp) / onnx_model.FILENAME).write_bytes(graph.SerializeToString())
+        extra = [npz, Path(tmp) / "inputs.json", Path(tmp) / onnx_model.FILENAME]
+        if model_spec:
+            (Path(tmp) / contract.MODEL_SPEC_FILE).write_text(model_spec)
+            extra.append(Path(tmp) / contract.MODEL_SPEC_FILE)
         import torch
 
         with torch.no_grad():
@@ -296,11 +303,7 @@ def _log_and_register(
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
-            extra_files=[
-                str(npz),
-                str(Path(tmp) / "inputs.json"),
-                str(Path(tmp) / onnx_model.FILENAME),
-            ],
+            extra_files=[str(path) for path in extra],
             # Named rather than inferred: inference imports the model in a subprocess (~10 s),
             # and would drop the local "+cpu" label of a CPU build anyway.
             pip_requirements=[
