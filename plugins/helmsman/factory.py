@@ -263,25 +263,13 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
                 dry_run=params["dry_run"],
             )
 
-        rollout = deploy.RolloutOperator(
-            task_id="rollout",
-            model_name=name,
-            instance=model.instance,
-            strategy="{{ params.strategy }}",
-            steps="{{ params.canary_steps }}",
-            interval="{{ params.analysis_interval }}",
-            shadow="{{ params.shadow }}",
-            image="{{ params.serving_image or '' }}",
-            replicas="{{ params.replicas }}",
-            thresholds=dict(model.serving.thresholds),
-            platform=platform,
+        rollout = _rollout(
+            model, platform,
+            image="{{ params.serving_image or '' }}", replicas="{{ params.replicas }}",
             # A retry after a crash resumes the rollout from its record; a failed check fails
             # without retries.
-            retries=2,
-            retry_delay=dt.timedelta(seconds=10),
-            retry_exponential_backoff=False,
-            max_active_tis_per_dag=1,
-        )
+            retries=2, retry_delay=dt.timedelta(seconds=10), retry_exponential_backoff=False,
+        )  # fmt: skip
 
         @task(retries=2)
         def promote(dag_run: Any = None, ti: Any = None) -> Any:
@@ -291,6 +279,23 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
 
         plan() >> etl >> train >> evaluate >> decide() >> rollout >> promote()
     return dag
+
+
+def _rollout(model: ModelSpec, platform: Platform, **extra: Any) -> deploy.RolloutOperator:
+    """The gated rollout of a model version, steered by the DAG's rollout Params."""
+    return deploy.RolloutOperator(
+        task_id="rollout",
+        model_name=model.name,
+        instance=model.instance,
+        strategy="{{ params.strategy }}",
+        steps="{{ params.canary_steps }}",
+        interval="{{ params.analysis_interval }}",
+        shadow="{{ params.shadow }}",
+        thresholds=dict(model.serving.thresholds),
+        platform=platform,
+        max_active_tis_per_dag=1,
+        **extra,
+    )
 
 
 def _ops_args() -> dict[str, Any]:
@@ -330,18 +335,7 @@ MLflow: `@previous-champion`, or versions tagged `helmsman.rollout=passed`.
         def decide(params: Any = None) -> dict[str, Any]:
             return deploy.choose_version(name, params["model_version"])
 
-        rollout = deploy.RolloutOperator(
-            task_id="rollout",
-            model_name=name,
-            instance=model.instance,
-            strategy="{{ params.strategy }}",
-            steps="{{ params.canary_steps }}",
-            interval="{{ params.analysis_interval }}",
-            shadow="{{ params.shadow }}",
-            thresholds=dict(model.serving.thresholds),
-            platform=platform,
-            max_active_tis_per_dag=1,
-        )
+        rollout = _rollout(model, platform)
 
         @task
         def promote(dag_run: Any = None, ti: Any = None) -> Any:
