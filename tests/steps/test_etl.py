@@ -181,6 +181,7 @@ def test_the_schema_derived_from_the_model_spec_splits_rows_as_the_built_in_one(
     from_spec, quarantine_from_spec = etl.validate(raw, declared)
     assert len(quarantine) > 0
     pd.testing.assert_frame_equal(from_spec[valid.columns], valid, check_dtype=False)
+
     def why(frame: pd.DataFrame) -> list[tuple[str, str]]:
         """Each quarantined row and its failed checks (bounds as written: 1000 or 1000.0)."""
         checks = frame["reasons"].str.replace(r"\([^)]*\)", "", regex=True)
