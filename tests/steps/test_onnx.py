@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from helmsman_steps import features, onnx_model
+from helmsman_steps import contract, features, onnx_model
 from helmsman_steps.model import NumpyModel
 from helmsman_steps.onnx_model import ParityError
 
@@ -45,7 +45,7 @@ def test_the_graph_declares_its_input_and_output_signature() -> None:
     assert out.name == "score"
     assert [d.dim_param for d in out.type.tensor_type.shape.dim] == ["batch"]
     props = {p.key: p.value for p in graph.metadata_props}
-    assert json.loads(props["helmsman.inputs"]) == features.input_names()
+    assert json.loads(props[contract.ONNX_INPUTS_PROP]) == features.input_names()
     assert graph.opset_import[0].version == onnx_model.OPSET
 
 

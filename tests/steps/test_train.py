@@ -198,7 +198,7 @@ def test_a_version_trained_with_its_spec_carries_it_and_a_mismatched_spec_is_ref
     trained = run_step(step_env, *args, "--run-key", "spec/a",
                        extra_env={contract.MODEL_SPEC_ENV: declared})  # fmt: skip
     assert trained.returncode == 0, trained.stderr
-    version = json.loads(trained.stdout)["model_version"]
+    version = json.loads(trained.stdout)["model_version"]  # stdout: the one JSON result
     fetched = run_step(step_env, "fetch-model", "--model-uri", f"models:/churn-spec/{version}",
                        "--dest", str(tmp_path))  # fmt: skip
     assert fetched.returncode == 0, fetched.stderr

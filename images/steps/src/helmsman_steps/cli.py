@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
 from dataclasses import asdict, is_dataclass
 from typing import TYPE_CHECKING, Annotated, Any
@@ -102,6 +103,8 @@ def _setup(
     ] = "INFO",
 ) -> None:
     logs.configure(log_level.upper())
+    # stdout carries the command's one JSON result; MLflow would print "View run" links there.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 @app.command()

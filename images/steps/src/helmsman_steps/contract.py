@@ -43,6 +43,9 @@ PROMOTED_BY_TAG: Final = "helmsman.promoted_by"
 MODEL_SPEC_ENV: Final = "HELMSMAN_MODEL_SPEC"
 MODEL_SPEC_FILE: Final = "model_spec.json"
 
+# The ONNX graph's metadata property naming its input columns, in order.
+ONNX_INPUTS_PROP: Final = "helmsman.inputs"
+
 # Artifacts one side writes and the other reads.
 GOLDEN_ARTIFACT: Final = "evaluation/golden.json"  # inputs and the offline predictions
 

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from helmsman_steps import contract
+
 if TYPE_CHECKING:
     import onnx
 
@@ -68,7 +70,7 @@ def from_mlp(model: NumpyModel) -> onnx.ModelProto:
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="helmsman"
     )
     proto.ir_version = 8  # what ONNX Runtime 1.14+ reads; opset 17 needs no newer
-    helper.set_model_props(proto, {"helmsman.inputs": json.dumps(model.inputs)})
+    helper.set_model_props(proto, {contract.ONNX_INPUTS_PROP: json.dumps(model.inputs)})
     onnx.checker.check_model(proto, full_check=True)
     return proto
 
