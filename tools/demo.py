@@ -34,6 +34,7 @@ from tools.users import Users
 
 DAG = "train_churn"
 MODEL = "churn"
+ROLLBACK_DAG = "rollback_churn"
 NAMESPACE = "ml"
 ROOT = REPO / ".demo"
 # The demo's Params: a small window and a short training, so a run takes about a minute; a
@@ -138,6 +139,41 @@ def run_pipeline(stack: Stack, conf: dict[str, Any], show: bool = True) -> Outco
     return Outcome(run_id, run["state"], seconds, summary)
 
 
+def restore_champion(stack: Stack) -> str | None:
+    """Serve @champion again when MLflow has one and the cluster serves nothing.
+
+    MLflow's database and artifacts live on in the demo folder after `make down`, but
+    localcluster starts empty: without this, a new challenger is judged against a champion no
+    user can reach, and a rejected one leaves nothing serving. The champion goes back through
+    ``rollback_churn``: the same preview checks a training run's rollout makes. Returns the
+    version restored, None when nothing needed restoring.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = str(MlflowClient(tracking_uri=stack.mlflow_url)
+                      .get_model_version_by_alias(MODEL, "champion").version)  # fmt: skip
+    except MlflowException:
+        return None  # the first demo: training deploys the first version
+    if "served_version" in serving(stack):
+        return None
+    console.print(f"· the cluster starts empty after `make down`; serving @champion (version "
+                  f"{version}) again first, through {ROLLBACK_DAG}")  # fmt: skip
+    api = api_for(stack)
+    api.wait_for_dag(ROLLBACK_DAG)
+    api.unpause(ROLLBACK_DAG)
+    conf = {"model_version": version, "shadow": False, "analysis_interval": 5}
+    run = api.wait(ROLLBACK_DAG, api.trigger(ROLLBACK_DAG, conf, note="make demo"))
+    served = serving(stack).get("served_version")
+    if run["state"] != "success" or served != version:
+        raise StackError(
+            f"{ROLLBACK_DAG} could not serve version {version} again ({run['state']}, serving "
+            f"{served}); read its task logs at {stack.airflow_url}/dags/{ROLLBACK_DAG}"
+        )
+    return version
+
+
 def champion_rows(stack: Stack) -> list[dict[str, Any]]:
     """The rows of @champion's golden set (real rows of the data it was evaluated on)."""
     import tempfile
@@ -229,8 +265,11 @@ def report(stack: Stack, outcome: Outcome) -> None:
             console.print(f"  users      {u['requests']} requests through the Gateway during "
                           f"the run, {u['failed']} failed; answered by versions "
                           f"{u['versions']}")  # fmt: skip
-    if "service" in s:
-        console.print(f"  serving    {s['service']}  (version {s.get('served_version')})")
+    if "served_version" in s:
+        console.print(f"  serving    {s['service']}  (version {s['served_version']})")
+    elif "service" in s:
+        console.print(f"  serving    nothing serves {MODEL} yet at {s['service']}: "
+                      f"{s.get('service_error', 'no answer')}")  # fmt: skip
         if "prediction" in s:
             body = json.dumps({"instances": [s["sample"]]})
             console.print(f"  predict    curl -s {s['service']}/predict "
@@ -276,6 +315,7 @@ def up(root: Path = ROOT, ports: Ports | None = None, settings: Settings | None 
         stack.up(say=lambda message: console.print(f"· {message}"))
     if reused:
         console.print(f"· the stack in {root} is running: reusing it")
+    restore_champion(stack)
     conf = {**DEMO_CONF, "data_end": next_day(stack)}
     console.print(f"· triggering {DAG} with {json.dumps(conf)}")
     outcome = run_pipeline(stack, conf, show=show)

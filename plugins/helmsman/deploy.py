@@ -328,9 +328,17 @@ def promote(model_name: str, version: str, owner: str) -> dict[str, Any]:
     return {"champion": version, "previous_champion": previous.version if previous else None}
 
 
-def choose_version(model_name: str, version: str) -> dict[str, Any]:
+def choose_version(
+    model_name: str, version: str, instance: str | None = None, platform: Platform | None = None
+) -> dict[str, Any]:
     """The decide step of a manual rollback: the chosen version, which must exist and must
-    have been evaluated (a version no pipeline run vetted is not a rollback target)."""
+    have been evaluated (a version no pipeline run vetted is not a rollback target).
+
+    Nothing to do only when the cluster already serves it: @champion may name a version that
+    no longer serves (a rebuilt cluster, a deleted Deployment), and rolling it out again is
+    how serving comes back."""
+    from helmsman.serving.session import serving_version
+
     models.configure()
     chosen = models.get(model_name, version)
     if not chosen.decision:
@@ -338,9 +346,10 @@ def choose_version(model_name: str, version: str) -> dict[str, Any]:
             f"version {version} of {model_name} was never evaluated; pick one that was "
             "(its tags carry helmsman.decision)"
         )
-    champion = models.by_alias(model_name, contract.CHAMPION)
-    if champion is not None and champion.version == chosen.version:
-        return {"version": version, "deploy": False, "reason": f"{version} is already @champion"}
+    platform = platform or Platform()
+    instance = instance or contract.serving_instance(model_name)
+    if serving_version(Kube(kube_api(platform), platform.namespace), instance) == chosen.version:
+        return {"version": version, "deploy": False, "reason": f"{version} already serves"}
     return {"version": version, "deploy": True, "reason": f"manual rollback to version {version}"}
 
 

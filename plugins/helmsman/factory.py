@@ -333,7 +333,7 @@ MLflow: `@previous-champion`, or versions tagged `helmsman.rollout=passed`.
 
         @task
         def decide(params: Any = None) -> dict[str, Any]:
-            return deploy.choose_version(name, params["model_version"])
+            return deploy.choose_version(name, params["model_version"], model.instance, platform)
 
         rollout = _rollout(model, platform)
 

@@ -182,3 +182,22 @@ def test_a_killed_scheduler_is_restarted_then_down_leaves_no_process_and_no_port
     assert gateway.hostname is not None
     assert not port_taken(gateway.port or 80, gateway.hostname)
     assert demo.down(demo_root) == []  # a second `make down` finds nothing to stop
+
+
+def test_after_down_the_next_demo_serves_the_champion_again_before_training(
+    demo_root: Path,
+) -> None:
+    """MLflow's database outlives `make down`, the cluster's objects do not: the next demo
+    first rolls @champion out again through rollback_churn (the same preview checks), so the
+    new challenger is judged and users are served as before."""
+    stack, outcome = demo.up(demo_root, Ports.free(), Settings(rows_per_day=4000), show=False)
+    api = demo.api_for(stack)
+    (restore,) = api.runs(demo.ROLLBACK_DAG)
+    assert restore["state"] == "success"
+    restored = restore["conf"]["model_version"]
+    assert api.xcom(demo.ROLLBACK_DAG, restore["dag_run_id"], "decide")["deploy"] is True
+    assert outcome.state == "success"
+    # Users reached the restored version through the Gateway while the challenger trained.
+    assert restored in outcome.summary["users"]["versions"]
+    assert outcome.summary["users"]["failed"] == 0
+    assert outcome.summary["served_version"] in {restored, outcome.summary["model_version"]}

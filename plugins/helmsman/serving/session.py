@@ -128,6 +128,25 @@ def _parse_stamp(value: str | None) -> float:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
+def slot_version(kube: Kube, instance: str, slot: str) -> str | None:
+    """The model version a slot's Deployment runs (None: no such slot, or scaled to zero)."""
+    d = kube.read("Deployment", objects.deployment_name(instance, slot))
+    if d is None or not d["spec"].get("replicas"):
+        return None
+    annotations = d["spec"]["template"]["metadata"].get("annotations") or {}
+    version = annotations.get(objects.MODEL_ANNOTATION)
+    return str(version) if version else None
+
+
+def serving_version(kube: Kube, instance: str) -> str | None:
+    """The version the instance's stable Service sends traffic to now (None: nothing serves)."""
+    svc = kube.read("Service", instance)
+    if svc is None:
+        return None
+    selector = svc["spec"].get("selector") or {}
+    return slot_version(kube, instance, selector.get(objects.SLOT_LABEL, objects.LEGACY_SLOT))
+
+
 class RolloutSession:
     def __init__(
         self,
@@ -274,12 +293,7 @@ class RolloutSession:
         )
 
     def _serving_version(self, slot: str) -> str | None:
-        d = self.kube.read("Deployment", objects.deployment_name(self.target.name, slot))
-        if d is None or not d["spec"].get("replicas"):
-            return None
-        annotations = d["spec"]["template"]["metadata"].get("annotations") or {}
-        version = annotations.get(objects.MODEL_ANNOTATION)
-        return str(version) if version else None
+        return slot_version(self.kube, self.target.name, slot)
 
     # -- the phases -------------------------------------------------------------------------
 
@@ -478,11 +492,7 @@ class RolloutSession:
 
     def serving_version(self) -> str | None:
         """The version the stable Service sends traffic to now (None: nothing serves)."""
-        svc = self.kube.read("Service", self.target.name)
-        if svc is None:
-            return None
-        selector = svc["spec"].get("selector") or {}
-        return self._serving_version(selector.get(objects.SLOT_LABEL, objects.LEGACY_SLOT))
+        return serving_version(self.kube, self.target.name)
 
     def outcome(self) -> dict[str, Any]:
         r = self.record
