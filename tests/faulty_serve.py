@@ -27,17 +27,17 @@ from typing import Any
 
 import numpy as np
 
-from helmsman_steps import cli, model, serve
+from helmsman_steps import cli, runtime, serve
 
 FAULT = os.environ.get("HELMSMAN_TEST_FAULT", "")
 FAULTS = ("skewed", "slow", "errors", "crash", "liar", "errors-live", "skew-live")
-_predict_rows = model.NumpyModel.predict
+_predict_rows = runtime.Predictor.predict
 _predict = serve.App._predict
 _route = serve.App._route
 _calls = 0
 
 
-def _rows(self: model.NumpyModel, columns: Any) -> Any:
+def _rows(self: runtime.Predictor, columns: Any) -> Any:
     scores = _predict_rows(self, columns)
     if FAULT == "skewed" or (FAULT == "skew-live" and len(scores) == 1):
         return np.clip(scores + (0.2 if FAULT == "skewed" else 0.3), 0.0, 1.0)
@@ -65,7 +65,7 @@ async def _liar_route(self: serve.App, path: str, method: str, receive: Any, hea
     return await _route(self, path, method, receive, headers)
 
 
-model.NumpyModel.predict = _rows  # type: ignore[method-assign]
+runtime.Predictor.predict = _rows  # type: ignore[method-assign]
 serve.App._predict = _faulty_predict  # type: ignore[method-assign]
 if FAULT == "liar":
     serve.App._route = _liar_route  # type: ignore[method-assign]

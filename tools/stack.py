@@ -368,6 +368,21 @@ class Stack:
 
     # -- pieces -------------------------------------------------------------------------------
 
+    def raw_uri(self, model: str) -> str:
+        """Where this stack keeps a file-fed model's daily raw files (its settings point the
+        model's source there)."""
+        return (self.root / "raw" / model).as_uri()
+
+    def _raw_files(self) -> None:
+        """The diabetes model's feed: the packaged dataset as daily files, written once."""
+        folder = self.root / "raw" / "diabetes"
+        if folder.is_dir() and any(folder.glob("*.csv")):
+            return
+        cmd = [str(BIN / "python"), "-m", "helmsman_steps", "sample-data", "diabetes",
+               "--dest", str(folder)]  # fmt: skip
+        _run(cmd, "writing the diabetes sample's daily files",
+             env={**os.environ, "PYTHONPATH": str(REPO / "images" / "steps" / "src")})  # fmt: skip
+
     def _prepare_files(self) -> None:
         home = self.root / "airflow"
         home.mkdir(parents=True, exist_ok=True)
@@ -377,6 +392,7 @@ class Stack:
             password = secrets.token_urlsafe(12)
             (home / "passwords.json").write_text(json.dumps({ADMIN_USER: password}))
         (self.root / "datasets").mkdir(exist_ok=True)
+        self._raw_files()
         # Airflow imports airflow_local_settings from $AIRFLOW_HOME/config: the cluster policy.
         (home / "config").mkdir(exist_ok=True)
         (home / "config" / "airflow_local_settings.py").write_text(LOCAL_SETTINGS)
@@ -481,6 +497,10 @@ class Stack:
              "data": {"HELMSMAN_DATASET_URI": str(self.root / "datasets"),
                       "HELMSMAN_SOURCE_URI":
                           f"synthetic://churn?rows_per_day={s.rows_per_day}&seed={s.seed}",
+                      # Per model: the churn feed's size, and the diabetes files' place here.
+                      "HELMSMAN_SOURCE_URI_CHURN":
+                          f"synthetic://churn?rows_per_day={s.rows_per_day}&seed={s.seed}",
+                      "HELMSMAN_SOURCE_URI_DIABETES": self.raw_uri("diabetes"),
                       "HELMSMAN_MODEL_NAME": s.model_name}},
         ]  # fmt: skip
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))

@@ -23,14 +23,20 @@ from helmsman import deploy, tasks
 from helmsman.pods import Platform, pod_task
 from helmsman.serving.analysis import Thresholds
 from helmsman_steps import contract, spec
-from helmsman_steps import schema as builtin_schema
 from helmsman_steps.spec import ModelSpec, ModelSpecError
 
 MAX_GPUS = 4  # the most one training run may ask for (the GPU pools hold at least this)
 # What this release's pipeline trains, evaluates and serves; a spec may declare more (the
 # contract is wider than today's steps), and gets a clear error until the steps catch up.
-SUPPORTED = {"task": ("binary",), "trainer.kind": ("mlp",), "evaluation.metric": ("roc_auc",)}
-BUILTIN_FEATURES = "helmsman_steps.features:derive"
+SUPPORTED = {
+    "task": ("binary", "regression"),
+    "trainer.kind": ("mlp", "sklearn"),
+    "evaluation.metric": ("roc_auc", "rmse", "mae", "r2"),
+}
+# The trainers and the tasks each trains in this release.
+TRAINER_TASKS = {"mlp": ("binary",), "sklearn": ("binary", "regression")}
+# Feature functions the images hold: the step package's own modules.
+FEATURE_MODULES = ("helmsman_steps.",)
 
 TRAINING_DOC = """
 ### Train, evaluate, roll out `{name}` — {description}
@@ -85,13 +91,17 @@ def load(name: str, models_dir: str | Path) -> ModelSpec:
                 f"{shown}: {field}: {value!r} is part of the model contract, but this release's "
                 f"pipeline supports only {list(SUPPORTED[field])}"
             )
-    # The steps' feature function is churn's: it needs churn's columns, whatever else differs.
-    builtin = {*builtin_schema.NUMERIC_RANGES, *builtin_schema.CATEGORIES}
-    raw = model.raw_schema
-    if model.features not in (None, BUILTIN_FEATURES) or set(raw.columns) != builtin:
+    if model.task not in TRAINER_TASKS[model.trainer.kind]:
         raise ModelSpecError(
-            f"{shown}: features, schema.columns: this release's steps featurize churn's columns "
-            f"({', '.join(sorted(builtin))}) with {BUILTIN_FEATURES} only"
+            f"{shown}: trainer.kind: the {model.trainer.kind} trainer trains "
+            f"{' and '.join(TRAINER_TASKS[model.trainer.kind])} models in this release, not "
+            f"{model.task}; use sklearn"
+        )
+    if model.features is not None and not model.features.startswith(FEATURE_MODULES):
+        raise ModelSpecError(
+            f"{shown}: features: {model.features!r}: the pods import feature functions from the "
+            f"step package ({', '.join(FEATURE_MODULES)}...) in this release; leave it out to "
+            "use the declared columns as they are"
         )
     unknown = set(model.serving.thresholds) - {f.name for f in fields(Thresholds)}
     if unknown:
@@ -126,8 +136,15 @@ def _default_args() -> dict[str, Any]:
 
 
 def _trainer_params(model: ModelSpec) -> dict[str, Param]:
-    """The MLP trainer's knobs, with the model's values as defaults."""
+    """The MLP trainer's knobs, with the model's values as defaults; another trainer takes its
+    settings from model.yaml (``trainer.params``), and the form has only its seed."""
     given = model.trainer.params
+    seed = Param(
+        given.get("seed", given.get("random_state", 42)), title="Seed", type="integer",
+        minimum=0, description="Seed for the trainer's randomness (0 or more).",
+    )  # fmt: skip
+    if model.trainer.kind != "mlp":
+        return {"seed": seed}
     return {
         "epochs": Param(
             given.get("epochs", 8), title="Epochs", type="integer", minimum=1, maximum=500,
@@ -146,15 +163,14 @@ def _trainer_params(model: ModelSpec) -> dict[str, Param]:
             given.get("batch_size", 1024), title="Batch size", type="integer", minimum=16,
             maximum=65536, description="Rows per optimizer step (16 to 65536).",
         ),
-        "seed": Param(
-            given.get("seed", 42), title="Seed", type="integer", minimum=0,
-            description="Seed for weights and batch order (0 or more).",
-        ),
+        "seed": seed,
     }  # fmt: skip
 
 
 def training_dag(model: ModelSpec, platform: Platform) -> DAG:
     name = model.name
+    metric = model.evaluation.metric
+    better = "higher" if model.higher_is_better else "lower"
     params = {
         "data_end": Param(
             None, type=["null", "string"], format="date", title="Data end (exclusive)",
@@ -162,7 +178,8 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             "interval, or yesterday for a manual run.",
         ),
         "window_days": Param(
-            7, title="Training window (days)", type="integer", minimum=1, maximum=90,
+            model.window_days, title="Training window (days)", type="integer", minimum=1,
+            maximum=90,
             description="Days of data to train on, ending at the data end (1 to 90).",
         ),
         **_trainer_params(model),
@@ -171,10 +188,10 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             description=f"GPUs for the training pod (0 to {MAX_GPUS}; 0: train on CPU).",
         ),
         "min_improvement": Param(
-            model.evaluation.min_improvement, title="Minimum AUC gain", type="number",
+            model.evaluation.min_improvement, title=f"Minimum {metric} gain", type="number",
             minimum=-1, maximum=1,
-            description="ROC AUC gain over the champion a challenger needs to be promoted "
-            "(-1 to 1).",
+            description=f"{metric} gain over the champion a challenger needs to be promoted "
+            f"(-1 to 1; a gain is {better} {metric}).",
         ),
         **deploy.rollout_params(model.serving.strategy, model.serving.canary_steps),
         "deploy": Param(
@@ -234,12 +251,22 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             ["--start", tasks.planned("window_start"), "--end", tasks.planned("end")],
             platform=platform, model_spec=model_spec,
         )  # fmt: skip
+        knobs = ["--seed", "{{ params.seed }}"]
+        if model.trainer.kind == "mlp":
+            knobs += [
+                "--epochs",
+                "{{ params.epochs }}",
+                "--learning-rate",
+                "{{ params.learning_rate }}",
+                "--hidden",
+                "{{ params.hidden }}",
+                "--batch-size",
+                "{{ params.batch_size }}",
+            ]
         train = pod_task(
             "train", "train",
-            [*interval, "--model-name", name,
-             "--window-days", "{{ params.window_days }}", "--epochs", "{{ params.epochs }}",
-             "--learning-rate", "{{ params.learning_rate }}", "--hidden", "{{ params.hidden }}",
-             "--batch-size", "{{ params.batch_size }}", "--seed", "{{ params.seed }}"],
+            [*interval, "--model-name", name, "--window-days", "{{ params.window_days }}",
+             *knobs],
             gpus="{{ params.gpus }}",
             gpu_slots=max(model.gpus, 1),  # the cluster policy sets them from the run's conf
             platform=platform, model_spec=model_spec,
@@ -248,7 +275,8 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             "evaluate", "evaluate",
             [*interval, "--model-name", name, "--run-key", contract.run_key_template("train"),
              "--min-primary", str(model.evaluation.floor),
-             "--min-improvement", "{{ params.min_improvement }}"],
+             "--min-improvement", "{{ params.min_improvement }}",
+             "--window-days", "{{ params.window_days }}"],
             platform=platform, model_spec=model_spec,
         )  # fmt: skip
 

@@ -93,7 +93,20 @@ def test_a_broken_model_is_an_import_error_of_its_own_file_only(
             "trainer.kind: 'lightgbm' is part of",
         ),
         ({"gpus": 6}, "gpus: 6 is above the 4 a run may ask for"),
-        ({"features": "features.py:derive"}, "features, schema.columns: this release's steps"),
+        ({"features": "features.py:derive"}, "features: 'features.py:derive': the pods import"),
+        (
+            {
+                "task": "regression",
+                "evaluation": {"metric": "rmse", "floor": 1.0},
+                "schema": {
+                    "id": "i",
+                    "timestamp": "t",
+                    "label": {"name": "y", "range": [0, 1]},
+                    "columns": {"x": {"type": "float"}},
+                },
+            },
+            "trainer.kind: the mlp trainer trains binary models in this release, not regression",
+        ),
         ({"serving": {"thresholds": {"max_p95_ms": 9}}}, "unknown ['max_p95_ms']; one of"),
     ],
 )

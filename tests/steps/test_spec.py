@@ -23,7 +23,7 @@ REGRESSION: dict[str, Any] = {
     "schema": {
         "id": "house_id",
         "timestamp": "sold_on",
-        "label": {"name": "price"},
+        "label": {"name": "price", "range": [0, 5_000_000]},
         "columns": {
             "rooms": {"type": "int", "range": [1, 20]},
             "area": {"type": "float", "range": [5, 10000], "nullable": True},
@@ -66,7 +66,15 @@ BAD = [
     ("source", "/data/prices", "should match pattern"),
     ("schema.id", "house id", "should match pattern"),
     ("schema.timestamp", DELETE, "required field is missing"),
-    ("schema.label", {"name": "price", "classes": [0, 1]}, "a regression label has no classes"),
+    (
+        "schema.label",
+        {"name": "price", "classes": [0, 1], "range": [0, 1]},
+        "a label has classes (classification) or a range (regression)",
+    ),
+    ("schema.label", {"name": "price", "classes": [0, 1]}, "a regression label has a range"),
+    ("schema.label", {"name": "price"}, "a regression label has a range [low, high]"),
+    ("schema.label.range", [5, 5], "range low 5.0 must be below high 5.0"),
+    ("evaluation.holdout", "week", "'interval' or 'window'"),
     ("schema.columns", {}, "at least 1 item"),
     ("schema.columns.rooms", {"type": "decimal"}, "'float', 'int' or 'category'"),
     ("schema.columns.rooms", {"type": "int", "range": [20, 1]}, "range low 20.0 is above high"),

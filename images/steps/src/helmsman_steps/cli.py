@@ -22,6 +22,7 @@ from helmsman_steps.exitcodes import BadInputError, ExitCode
 
 if TYPE_CHECKING:
     from helmsman_steps.spec import ModelSpec
+    from helmsman_steps.store import DatasetStore
 
 app = typer.Typer(
     name="helmsman-step",
@@ -85,6 +86,29 @@ def _spec(text: str) -> ModelSpec | None:
         raise BadInputError(str(exc)) from None
 
 
+def _store(dataset_uri: str, declared: ModelSpec | None) -> DatasetStore:
+    """The model's dataset: ``<root>/<model>`` for a model with a spec (models share the root),
+    the root itself for a step run without one."""
+    from helmsman_steps.store import DatasetStore
+
+    if declared is None:
+        return DatasetStore(dataset_uri)
+    return DatasetStore(f"{dataset_uri.rstrip('/')}/{declared.name}")
+
+
+def _source_uri(explicit: str, declared: ModelSpec | None) -> str:
+    """Where the raw records come from: ``--source-uri`` if given; else the environment's
+    override for this model (``HELMSMAN_SOURCE_URI_<NAME>``, from the settings ConfigMap: a
+    dev cluster reads local files where production reads the bucket); else the spec's
+    ``source``; else ``HELMSMAN_SOURCE_URI``; else the synthetic churn feed."""
+    if explicit:
+        return explicit
+    if declared is not None:
+        override = f"HELMSMAN_SOURCE_URI_{declared.name.upper().replace('-', '_')}"
+        return os.environ.get(override) or declared.source
+    return os.environ.get("HELMSMAN_SOURCE_URI") or "synthetic://churn"
+
+
 def _canonical(declared: ModelSpec | None) -> str | None:
     from helmsman_steps import spec
 
@@ -115,11 +139,11 @@ def etl(
     source_uri: Annotated[
         str,
         typer.Option(
-            envvar="HELMSMAN_SOURCE_URI",
             help="Raw records: synthetic://churn?rows_per_day=N&seed=S, or a path/URL prefix "
-            "holding YYYY-MM-DD.parquet|csv files.",
+            "holding YYYY-MM-DD.parquet|csv files. Default: HELMSMAN_SOURCE_URI_<MODEL>, then "
+            "the spec's source, then HELMSMAN_SOURCE_URI, then synthetic://churn.",
         ),
-    ] = "synthetic://churn",
+    ] = "",
     max_bad_share: Annotated[
         float,
         typer.Option(min=0.0, max=1.0, help="Fail if a day's share of invalid rows exceeds this."),
@@ -135,13 +159,15 @@ def etl(
 
     from helmsman_steps import etl as stage
     from helmsman_steps import registry, sources
-    from helmsman_steps.store import DatasetStore
+    from helmsman_steps.modelinfo import ModelInfo
 
     declared = _spec(model_spec)
+    source_uri = _source_uri(source_uri, declared)
     source = sources.from_uri(source_uri)
+    featurizer = ModelInfo.of(declared).featurizer if declared else None
     reports = stage.run(
-        source, DatasetStore(dataset_uri), start.date(), end.date(), max_bad_share,
-        declared.raw_schema if declared else None,
+        source, _store(dataset_uri, declared), start.date(), end.date(), max_bad_share,
+        declared.raw_schema if declared else None, featurizer,
     )  # fmt: skip
     key = run_key or contract.local_run_key(str(start.date()), str(end.date()), "etl")
     lineage = registry.Lineage.from_env(
@@ -187,7 +213,6 @@ def train(
     """Train the model on the dataset window ending at END and register a model version."""
     from helmsman_steps import registry
     from helmsman_steps import train as stage
-    from helmsman_steps.store import DatasetStore
 
     try:
         widths = tuple(int(w) for w in hidden.split(",") if w.strip())
@@ -202,7 +227,7 @@ def train(
     lineage = registry.Lineage.from_env()  # train.run adds the interval
     key = run_key or contract.local_run_key(str(start.date()), str(end.date()), "train")
     result = stage.run(
-        DatasetStore(dataset_uri), start.date(), end.date(), model_name, key, config, lineage,
+        _store(dataset_uri, declared), start.date(), end.date(), model_name, key, config, lineage,
         experiment, _canonical(declared),
     )  # fmt: skip
     _emit(result)
@@ -224,26 +249,42 @@ def evaluate(
             help="Run key of the training run whose model version is the challenger.",
         ),
     ] = "",
-    min_primary: Annotated[float, typer.Option(help="Absolute ROC AUC floor.")] = 0.60,
+    min_primary: Annotated[
+        float,
+        typer.Option(
+            help="The primary metric's floor (ceiling for an error); default: the "
+            "spec's evaluation.floor, else 0.60 (ROC AUC)."
+        ),
+    ] = float("nan"),
     min_improvement: Annotated[
-        float, typer.Option(help="Required ROC AUC gain over the champion.")
+        float, typer.Option(help="Required gain of the primary metric over the champion.")
     ] = 0.0,
+    window_days: Annotated[
+        int, typer.Option(min=1, help="The training window (for evaluation.holdout: window).")
+    ] = 7,
     max_secondary_regression: Annotated[
         float, typer.Option(help="Allowed rise of log loss and Brier score.")
     ] = 0.01,
     max_ci_regression: Annotated[
-        float, typer.Option(help="Reject if the AUC gain's CI lower bound is below minus this.")
+        float,
+        typer.Option(
+            help="Reject if the gain's CI lower bound is below minus this (for an "
+            "error metric: this share of the champion's error)."
+        ),
     ] = 0.02,
     n_bootstrap: Annotated[int, typer.Option(min=50, help="Bootstrap resamples for the CI.")] = 300,
     golden_size: Annotated[int, typer.Option(min=1, help="Rows in the golden set.")] = 256,
     training_experiment: Annotated[
         str, typer.Option(help="MLflow experiment of the training runs.")
     ] = contract.TRAINING_EXPERIMENT,
+    model_spec: ModelSpecJson = "",
 ) -> None:
     """Compare the challenger with @champion on held-out rows and record the decision."""
+    import math
+
     from helmsman_steps import evaluate as stage
     from helmsman_steps import registry
-    from helmsman_steps.store import DatasetStore
+    from helmsman_steps.modelinfo import ModelInfo
 
     version = challenger_version
     if not version:
@@ -253,12 +294,35 @@ def evaluate(
         version = trained.data.tags.get(contract.MODEL_VERSION_TAG, "") if trained else ""
         if not version:
             raise BadInputError(f"no model version was registered by training run {run_key!r}")
+    declared = _spec(model_spec)
+    info = ModelInfo.of(declared, model_name)
+    if math.isnan(min_primary):
+        min_primary = declared.evaluation.floor if declared else 0.60
+    threshold = declared.serving.thresholds.get("decision_threshold", 0.5) if declared else 0.5
     rules = stage.Rules(min_primary, min_improvement, max_secondary_regression,
                         max_ci_regression, n_bootstrap)  # fmt: skip
     decision = stage.run(
-        DatasetStore(dataset_uri), start.date(), end.date(), model_name, version, rules, golden_size
-    )
+        _store(dataset_uri, declared), start.date(), end.date(), model_name, version, rules,
+        golden_size, info, window_days, threshold,
+    )  # fmt: skip
     _emit(decision)
+
+
+@app.command("sample-data")
+def sample_data(
+    name: Annotated[str, typer.Argument(help="The packaged dataset: diabetes.")],
+    dest: Annotated[str, typer.Option(help="Folder (path or fsspec URL) for the daily files.")],
+    first_day: Annotated[
+        dt.datetime, typer.Option(formats=_DATE_FORMATS, help="The first file's day.")
+    ] = dt.datetime(2026, 2, 1),
+    days: Annotated[int, typer.Option(min=1, help="Spread the records over this many days.")] = 14,
+) -> None:
+    """Write a real dataset that ships with the step package's dependencies as daily raw files,
+    for the file source (``source: file:///...``): the second demo model's feed."""
+    from helmsman_steps import sources
+
+    paths = sources.write_sample(name, dest, first_day.date(), days)
+    _emit({"dataset": name, "files": len(paths), "first": paths[0], "last": paths[-1]})
 
 
 @app.command("fetch-model")

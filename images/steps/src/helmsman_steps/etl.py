@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from helmsman_steps import logs
 from helmsman_steps.exitcodes import BadInputError
-from helmsman_steps.features import derive
+from helmsman_steps.features import Featurizer
 from helmsman_steps.schema import DATE_COLUMN, ID_COLUMN, raw_schema
 from helmsman_steps.sources import RawSource
 from helmsman_steps.store import DatasetStore, content_hash, days_in
@@ -73,8 +73,13 @@ def validate(
 
 
 def build_day(
-    source: RawSource, day: dt.date, max_bad_share: float, declared: RawSchema | None = None
+    source: RawSource,
+    day: dt.date,
+    max_bad_share: float,
+    declared: RawSchema | None = None,
+    featurizer: Featurizer | None = None,
 ) -> DayResult:
+    """One day: validate, quarantine, derive the model's features (churn's without a spec)."""
     raw = source.read(day)
     valid, quarantine = validate(raw, declared)
     bad_share = len(quarantine) / max(len(raw), 1)
@@ -85,7 +90,8 @@ def build_day(
             f"--max-bad-share limit of {max_bad_share:.2%}; most common reasons: {top}"
         )
     order = [declared.timestamp, declared.id] if declared else [DATE_COLUMN, ID_COLUMN]
-    features = valid.assign(**derive(valid)).sort_values(order)
+    derived = (featurizer or Featurizer.churn()).derive(valid)
+    features = valid.assign(**derived).sort_values(order)
     features = features.reset_index(drop=True)
     report = {
         "day": day.isoformat(),
@@ -106,11 +112,12 @@ def run(
     end: dt.date,
     max_bad_share: float,
     declared: RawSchema | None = None,
+    featurizer: Featurizer | None = None,
 ) -> list[dict[str, Any]]:
     """Build and write every day of [start, end); return the days' reports."""
     results = []
     for day in days_in(start, end):
-        result = build_day(source, day, max_bad_share, declared)
+        result = build_day(source, day, max_bad_share, declared, featurizer)
         log.info("validated day", **{k: v for k, v in result.report.items() if k != "reasons"})
         results.append(result)
     for result in results:

@@ -1,8 +1,11 @@
 """Evaluate: the challenger against ``@champion`` on the same held-out rows, and a decision.
 
-Both models score the held-out rows (hash bucket 0, never trained on) of the data interval.
-The primary metric is ROC AUC; log loss and Brier score are secondary. A paired bootstrap
-over the held-out rows gives a confidence interval for the AUC difference. The decision and
+Both models score the held-out rows (hash bucket 0, never trained on) of the data interval (or
+of the training window, for a model whose spec says ``evaluation.holdout: window``), through
+the runtime that serves them (ONNX). The primary metric is the spec's (ROC AUC for a binary
+model, RMSE, MAE or R² for a regression); a binary model's log loss and Brier score are
+secondary. A paired bootstrap over the held-out rows gives a confidence interval for the gain
+in the primary metric (its better direction: up for AUC and R², down for errors). The decision and
 its reasons go to the challenger's model version and run as tags and a JSON artifact, with
 ROC, precision-recall and calibration plots, and a golden set (inputs and the challenger's
 offline predictions) that the rollout's parity check replays against the served model.
@@ -25,10 +28,10 @@ from helmsman_steps import logs, registry
 from helmsman_steps.contract import DECISION_REASONS_TAG as REASONS_TAG
 from helmsman_steps.contract import DECISION_TAG, GOLDEN_ARTIFACT
 from helmsman_steps.exitcodes import BadInputError
-from helmsman_steps.model import NumpyModel, score_counts
-from helmsman_steps.schema import ID_COLUMN, LABEL, RAW_FEATURES
+from helmsman_steps.modelinfo import LOWER_IS_BETTER, ModelInfo, score_counts
+from helmsman_steps.runtime import Predictor, load_scorer
 from helmsman_steps.store import DatasetStore, days_in
-from helmsman_steps.train import HOLDOUT_BUCKET, buckets
+from helmsman_steps.train import HOLDOUT_BUCKET, buckets, training_window
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,10 +45,13 @@ DECISION_ARTIFACT = "evaluation/decision.json"
 class Rules:
     """When a challenger replaces the champion. Every threshold is a CLI option."""
 
-    min_primary: float = 0.60  # absolute AUC floor, also for the very first model
-    min_improvement: float = 0.0  # challenger AUC minus champion AUC must be at least this
+    # The primary metric's floor (a maximum for an error), also for the very first model.
+    min_primary: float = 0.60
+    min_improvement: float = 0.0  # the primary metric's gain over the champion, at least
     max_secondary_regression: float = 0.01  # log loss / Brier may worsen by at most this
-    max_ci_regression: float = 0.02  # the CI's lower bound of the AUC gain must be above -this
+    # The CI's lower bound of the gain must be above -this: in the metric's units for a score
+    # (AUC, R²), a share of the champion's error for an error (RMSE, MAE: 0.02 is 2%).
+    max_ci_regression: float = 0.02
     n_bootstrap: int = 300
     confidence: float = 0.95
     seed: int = 0
@@ -60,13 +66,28 @@ class Decision:
     champion_version: str | None
     challenger_metrics: dict[str, float]
     champion_metrics: dict[str, float] | None
+    metric: str = "roc_auc"  # the primary metric
+    # The primary metric's gain over the champion (in its better direction) and its CI; the
+    # names are those of the decisions recorded when the metric was always ROC AUC.
     auc_difference: float | None = None
     auc_difference_ci: tuple[float, float] | None = None
     holdout_rows: int = 0
     rules: dict[str, Any] = field(default_factory=dict)
 
 
-def metrics(y: npt.NDArray[np.float32], p: npt.NDArray[np.float32]) -> dict[str, float]:
+def metrics(
+    y: npt.NDArray[np.float32], p: npt.NDArray[np.float32], task: str = "binary"
+) -> dict[str, float]:
+    """The task's metrics: ROC AUC, log loss and Brier score for a binary model's
+    probabilities; RMSE, MAE and R² for a regression's values."""
+    if task == "regression":
+        from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
+
+        return {
+            "rmse": float(root_mean_squared_error(y, p)),
+            "mae": float(mean_absolute_error(y, p)),
+            "r2": float(r2_score(y, p)),
+        }
     from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
 
     clipped = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
@@ -77,25 +98,50 @@ def metrics(y: npt.NDArray[np.float32], p: npt.NDArray[np.float32]) -> dict[str,
     }
 
 
+def gain(metric: str, new: float, old: float) -> float:
+    """How much better ``new`` is than ``old`` (positive: better), in the metric's units."""
+    return old - new if metric in LOWER_IS_BETTER else new - old
+
+
+def _one(metric: str, y: npt.NDArray[Any], p: npt.NDArray[Any]) -> float:
+    task = "binary" if metric == "roc_auc" else "regression"
+    if metric == "roc_auc":
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(y, p))
+    return metrics(y, p, task)[metric]
+
+
+def bootstrap_gain(
+    y: npt.NDArray[np.float32],
+    p_new: npt.NDArray[np.float32],
+    p_old: npt.NDArray[np.float32],
+    rules: Rules,
+    metric: str = "roc_auc",
+) -> tuple[float, float]:
+    """Paired bootstrap CI of the primary metric's gain: both scored on the same resampled
+    rows."""
+    rng = np.random.default_rng(rules.seed)
+    diffs = []
+    for _ in range(rules.n_bootstrap):
+        idx = rng.integers(0, len(y), len(y))
+        if metric == "roc_auc" and y[idx].min() == y[idx].max():
+            continue  # a resample with one class has no AUC
+        new, old = _one(metric, y[idx], p_new[idx]), _one(metric, y[idx], p_old[idx])
+        diffs.append(gain(metric, new, old))
+    alpha = (1 - rules.confidence) / 2
+    low, high = np.quantile(diffs, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
 def bootstrap_auc_difference(
     y: npt.NDArray[np.float32],
     p_new: npt.NDArray[np.float32],
     p_old: npt.NDArray[np.float32],
     rules: Rules,
 ) -> tuple[float, float]:
-    """Paired bootstrap CI of AUC(new) - AUC(old): both scored on the same resampled rows."""
-    from sklearn.metrics import roc_auc_score
-
-    rng = np.random.default_rng(rules.seed)
-    diffs = []
-    for _ in range(rules.n_bootstrap):
-        idx = rng.integers(0, len(y), len(y))
-        if y[idx].min() == y[idx].max():
-            continue  # a resample with one class has no AUC
-        diffs.append(roc_auc_score(y[idx], p_new[idx]) - roc_auc_score(y[idx], p_old[idx]))
-    alpha = (1 - rules.confidence) / 2
-    low, high = np.quantile(diffs, [alpha, 1 - alpha])
-    return float(low), float(high)
+    """Paired bootstrap CI of AUC(new) - AUC(old)."""
+    return bootstrap_gain(y, p_new, p_old, rules, "roc_auc")
 
 
 def decide(
@@ -103,29 +149,33 @@ def decide(
     champion: dict[str, float] | None,
     ci: tuple[float, float] | None,
     rules: Rules,
+    metric: str = "roc_auc",
 ) -> tuple[str, list[str]]:
     reasons: list[str] = []
-    if challenger["roc_auc"] < rules.min_primary:
-        reasons.append(
-            f"roc_auc {challenger['roc_auc']:.4f} is below the floor {rules.min_primary}"
-        )
+    value = challenger[metric]
+    if gain(metric, value, rules.min_primary) < 0:
+        side = "above the ceiling" if metric in LOWER_IS_BETTER else "below the floor"
+        reasons.append(f"{metric} {value:.4f} is {side} {rules.min_primary}")
     if champion is None:
         if not reasons:
-            return "promote", [
-                f"no champion yet; roc_auc {challenger['roc_auc']:.4f} clears the floor"
-            ]
+            return "promote", [f"no champion yet; {metric} {value:.4f} clears the floor"]
         return "reject", reasons
-    gain = challenger["roc_auc"] - champion["roc_auc"]
-    if gain < rules.min_improvement:
+    won = gain(metric, value, champion[metric])
+    if won < rules.min_improvement:
         reasons.append(
-            f"roc_auc gain {gain:+.4f} is below the required {rules.min_improvement:+.4f}"
+            f"{metric} gain {won:+.4f} is below the required {rules.min_improvement:+.4f}"
         )
-    if ci is not None and ci[0] < -rules.max_ci_regression:
+    allowed = rules.max_ci_regression
+    if metric in LOWER_IS_BETTER:
+        allowed *= champion[metric]
+    if ci is not None and ci[0] < -allowed:
         reasons.append(
-            f"the {rules.confidence:.0%} CI of the roc_auc gain [{ci[0]:+.4f}, {ci[1]:+.4f}] "
-            f"allows a regression beyond {rules.max_ci_regression}"
+            f"the {rules.confidence:.0%} CI of the {metric} gain [{ci[0]:+.4f}, {ci[1]:+.4f}] "
+            f"allows a regression beyond {allowed:.4g}"
         )
     for name in ("log_loss", "brier"):
+        if name == metric or name not in challenger or name not in champion:
+            continue
         worse = challenger[name] - champion[name]
         if worse > rules.max_secondary_regression:
             reasons.append(
@@ -133,20 +183,30 @@ def decide(
             )
     if reasons:
         return "reject", reasons
-    return "promote", [f"roc_auc gain {gain:+.4f} with CI [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci
-                       else f"roc_auc gain {gain:+.4f}"]  # fmt: skip
+    return "promote", [f"{metric} gain {won:+.4f} with CI [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci
+                       else f"{metric} gain {won:+.4f}"]  # fmt: skip
 
 
-def holdout(store: DatasetStore, start: dt.date, end: dt.date) -> pd.DataFrame:
+def holdout(
+    store: DatasetStore, start: dt.date, end: dt.date, info: ModelInfo | None = None
+) -> pd.DataFrame:
+    info = info or ModelInfo.churn()
     frame = store.read_features(days_in(start, end))
-    rows = frame[buckets(frame[ID_COLUMN]) == HOLDOUT_BUCKET].sort_values(ID_COLUMN)
-    if rows[LABEL].nunique() < 2:
+    rows = frame[buckets(frame[info.id_column]) == HOLDOUT_BUCKET].sort_values(info.id_column)
+    if info.task != "regression" and rows[info.label].nunique() < 2:
         raise BadInputError(f"the held-out rows of {start}..{end} hold one class only")
+    if len(rows) < 2:
+        raise BadInputError(
+            f"{len(rows)} held-out rows in {start}..{end}: too few to judge a model on; widen "
+            "the window (evaluation.holdout: window judges on the training window's rows)"
+        )
     return rows.reset_index(drop=True)
 
 
-def _load(model: registry.ResolvedModel, tmp: str) -> NumpyModel:
-    return NumpyModel.load(registry.download_serving_model(model, f"{tmp}/{model.version}"))
+def _load(model: registry.ResolvedModel, tmp: str, info: ModelInfo) -> Predictor:
+    """The version as serving loads it: its ONNX graph on ONNX Runtime."""
+    path = registry.download_serving_model(model, f"{tmp}/{model.version}")
+    return Predictor(info, load_scorer(path))
 
 
 def _golden(
@@ -154,9 +214,11 @@ def _golden(
     predictions: npt.NDArray[np.float32],
     size: int,
     versus: dict[str, Any] | None = None,
+    info: ModelInfo | None = None,
 ) -> dict[str, Any]:
+    info = info or ModelInfo.churn()
     sample = rows.head(size)
-    inputs = sample[list(RAW_FEATURES)].to_dict("records")
+    inputs = sample[info.input_columns].to_dict("records")
     golden = {"inputs": inputs, "predictions": [float(p) for p in predictions[: len(sample)]]}
     if versus is not None:
         golden["versus_champion"] = versus
@@ -164,27 +226,36 @@ def _golden(
 
 
 def versus_champion(
-    new: npt.NDArray[np.float32], old: npt.NDArray[np.float32], champion_version: str
+    new: npt.NDArray[np.float32],
+    old: npt.NDArray[np.float32],
+    champion_version: str,
+    info: ModelInfo | None = None,
+    threshold: float = 0.5,
 ) -> dict[str, Any]:
     """How far the challenger's answers are from the champion's on the held-out rows: what a
-    rollout's shadow step and live steps should see too, if both are served as evaluated."""
+    rollout's shadow step and live steps should see too, if both are served as evaluated.
+    ``threshold``: the decision a score makes (the rollout's ``decision_threshold``)."""
+    bounds = (info or ModelInfo.churn()).prediction_buckets()
     return {
         "champion_version": champion_version,
         "mean_abs_diff": float(np.mean(np.abs(new - old))),
         "mean_diff": float(np.mean(new - old)),
-        "disagreement": float(np.mean((new >= 0.5) != (old >= 0.5))),
+        "disagreement": float(np.mean((new >= threshold) != (old >= threshold))),
         "rows": len(new),
         # Counts per serving histogram bucket: the distributions a live step compares.
-        "challenger_counts": score_counts(new).tolist(),
-        "champion_counts": score_counts(old).tolist(),
+        "challenger_counts": score_counts(new, bounds).tolist(),
+        "champion_counts": score_counts(old, bounds).tolist(),
     }
 
 
-def _plots(y: Any, scores: dict[str, Any], folder: Path) -> list[Path]:
+def _plots(y: Any, scores: dict[str, Any], folder: Path, task: str = "binary") -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    if task == "regression":
+        return _regression_plots(y, scores, folder, plt)
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import precision_recall_curve, roc_curve
 
@@ -215,6 +286,30 @@ def _plots(y: Any, scores: dict[str, Any], folder: Path) -> list[Path]:
     return paths
 
 
+def _regression_plots(y: Any, scores: dict[str, Any], folder: Path, plt: Any) -> list[Path]:
+    """Predicted against actual (the diagonal is perfect), and the residuals' spread."""
+    paths = []
+    for kind in ("predicted_vs_actual", "residuals"):
+        fig, ax = plt.subplots(figsize=(5, 4.5), dpi=100)
+        for label, p in scores.items():
+            if kind == "residuals":
+                ax.hist(p - y, bins=20, alpha=0.5, label=label)
+                ax.set(xlabel="predicted - actual", ylabel="rows", title="Residuals")
+            else:
+                ax.scatter(y, p, s=12, alpha=0.7, label=label)
+                ax.set(xlabel="actual", ylabel="predicted", title="Predicted vs actual")
+        if kind != "residuals":
+            low, high = float(np.min(y)), float(np.max(y))
+            ax.plot([low, high], [low, high], ls=":", c="grey")
+        ax.legend(loc="best")
+        fig.tight_layout()
+        path = folder / f"{kind}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
 def _earlier_decision(model: registry.ResolvedModel) -> Decision | None:
     import mlflow
 
@@ -223,7 +318,8 @@ def _earlier_decision(model: registry.ResolvedModel) -> Decision | None:
         return None
     data = mlflow.artifacts.load_dict(f"runs:/{model.run_id}/{DECISION_ARTIFACT}")
     ci = data.get("auc_difference_ci")
-    return Decision(**{**data, "auc_difference_ci": tuple(ci) if ci else None})
+    fields = {**data, "auc_difference_ci": tuple(ci) if ci else None}
+    return Decision(**fields)
 
 
 def run(
@@ -234,9 +330,18 @@ def run(
     challenger_version: str,
     rules: Rules,
     golden_size: int = 256,
+    info: ModelInfo | None = None,
+    window_days: int = 7,
+    decision_threshold: float = 0.5,
 ) -> Decision:
+    """Judge version ``challenger_version`` of ``model_name`` against ``@champion``.
+
+    ``info``: the model (churn's without a spec). ``window_days``: the training window, whose
+    held-out rows judge a model with ``holdout: window``. ``decision_threshold``: where a score
+    becomes a decision, for the golden set's offline disagreement."""
     import mlflow
 
+    info = info or ModelInfo.churn(model_name)
     challenger = registry.resolve(f"models:/{model_name}/{challenger_version}")
     earlier = _earlier_decision(challenger)
     if earlier is not None:
@@ -245,16 +350,18 @@ def run(
         log.info("already evaluated; reusing the decision", version=challenger.version)
         return earlier
     champion = registry.champion(model_name)
-    rows = holdout(store, start, end)
-    y = rows[LABEL].to_numpy(np.float32)
+    first = training_window(start, end, window_days)[0] if info.holdout == "window" else start
+    rows = holdout(store, first, end, info)
+    y = info.target(rows[info.label].to_numpy())
     columns = {c: rows[c].to_numpy() for c in rows.columns}
+    metric = info.metric
     with tempfile.TemporaryDirectory() as tmp:
-        p_new = _load(challenger, tmp).predict(columns)
-        p_old = _load(champion, tmp).predict(columns) if champion else None
-        new_metrics = metrics(y, p_new)
-        old_metrics = metrics(y, p_old) if p_old is not None else None
-        ci = bootstrap_auc_difference(y, p_new, p_old, rules) if p_old is not None else None
-        verdict, reasons = decide(new_metrics, old_metrics, ci, rules)
+        p_new = _load(challenger, tmp, info).predict(columns)
+        p_old = _load(champion, tmp, info).predict(columns) if champion else None
+        new_metrics = metrics(y, p_new, info.task)
+        old_metrics = metrics(y, p_old, info.task) if p_old is not None else None
+        ci = bootstrap_gain(y, p_new, p_old, rules, metric) if p_old is not None else None
+        verdict, reasons = decide(new_metrics, old_metrics, ci, rules, metric)
         decision = Decision(
             decision=verdict,
             reasons=reasons,
@@ -263,7 +370,8 @@ def run(
             champion_version=champion.version if champion else None,
             challenger_metrics=new_metrics,
             champion_metrics=old_metrics,
-            auc_difference=(new_metrics["roc_auc"] - old_metrics["roc_auc"])
+            metric=metric,
+            auc_difference=gain(metric, new_metrics[metric], old_metrics[metric])
             if old_metrics
             else None,
             auc_difference_ci=ci,
@@ -275,15 +383,16 @@ def run(
         scores = {f"challenger v{challenger.version}": p_new}
         if p_old is not None and champion is not None:
             scores[f"champion v{champion.version}"] = p_old
-        plots = _plots(y, scores, folder)
+        plots = _plots(y, scores, folder, info.task)
         (folder / "decision.json").write_text(json.dumps(asdict(decision), indent=2))
         versus = (
-            versus_champion(p_new, p_old, champion.version)
+            versus_champion(p_new, p_old, champion.version, info, decision_threshold)
             if p_old is not None and champion is not None
             else None
         )
         artifacts, golden_name = Path(GOLDEN_ARTIFACT).parent, Path(GOLDEN_ARTIFACT).name
-        (folder / golden_name).write_text(json.dumps(_golden(rows, p_new, golden_size, versus)))
+        golden = _golden(rows, p_new, golden_size, versus, info)
+        (folder / golden_name).write_text(json.dumps(golden))
         with mlflow.start_run(run_id=challenger.run_id):
             mlflow.log_metrics({f"eval_{k}": v for k, v in new_metrics.items()})
             for path in [*plots, folder / "decision.json", folder / golden_name]:

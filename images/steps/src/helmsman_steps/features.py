@@ -2,22 +2,32 @@
 
 One function on plain column arrays serves both, so what the model saw in training is what it
 sees in production (no training/serving skew). numpy only: the serving image has no pandas.
+
+A model's inputs follow from its declared schema (``schema.columns`` in model.yaml): every
+numeric column as it is, then the columns its feature function (``features``) derives, then
+each category column one-hot in its vocabulary's order. :class:`Featurizer` builds that matrix
+for any model; the module-level functions are churn's (``helmsman_steps.features:derive``), and
+what versions registered before model.yaml were trained with.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from helmsman_steps.schema import CATEGORIES, NUMERIC_INPUTS
+from helmsman_steps.schema import CATEGORIES, NUMERIC_INPUTS, NUMERIC_RANGES
 
 Columns = Mapping[str, npt.ArrayLike]
+Derive = Callable[[Columns], Mapping[str, npt.ArrayLike]]
 
 
 def derive(columns: Columns) -> dict[str, npt.NDArray[np.float64]]:
-    """The derived numeric features, from validated raw columns."""
+    """Churn's derived numeric features, from validated raw columns."""
     tenure = np.asarray(columns["tenure_months"], dtype=np.float64)
     monthly = np.asarray(columns["monthly_charges"], dtype=np.float64)
     total = np.asarray(columns["total_charges"], dtype=np.float64)
@@ -28,24 +38,104 @@ def derive(columns: Columns) -> dict[str, npt.NDArray[np.float64]]:
     }
 
 
+def load_function(entrypoint: str) -> Derive:
+    """``module:function`` -> the function (a model's ``features``, importable in the images)."""
+    module_name, _, attr = entrypoint.partition(":")
+    if module_name.endswith(".py"):
+        raise ValueError(
+            f"features: {entrypoint!r}: a file in the model's folder is not shipped to the pods "
+            "in this release; put the function in an importable module (module:function)"
+        )
+    function = getattr(importlib.import_module(module_name), attr, None)
+    if not callable(function):
+        raise ValueError(f"features: {entrypoint!r}: {module_name} has no function {attr!r}")
+    return function  # type: ignore[no-any-return]
+
+
+@dataclass(frozen=True)
+class Featurizer:
+    """Raw columns -> the model's input matrix, for one model's declared schema."""
+
+    numeric: tuple[str, ...]  # raw numeric columns, in declared order
+    categories: Mapping[str, tuple[str, ...]]
+    function: Derive | None = None
+    derived: tuple[str, ...] = ()
+
+    @classmethod
+    def from_columns(
+        cls, columns: Mapping[str, Mapping[str, Any]], entrypoint: str | None = None
+    ) -> Featurizer:
+        """From ``schema.columns`` as plain data (the spec's JSON) and ``features``."""
+        numeric = tuple(n for n, c in columns.items() if c["type"] != "category")
+        categories = {n: tuple(c["vocabulary"]) for n, c in columns.items()
+                      if c["type"] == "category"}  # fmt: skip
+        if entrypoint is None:
+            return cls(numeric, categories)
+        function = load_function(entrypoint)
+        sample = _sample(columns)
+        derived = tuple(k for k in function(sample) if k not in columns)
+        return cls(numeric, categories, function, derived)
+
+    @classmethod
+    def churn(cls) -> Featurizer:
+        """Churn's inputs: what versions registered without a spec were trained on."""
+        return cls(tuple(NUMERIC_RANGES), dict(CATEGORIES), derive,
+                   tuple(n for n in NUMERIC_INPUTS if n not in NUMERIC_RANGES))  # fmt: skip
+
+    def derive(self, columns: Columns) -> dict[str, npt.ArrayLike]:
+        """The derived columns (none without a feature function)."""
+        if self.function is None:
+            return {}
+        return {k: v for k, v in self.function(columns).items() if k in self.derived}
+
+    def input_names(self) -> list[str]:
+        names = [*self.numeric, *self.derived]
+        for column, vocabulary in self.categories.items():
+            names += [f"{column}={value}" for value in vocabulary]
+        return names
+
+    def to_matrix(self, columns: Columns) -> npt.NDArray[np.float32]:
+        """The input matrix (rows x input_names()). Derived columns are recomputed unless
+        present (ETL stores them; a request does not send them); a missing value is NaN."""
+        missing = [n for n in self.derived if n not in columns]
+        merged: dict[str, Any] = dict(columns)
+        if missing:
+            merged |= self.derive(columns)
+        parts = [_floats(merged[name]) for name in (*self.numeric, *self.derived)]
+        for column, vocabulary in self.categories.items():
+            values = np.asarray(columns[column], dtype=object)
+            parts += [(values == value).astype(np.float64) for value in vocabulary]
+        return np.column_stack(parts).astype(np.float32)
+
+
+def _floats(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    array = np.asarray(values)
+    if array.dtype == object:  # a nullable column from a request: None -> NaN
+        array = np.array([np.nan if v is None else v for v in array], dtype=np.float64)
+    return array.astype(np.float64)
+
+
+def _sample(columns: Mapping[str, Mapping[str, Any]]) -> dict[str, npt.NDArray[Any]]:
+    """One valid row (each range's low end, each vocabulary's first value) to learn which
+    columns a feature function derives."""
+    row: dict[str, npt.NDArray[Any]] = {}
+    for name, column in columns.items():
+        if column["type"] == "category":
+            row[name] = np.asarray([column["vocabulary"][0]], dtype=object)
+        else:
+            low = (column.get("range") or (0.0, 0.0))[0]
+            row[name] = np.asarray([low], dtype=np.float64)
+    return row
+
+
+_CHURN = Featurizer.churn()
+
+
 def input_names() -> list[str]:
-    """Names of the model's input columns, in order."""
-    names = list(NUMERIC_INPUTS)
-    for column, vocabulary in CATEGORIES.items():
-        names += [f"{column}={value}" for value in vocabulary]
-    return names
+    """Churn's input columns, in order."""
+    return _CHURN.input_names()
 
 
 def to_matrix(columns: Columns) -> npt.NDArray[np.float32]:
-    """The model's input matrix (rows x input_names()) from raw columns.
-
-    Derived columns are recomputed unless present (ETL stores them; a request does not send
-    them). Categories are one-hot in the schema's fixed vocabulary order.
-    """
-    derived = {k: v for k, v in derive(columns).items() if k not in columns}
-    merged = {**columns, **derived}
-    parts = [np.asarray(merged[name], dtype=np.float64) for name in NUMERIC_INPUTS]
-    for column, vocabulary in CATEGORIES.items():
-        values = np.asarray(columns[column])
-        parts += [(values == value).astype(np.float64) for value in vocabulary]
-    return np.column_stack(parts).astype(np.float32)
+    """Churn's input matrix from raw columns."""
+    return _CHURN.to_matrix(columns)

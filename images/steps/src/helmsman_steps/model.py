@@ -18,21 +18,20 @@ import numpy as np
 import numpy.typing as npt
 
 from helmsman_steps import features
+from helmsman_steps.modelinfo import PROBABILITY_BUCKETS
+from helmsman_steps.modelinfo import score_counts as counts_in
 
 FORMAT = "helmsman-mlp/1"
 FILENAME = "serving_model.npz"
 
 FloatArray = npt.NDArray[np.float32]
-# The buckets of predicted scores, shared by the server's Prometheus histogram and evaluation's
-# offline comparison, so a rollout compares like with like: (.., 0.05], .., (0.9, 0.95], +Inf.
-PREDICTION_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+# The buckets of a probability's histogram (a model's own: ModelInfo.prediction_buckets).
+PREDICTION_BUCKETS = PROBABILITY_BUCKETS
 
 
 def score_counts(scores: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
-    """How many scores fall in each of PREDICTION_BUCKETS (a score on a bound belongs to the
-    bucket it bounds, as in Prometheus' "le" buckets), +Inf last."""
-    bins = np.searchsorted(np.asarray(PREDICTION_BUCKETS), scores, side="left")
-    return np.bincount(bins, minlength=len(PREDICTION_BUCKETS) + 1).astype(np.int64)
+    """Counts per probability bucket, +Inf last (modelinfo.score_counts)."""
+    return counts_in(scores, PREDICTION_BUCKETS)
 
 
 @dataclass(frozen=True)

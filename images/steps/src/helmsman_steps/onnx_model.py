@@ -4,7 +4,7 @@ against the native model before it is registered.
 Every trainer exports ONNX so that one runtime (ONNX Runtime) can serve and evaluate any model
 a team brings. The signature: ``features``, float32 ``[batch, n_inputs]`` (the feature
 function's matrix, columns named in the model's metadata), in; ``score``, float32 ``[batch]``,
-out (a binary model's probability of the positive class).
+out (a binary model's probability of the positive class, a regression model's value).
 
 The MLP needs no exporter: its numpy export (mean, scale, weights, biases) maps one to one
 onto ONNX operators, so the graph is written directly, deterministic and small.
@@ -13,7 +13,7 @@ onto ONNX operators, so the graph is written directly, deterministic and small.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -29,8 +29,10 @@ INPUT = "features"
 OUTPUT = "score"
 FILENAME = "model.onnx"
 OPSET = 17  # ONNX Runtime 1.14 and later run it; every operator used here is in it
-# The largest |ONNX - native| a prediction may differ by (float32 kernels in both).
+# The largest |ONNX - native| a prediction may differ by, relative to max(1, |native|): a
+# probability's absolute difference, a regression value's relative one (float32 kernels).
 PARITY_TOLERANCE = 1e-5
+ML_OPSET = 3  # ai.onnx.ml: the tree ensembles scikit-learn's converter writes
 
 
 class ParityError(RuntimeError):
@@ -75,6 +77,42 @@ def from_mlp(model: NumpyModel) -> onnx.ModelProto:
     return proto
 
 
+def from_sklearn(estimator: Any, inputs: list[str], task: str) -> onnx.ModelProto:
+    """A fitted scikit-learn estimator as ONNX (skl2onnx), with Helmsman's signature: the
+    regressor's ``[batch, 1]`` output flattened, or the classifier's probability of the
+    positive class, as ``score``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from skl2onnx import to_onnx  # type: ignore[import-untyped]
+    from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped]
+
+    classifier = task != "regression"
+    proto = to_onnx(
+        estimator,
+        initial_types=[(INPUT, FloatTensorType([None, len(inputs)]))],
+        target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
+        options={id(estimator): {"zipmap": False}} if classifier else None,
+    )
+    graph = proto.graph
+    outputs = {o.name: o for o in graph.output}
+    if classifier:
+        index = numpy_helper.from_array(np.array(1, dtype=np.int64), "positive_class")
+        graph.initializer.append(index)
+        node = helper.make_node("Gather", ["probabilities", "positive_class"], [OUTPUT], axis=1)
+    else:
+        (name,) = outputs
+        flat = numpy_helper.from_array(np.array([-1], dtype=np.int64), "flat")
+        graph.initializer.append(flat)
+        node = helper.make_node("Reshape", [name, "flat"], [OUTPUT])
+    graph.node.append(node)
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch"]))
+    proto.producer_name = "helmsman"
+    helper.set_model_props(proto, {contract.ONNX_INPUTS_PROP: json.dumps(inputs)})
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
 def predict(
     proto: onnx.ModelProto | bytes, matrix: npt.NDArray[np.floating]
 ) -> npt.NDArray[np.float32]:
@@ -90,13 +128,17 @@ def predict(
 def check_parity(
     proto: onnx.ModelProto, native: npt.NDArray[np.floating], matrix: npt.NDArray[np.floating]
 ) -> float:
-    """The largest |ONNX - native| over ``matrix``; ParityError beyond the tolerance."""
+    """The largest |ONNX - native| / max(1, |native|) over ``matrix``; ParityError beyond the
+    tolerance."""
     if len(matrix) == 0:
         raise ParityError("no rows to check the ONNX graph on")
-    diff = float(np.max(np.abs(predict(proto, matrix) - np.asarray(native, dtype=np.float32))))
+    expected = np.asarray(native, dtype=np.float64)
+    error = np.abs(predict(proto, matrix) - expected) / np.maximum(1.0, np.abs(expected))
+    diff = float(np.max(error))
     if not diff <= PARITY_TOLERANCE:  # also catches NaN
         raise ParityError(
             f"the ONNX graph differs from the native model by up to {diff:.2e} on "
-            f"{len(matrix)} rows (tolerance {PARITY_TOLERANCE:.0e}); not registering it"
+            f"{len(matrix)} rows (tolerance {PARITY_TOLERANCE:.0e}, relative to max(1, |value|));"
+            " not registering it"
         )
     return diff

@@ -149,14 +149,20 @@ def download_spec(model: ResolvedModel, destination: str) -> str | None:
 
 
 def download_serving_model(model: ResolvedModel, destination: str) -> str:
-    """Download the numpy export of a model version; return its local path."""
+    """Download what serves a model version -- its ONNX graph, or the numpy export of a
+    version registered before ONNX -- and return its local path."""
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 
     from helmsman_steps.model import FILENAME
+    from helmsman_steps.onnx_model import FILENAME as ONNX_FILENAME
 
     os.makedirs(destination, exist_ok=True)
     repo = ModelsArtifactRepository(f"models:/{model.name}/{model.version}")
-    path: str = repo.download_artifacts(  # type: ignore[no-untyped-call]
-        f"extra_files/{FILENAME}", dst_path=destination
-    )
+    present = {f.path for f in repo.list_artifacts("extra_files")}  # type: ignore[no-untyped-call]
+    wanted = next(
+        (f"extra_files/{name}" for name in (ONNX_FILENAME, FILENAME)
+         if f"extra_files/{name}" in present),
+        f"extra_files/{FILENAME}",
+    )  # fmt: skip
+    path: str = repo.download_artifacts(wanted, dst_path=destination)  # type: ignore[no-untyped-call]
     return path

@@ -1,7 +1,8 @@
 """The raw record schema and the model's features, declared once for every stage.
 
-The demo's data is customer churn: one row per customer per day, with a 0/1 ``churned`` label.
-To use your own data, change this module (columns, checks, categories) and the source.
+A model's schema is declared in its ``model.yaml`` (``helmsman_steps.spec``) and turned into a
+pandera schema here. The constants are churn's: what versions registered before model.yaml
+were trained with, and the defaults of a step run without a spec.
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ def _from_spec(declared: RawSchema) -> pa.DataFrameSchema:
         label.name: (
             pa.Column(type(label.classes[0]), pa.Check.isin(list(label.classes)), nullable=False)
             if label.classes
-            else pa.Column(float, nullable=False)
+            else pa.Column(
+                float, [pa.Check.in_range(*label.range)] if label.range else [], nullable=False
+            )
         ),
     }
     for name, column in declared.columns.items():

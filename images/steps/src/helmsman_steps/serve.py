@@ -15,8 +15,10 @@ A request that carries ``x-helmsman-compare`` (the rollout adds it, through the 
 it mirrors traffic to a new version) gets its predictions logged with its ``x-request-id``,
 so the rollout can pair the stable and the shadow version's answers to the same request.
 
-The model is the numpy export of the version (helmsman_steps.model), loaded after the port is
-bound so /healthz answers during the download; the server is a bare ASGI app on uvicorn with
+The model is the version's ONNX graph on ONNX Runtime (helmsman_steps.runtime; a version from
+before ONNX: its numpy export), with the featurizer and request type derived from the spec the
+version was trained with; it is loaded after the port is bound so /healthz answers during the
+download; the server is a bare ASGI app on uvicorn with
 uvloop and httptools, and requests are decoded and validated in one pass by msgspec.
 """
 
@@ -39,8 +41,8 @@ import numpy as np
 
 from helmsman_steps import logs, registry
 from helmsman_steps.exitcodes import BadInputError, ExitCode
-from helmsman_steps.model import PREDICTION_BUCKETS, NumpyModel, score_counts
-from helmsman_steps.schema import CATEGORIES, NUMERIC_RANGES
+from helmsman_steps.modelinfo import PROBABILITY_BUCKETS, ModelInfo, score_counts
+from helmsman_steps.runtime import Predictor, load_scorer
 
 log = logs.get(__name__)
 
@@ -53,10 +55,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 # The raw columns of versions registered without a spec (before model.yaml): churn's.
-DEFAULT_COLUMNS: dict[str, dict[str, Any]] = {
-    **{name: {"type": "float", "range": list(bounds)} for name, bounds in NUMERIC_RANGES.items()},
-    **{name: {"type": "category", "vocabulary": list(v)} for name, v in CATEGORIES.items()},
-}
+DEFAULT_COLUMNS: dict[str, dict[str, Any]] = dict(ModelInfo.churn().raw_columns)  # type: ignore[arg-type]
 
 
 def instance_type(columns: dict[str, dict[str, Any]]) -> type[msgspec.Struct]:
@@ -97,15 +96,6 @@ def request_type(columns: dict[str, dict[str, Any]]) -> type[msgspec.Struct]:
     )
 
 
-def spec_columns(spec_path: str | None) -> dict[str, dict[str, Any]]:
-    """The raw columns of the spec a version carries, or the defaults for one without."""
-    if spec_path is None:
-        return DEFAULT_COLUMNS
-    with open(spec_path) as f:
-        columns: dict[str, dict[str, Any]] = json.load(f)["schema"]["columns"]
-    return columns
-
-
 @dataclass
 class Metrics:
     """Prometheus collectors in a registry of their own (no process-global state)."""
@@ -140,15 +130,21 @@ REQUEST_ID_HEADER = b"x-request-id"
 
 class PredictionHistogram:
     """``helmsman_prediction``: a Prometheus histogram of predicted scores, counted per batch
-    with numpy (one ``observe`` per row would cost more than the model for large batches)."""
+    with numpy (one ``observe`` per row would cost more than the model for large batches).
+    Its buckets are the model's (``ModelInfo.prediction_buckets``), set before it serves."""
 
-    def __init__(self) -> None:
-        self.counts = np.zeros(len(PREDICTION_BUCKETS) + 1, dtype=np.int64)
-        self.total = 0.0
+    def __init__(self, bounds: tuple[float, ...] = PROBABILITY_BUCKETS) -> None:
         self.lock = threading.Lock()
+        self.reset(bounds)
+
+    def reset(self, bounds: tuple[float, ...]) -> None:
+        with self.lock:
+            self.bounds = bounds
+            self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)
+            self.total = 0.0
 
     def observe(self, scores: np.ndarray) -> None:
-        counts = score_counts(scores)
+        counts = score_counts(scores, self.bounds)
         with self.lock:
             self.counts += counts
             self.total += float(scores.sum())
@@ -158,8 +154,8 @@ class PredictionHistogram:
 
         with self.lock:
             cumulative = np.cumsum(self.counts).tolist()
-            total = self.total
-        buckets = [(str(b), c) for b, c in zip(PREDICTION_BUCKETS, cumulative, strict=False)]
+            total, bounds = self.total, self.bounds
+        buckets = [(str(b), c) for b, c in zip(bounds, cumulative, strict=False)]
         family = HistogramMetricFamily("helmsman_prediction", "Predicted scores")
         family.add_metric([], [*buckets, ("+Inf", cumulative[-1])], total)
         yield family
@@ -204,7 +200,7 @@ class App:
 
     def __init__(self, model_uri: str) -> None:
         self.model_uri = model_uri
-        self.model: NumpyModel | None = None
+        self.model: Predictor | None = None
         self.resolved: registry.ResolvedModel | None = None
         self.metrics = Metrics()
         self.columns: tuple[str, ...] = ()
@@ -219,13 +215,13 @@ class App:
     def load(self) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             resolved, path, spec_path = fetch(self.model_uri, tmp)
-            model = NumpyModel.load(path)
-            columns = spec_columns(spec_path)
-        self.decoder = msgspec.json.Decoder(request_type(columns))
-        self.columns = tuple(columns)
+            info = ModelInfo.from_file(spec_path, resolved.name)
+            model = Predictor(info, load_scorer(path))
+        self.decoder = msgspec.json.Decoder(request_type(dict(info.raw_columns)))
+        self.columns = tuple(info.input_columns)
+        self.metrics.predictions.reset(info.prediction_buckets())
         # Warm up: the first calls allocate and pick kernels; do it before saying ready.
-        sample = {name: np.full(64, low) for name, (low, _) in NUMERIC_RANGES.items()}
-        sample |= {name: np.full(64, vocab[0]) for name, vocab in CATEGORIES.items()}
+        sample = info.sample()
         for _ in range(3):
             model.predict(sample)
         self.metrics.model.labels(resolved.name, resolved.version, resolved.run_id).set(1)

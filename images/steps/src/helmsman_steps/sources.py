@@ -128,6 +128,49 @@ class DailyFiles:
         raise BadInputError(f"no raw file for {day} under {self.prefix} (.parquet or .csv)")
 
 
+# scikit-learn's copy of the diabetes study (Efron et al., 2004, "Least Angle Regression"):
+# 442 patients, ten baseline measurements, and a quantitative measure of disease progression
+# one year later. It ships inside scikit-learn, so nothing is downloaded. Its columns, renamed
+# after the dataset's description (s1..s6 are six blood serum measurements).
+DIABETES_COLUMNS = {"age": "age", "sex": "sex", "bmi": "bmi", "bp": "bp", "s1": "tc",
+                    "s2": "ldl", "s3": "hdl", "s4": "tch", "s5": "ltg", "s6": "glu"}  # fmt: skip
+SAMPLES = ("diabetes",)
+
+
+def write_sample(name: str, dest: str, first_day: dt.date, days: int) -> list[str]:
+    """Write a packaged real dataset as daily raw files (``YYYY-MM-DD.csv`` under ``dest``), the
+    way a feed delivers it: record ``i`` arrives on day ``i mod days``. Return the paths."""
+    import pandas as pd
+
+    if name not in SAMPLES:
+        raise BadInputError(f"unknown sample dataset {name!r}; one of {', '.join(SAMPLES)}")
+    if days < 1:
+        raise BadInputError(f"--days must be 1 or more, got {days}")
+    from sklearn.datasets import load_diabetes
+
+    bunch = load_diabetes(as_frame=True, scaled=False)
+    frame = bunch.frame.rename(columns={**DIABETES_COLUMNS, "target": "progression"})
+    frame.insert(0, "patient_id", [f"p{i:03d}" for i in range(len(frame))])
+    frame.insert(1, "visit_date", [first_day + dt.timedelta(days=i % days)
+                                   for i in range(len(frame))])  # fmt: skip
+    fs, root = fsspec_for(dest)
+    fs.makedirs(root, exist_ok=True)
+    written = []
+    for day, rows in frame.groupby("visit_date"):
+        path = f"{root.rstrip('/')}/{day.isoformat()}.csv"  # type: ignore[union-attr]
+        with fs.open(path, "w") as handle:
+            pd.DataFrame(rows).to_csv(handle, index=False)
+        written.append(path)
+    return written
+
+
+def fsspec_for(uri: str) -> tuple[object, str]:
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, str(path)
+
+
 def from_uri(uri: str) -> RawSource:
     """Build the source a URI names; raise BadInputError with the accepted forms otherwise."""
     parts = urlsplit(uri)

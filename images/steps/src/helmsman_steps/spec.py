@@ -86,6 +86,17 @@ class Label(_Strict):
     name: Identifier
     # Classification: the label's values, in the order the model's outputs follow.
     classes: tuple[int | str, ...] | None = None
+    # Regression: the values a label (and a prediction) can take, [low, high]. Rows outside
+    # are quarantined; serving's prediction histogram spans it, so rollouts compare versions.
+    range: tuple[float, float] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Label:
+        if self.classes is not None and self.range is not None:
+            raise ValueError("a label has classes (classification) or a range (regression)")
+        if self.range is not None and not self.range[0] < self.range[1]:
+            raise ValueError(f"range low {self.range[0]} must be below high {self.range[1]}")
+        return self
 
 
 class RawSchema(_Strict):
@@ -129,6 +140,9 @@ class Evaluation(_Strict):
     # Promotion rule: the challenger beats the champion by at least this much (in the
     # metric's better direction).
     min_improvement: float = Field(default=0.0, ge=-1, le=1)
+    # The held-out rows both models are scored on: those of the run's data interval (a day,
+    # for a model with plenty of rows a day), or of its whole training window (a small feed).
+    holdout: Literal["interval", "window"] = "interval"
 
 
 class Resources(_Strict):
@@ -165,6 +179,7 @@ class ModelSpec(_Strict):
     evaluation: Evaluation
     serving: Serving = Field(default_factory=lambda: Serving())
     schedule: str | None = "0 3 * * *"
+    window_days: int = Field(default=7, ge=1, le=90, description="days a run trains on")
     gpus: int = Field(default=0, ge=0, le=8)
 
     @field_validator("schedule")
@@ -193,8 +208,11 @@ class ModelSpec(_Strict):
                 f"model; use one of {fits}"
             )
         classes = self.raw_schema.label.classes
-        if self.task == "regression" and classes is not None:
-            raise ValueError("schema.label.classes: a regression label has no classes")
+        label_range = self.raw_schema.label.range
+        if self.task == "regression" and (classes is not None or label_range is None):
+            raise ValueError(
+                "schema.label: a regression label has a range [low, high] and no classes"
+            )
         if self.task == "binary" and (classes is None or len(classes) != 2):
             raise ValueError("schema.label.classes: a binary label needs exactly two classes")
         if self.task == "multiclass" and (classes is None or len(classes) < 3):

@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from helmsman_steps import contract, features, logs, onnx_model, registry
+from helmsman_steps import contract, logs, onnx_model, registry
+from helmsman_steps.exitcodes import BadInputError
 from helmsman_steps.model import FILENAME, NumpyModel
-from helmsman_steps.schema import ID_COLUMN, LABEL
+from helmsman_steps.modelinfo import ModelInfo
 from helmsman_steps.store import DatasetStore, days_in
 
 if TYPE_CHECKING:
@@ -93,12 +94,14 @@ def build_network(n_inputs: int, hidden: tuple[int, ...]) -> torch.nn.Sequential
     return torch.nn.Sequential(*layers)
 
 
-def export(net: torch.nn.Sequential, mean: npt.NDArray[np.float32], scale: Any) -> NumpyModel:
+def export(
+    net: torch.nn.Sequential, mean: npt.NDArray[np.float32], scale: Any, inputs: list[str]
+) -> NumpyModel:
     import torch
 
     linear = [m for m in net if isinstance(m, torch.nn.Linear)]
     return NumpyModel(
-        inputs=features.input_names(),
+        inputs=inputs,
         mean=mean.astype(np.float32),
         scale=np.asarray(scale, dtype=np.float32),
         weights=[m.weight.detach().cpu().numpy().astype(np.float32) for m in linear],
@@ -147,10 +150,11 @@ def run(
     experiment: str = EXPERIMENT,
     model_spec: str | None = None,
 ) -> TrainResult:
-    """Train and register a version; ``model_spec`` (validated JSON) is stored with it."""
+    """Train and register a version; ``model_spec`` (validated JSON) is stored with it and
+    says which trainer runs (the MLP without one)."""
     import mlflow
-    import torch
 
+    info = ModelInfo.from_dict(json.loads(model_spec)) if model_spec else ModelInfo.churn()
     days = training_window(start, end, config.window_days)
     lineage = replace(lineage, interval_start=str(start), interval_end=str(end))
     with registry.get_or_start_run(experiment, run_key, f"train {start}", lineage.tags()) as run:
@@ -163,9 +167,18 @@ def run(
         frame = store.read_features(days)
         reports = [store.read_report(d) for d in days]
         dataset_hash = registry.dataset_hash(reports)
-        bucket = buckets(frame[ID_COLUMN])
-        x_all = features.to_matrix({c: frame[c].to_numpy() for c in frame.columns})
-        y_all = frame[LABEL].to_numpy(np.float32)
+        bucket = buckets(frame[info.id_column])
+        x_all = info.featurizer.to_matrix({c: frame[c].to_numpy() for c in frame.columns})
+        y_all = info.target(frame[info.label].to_numpy())
+        if info.trainer == "sklearn":
+            split = _Split(x_all, y_all, bucket, days, dataset_hash)
+            version, final = _train_sklearn(split, info, config, model_name, lineage, run_key,
+                                            model_spec)  # fmt: skip
+            mlflow.set_tags({contract.MODEL_VERSION_TAG: version,
+                             contract.MODEL_NAME_TAG: model_name})  # fmt: skip
+            return TrainResult(run_id, model_name, version, final)
+        import torch
+
         train_rows, val_rows = bucket > VALIDATION_BUCKET, bucket == VALIDATION_BUCKET
         mean = x_all[train_rows].mean(axis=0)
         scale = x_all[train_rows].std(axis=0) + 1e-6
@@ -230,7 +243,7 @@ def run(
                 log.warning("fault injection: exiting after checkpoint", epoch=epoch)
                 raise SystemExit(1)
 
-        exported = export(net, mean, scale)
+        exported = export(net, mean, scale, info.featurizer.input_names())
         # The ONNX graph must reproduce the native model on rows it never trained on.
         graph = onnx_model.from_mlp(exported)
         parity_rows = x_all[val_rows][:PARITY_ROWS]
@@ -288,7 +301,7 @@ def _log_and_register(
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / FILENAME
         exported.save(npz)
-        (Path(tmp) / "inputs.json").write_text(json.dumps(features.input_names()))
+        (Path(tmp) / "inputs.json").write_text(json.dumps(exported.inputs))
         (Path(tmp) / onnx_model.FILENAME).write_bytes(graph.SerializeToString())
         extra = [npz, Path(tmp) / "inputs.json", Path(tmp) / onnx_model.FILENAME]
         if model_spec:
@@ -323,9 +336,127 @@ def _log_and_register(
             pip_requirements=[f"onnxruntime=={version_of('onnxruntime')}"],
         )
     version = str(info.registered_model_version)
+    _tag_version(model_name, version, lineage, dataset_hash, run_key)
+    return version
+
+
+def _tag_version(
+    model_name: str, version: str, lineage: registry.Lineage, dataset_hash: str, run_key: str
+) -> None:
+    """Lineage on the registered version: the interval, the DAG run, the data and the run key."""
     client = registry.client()
     for key, value in {**lineage.tags(), contract.DATASET_HASH_TAG: dataset_hash,
                        contract.RUN_KEY_TAG: run_key}.items():  # fmt: skip
         client.set_model_version_tag(model_name, version, key, value)
     log.info("registered model version", model=model_name, version=version)
-    return version
+
+
+@dataclass(frozen=True)
+class _Split:
+    x: npt.NDArray[np.float32]
+    y: npt.NDArray[np.float32]
+    bucket: npt.NDArray[np.int64]
+    days: list[dt.date]
+    dataset_hash: str
+
+
+def sklearn_estimator(info: ModelInfo, seed: int) -> Any:
+    """Gradient boosting for the task, with the spec's ``trainer.params`` (its keyword
+    arguments; ``random_state`` defaults to the run's seed)."""
+    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+
+    kind = GradientBoostingRegressor if info.task == "regression" else GradientBoostingClassifier
+    params = {"random_state": seed, **info.trainer_params}
+    try:
+        return kind(**params).set_params()  # unknown names raise here, not mid-fit
+    except TypeError as exc:
+        raise BadInputError(f"trainer.params: {exc} (the {kind.__name__} parameters)") from None
+
+
+def _train_sklearn(
+    split: _Split,
+    info: ModelInfo,
+    config: TrainConfig,
+    model_name: str,
+    lineage: registry.Lineage,
+    run_key: str,
+    model_spec: str | None,
+) -> tuple[str, dict[str, float]]:
+    """Fit the scikit-learn trainer on the training buckets, score the validation bucket,
+    export ONNX (checked against the estimator) and register the version."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    train_rows, val_rows = split.bucket > VALIDATION_BUCKET, split.bucket == VALIDATION_BUCKET
+    if train_rows.sum() < 2 or val_rows.sum() < 1:
+        raise BadInputError(
+            f"{len(split.x)} rows in {split.days[0]}..{split.days[-1]} leave too few to train "
+            "and validate on; widen the training window"
+        )
+    estimator = sklearn_estimator(info, config.seed)
+    mlflow.log_params({
+        **{f"trainer.{k}": v for k, v in estimator.get_params().items()},
+        "trainer": type(estimator).__name__, "days": f"{split.days[0]}..{split.days[-1]}",
+        "train_rows": int(train_rows.sum()), "validation_rows": int(val_rows.sum()),
+        "dataset_hash": split.dataset_hash,
+    })  # fmt: skip
+    try:
+        estimator.fit(split.x[train_rows], split.y[train_rows])
+    except InvalidParameterError as exc:
+        raise BadInputError(f"trainer.params: {exc}") from None
+
+    def native(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        if info.task == "regression":
+            return np.asarray(estimator.predict(x), dtype=np.float64)
+        return np.asarray(estimator.predict_proba(x)[:, 1], dtype=np.float64)
+
+    x_val, y_val = split.x[val_rows], split.y[val_rows]
+    predicted = native(x_val)
+    if info.task == "regression":
+        final = {"val_rmse": float(np.sqrt(np.mean((predicted - y_val) ** 2))),
+                 "val_mae": float(np.mean(np.abs(predicted - y_val)))}  # fmt: skip
+    else:
+        final = {"val_accuracy": float(np.mean((predicted >= 0.5) == (y_val >= 0.5)))}
+    mlflow.log_metrics(final)
+    rounded = {k: round(v, 5) for k, v in final.items()}
+    log.info("fitted", trainer=type(estimator).__name__, **rounded)
+
+    inputs = info.featurizer.input_names()
+    graph = onnx_model.from_sklearn(estimator, inputs, info.task)
+    parity_rows = x_val[:PARITY_ROWS]
+    parity = onnx_model.check_parity(graph, native(parity_rows), parity_rows)
+    mlflow.log_metrics({"onnx_max_abs_diff": parity, "onnx_parity_rows": len(parity_rows)})
+
+    example = split.x[:5]
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = [Path(tmp) / onnx_model.FILENAME, Path(tmp) / "inputs.json"]
+        extra[0].write_bytes(graph.SerializeToString())
+        extra[1].write_text(json.dumps(inputs))
+        if model_spec:
+            (Path(tmp) / contract.MODEL_SPEC_FILE).write_text(model_spec)
+            extra.append(Path(tmp) / contract.MODEL_SPEC_FILE)
+        info_logged = mlflow.sklearn.log_model(
+            estimator,
+            name="model",
+            signature=infer_signature(example, native(example)),
+            input_example=example,
+            extra_files=[str(path) for path in extra],
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            pip_requirements=[
+                f"scikit-learn=={version_of('scikit-learn')}",
+                f"numpy=={np.__version__}",
+            ],
+            registered_model_name=model_name,
+            await_registration_for=60,
+        )
+        mlflow.onnx.log_model(
+            graph,
+            name="onnx",
+            signature=infer_signature(example, native(example).astype(np.float32)),
+            input_example=example,
+            pip_requirements=[f"onnxruntime=={version_of('onnxruntime')}"],
+        )
+    version = str(info_logged.registered_model_version)
+    _tag_version(model_name, version, lineage, split.dataset_hash, run_key)
+    return version, final

@@ -1,0 +1,67 @@
+"""What scores a model version in serving and evaluation: its ONNX graph on ONNX Runtime.
+
+Every trainer registers ``model.onnx`` (signature: ``features`` float32 ``[batch, inputs]`` in,
+``score`` float32 ``[batch]`` out), checked against the native model before registration.
+Serving and evaluation load the same file through the same runtime, so the golden set's
+offline predictions are exactly what the served version answers. Versions registered before
+ONNX carry only the numpy export (``serving_model.npz``); they are scored by it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from helmsman_steps.modelinfo import ModelInfo
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class Scorer(Protocol):
+    def predict_matrix(self, x: FloatArray) -> FloatArray: ...
+
+
+class OnnxScorer:
+    """An ONNX graph on ONNX Runtime's CPU provider, one thread (a serving pod has one core;
+    more threads only contend)."""
+
+    def __init__(self, data: bytes, threads: int = 1) -> None:
+        import onnxruntime  # type: ignore[import-untyped]  # ships no type hints
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self.session = onnxruntime.InferenceSession(
+            data, options, providers=["CPUExecutionProvider"]
+        )
+        self.input = self.session.get_inputs()[0].name
+        self.output = "score"
+
+    def predict_matrix(self, x: FloatArray) -> FloatArray:
+        feed = {self.input: np.ascontiguousarray(x, np.float32)}
+        (scores,) = self.session.run([self.output], feed)
+        return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+
+def load_scorer(path: str) -> Scorer:
+    """The scorer for a downloaded model file: ``.onnx`` on ONNX Runtime, else the numpy export."""
+    if path.endswith(".onnx"):
+        with open(path, "rb") as f:
+            return OnnxScorer(f.read())
+    from helmsman_steps.model import NumpyModel
+
+    return NumpyModel.load(path)
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """Raw columns in, scores out: the model's featurizer, then its scorer."""
+
+    info: ModelInfo
+    scorer: Scorer
+
+    def predict(self, columns: Any) -> FloatArray:
+        return self.scorer.predict_matrix(self.info.featurizer.to_matrix(columns))

@@ -1,0 +1,144 @@
+"""The second model, nothing like churn: a regression (diabetes progression) trained by
+scikit-learn's gradient boosting on a real dataset fed as daily files, through the same steps
+-- ETL, training with ONNX export and parity, evaluation against @champion, serving -- as
+real processes against a real MLflow server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+
+from helmsman_steps import contract, onnx_model, registry, spec
+from helmsman_steps.modelinfo import ModelInfo
+from helmsman_steps.runtime import Predictor, load_scorer
+from tests.mlflow_fixtures import run_step
+from tests.steps.test_serve import serve_cmd
+from tools.procs import Server, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+NAME = "diabetes-steps"  # its own registered model: other tests' versions do not mix in
+PATIENT = {"age": 59, "sex": 2, "bmi": 32.1, "bp": 101, "tc": 157, "ldl": 93.2, "hdl": 38,
+           "tch": 4, "ltg": 4.86, "glu": 87}  # fmt: skip
+WINDOW = ["--start", "2026-02-14", "--end", "2026-02-15", "--window-days", "14"]
+
+
+@pytest.fixture(scope="module")
+def declared() -> str:
+    model = spec.load(REPO / "models" / "diabetes")
+    return spec.to_json(model.model_copy(update={"name": NAME}))
+
+
+@pytest.fixture(scope="module")
+def feed(step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("raw") / "diabetes"
+    proc = run_step(step_env, "sample-data", "diabetes", "--dest", str(folder))
+    assert proc.returncode == 0, proc.stderr
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(
+    step_env: dict[str, str], declared: str, feed: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """Two weeks of daily files through ETL, then two versions trained (seeds 1 and 2), the
+    first evaluated and made champion, the second evaluated against it."""
+    root = tmp_path_factory.mktemp("datasets")
+    env = {**step_env, contract.MODEL_SPEC_ENV: declared,
+           f"HELMSMAN_SOURCE_URI_{NAME.upper().replace('-', '_')}": feed.as_uri()}  # fmt: skip
+    common = ["--dataset-uri", str(root)]
+    etl = run_step(env, "etl", "--start", "2026-02-01", "--end", "2026-02-15", *common)
+    assert etl.returncode == 0, etl.stderr
+    versions, decisions = [], []
+    for seed in (1, 2):
+        train = run_step(env, "train", *WINDOW, *common, "--model-name", NAME,
+                         "--seed", str(seed), "--run-key", f"regression/{seed}")  # fmt: skip
+        assert train.returncode == 0, train.stderr
+        versions.append(json.loads(train.stdout)["model_version"])
+        judged = run_step(env, "evaluate", *WINDOW, *common, "--model-name", NAME,
+                          "--challenger-version", versions[-1])  # fmt: skip
+        assert judged.returncode == 0, judged.stderr
+        decisions.append(json.loads(judged.stdout))
+        if seed == 1:
+            registry.client().set_registered_model_alias(NAME, contract.CHAMPION, versions[0])
+    return {"etl": json.loads(etl.stdout), "versions": versions, "decisions": decisions,
+            "root": root}  # fmt: skip
+
+
+def test_daily_files_enter_the_dataset_whole(trained: dict[str, Any]) -> None:
+    days = trained["etl"]["days"]
+    assert [d["day"] for d in days][:2] == ["2026-02-01", "2026-02-02"]
+    assert len(days) == 14
+    assert sum(d["valid_rows"] for d in days) == 442  # every patient of the study
+    assert (trained["root"] / NAME).is_dir()  # the model's own dataset under the shared root
+
+
+def test_the_trainer_is_gradient_boosting_and_its_onnx_graph_reproduces_it(
+    trained: dict[str, Any], tmp_path: Path
+) -> None:
+    mv = registry.client().get_model_version(NAME, trained["versions"][0])
+    run = registry.client().get_run(mv.run_id)
+    assert run.data.params["trainer"] == "GradientBoostingRegressor"
+    assert run.data.params["trainer.n_estimators"] == "150"  # model.yaml's trainer.params
+    assert run.data.metrics["onnx_max_abs_diff"] <= onnx_model.PARITY_TOLERANCE
+    native = mlflow.sklearn.load_model(f"models:/{NAME}/{mv.version}")
+    folder = Path(mlflow.artifacts.download_artifacts(
+        f"models:/{NAME}/{mv.version}", dst_path=str(tmp_path)
+    ))  # fmt: skip
+    info = ModelInfo.from_file(str(folder / "extra_files" / contract.MODEL_SPEC_FILE))
+    served = Predictor(info, load_scorer(str(folder / "extra_files" / onnx_model.FILENAME)))
+    rows = {k: np.asarray([v, v * 1.1]) for k, v in PATIENT.items()}
+    expected = native.predict(info.featurizer.to_matrix(rows))
+    np.testing.assert_allclose(served.predict(rows), expected, rtol=1e-5)
+
+
+def test_evaluation_judges_rmse_in_its_better_direction(trained: dict[str, Any]) -> None:
+    first, second = trained["decisions"]
+    assert first["metric"] == "rmse"
+    assert first["decision"] == "promote"
+    assert first["challenger_metrics"]["rmse"] < 75.0  # the spec's floor (a ceiling for errors)
+    assert 30 <= first["holdout_rows"] <= 60  # bucket 0 of the whole window's 442 rows
+    assert second["champion_version"] == trained["versions"][0]
+    gain = first["challenger_metrics"]["rmse"] - second["challenger_metrics"]["rmse"]
+    assert second["champion_metrics"]["rmse"] == pytest.approx(first["challenger_metrics"]["rmse"])
+    assert second["auc_difference"] == pytest.approx(gain)  # positive: the challenger errs less
+    golden = mlflow.artifacts.load_dict(
+        f"runs:/{registry.client().get_model_version(NAME, trained['versions'][1]).run_id}/"
+        f"{contract.GOLDEN_ARTIFACT}"
+    )
+    assert set(golden["inputs"][0]) == set(PATIENT)  # the raw columns a request sends
+    versus = golden["versus_champion"]
+    assert len(versus["challenger_counts"]) == 20  # the label range's buckets, +Inf
+    assert sum(versus["challenger_counts"]) == versus["rows"]
+
+
+@pytest.fixture(scope="module")
+def server(
+    trained: dict[str, Any], step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    port = free_port()
+    srv = Server("model server", serve_cmd(f"models:/{NAME}@champion", port),
+                 f"http://127.0.0.1:{port}/readyz",
+                 tmp_path_factory.mktemp("serve") / "serve.log", env=step_env)  # fmt: skip
+    srv.start(timeout=60)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_the_server_answers_in_progression_units_and_names_a_bad_field(server: Server) -> None:
+    url = server.health_url.replace("/readyz", "")
+    answer = httpx.post(f"{url}/predict", json={"instances": [PATIENT]}).json()
+    assert 25 <= answer["predictions"][0] <= 346  # the study's range of progression
+    bad = httpx.post(f"{url}/predict", json={"instances": [{**PATIENT, "sex": 3}]})
+    assert bad.status_code == 400
+    assert "$.instances[0].sex" in bad.json()["error"]
+    metrics = httpx.get(f"{url}/metrics").text
+    assert 'helmsman_prediction_bucket{le="200.0"}' in metrics  # buckets over [0, 400]
