@@ -41,6 +41,7 @@ from helmsman.serving.analysis import Prometheus, Thresholds  # noqa: E402
 from helmsman.serving.kube import Kube  # noqa: E402
 from helmsman.serving.session import RolloutSession, Settings  # noqa: E402
 from helmsman.serving.verify import Rejected  # noqa: E402
+from helmsman_steps import contract  # noqa: E402
 from tests.cluster_fixtures import faulty_image, faulty_images, start_cluster, wait_for  # noqa: E402
 from tools import procs, prometheus  # noqa: E402
 from tools.procs import free_port  # noqa: E402
@@ -130,7 +131,7 @@ def run(root: Path, interval: float, rounds: int, small: bool) -> int:
 
         session(first, "bench/first").run()
         rows = models.golden(models.get(MODEL, first))["inputs"]
-        users = Users(f"http://{ip}", rows)
+        users = Users(f"http://{ip}{contract.route_path(MODEL)}", rows)  # the model's path
         users.start()
         aborts, goods, walls = [], [], []
         stable, other = first, second

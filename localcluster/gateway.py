@@ -8,7 +8,9 @@ matches ``PathPrefix`` and ``Exact``, the longest match wins), then:
 - sent to one of the rule's ``backendRefs`` (Services), chosen at random in proportion to
   their ``weight`` (default 1) -- per request, as Envoy-based implementations split; when every
   weight is 0, or the chosen Service does not exist, the answer is 500, as the spec says;
-- given the headers of its ``RequestHeaderModifier`` filters (set, add, remove);
+- given the headers of its ``RequestHeaderModifier`` filters (set, add, remove), and the path
+  of its ``URLRewrite`` filter (``ReplacePrefixMatch``: the matched prefix replaced;
+  ``ReplaceFullPath``), for the backend and the mirror alike;
 - copied to the Service of each ``RequestMirror`` filter, whose answer is discarded (a mirror
   never delays or fails the real request; copies beyond a bound are dropped);
 - given an ``x-request-id`` header when it has none, on the request, its mirror copy and the
@@ -126,16 +128,42 @@ def attached(route: Obj, gateway: Obj) -> bool:
 
 def path_match(rule: Obj, path: str) -> int:
     """How well the rule's path matches ``path``: the matched length, or -1 for no match."""
-    best = -1
+    return matched(rule, path)[0]
+
+
+def matched(rule: Obj, path: str) -> tuple[int, str]:
+    """(how well the rule matches ``path``, the prefix it matched); (-1, "") for no match."""
+    best, prefix = -1, ""
     for match in rule.get("matches") or [{"path": {"type": "PathPrefix", "value": "/"}}]:
         spec = match.get("path") or {"type": "PathPrefix", "value": "/"}
         value = spec.get("value", "/")
         if spec.get("type", "PathPrefix") == "Exact":
-            if path == value:
-                best = max(best, len(value) + 1)  # an exact match beats any prefix
-        elif value == "/" or path == value or path.startswith(value.rstrip("/") + "/"):
-            best = max(best, len(value))
-    return best
+            if path == value and len(value) + 1 > best:
+                best, prefix = len(value) + 1, value  # an exact match beats any prefix
+        elif len(value) > best and (
+            value == "/" or path == value or path.startswith(value.rstrip("/") + "/")
+        ):
+            best, prefix = len(value), value
+    return best, prefix
+
+
+def rewrite_path(rule: Obj, path: str) -> str:
+    """The path after the rule's ``URLRewrite`` filter, as the Gateway API defines it:
+    ``ReplacePrefixMatch`` replaces the matched prefix (``/models/a`` -> ``/``: ``/models/a/x``
+    becomes ``/x``), ``ReplaceFullPath`` the whole path."""
+    for f in rule.get("filters") or []:
+        if f.get("type") != "URLRewrite":
+            continue
+        spec = (f.get("urlRewrite") or {}).get("path") or {}
+        if spec.get("type") == "ReplaceFullPath":
+            return str(spec.get("replaceFullPath", "/"))
+        if spec.get("type") == "ReplacePrefixMatch":
+            prefix = matched(rule, path)[1].rstrip("/")
+            rest = path[len(prefix) :]
+            replacement = str(spec.get("replacePrefixMatch", "/"))
+            joined = replacement.rstrip("/") + ("/" + rest.lstrip("/") if rest.strip("/") else "")
+            return joined or "/"
+    return path
 
 
 class GatewayProxy:
@@ -285,13 +313,15 @@ class GatewayProxy:
         if found is None:
             return web.Response(status=404, text="no HTTPRoute matches this request\n")
         rule, namespace = found
+        target = rewrite_path(rule, request.path)
+        path_qs = target + (f"?{request.query_string}" if request.query_string else "")
         body = await request.read()
         request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         headers[REQUEST_ID] = request_id
         modify_headers(rule, headers)
         for mirror in mirrors_of(rule, namespace):
-            self._mirror(mirror, request, headers, body)
+            self._mirror(mirror, request, headers, body, path_qs)
         backend = pick(backends_of(rule, namespace), random.random())  # noqa: S311 - load split
         address = self._address(backend) if backend else None
         if address is None:
@@ -302,7 +332,7 @@ class GatewayProxy:
             )
         try:
             async with self.session.request(
-                request.method, address + request.path_qs, data=body, headers=headers,
+                request.method, address + path_qs, data=body, headers=headers,
                 allow_redirects=False,
             ) as upstream:  # fmt: skip
                 payload = await upstream.read()
@@ -315,7 +345,12 @@ class GatewayProxy:
             )
 
     def _mirror(
-        self, backend: Backend, request: web.Request, headers: dict[str, str], body: bytes
+        self,
+        backend: Backend,
+        request: web.Request,
+        headers: dict[str, str],
+        body: bytes,
+        path_qs: str,
     ) -> None:
         address = self._address(backend)
         if address is None:
@@ -327,7 +362,7 @@ class GatewayProxy:
         async def send() -> None:
             with contextlib.suppress(ClientError, OSError, asyncio.TimeoutError):
                 async with self.session.request(
-                    request.method, address + request.path_qs, data=body, headers=headers,
+                    request.method, address + path_qs, data=body, headers=headers,
                     allow_redirects=False,
                 ) as response:  # fmt: skip
                     await response.read()

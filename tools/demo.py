@@ -2,11 +2,13 @@
 
 ``up`` starts (or finds running) the local stack in ``.demo/`` -- localcluster, MLflow and
 Airflow 3, each in its own process group -- then triggers ``train_churn`` through Airflow's
-REST API with Params, follows it task by task, and prints where everything is: the MLflow run
+REST API with Params (and, the first time, ``train_diabetes``: a regression of another kind,
+side by side), follows the runs task by task, and prints where everything is: the MLflow run
 and model version, the evaluation decision, the rollout's preview and every step's figures,
-the Gateway address the model answers on, a prediction made through it, and the UI addresses
-with the login. Each later ``up`` trains on the next day of data: a challenger, rolled out in
-steps while simulated users send requests through the Gateway (what they saw is reported).
+the Gateway address each model answers on with a prediction made through it, and the UI
+addresses with the login. Each later ``up`` trains churn on the next day of data: a
+challenger, rolled out in steps while simulated users send requests through the Gateway (what
+they saw is reported).
 ``down`` stops every process ``up`` started (by PID). ``backfill`` runs a backfill against the
 running stack and shows that nothing was deployed by it.
 """
@@ -14,12 +16,13 @@ running stack and shows that nothing was deployed by it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import sys
 import time
 import urllib.request
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +47,39 @@ DEMO_CONF = {"window_days": 3, "epochs": 6, "hidden": "32,16", "gpus": 1,
 SAMPLE = {"age": 34, "tenure_months": 7, "monthly_charges": 89.5, "total_charges": 626.5,
           "support_calls": 4, "plan": "premium", "region": "west"}  # fmt: skip
 FIRST_DAY = dt.date(2026, 3, 8)
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """A model the demo trains and serves: its Params, a request row, what a score means."""
+
+    name: str
+    conf: dict[str, Any]
+    sample: dict[str, Any]
+    meaning: str
+    every_time: bool  # train on every demo (the next day of data), or only the first
+
+    @property
+    def dag(self) -> str:
+        return f"train_{self.name}"
+
+    @property
+    def rollback_dag(self) -> str:
+        return f"rollback_{self.name}"
+
+
+CHURN = DemoModel(MODEL, DEMO_CONF, SAMPLE, "churn probability", every_time=True)
+# The second model: the diabetes study as two weeks of daily files (the stack writes them), all
+# of them in one window; trained once, then served beside churn.
+DIABETES = DemoModel(
+    "diabetes",
+    {"data_end": "2026-02-15", "window_days": 14, "canary_steps": "50", "analysis_interval": 8},
+    {"age": 59, "sex": 2, "bmi": 32.1, "bp": 101, "tc": 157, "ldl": 93.2, "hdl": 38, "tch": 4,
+     "ltg": 4.86, "glu": 87},
+    "disease progression in a year (25 to 346 in the study)",
+    every_time=False,
+)  # fmt: skip
+MODELS = (CHURN, DIABETES)
 STATE_STYLE = {
     "success": "green",
     "running": "yellow",
@@ -66,6 +102,10 @@ class Outcome:
     state: str
     seconds: float
     summary: dict[str, Any]
+    # The other models' runs of this demo (diabetes, the first time), and where every model
+    # answers: model -> serving(stack, model).
+    others: dict[str, Outcome] = field(default_factory=dict)
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def stack_for(root: Path, ports: Ports | None = None, settings: Settings | None = None) -> Stack:
@@ -96,85 +136,122 @@ def next_day(stack: Stack) -> str:
     return str(dt.date.fromisoformat(end[:10]) + dt.timedelta(days=1))
 
 
-def progress_table(tis: dict[str, dict[str, Any]], started: float) -> Table:
-    table = Table(title=f"{DAG}  ·  {time.monotonic() - started:5.0f} s", title_justify="left")
+def progress_table(runs: dict[str, dict[str, dict[str, Any]]], started: float) -> Table:
+    """One row per task, one column per DAG run (state and duration)."""
+    table = Table(title=f"{'  +  '.join(runs)}  ·  {time.monotonic() - started:5.0f} s",
+                  title_justify="left")  # fmt: skip
     table.add_column("task")
-    table.add_column("state")
-    table.add_column("duration", justify="right")
+    for dag in runs:
+        table.add_column(dag)
     for task in ORDER:
-        ti = tis.get(task, {})
-        state = ti.get("state") or "waiting"
-        took = ti.get("duration")
-        style = STATE_STYLE.get(state, "dim")
-        table.add_row(task, f"[{style}]{state}[/]", f"{took:.1f} s" if took else "")
+        cells = []
+        for tis in runs.values():
+            ti = tis.get(task, {})
+            state = ti.get("state") or "waiting"
+            took = ti.get("duration")
+            style = STATE_STYLE.get(state, "dim")
+            cells.append(f"[{style}]{state}[/]" + (f" {took:.1f} s" if took else ""))
+        table.add_row(task, *cells)
     return table
 
 
 def run_pipeline(stack: Stack, conf: dict[str, Any], show: bool = True) -> Outcome:
+    """Train churn once with ``conf`` (the demo's main run)."""
+    return run_pipelines(stack, [(CHURN, conf)], show)[0]
+
+
+def run_pipelines(
+    stack: Stack, runs: list[tuple[DemoModel, dict[str, Any]]], show: bool = True
+) -> list[Outcome]:
+    """Trigger every model's training run at once and follow them side by side; simulated users
+    send requests to each model that already serves while its run rolls out."""
     api = api_for(stack)
-    api.wait_for_dag(DAG)
-    api.unpause(DAG)
+    for model, _ in runs:
+        api.wait_for_dag(model.dag)
+        api.unpause(model.dag)
     started = time.monotonic()
-    users = None
-    if "served_version" in serving(stack):  # something serves: users are on the route
-        users = Users(str(stack.gateway_url()), champion_rows(stack) or [SAMPLE], every=0.05)
-        users.start()
-    run_id = api.trigger(DAG, conf, note="make demo")
+    users: dict[str, Users] = {}
+    for model, _ in runs:
+        if "served_version" in serving(stack, model):  # it serves: users are on its route
+            rows = champion_rows(stack, model.name) or [model.sample]
+            users[model.name] = Users(str(stack.model_url(model.name)), rows, every=0.05)
+            users[model.name].start()
+    ids = {model.dag: api.trigger(model.dag, conf, note="make demo") for model, conf in runs}
+    states: dict[str, dict[str, Any]] = {}
     try:
-        if show:
-            with Live(progress_table({}, started), console=console, refresh_per_second=4) as live:
-                run = api.wait(
-                    DAG, run_id, on_change=lambda tis: live.update(progress_table(tis, started))
-                )
-                live.update(progress_table(api.task_instances(DAG, run_id), started))
-        else:
-            run = api.wait(DAG, run_id)
+        live = Live(progress_table({d: {} for d in ids}, started), console=console,
+                    refresh_per_second=4) if show else None  # fmt: skip
+        with live or contextlib.nullcontext():
+            deadline = time.monotonic() + 1800
+            while len(states) < len(ids):
+                if time.monotonic() > deadline:
+                    raise StackError(f"the demo's runs did not finish in 30 minutes: {ids}")
+                for dag, run_id in ids.items():
+                    if dag not in states:
+                        run = api.run(dag, run_id)
+                        if run["state"] in ("success", "failed"):
+                            states[dag] = run
+                if live is not None:
+                    tis = {dag: api.task_instances(dag, run_id) for dag, run_id in ids.items()}
+                    live.update(progress_table(tis, started))
+                time.sleep(1)
     finally:
-        if users is not None:
-            users.__exit__()
+        for client in users.values():
+            client.__exit__()
     seconds = time.monotonic() - started
-    summary = summarize(stack, api, run_id)
-    if users is not None:
-        summary["users"] = users.summary()
-    return Outcome(run_id, run["state"], seconds, summary)
+    outcomes = []
+    for model, _ in runs:
+        run_id = ids[model.dag]
+        summary = summarize(stack, api, run_id, model)
+        if model.name in users:
+            summary["users"] = users[model.name].summary()
+        outcomes.append(Outcome(run_id, states[model.dag]["state"], seconds, summary))
+    return outcomes
 
 
-def restore_champion(stack: Stack) -> str | None:
+def champion_version(stack: Stack, model: str = MODEL) -> str | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient(tracking_uri=stack.mlflow_url)
+                   .get_model_version_by_alias(model, "champion").version)  # fmt: skip
+    except MlflowException:
+        return None
+
+
+def restore_champion(stack: Stack, model: DemoModel = CHURN) -> str | None:
     """Serve @champion again when MLflow has one and the cluster serves nothing.
 
     MLflow's database and artifacts live on in the demo folder after `make down`, but
     localcluster starts empty: without this, a new challenger is judged against a champion no
     user can reach, and a rejected one leaves nothing serving. The champion goes back through
-    ``rollback_churn``: the same preview checks a training run's rollout makes. Returns the
+    ``rollback_<model>``: the same preview checks a training run's rollout makes. Returns the
     version restored, None when nothing needed restoring.
     """
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    try:
-        version = str(MlflowClient(tracking_uri=stack.mlflow_url)
-                      .get_model_version_by_alias(MODEL, "champion").version)  # fmt: skip
-    except MlflowException:
+    version = champion_version(stack, model.name)
+    if version is None:
         return None  # the first demo: training deploys the first version
-    if "served_version" in serving(stack):
+    if "served_version" in serving(stack, model):
         return None
-    console.print(f"· the cluster starts empty after `make down`; serving @champion (version "
-                  f"{version}) again first, through {ROLLBACK_DAG}")  # fmt: skip
+    dag = model.rollback_dag
+    console.print(f"· the cluster starts empty after `make down`; serving {model.name} "
+                  f"@champion (version {version}) again first, through {dag}")  # fmt: skip
     api = api_for(stack)
-    api.wait_for_dag(ROLLBACK_DAG)
-    api.unpause(ROLLBACK_DAG)
+    api.wait_for_dag(dag)
+    api.unpause(dag)
     conf = {"model_version": version, "shadow": False, "analysis_interval": 5}
-    run = api.wait(ROLLBACK_DAG, api.trigger(ROLLBACK_DAG, conf, note="make demo"))
-    served = serving(stack).get("served_version")
+    run = api.wait(dag, api.trigger(dag, conf, note="make demo"))
+    served = serving(stack, model).get("served_version")
     if run["state"] != "success" or served != version:
         raise StackError(
-            f"{ROLLBACK_DAG} could not serve version {version} again ({run['state']}, serving "
-            f"{served}); read its task logs at {stack.airflow_url}/dags/{ROLLBACK_DAG}"
+            f"{dag} could not serve version {version} again ({run['state']}, serving "
+            f"{served}); read its task logs at {stack.airflow_url}/dags/{dag}"
         )
     return version
 
 
-def champion_rows(stack: Stack) -> list[dict[str, Any]]:
+def champion_rows(stack: Stack, model: str = MODEL) -> list[dict[str, Any]]:
     """The rows of @champion's golden set (real rows of the data it was evaluated on)."""
     import tempfile
 
@@ -183,7 +260,7 @@ def champion_rows(stack: Stack) -> list[dict[str, Any]]:
 
     client = MlflowClient(tracking_uri=stack.mlflow_url)
     try:
-        run_id = client.get_model_version_by_alias(MODEL, "champion").run_id
+        run_id = client.get_model_version_by_alias(model, "champion").run_id
         with tempfile.TemporaryDirectory() as tmp:
             path = client.download_artifacts(str(run_id), "evaluation/golden.json", tmp)
             rows: list[dict[str, Any]] = json.loads(Path(path).read_text())["inputs"]
@@ -192,16 +269,20 @@ def champion_rows(stack: Stack) -> list[dict[str, Any]]:
     return rows
 
 
-def summarize(stack: Stack, api: AirflowApi, run_id: str) -> dict[str, Any]:
+def summarize(
+    stack: Stack, api: AirflowApi, run_id: str, model: DemoModel = CHURN
+) -> dict[str, Any]:
     from mlflow import MlflowClient
 
-    tis = api.task_instances(DAG, run_id)
-    summary: dict[str, Any] = {"tasks": {t: ti["state"] for t, ti in tis.items()}}
+    dag = model.dag
+    tis = api.task_instances(dag, run_id)
+    summary: dict[str, Any] = {"model": model.name,
+                               "tasks": {t: ti["state"] for t, ti in tis.items()}}  # fmt: skip
     if tis.get("decide", {}).get("state") != "success":
         return summary
-    decision = api.xcom(DAG, run_id, "decide")
+    decision = api.xcom(dag, run_id, "decide")
     client = MlflowClient(tracking_uri=stack.mlflow_url)
-    version = client.get_model_version(MODEL, decision["version"])
+    version = client.get_model_version(model.name, decision["version"])
     experiment = client.get_run(str(version.run_id)).info.experiment_id
     summary |= {
         "model_version": decision["version"],
@@ -214,23 +295,24 @@ def summarize(stack: Stack, api: AirflowApi, run_id: str) -> dict[str, Any]:
         "rollout_reason": version.tags.get("helmsman.rollout_reason", ""),
     }
     if tis.get("rollout", {}).get("state") == "success":
-        summary["rollout_outcome"] = api.xcom(DAG, run_id, "rollout")
-    summary |= serving(stack)
+        summary["rollout_outcome"] = api.xcom(dag, run_id, "rollout")
+    summary |= serving(stack, model)
     return summary
 
 
-def serving(stack: Stack) -> dict[str, Any]:
-    """Where users reach the served model (the Gateway), and one prediction made there."""
-    url = stack.gateway_url()
+def serving(stack: Stack, model: DemoModel = CHURN) -> dict[str, Any]:
+    """Where users reach a served model (its path on the Gateway), and one prediction made
+    there."""
+    url = stack.model_url(model.name)
     if url is None:
         return {}
     try:
         meta = _json(url + "/metadata")
-        answer = _json(url + "/predict", {"instances": [SAMPLE]})
+        answer = _json(url + "/predict", {"instances": [model.sample]})
     except OSError as exc:  # nothing serves yet: the route does not exist
         return {"service": url, "service_error": str(exc)}
-    return {"service": url, "served_version": meta["model_version"], "sample": SAMPLE,
-            "prediction": answer["predictions"][0]}  # fmt: skip
+    return {"service": url, "served_version": meta["model_version"], "sample": model.sample,
+            "prediction": answer["predictions"][0], "meaning": model.meaning}  # fmt: skip
 
 
 def _json(url: str, body: Any = None) -> Any:
@@ -243,12 +325,36 @@ def _json(url: str, body: Any = None) -> Any:
 
 
 def report(stack: Stack, outcome: Outcome) -> None:
+    for one in (outcome, *outcome.others.values()):
+        report_run(stack, one)
+    console.print("\n[bold]where the models answer[/] (the Gateway, a path per model)")
+    for name, s in outcome.endpoints.items():
+        if "prediction" in s:
+            body = json.dumps({"instances": [s["sample"]]})
+            console.print(f"  {name:<10} {s['service']}  (version {s['served_version']})")
+            console.print(f"             curl -s {s['service']}/predict "
+                          f"-H 'Content-Type: application/json' -d '{body}'")  # fmt: skip
+            console.print(f"             -> {s['meaning']} {s['prediction']:.3f}")
+        else:
+            console.print(f"  {name:<10} nothing serves {name} yet at {s.get('service')}: "
+                          f"{s.get('service_error', 'no answer')}")  # fmt: skip
+    console.print(f"  Airflow    {stack.airflow_url}  (login admin / {stack.password})")
+    console.print(f"  MLflow     {stack.mlflow_url}")
+    console.print(f"  Prometheus {stack.prometheus_url}")
+    console.print(f"  kubectl    kubectl --kubeconfig {stack.kubeconfig} -n ml get "
+                  "pods,svc,httproutes,gateways")  # fmt: skip
+    console.print("  stop       make down   ·   again: make demo (trains a challenger)")
+
+
+def report_run(stack: Stack, outcome: Outcome) -> None:
+    """One model's run: its version, decision, rollout steps and what users saw."""
     s = outcome.summary
+    model = s.get("model", MODEL)
     colour = "green" if outcome.state == "success" else "red"
-    console.print(f"\n[bold {colour}]run {outcome.state}[/] in {outcome.seconds:.0f} s "
-                  f"({outcome.run_id})")  # fmt: skip
+    console.print(f"\n[bold {colour}]train_{model} {outcome.state}[/] in "
+                  f"{outcome.seconds:.0f} s ({outcome.run_id})")  # fmt: skip
     if "model_version" in s:
-        console.print(f"  model      {MODEL} version {s['model_version']}  ·  {s['mlflow_run']}")
+        console.print(f"  model      {model} version {s['model_version']}  ·  {s['mlflow_run']}")
         console.print(f"  evaluation {s['evaluation']}: {s['evaluation_reasons']}")
         console.print(f"  deploy     {'yes' if s['deploy'] else 'no'}: {s['deploy_reason']}")
         if s["deploy"]:
@@ -265,22 +371,6 @@ def report(stack: Stack, outcome: Outcome) -> None:
             console.print(f"  users      {u['requests']} requests through the Gateway during "
                           f"the run, {u['failed']} failed; answered by versions "
                           f"{u['versions']}")  # fmt: skip
-    if "served_version" in s:
-        console.print(f"  serving    {s['service']}  (version {s['served_version']})")
-    elif "service" in s:
-        console.print(f"  serving    nothing serves {MODEL} yet at {s['service']}: "
-                      f"{s.get('service_error', 'no answer')}")  # fmt: skip
-        if "prediction" in s:
-            body = json.dumps({"instances": [s["sample"]]})
-            console.print(f"  predict    curl -s {s['service']}/predict "
-                          f"-H 'Content-Type: application/json' -d '{body}'")  # fmt: skip
-            console.print(f"             -> churn probability {s['prediction']:.3f}")
-    console.print(f"  Airflow    {stack.airflow_url}  (login admin / {stack.password})")
-    console.print(f"  MLflow     {stack.mlflow_url}")
-    console.print(f"  Prometheus {stack.prometheus_url}")
-    console.print(f"  kubectl    kubectl --kubeconfig {stack.kubeconfig} -n ml get "
-                  "pods,svc,httproutes,gateways")  # fmt: skip
-    console.print("  stop       make down   ·   again: make demo (trains a challenger)")
     if outcome.state != "success":
         failed = [t for t, st in s["tasks"].items() if st == "failed"]
         console.print(f"[red]failed task(s): {', '.join(failed)}[/]; read the log in the "
@@ -315,10 +405,16 @@ def up(root: Path = ROOT, ports: Ports | None = None, settings: Settings | None 
         stack.up(say=lambda message: console.print(f"· {message}"))
     if reused:
         console.print(f"· the stack in {root} is running: reusing it")
-    restore_champion(stack)
-    conf = {**DEMO_CONF, "data_end": next_day(stack)}
-    console.print(f"· triggering {DAG} with {json.dumps(conf)}")
-    outcome = run_pipeline(stack, conf, show=show)
+    runs: list[tuple[DemoModel, dict[str, Any]]] = []
+    for model in MODELS:
+        restore_champion(stack, model)
+        if model.every_time or champion_version(stack, model.name) is None:
+            conf = {**model.conf, "data_end": next_day(stack)} if model is CHURN else model.conf
+            console.print(f"· triggering {model.dag} with {json.dumps(conf)}")
+            runs.append((model, conf))
+    outcome, *others = run_pipelines(stack, runs, show=show)
+    outcome.others = {o.summary["model"]: o for o in others}
+    outcome.endpoints = {model.name: serving(stack, model) for model in MODELS}
     report(stack, outcome)
     return stack, outcome
 

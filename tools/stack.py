@@ -179,6 +179,12 @@ class Stack:
         )  # fmt: skip
         return f"http://{out.strip()}" if out.strip() else None
 
+    def model_url(self, model: str) -> str | None:
+        """Where users reach one model: its route's path on the Gateway (the plugin's
+        ``contract.route_path``; tests/tools/test_demo.py holds the two together)."""
+        url = self.gateway_url()
+        return f"{url}/models/{model}" if url else None
+
     @property
     def kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
@@ -501,6 +507,9 @@ class Stack:
                       "HELMSMAN_SOURCE_URI_CHURN":
                           f"synthetic://churn?rows_per_day={s.rows_per_day}&seed={s.seed}",
                       "HELMSMAN_SOURCE_URI_DIABETES": self.raw_uri("diabetes"),
+                      # A model made by `make new-model` reads its sample days here.
+                      **{f"HELMSMAN_SOURCE_URI_{d.parent.name.upper().replace('-', '_')}":
+                         d.as_uri() for d in sorted((REPO / "models").glob("*/sample"))},
                       "HELMSMAN_MODEL_NAME": s.model_name}},
         ]  # fmt: skip
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))

@@ -4,7 +4,8 @@ The scenarios build on each other, in order, on one stack (the way a platform li
 
 1. a REST trigger with invalid Params is refused (400) and starts nothing;
 2. the first run (REST trigger, valid Params) deploys, the model answers through the Gateway,
-   and the Params reached the pods;
+   and the Params reached the pods; then a second model of another kind (the diabetes
+   regression) deploys beside it, on its own path, churn's serving untouched;
 3. a worse challenger is recorded, not deployed; the champion is untouched;
 4. a challenger that passes evaluation but is served wrong (train/serve skew in its serving
    image) is caught behind the preview Service: no user request ever reaches it;
@@ -79,9 +80,9 @@ def run(airflow: AirflowApi, conf: dict[str, Any], name: str) -> tuple[str, dict
     return run_id, {"run": result, "states": states}
 
 
-def service_address(stack: Stack) -> str:
-    """Where users reach the model: the Gateway's address."""
-    url = stack.gateway_url()
+def service_address(stack: Stack, model: str = MODEL) -> str:
+    """Where users reach a model: its path on the Gateway."""
+    url = stack.model_url(model)
     assert url is not None, "the Gateway has no address"
     return url
 
@@ -170,6 +171,37 @@ def test_2_first_run_deploys_and_the_model_answers_through_the_gateway(
     annotations = live_deployment(k8s).metadata.annotations
     assert annotations["helmsman.io/dag-run"] == run_id
     assert annotations["helmsman.io/model-uri"] == f"models:/{MODEL}/{version}"
+
+
+def test_2b_a_second_model_of_another_kind_deploys_beside_the_first(
+    airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any
+) -> None:
+    """The diabetes regression (scikit-learn gradient boosting, ONNX-served, fed as daily
+    files) runs through the same DAG factory, pods and gated rollout; it gets its own
+    Deployment, Service and route, and churn's serving is not touched."""
+    churn_serving, churn_version = serving_state(k8s), served_version(stack)
+    airflow.wait_for_dag("train_diabetes")
+    airflow.unpause("train_diabetes")
+    conf = {"data_end": "2026-02-15", "window_days": 14, "canary_steps": "50",
+            "analysis_interval": 6}  # fmt: skip
+    run_id = airflow.trigger("train_diabetes", conf)
+    result = airflow.wait("train_diabetes", run_id, timeout=900)
+    states = {t: ti["state"] for t, ti in airflow.task_instances("train_diabetes", run_id).items()}
+    assert result["state"] == "success", states
+    decision = airflow.xcom("train_diabetes", run_id, "decide")
+    assert (decision["evaluation"], decision["deploy"]) == ("promote", True)
+    mv = registry.get_model_version("diabetes", decision["version"])
+    assert registry.get_run(mv.run_id).data.params["trainer"] == "GradientBoostingRegressor"
+    patient = {"age": 59, "sex": 2, "bmi": 32.1, "bp": 101, "tc": 157, "ldl": 93.2, "hdl": 38,
+               "tch": 4, "ltg": 4.86, "glu": 87}  # fmt: skip
+    answer = get_json(service_address(stack, "diabetes") + "/predict", {"instances": [patient]})
+    assert answer["model_version"] == decision["version"]
+    assert 25 <= answer["predictions"][0] <= 346
+    apps = client.AppsV1Api(k8s)
+    names = {d.metadata.name for d in apps.list_namespaced_deployment(NS).items}
+    assert any(n.startswith("diabetes-serving-") for n in names), names
+    assert serving_state(k8s) == churn_serving  # churn's slot untouched
+    assert served_version(stack) == churn_version
 
 
 def test_3_a_worse_challenger_is_recorded_and_not_deployed(

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from localcluster.gateway import Backend, modify_headers, path_match, pick
+from localcluster.gateway import Backend, modify_headers, path_match, pick, rewrite_path
 from tests.cluster_fixtures import Cluster, wait_for
 
 KUBECTL = shutil.which("kubectl")
@@ -35,7 +35,7 @@ SERVER = (
     "        if self.path == '/seen':\n"
     "            return self.answer(seen)\n"
     "        seen.append(self.headers.get('x-request-id'))\n"
-    "        self.answer({'version': os.environ['VERSION'],\n"
+    "        self.answer({'version': os.environ['VERSION'], 'path': self.path,\n"
     "                     'id': self.headers.get('x-request-id')})\n"
     "    def log_message(self, *args):\n"
     "        pass\n"
@@ -124,7 +124,7 @@ def test_weights_split_requests_and_every_answer_carries_a_request_id(
     custom.create_namespaced_custom_object(
         GROUP, VERSION, "default", "httproutes", route({"stable": 80, "canary": 20})
     )
-    wait_for("the route", lambda: _answers(gateway))
+    wait_for("the route", lambda: _answers(gateway + "/"))
     answers = [get(gateway + "/predict") for _ in range(400)]
     shares = Counter(a["version"] for a in answers)
     assert 0.13 < shares["canary"] / 400 < 0.27, shares  # 20% +- sampling noise (p < 1e-4)
@@ -219,6 +219,44 @@ def test_pick_follows_the_weights_and_path_match_prefers_the_longest() -> None:
     assert path_match(exact, "/predict") > path_match({}, "/predict")
 
 
+def test_url_rewrite_replaces_the_matched_prefix_or_the_whole_path() -> None:
+    rule = {"matches": [{"path": {"type": "PathPrefix", "value": "/models/churn"}}],
+            "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {
+                "type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}]}  # fmt: skip
+    # The Gateway API's examples: the prefix goes, the rest of the path stays.
+    assert rewrite_path(rule, "/models/churn/predict") == "/predict"
+    assert rewrite_path(rule, "/models/churn") == "/"
+    assert rewrite_path(rule, "/models/churn/") == "/"
+    rule["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"] = "/v2"
+    assert rewrite_path(rule, "/models/churn/predict") == "/v2/predict"
+    rule["filters"][0]["urlRewrite"]["path"] = {"type": "ReplaceFullPath", "replaceFullPath": "/x"}
+    assert rewrite_path(rule, "/models/churn/predict") == "/x"
+    assert rewrite_path({"filters": []}, "/models/churn/predict") == "/models/churn/predict"
+
+
+def test_two_routes_on_one_gateway_each_get_their_prefix_rewritten_away(
+    cluster: Cluster, gateway: str
+) -> None:
+    custom = client.CustomObjectsApi(cluster.api)
+    for name in ("stable", "canary"):
+        obj = route({name: 1})
+        rule = obj["spec"]["rules"][0]
+        rule["matches"] = [{"path": {"type": "PathPrefix", "value": f"/models/{name}"}}]
+        rule["filters"] = [{"type": "URLRewrite", "urlRewrite": {"path": {
+            "type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}]  # fmt: skip
+        obj["metadata"]["name"] = f"model-{name}"
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", "httproutes", obj)
+    wait_for("the routes", lambda: _answers(gateway + "/models/canary/predict?x=1"))
+    answer = get(gateway + "/models/canary/predict?x=1")
+    assert (answer["version"], answer["path"]) == ("canary", "/predict?x=1")
+    answer = get(gateway + "/models/stable/metadata")
+    assert (answer["version"], answer["path"]) == ("stable", "/metadata")
+    for name in ("stable", "canary"):
+        custom.delete_namespaced_custom_object(
+            GROUP, VERSION, "default", "httproutes", f"model-{name}"
+        )
+
+
 def test_header_modifiers_set_add_and_remove_in_order() -> None:
     headers = {"X-Keep": "1", "X-Drop": "2", "x-list": "a"}
     rule = {"filters": [{"type": "RequestHeaderModifier", "requestHeaderModifier": {
@@ -229,9 +267,9 @@ def test_header_modifiers_set_add_and_remove_in_order() -> None:
     assert headers == {"x-keep": "set", "x-list": "a,b", "x-new": "n"}
 
 
-def _answers(gateway: str) -> bool:
+def _answers(url: str) -> bool:
     try:
-        get(gateway + "/")
+        get(url)
     except (OSError, ValueError):
         return False
     return True

@@ -38,6 +38,7 @@ from helmsman.serving.session import (
     Settings,
 )
 from helmsman.serving.verify import Rejected
+from helmsman_steps import contract
 from localcluster.faults import FaultClient
 from tests.cluster_fixtures import Cluster, faulty_image, faulty_images, start_cluster, wait_for
 from tests.mlflow_fixtures import DAYS, Trained
@@ -90,7 +91,9 @@ def env(
     prom = prometheus.server(root / "prometheus", port, NS, cluster.api.configuration.host)
     prom.start(timeout=60)
     try:
-        yield Env(cluster, Kube(cluster.api, NS), f"http://127.0.0.1:{port}", f"http://{ip}")
+        # Users reach the session champion's model (churn-test) under its route's path.
+        users_url = f"http://{ip}{contract.route_path('churn-test')}"
+        yield Env(cluster, Kube(cluster.api, NS), f"http://127.0.0.1:{port}", users_url)
     finally:
         prom.stop()
         cluster.api.close()

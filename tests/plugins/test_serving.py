@@ -272,7 +272,12 @@ def test_rendered_objects_pass_their_schemas_and_pss_restricted() -> None:
         ("churn-serving", 75),
         ("churn-serving-preview", 25),
     ]
-    assert [f["type"] for f in rule["filters"]] == ["RequestHeaderModifier", "RequestMirror"]
+    assert [f["type"] for f in rule["filters"]] == [
+        "URLRewrite", "RequestHeaderModifier", "RequestMirror"
+    ]  # fmt: skip
+    # Each model under its own path, which the rewrite strips for the server.
+    assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/models/churn"}}]
+    assert rule["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"] == "/"
     assert objects.service(TARGET, "churn-serving", None)["spec"]["selector"] == {
         "app.kubernetes.io/name": "helmsman-serving",
         "app.kubernetes.io/instance": "churn-serving",

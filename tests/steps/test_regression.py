@@ -142,3 +142,16 @@ def test_the_server_answers_in_progression_units_and_names_a_bad_field(server: S
     assert "$.instances[0].sex" in bad.json()["error"]
     metrics = httpx.get(f"{url}/metrics").text
     assert 'helmsman_prediction_bucket{le="200.0"}' in metrics  # buckets over [0, 400]
+
+
+def test_a_trainer_param_the_estimator_lacks_is_bad_input_naming_the_field() -> None:
+    from helmsman_steps.exitcodes import BadInputError
+    from helmsman_steps.train import sklearn_estimator
+
+    model = spec.load(REPO / "models" / "diabetes")
+    wrong = model.model_copy(
+        update={"trainer": model.trainer.model_copy(update={"params": {"n_estimator": 5}})}
+    )
+    info = ModelInfo.from_dict(json.loads(spec.to_json(wrong)))
+    with pytest.raises(BadInputError, match=r"trainer.params: .*'n_estimator'.*GradientBoosting"):
+        sklearn_estimator(info, seed=0)

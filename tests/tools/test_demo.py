@@ -56,6 +56,29 @@ def test_the_first_demo_deploys_and_the_model_answers_through_the_service(
     assert 0.0 <= s["prediction"] <= 1.0
     assert s["mlflow_run"].startswith(stack.mlflow_url)
     assert s["service"].startswith("http://127.")
+    assert s["service"].endswith("/models/churn")
+
+
+def test_the_first_demo_also_trains_the_second_model_and_both_answer_side_by_side(
+    first: tuple[Stack, demo.Outcome],
+) -> None:
+    """The diabetes regression (gradient boosting, daily files) trains, deploys through the same
+    gate and answers on its own path of the same Gateway, beside churn."""
+    stack, outcome = first
+    diabetes = outcome.others["diabetes"]
+    assert diabetes.state == "success", diabetes.summary
+    d = diabetes.summary
+    assert (d["evaluation"], d["deploy"], d["rollout"]) == ("promote", True, "passed")
+    endpoints = outcome.endpoints
+    assert set(endpoints) == {"churn", "diabetes"}
+    assert endpoints["diabetes"]["served_version"] == d["model_version"]
+    assert 25 <= endpoints["diabetes"]["prediction"] <= 346  # progression units, not a probability
+    assert 0.0 <= endpoints["churn"]["prediction"] <= 1.0
+    assert endpoints["diabetes"]["service"] == stack.model_url("diabetes")
+    # The path the plugin routes a model under is the one the stack's users are sent to.
+    from helmsman_steps import contract
+
+    assert stack.model_url("diabetes") == stack.gateway_url() + contract.route_path("diabetes")
 
 
 def test_a_second_demo_reuses_the_stack_and_trains_a_challenger(
@@ -77,6 +100,12 @@ def test_a_second_demo_reuses_the_stack_and_trains_a_challenger(
     assert s["users"]["failed"] == 0
     if s["deploy"]:
         assert [step["step"] for step in s["rollout_outcome"]["steps"]] == ["shadow", "10%", "50%"]
+    # The second model trained once; it keeps serving its version beside churn.
+    assert second.others == {}
+    assert (
+        second.endpoints["diabetes"]["served_version"]
+        == (outcome.others["diabetes"].summary["model_version"])
+    )
 
 
 def test_the_ui_trigger_form_shows_the_params_and_a_run_triggered_from_it_succeeds(
@@ -194,6 +223,10 @@ def test_after_down_the_next_demo_serves_the_champion_again_before_training(
     api = demo.api_for(stack)
     (restore,) = api.runs(demo.ROLLBACK_DAG)
     assert restore["state"] == "success"
+    # Both models' champions came back, each through its own rollback DAG.
+    (again,) = api.runs(demo.DIABETES.rollback_dag)
+    assert again["state"] == "success"
+    assert "prediction" in outcome.endpoints["diabetes"]
     restored = restore["conf"]["model_version"]
     assert api.xcom(demo.ROLLBACK_DAG, restore["dag_run_id"], "decide")["deploy"] is True
     assert outcome.state == "success"

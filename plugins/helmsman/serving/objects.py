@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from helmsman_steps import contract
+
 MANIFESTS = Path(__file__).resolve().parent.parent / "manifests" / "serving.yaml"
 NAME_LABEL = "app.kubernetes.io/name"
 INSTANCE_LABEL = "app.kubernetes.io/instance"
@@ -128,18 +130,24 @@ def route(target: Target, gateway: GatewayRef, preview_weight: int, mirror: bool
         parent["namespace"] = gateway.namespace
     obj["spec"]["parentRefs"] = [parent]
     rule = obj["spec"]["rules"][0]
+    # Each model under a path of its own, the prefix rewritten away for the servers.
+    prefix = contract.route_path(target.model_name)
+    rule["matches"] = [{"path": {"type": "PathPrefix", "value": prefix}}]
     stable, preview = rule["backendRefs"]
     stable.update(name=target.name, weight=100 - preview_weight)
     preview.update(name=preview_name(target.name), weight=preview_weight)
+    rewrite = {
+        "type": "URLRewrite",
+        "urlRewrite": {"path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}},
+    }
+    rule["filters"] = [rewrite]
     if mirror:
-        rule["filters"] = [
+        rule["filters"] += [
             {"type": "RequestHeaderModifier",
              "requestHeaderModifier": {"set": [{"name": COMPARE_HEADER, "value": "1"}]}},
             {"type": "RequestMirror",
              "requestMirror": {"backendRef": {"name": preview_name(target.name), "port": 80}}},
         ]  # fmt: skip
-    else:
-        rule["filters"] = []
     return obj
 
 

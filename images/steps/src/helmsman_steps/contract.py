@@ -55,6 +55,12 @@ def serving_instance(model_name: str) -> str:
     return f"{model_name}-serving"
 
 
+def route_path(model_name: str) -> str:
+    """Where a model answers behind the Gateway: ``/models/<name>`` (its HTTPRoute rewrites
+    the prefix away, so ``/models/churn/predict`` reaches a churn server's ``/predict``)."""
+    return f"/models/{model_name}"
+
+
 def run_key(dag_id: str, run_id: str, stage: str) -> str:
     """The key of one stage of one DAG run: ``DAG_ID/RUN_ID/STAGE``."""
     return f"{dag_id}/{run_id}/{stage}"

@@ -54,7 +54,7 @@ class ModelInfo:
             timestamp=declared["timestamp"],
             label=label["name"],
             classes=tuple(label["classes"]) if label.get("classes") else None,
-            label_range=tuple(label["range"]) if label.get("range") else None,  # type: ignore[arg-type]
+            label_range=(label["range"][0], label["range"][1]) if label.get("range") else None,
             raw_columns=declared["columns"],
             featurizer=features.Featurizer.from_columns(declared["columns"], data.get("features")),
             metric=data["evaluation"]["metric"],
@@ -105,7 +105,8 @@ class ModelInfo:
         value."""
         values = np.asarray(labels)
         if self.task == "binary" and self.classes is not None:
-            return (values == self.classes[1]).astype(np.float32)
+            positive: npt.NDArray[np.bool_] = np.asarray(values == self.classes[1])
+            return positive.astype(np.float32)
         return values.astype(np.float32)
 
     def prediction_buckets(self) -> tuple[float, ...]:

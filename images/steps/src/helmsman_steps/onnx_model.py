@@ -87,11 +87,12 @@ def from_sklearn(estimator: Any, inputs: list[str], task: str) -> onnx.ModelProt
     from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped]
 
     classifier = task != "regression"
+    final = estimator[-1] if hasattr(estimator, "steps") else estimator  # a Pipeline's model
     proto = to_onnx(
         estimator,
         initial_types=[(INPUT, FloatTensorType([None, len(inputs)]))],
         target_opset={"": OPSET, "ai.onnx.ml": ML_OPSET},
-        options={id(estimator): {"zipmap": False}} if classifier else None,
+        options={id(final): {"zipmap": False}} if classifier else None,
     )
     graph = proto.graph
     outputs = {o.name: o for o in graph.output}
@@ -110,7 +111,8 @@ def from_sklearn(estimator: Any, inputs: list[str], task: str) -> onnx.ModelProt
     proto.producer_name = "helmsman"
     helper.set_model_props(proto, {contract.ONNX_INPUTS_PROP: json.dumps(inputs)})
     onnx.checker.check_model(proto, full_check=True)
-    return proto
+    converted: onnx.ModelProto = proto
+    return converted
 
 
 def predict(

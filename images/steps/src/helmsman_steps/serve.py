@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -58,7 +58,7 @@ MAX_BODY_BYTES = 8 * 1024 * 1024
 DEFAULT_COLUMNS: dict[str, dict[str, Any]] = dict(ModelInfo.churn().raw_columns)  # type: ignore[arg-type]
 
 
-def instance_type(columns: dict[str, dict[str, Any]]) -> type[msgspec.Struct]:
+def instance_type(columns: Mapping[str, Mapping[str, Any]]) -> type[msgspec.Struct]:
     """A msgspec type for one input row, derived from the spec's raw columns (``schema.columns``
     of model.yaml, as the version stored it): a number within its range, a category within its
     vocabulary, ``null`` only where the column is nullable, no other field. A bad row is a 400
@@ -86,7 +86,7 @@ def instance_type(columns: dict[str, dict[str, Any]]) -> type[msgspec.Struct]:
     return msgspec.defstruct("Instance", fields, forbid_unknown_fields=True)
 
 
-def request_type(columns: dict[str, dict[str, Any]]) -> type[msgspec.Struct]:
+def request_type(columns: Mapping[str, Mapping[str, Any]]) -> type[msgspec.Struct]:
     """``{"instances": [row, ...]}``, or MLflow's ``{"dataframe_records": [...]}``."""
     row = instance_type(columns)
     return msgspec.defstruct(
@@ -217,7 +217,7 @@ class App:
             resolved, path, spec_path = fetch(self.model_uri, tmp)
             info = ModelInfo.from_file(spec_path, resolved.name)
             model = Predictor(info, load_scorer(path))
-        self.decoder = msgspec.json.Decoder(request_type(dict(info.raw_columns)))
+        self.decoder = msgspec.json.Decoder(request_type(info.raw_columns))
         self.columns = tuple(info.input_columns)
         self.metrics.predictions.reset(info.prediction_buckets())
         # Warm up: the first calls allocate and pick kernels; do it before saying ready.

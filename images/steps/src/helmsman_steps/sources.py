@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from helmsman_steps.exitcodes import BadInputError
@@ -157,14 +157,14 @@ def write_sample(name: str, dest: str, first_day: dt.date, days: int) -> list[st
     fs.makedirs(root, exist_ok=True)
     written = []
     for day, rows in frame.groupby("visit_date"):
-        path = f"{root.rstrip('/')}/{day.isoformat()}.csv"  # type: ignore[union-attr]
+        path = f"{root.rstrip('/')}/{day.isoformat()}.csv"
         with fs.open(path, "w") as handle:
             pd.DataFrame(rows).to_csv(handle, index=False)
         written.append(path)
     return written
 
 
-def fsspec_for(uri: str) -> tuple[object, str]:
+def fsspec_for(uri: str) -> tuple[Any, str]:
     import fsspec
 
     fs, path = fsspec.core.url_to_fs(uri)

@@ -362,15 +362,21 @@ class _Split:
 
 def sklearn_estimator(info: ModelInfo, seed: int) -> Any:
     """Gradient boosting for the task, with the spec's ``trainer.params`` (its keyword
-    arguments; ``random_state`` defaults to the run's seed)."""
+    arguments; ``random_state`` defaults to the run's seed), after a median imputer for the
+    columns declared nullable (gradient boosting takes no missing values; with none missing
+    the imputer passes rows through). One pipeline: ONNX export covers both."""
     from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
 
     kind = GradientBoostingRegressor if info.task == "regression" else GradientBoostingClassifier
     params = {"random_state": seed, **info.trainer_params}
     try:
-        return kind(**params).set_params()  # unknown names raise here, not mid-fit
+        model = kind(**params)
     except TypeError as exc:
         raise BadInputError(f"trainer.params: {exc} (the {kind.__name__} parameters)") from None
+    imputer = SimpleImputer(strategy="median", keep_empty_features=True)
+    return Pipeline([("impute", imputer), ("model", model)])
 
 
 def _train_sklearn(
@@ -396,8 +402,8 @@ def _train_sklearn(
         )
     estimator = sklearn_estimator(info, config.seed)
     mlflow.log_params({
-        **{f"trainer.{k}": v for k, v in estimator.get_params().items()},
-        "trainer": type(estimator).__name__, "days": f"{split.days[0]}..{split.days[-1]}",
+        **{f"trainer.{k}": v for k, v in estimator[-1].get_params().items()},
+        "trainer": type(estimator[-1]).__name__, "days": f"{split.days[0]}..{split.days[-1]}",
         "train_rows": int(train_rows.sum()), "validation_rows": int(val_rows.sum()),
         "dataset_hash": split.dataset_hash,
     })  # fmt: skip
@@ -420,7 +426,7 @@ def _train_sklearn(
         final = {"val_accuracy": float(np.mean((predicted >= 0.5) == (y_val >= 0.5)))}
     mlflow.log_metrics(final)
     rounded = {k: round(v, 5) for k, v in final.items()}
-    log.info("fitted", trainer=type(estimator).__name__, **rounded)
+    log.info("fitted", trainer=type(estimator[-1]).__name__, **rounded)
 
     inputs = info.featurizer.input_names()
     graph = onnx_model.from_sklearn(estimator, inputs, info.task)

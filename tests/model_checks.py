@@ -1,0 +1,86 @@
+"""What every model folder's own tests check (``models/<name>/test_model.py``, written by
+``make new-model``): its spec builds its three DAGs, and its sample feed goes through the real
+steps -- ETL against the declared schema, training with the ONNX parity check, evaluation on
+the declared metric, and the served model answering a row of the sample -- as subprocesses of
+``helmsman-step``, against an MLflow store of the test's own."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS_SRC = REPO / "images" / "steps" / "src"
+
+
+def check_dags(folder: Path) -> None:
+    """The factory builds train_, rollback_ and scale_<name> from the folder."""
+    from helmsman import factory
+
+    name = folder.name
+    dags = factory.model_dags(name, folder.parent)
+    assert [d.dag_id for d in dags] == [f"train_{name}", f"rollback_{name}", f"scale_{name}"]
+    assert {"etl", "train", "evaluate", "rollout"} <= set(dags[0].task_ids)
+
+
+def step(env: dict[str, str], cwd: Path, *args: str) -> Any:
+    proc = subprocess.run(
+        [sys.executable, "-m", "helmsman_steps", *args], env=env, cwd=cwd,
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"helmsman-step {args[0]} failed:\n{proc.stderr[-3000:]}"
+    return json.loads(proc.stdout)
+
+
+def check_pipeline(folder: Path, tmp: Path) -> dict[str, Any]:
+    """The sample's days through etl, train, evaluate; the served version answers a sample
+    row. Returns the evaluation's decision."""
+    import msgspec
+    import pandas as pd
+
+    from helmsman_steps import contract, spec
+    from helmsman_steps.modelinfo import ModelInfo
+    from helmsman_steps.runtime import Predictor, load_scorer
+    from helmsman_steps.serve import request_type
+
+    model = spec.load(folder)
+    files = sorted((folder / "sample").glob("*.csv"))
+    assert files, f"{folder / 'sample'} holds no daily files (YYYY-MM-DD.csv)"
+    first, last = (dt.date.fromisoformat(f.stem) for f in (files[0], files[-1]))
+    end = str(last + dt.timedelta(days=1))
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(STEPS_SRC),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        contract.MODEL_SPEC_ENV: spec.to_json(model),
+        f"HELMSMAN_SOURCE_URI_{model.name.upper().replace('-', '_')}": (folder / "sample").as_uri(),
+    }
+    data = ["--dataset-uri", str(tmp / "datasets")]
+    window = ["--start", str(last), "--end", end, "--window-days", str((last - first).days + 1)]
+    etl = step(env, tmp, "etl", "--start", str(first), "--end", end, *data)
+    assert sum(d["valid_rows"] for d in etl["days"]) > 0
+    trained = step(env, tmp, "train", *window, *data, "--model-name", model.name)
+    version = trained["model_version"]
+    decision: dict[str, Any] = step(env, tmp, "evaluate", *window, *data, "--model-name",
+                                    model.name, "--challenger-version", version)  # fmt: skip
+    assert decision["metric"] == model.evaluation.metric
+    fetched = step(env, tmp, "fetch-model", "--model-uri", f"models:/{model.name}/{version}",
+                   "--dest", str(tmp / "served"))  # fmt: skip
+    info = ModelInfo.from_file(fetched["spec_path"], model.name)
+    served = Predictor(info, load_scorer(fetched["path"]))
+    # A request as a client sends it: the first sample row's raw columns, as JSON.
+    row = json.loads(pd.read_csv(files[0])[info.input_columns].head(1).to_json(orient="records"))[0]
+    decoder = msgspec.json.Decoder(request_type(info.raw_columns))
+    assert decoder.decode(json.dumps({"instances": [row]}).encode()).instances is not None
+    (score,) = served.predict({k: [v] for k, v in row.items()})
+    if info.label_range is not None:
+        low, high = info.label_range
+        assert low - (high - low) <= score <= high + (high - low), score
+    else:
+        assert 0.0 <= score <= 1.0, score
+    return decision
