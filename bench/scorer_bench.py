@@ -53,9 +53,6 @@ def main() -> int:
     from helmsman_steps import features, onnx_model
     from helmsman_steps.model import NumpyModel
 
-    before = rss_mb()
-    from helmsman_steps.runtime import OnnxScorer
-
     rng = np.random.default_rng(0)
     width = len(features.input_names())
     sizes = [width, 64, 32, 1]  # the demo's churn network: hidden 64, 32
@@ -66,7 +63,11 @@ def main() -> int:
         weights=[rng.normal(0, 0.3, (o, i)).astype(np.float32) for i, o in pairwise(sizes)],
         biases=[rng.normal(0, 0.1, o).astype(np.float32) for o in sizes[1:]],
     )  # fmt: skip
-    onnx = OnnxScorer(onnx_model.from_mlp(mlp).SerializeToString())
+    graph = onnx_model.from_mlp(mlp).SerializeToString()  # the exporter (onnx) is training's
+    before = rss_mb()
+    from helmsman_steps.runtime import OnnxScorer
+
+    onnx = OnnxScorer(graph)
     loaded = rss_mb()
 
     from sklearn.datasets import load_diabetes
