@@ -46,10 +46,10 @@ Built from `models/{name}/model.yaml` (task: {task}, trainer: {trainer}, metric:
 1. `plan` (worker): the days — the Param `data_end`, else the data interval, else yesterday.
 2. `etl` (pod): validates the training window's raw records, quarantines bad rows, writes
    Parquet partitions.
-3. `train` (GPU pod): trains, checkpoints every epoch (a retry resumes), registers a model
-   version with lineage tags.
-4. `evaluate` (pod): challenger vs `@champion` on the same held-out day; the decision, plots
-   and a golden set go to MLflow.
+3. `train` (pod): {training}, exports ONNX (checked against the native model) and registers
+   a model version with lineage tags.
+4. `evaluate` (pod): challenger vs `@champion` on the same held-out rows ({metric}, both
+   scored from their ONNX graphs); the decision, plots and a golden set go to MLflow.
 5. `decide` (worker): the fence — backfills, dry runs and data older than the champion's
    never deploy.
 6. `rollout` (worker): the new version is verified behind a preview Service no user reaches
@@ -211,9 +211,14 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             False, title="Dry run", type="boolean", description="Train and evaluate; never deploy."
         ),
     }  # fmt: skip
+    training = (
+        "the PyTorch MLP, on GPUs when given them; checkpoints every epoch (a retry resumes)"
+        if model.trainer.kind == "mlp"
+        else "scikit-learn's gradient boosting with model.yaml's trainer.params"
+    )
     doc = TRAINING_DOC.format(
         name=name, description=model.description or "one model per day of data", task=model.task,
-        trainer=model.trainer.kind, metric=model.evaluation.metric,
+        trainer=model.trainer.kind, metric=model.evaluation.metric, training=training,
     )  # fmt: skip
     with DAG(
         dag_id=f"train_{name}",
