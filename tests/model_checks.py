@@ -69,6 +69,14 @@ def check_pipeline(folder: Path, tmp: Path) -> dict[str, Any]:
     decision: dict[str, Any] = step(env, tmp, "evaluate", *window, *data, "--model-name",
                                     model.name, "--challenger-version", version)  # fmt: skip
     assert decision["metric"] == model.evaluation.metric
+    # The golden set is what the rollout's preview sends the served version: every row must
+    # decode as a request, and the served graph must answer what evaluation recorded.
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])  # not the process's store
+    run_id = str(client.get_model_version(model.name, version).run_id)
+    golden_path = client.download_artifacts(run_id, contract.GOLDEN_ARTIFACT, str(tmp))
+    golden = json.loads(Path(golden_path).read_text())
     fetched = step(env, tmp, "fetch-model", "--model-uri", f"models:/{model.name}/{version}",
                    "--dest", str(tmp / "served"))  # fmt: skip
     info = ModelInfo.from_file(fetched["spec_path"], model.name)
@@ -77,6 +85,11 @@ def check_pipeline(folder: Path, tmp: Path) -> dict[str, Any]:
     row = json.loads(pd.read_csv(files[0])[info.input_columns].head(1).to_json(orient="records"))[0]
     decoder = msgspec.json.Decoder(request_type(info.raw_columns))
     assert decoder.decode(json.dumps({"instances": [row]}).encode()).instances is not None
+    body = json.dumps({"instances": golden["inputs"]}, allow_nan=False).encode()
+    rows = decoder.decode(body).instances
+    columns = {c: [getattr(r, c) for r in rows] for c in info.input_columns}
+    replayed = served.predict(columns)
+    assert max(abs(a - b) for a, b in zip(replayed, golden["predictions"], strict=True)) < 1e-4
     (score,) = served.predict({k: [v] for k, v in row.items()})
     if info.label_range is not None:
         low, high = info.label_range

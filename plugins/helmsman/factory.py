@@ -35,6 +35,7 @@ SUPPORTED = {
 }
 # The trainers and the tasks each trains in this release.
 TRAINER_TASKS = {"mlp": ("binary",), "sklearn": ("binary", "regression")}
+GPU_TRAINERS = ("mlp", "custom")  # the others run on CPU (the spec refuses gpus for them)
 # Feature functions the images hold: the step package's own modules.
 FEATURE_MODULES = ("helmsman_steps.",)
 
@@ -171,6 +172,7 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
     name = model.name
     metric = model.evaluation.metric
     better = "higher" if model.higher_is_better else "lower"
+    most_gpus = MAX_GPUS if model.trainer.kind in GPU_TRAINERS else 0
     params = {
         "data_end": Param(
             None, type=["null", "string"], format="date", title="Data end (exclusive)",
@@ -184,8 +186,9 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
         ),
         **_trainer_params(model),
         "gpus": Param(
-            model.gpus, title="GPUs", type="integer", minimum=0, maximum=MAX_GPUS,
-            description=f"GPUs for the training pod (0 to {MAX_GPUS}; 0: train on CPU).",
+            model.gpus, title="GPUs", type="integer", minimum=0, maximum=most_gpus,
+            description=f"GPUs for the training pod (0 to {most_gpus}; 0: train on CPU)."
+            if most_gpus else f"The {model.trainer.kind} trainer runs on CPU: 0.",
         ),
         "min_improvement": Param(
             model.evaluation.min_improvement, title=f"Minimum {metric} gain", type="number",

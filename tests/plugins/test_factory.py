@@ -134,3 +134,20 @@ def test_every_pipeline_pod_of_a_model_gets_its_spec() -> None:
         env = {e.name: e.value for e in dag.get_task(task_id).env_vars}
         assert spec.from_json(env[contract.MODEL_SPEC_ENV]) == model
         assert json.loads(env[contract.MODEL_SPEC_ENV])["schema"]["id"] == CHURN["schema"]["id"]
+
+
+def test_a_gradient_boosting_regression_gets_its_own_form_and_pod_arguments() -> None:
+    """The diabetes model: no MLP knobs in its form or its train pod, no GPUs to ask for, its
+    window and metric in the defaults, and evaluation told the window it judges on."""
+    train, _, _ = factory.model_dags("diabetes", REPO / "models")
+    params = train.params
+    assert not {"epochs", "learning_rate", "hidden", "batch_size"} & set(params)
+    assert params["window_days"] == 14
+    assert params.get_param("gpus").schema["maximum"] == 0
+    assert params.get_param("min_improvement").schema["title"] == "Minimum rmse gain"
+    pod_args = train.get_task("train").arguments
+    assert "--epochs" not in pod_args
+    assert pod_args[pod_args.index("--seed") + 1] == "{{ params.seed }}"
+    evaluate_args = train.get_task("evaluate").arguments
+    assert evaluate_args[evaluate_args.index("--window-days") + 1] == "{{ params.window_days }}"
+    assert evaluate_args[evaluate_args.index("--min-primary") + 1] == "75.0"

@@ -218,7 +218,8 @@ def _golden(
 ) -> dict[str, Any]:
     info = info or ModelInfo.churn()
     sample = rows.head(size)
-    inputs = sample[info.input_columns].to_dict("records")
+    # As a client sends them: JSON values (a missing value is null, not NaN, which is no JSON).
+    inputs = json.loads(sample[info.input_columns].to_json(orient="records"))
     golden = {"inputs": inputs, "predictions": [float(p) for p in predictions[: len(sample)]]}
     if versus is not None:
         golden["versus_champion"] = versus
