@@ -278,13 +278,16 @@ def _plots(y: Any, scores: dict[str, Any], folder: Path, task: str = "binary") -
                 ax.plot(predicted, observed, marker="o", label=label)
                 ax.plot([0, 1], [0, 1], ls=":", c="grey")
                 ax.set(xlabel="predicted probability", ylabel="observed rate", title="Calibration")
-        ax.legend(loc="best")
-        fig.tight_layout()
-        path = folder / f"{kind}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, ax, folder / f"{kind}.png", plt))
     return paths
+
+
+def _save(fig: Any, ax: Any, path: Path, plt: Any) -> Path:
+    ax.legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def _regression_plots(y: Any, scores: dict[str, Any], folder: Path, plt: Any) -> list[Path]:
@@ -302,12 +305,7 @@ def _regression_plots(y: Any, scores: dict[str, Any], folder: Path, plt: Any) ->
         if kind != "residuals":
             low, high = float(np.min(y)), float(np.max(y))
             ax.plot([low, high], [low, high], ls=":", c="grey")
-        ax.legend(loc="best")
-        fig.tight_layout()
-        path = folder / f"{kind}.png"
-        fig.savefig(path)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, ax, folder / f"{kind}.png", plt))
     return paths
 
 

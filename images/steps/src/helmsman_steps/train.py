@@ -301,12 +301,7 @@ def _log_and_register(
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / FILENAME
         exported.save(npz)
-        (Path(tmp) / "inputs.json").write_text(json.dumps(exported.inputs))
-        (Path(tmp) / onnx_model.FILENAME).write_bytes(graph.SerializeToString())
-        extra = [npz, Path(tmp) / "inputs.json", Path(tmp) / onnx_model.FILENAME]
-        if model_spec:
-            (Path(tmp) / contract.MODEL_SPEC_FILE).write_text(model_spec)
-            extra.append(Path(tmp) / contract.MODEL_SPEC_FILE)
+        extra = [str(npz), *_extra_files(Path(tmp), graph, exported.inputs, model_spec)]
         import torch
 
         with torch.no_grad():
@@ -316,7 +311,7 @@ def _log_and_register(
             name="model",
             signature=infer_signature(example, output),
             input_example=example,
-            extra_files=[str(path) for path in extra],
+            extra_files=extra,
             # Named rather than inferred: inference imports the model in a subprocess (~10 s),
             # and would drop the local "+cpu" label of a CPU build anyway.
             pip_requirements=[
@@ -326,18 +321,44 @@ def _log_and_register(
             registered_model_name=model_name,
             await_registration_for=60,
         )
-        # The ONNX flavor beside the native model: what any ONNX runtime (and MLflow's own
-        # tooling) loads; the registered version carries the same graph as model.onnx.
-        mlflow.onnx.log_model(
-            graph,
-            name="onnx",
-            signature=infer_signature(example, exported.predict_matrix(example)),
-            input_example=example,
-            pip_requirements=[f"onnxruntime=={version_of('onnxruntime')}"],
-        )
+        _log_onnx_flavor(graph, example, exported.predict_matrix(example))
     version = str(info.registered_model_version)
     _tag_version(model_name, version, lineage, dataset_hash, run_key)
     return version
+
+
+def _extra_files(
+    folder: Path, graph: onnx.ModelProto, inputs: list[str], model_spec: str | None
+) -> list[str]:
+    """What every version carries beside its native model: the ONNX graph that serves it, its
+    input names, and the spec it was trained with."""
+    files = {onnx_model.FILENAME: graph.SerializeToString(), "inputs.json": json.dumps(inputs)}
+    if model_spec:
+        files[contract.MODEL_SPEC_FILE] = model_spec
+    for name, content in files.items():
+        path = folder / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return [str(folder / name) for name in files]
+
+
+def _log_onnx_flavor(
+    graph: onnx.ModelProto, example: npt.NDArray[np.float32], output: npt.NDArray[Any]
+) -> None:
+    """The ONNX flavor beside the native model: what any ONNX runtime (and MLflow's own
+    tooling) loads; the registered version carries the same graph as model.onnx."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    mlflow.onnx.log_model(
+        graph,
+        name="onnx",
+        signature=infer_signature(example, np.asarray(output, dtype=np.float32)),
+        input_example=example,
+        pip_requirements=[f"onnxruntime=={version_of('onnxruntime')}"],
+    )
 
 
 def _tag_version(
@@ -436,18 +457,12 @@ def _train_sklearn(
 
     example = split.x[:5]
     with tempfile.TemporaryDirectory() as tmp:
-        extra = [Path(tmp) / onnx_model.FILENAME, Path(tmp) / "inputs.json"]
-        extra[0].write_bytes(graph.SerializeToString())
-        extra[1].write_text(json.dumps(inputs))
-        if model_spec:
-            (Path(tmp) / contract.MODEL_SPEC_FILE).write_text(model_spec)
-            extra.append(Path(tmp) / contract.MODEL_SPEC_FILE)
         info_logged = mlflow.sklearn.log_model(
             estimator,
             name="model",
             signature=infer_signature(example, native(example)),
             input_example=example,
-            extra_files=[str(path) for path in extra],
+            extra_files=_extra_files(Path(tmp), graph, inputs, model_spec),
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
             pip_requirements=[
                 f"scikit-learn=={version_of('scikit-learn')}",
@@ -456,13 +471,7 @@ def _train_sklearn(
             registered_model_name=model_name,
             await_registration_for=60,
         )
-        mlflow.onnx.log_model(
-            graph,
-            name="onnx",
-            signature=infer_signature(example, native(example).astype(np.float32)),
-            input_example=example,
-            pip_requirements=[f"onnxruntime=={version_of('onnxruntime')}"],
-        )
+        _log_onnx_flavor(graph, example, native(example))
     version = str(info_logged.registered_model_version)
     _tag_version(model_name, version, lineage, split.dataset_hash, run_key)
     return version, final
