@@ -31,8 +31,7 @@ def main() -> None:
         client.V1ConfigMap(
             metadata=client.V1ObjectMeta(name="helmsman-settings"),
             data={"HELMSMAN_DATASET_URI": "/state/datasets",
-                  "HELMSMAN_SOURCE_URI": "synthetic://churn?rows_per_day=50000&seed=7",
-                  "HELMSMAN_MODEL_NAME": "churn"},
+                  "HELMSMAN_SOURCE_URI_CHURN": "synthetic://churn?rows_per_day=50000&seed=7"},
         ),
     ]  # fmt: skip
     for obj in objects:

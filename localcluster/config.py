@@ -75,7 +75,11 @@ def _memory_bytes() -> int:
 def default_images() -> tuple[Runtime, ...]:
     venv_bin = str(Path(sys.executable).parent)
     steps = {
-        "env": {"PYTHONPATH": str(REPO / "images" / "steps" / "src")},
+        # What the images' ENV says: the step package, and the model folders' own code.
+        "env": {
+            "PYTHONPATH": str(REPO / "images" / "steps" / "src"),
+            "HELMSMAN_MODELS_DIR": str(REPO / "models"),
+        },
         "entrypoints": {"helmsman-step": ["python", "-m", "helmsman_steps"]},
         "default_command": ("helmsman-step",),
     }

@@ -158,11 +158,12 @@ def rewrite_path(rule: Obj, path: str) -> str:
         if spec.get("type") == "ReplaceFullPath":
             return str(spec.get("replaceFullPath", "/"))
         if spec.get("type") == "ReplacePrefixMatch":
+            # The Gateway API's table: /foo/bar -> /xyz/bar, /foo/ -> /xyz/, /foo -> /xyz
+            # (prefix /foo, replacement /xyz); an empty result is /.
             prefix = matched(rule, path)[1].rstrip("/")
             rest = path[len(prefix) :]
-            replacement = str(spec.get("replacePrefixMatch", "/"))
-            joined = replacement.rstrip("/") + ("/" + rest.lstrip("/") if rest.strip("/") else "")
-            return joined or "/"
+            replacement = str(spec.get("replacePrefixMatch", "/")).rstrip("/")
+            return replacement + rest or "/"
     return path
 
 
@@ -313,8 +314,10 @@ class GatewayProxy:
         if found is None:
             return web.Response(status=404, text="no HTTPRoute matches this request\n")
         rule, namespace = found
-        target = rewrite_path(rule, request.path)
-        path_qs = target + (f"?{request.query_string}" if request.query_string else "")
+        # The path as the client sent it (percent-encoding kept), rewritten; then its query.
+        target = rewrite_path(rule, request.rel_url.raw_path)
+        query = request.rel_url.raw_query_string
+        path_qs = target + (f"?{query}" if query else "")
         body = await request.read()
         request_id = request.headers.get(REQUEST_ID) or uuid.uuid4().hex
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}

@@ -51,6 +51,7 @@ schema:
   columns:  # the example columns of sample/: replace them with yours
     x1: {{type: float, range: [0, 10]}}
     x2: {{type: float, range: [-5, 5], nullable: true}}
+    visits: {{type: int, range: [0, 20], nullable: true}}
     segment: {{type: category, vocabulary: [a, b, c]}}
 trainer:
   kind: sklearn  # gradient boosting, exported to ONNX
@@ -112,15 +113,19 @@ def sample(task: str, day: dt.date, index: int) -> str:
     rng = np.random.default_rng(1000 + index)
     n = ROWS_PER_DAY
     x1, x2 = rng.uniform(0, 10, n).round(3), rng.uniform(-5, 5, n).round(3)
+    visits = pd.array(rng.integers(0, 21, n), dtype="Int64")
+    visits[rng.random(n) < 0.03] = pd.NA
     segment = rng.choice(["a", "b", "c"], n)
-    signal = 4 * x1 + 3 * x2 + np.select([segment == "b", segment == "c"], [10, 20], 0)
+    signal = (4 * x1 + 3 * x2 + 0.5 * visits.to_numpy(dtype=float, na_value=0)
+              + np.select([segment == "b", segment == "c"], [10, 20], 0))  # fmt: skip
     if task == "regression":
         target = np.clip(signal + rng.normal(0, 4, n), 0, 100).round(2)
     else:
         target = (rng.random(n) < 1 / (1 + np.exp(-(signal - 30) / 6))).astype(int)
     frame = pd.DataFrame({
         "record_id": [f"{day:%Y%m%d}-{i:04d}" for i in range(n)], "event_date": day.isoformat(),
-        "x1": x1, "x2": np.where(rng.random(n) < 0.02, np.nan, x2), "segment": segment,
+        "x1": x1, "x2": np.where(rng.random(n) < 0.02, np.nan, x2), "visits": visits,
+        "segment": segment,
         "target": target,
     })  # fmt: skip
     return str(frame.to_csv(index=False))

@@ -132,7 +132,6 @@ class Settings:
 
     rows_per_day: int = 20000
     seed: int = 7
-    model_name: str = "churn"
     extra_images: list[dict[str, Any]] = field(default_factory=list)
     # Airflow's triggerer runs deferred tasks' waits. The DAGs defer nothing unless the
     # platform's deferrable switch is on (plugins/helmsman/pods.py), so the stack leaves it out
@@ -501,16 +500,13 @@ class Stack:
             {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "helmsman-settings", "namespace": NAMESPACE},
              "data": {"HELMSMAN_DATASET_URI": str(self.root / "datasets"),
-                      "HELMSMAN_SOURCE_URI":
-                          f"synthetic://churn?rows_per_day={s.rows_per_day}&seed={s.seed}",
                       # Per model: the churn feed's size, and the diabetes files' place here.
                       "HELMSMAN_SOURCE_URI_CHURN":
                           f"synthetic://churn?rows_per_day={s.rows_per_day}&seed={s.seed}",
                       "HELMSMAN_SOURCE_URI_DIABETES": self.raw_uri("diabetes"),
                       # A model made by `make new-model` reads its sample days here.
                       **{f"HELMSMAN_SOURCE_URI_{d.parent.name.upper().replace('-', '_')}":
-                         d.as_uri() for d in sorted((REPO / "models").glob("*/sample"))},
-                      "HELMSMAN_MODEL_NAME": s.model_name}},
+                         d.as_uri() for d in sorted((REPO / "models").glob("*/sample"))}}},
         ]  # fmt: skip
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
 

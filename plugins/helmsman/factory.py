@@ -30,14 +30,16 @@ MAX_GPUS = 4  # the most one training run may ask for (the GPU pools hold at lea
 # contract is wider than today's steps), and gets a clear error until the steps catch up.
 SUPPORTED = {
     "task": ("binary", "regression"),
-    "trainer.kind": ("mlp", "sklearn"),
+    "trainer.kind": ("mlp", "sklearn", "custom"),
     "evaluation.metric": ("roc_auc", "rmse", "mae", "r2"),
 }
 # The trainers and the tasks each trains in this release.
-TRAINER_TASKS = {"mlp": ("binary",), "sklearn": ("binary", "regression")}
+TRAINER_TASKS = {
+    "mlp": ("binary",),
+    "sklearn": ("binary", "regression"),
+    "custom": ("binary", "regression"),
+}
 GPU_TRAINERS = ("mlp", "custom")  # the others run on CPU (the spec refuses gpus for them)
-# Feature functions the images hold: the step package's own modules.
-FEATURE_MODULES = ("helmsman_steps.",)
 
 TRAINING_DOC = """
 ### Train, evaluate, roll out `{name}` — {description}
@@ -98,12 +100,16 @@ def load(name: str, models_dir: str | Path) -> ModelSpec:
             f"{' and '.join(TRAINER_TASKS[model.trainer.kind])} models in this release, not "
             f"{model.task}; use sklearn"
         )
-    if model.features is not None and not model.features.startswith(FEATURE_MODULES):
-        raise ModelSpecError(
-            f"{shown}: features: {model.features!r}: the pods import feature functions from the "
-            f"step package ({', '.join(FEATURE_MODULES)}...) in this release; leave it out to "
-            "use the declared columns as they are"
-        )
+    # A file in the model's folder must be there: the images copy the folder for the pods.
+    folder = models_root(models_dir) / name
+    for field, entry in (("features", model.features),
+                         ("trainer.entrypoint", model.trainer.entrypoint)):  # fmt: skip
+        file_name = (entry or "").partition(":")[0]
+        if file_name.endswith(".py") and not (folder / file_name).is_file():
+            raise ModelSpecError(
+                f"{shown}: {field}: {entry!r}: no {file_name} in models/{name}/ (a file "
+                "entry point is a file in the model's folder)"
+            )
     unknown = set(model.serving.thresholds) - {f.name for f in fields(Thresholds)}
     if unknown:
         allowed = sorted(f.name for f in fields(Thresholds))
@@ -194,7 +200,9 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             model.evaluation.min_improvement, title=f"Minimum {metric} gain", type="number",
             minimum=-1, maximum=1,
             description=f"{metric} gain over the champion a challenger needs to be promoted "
-            f"(-1 to 1; a gain is {better} {metric}).",
+            f"(-1 to 1; a gain is {better} {metric}"
+            + ("; a share of the champion's error, 0.02: 2% lower)." if not model.higher_is_better
+               else ")."),
         ),
         **deploy.rollout_params(model.serving.strategy, model.serving.canary_steps),
         "deploy": Param(
@@ -276,7 +284,8 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             [*interval, "--model-name", name, "--window-days", "{{ params.window_days }}",
              *knobs],
             gpus="{{ params.gpus }}",
-            gpu_slots=max(model.gpus, 1),  # the cluster policy sets them from the run's conf
+            # The cluster policy sets them from the run's conf; a CPU trainer holds none.
+            gpu_slots=max(model.gpus, 1) if model.trainer.kind in GPU_TRAINERS else 0,
             platform=platform, model_spec=model_spec,
         )  # fmt: skip
         evaluate = pod_task(

@@ -227,8 +227,11 @@ def test_url_rewrite_replaces_the_matched_prefix_or_the_whole_path() -> None:
     assert rewrite_path(rule, "/models/churn/predict") == "/predict"
     assert rewrite_path(rule, "/models/churn") == "/"
     assert rewrite_path(rule, "/models/churn/") == "/"
+    assert rewrite_path(rule, "/models/churn/a%2Fb") == "/a%2Fb"  # the path as sent
     rule["filters"][0]["urlRewrite"]["path"]["replacePrefixMatch"] = "/v2"
     assert rewrite_path(rule, "/models/churn/predict") == "/v2/predict"
+    assert rewrite_path(rule, "/models/churn/") == "/v2/"  # a trailing slash stays
+    assert rewrite_path(rule, "/models/churn") == "/v2"
     rule["filters"][0]["urlRewrite"]["path"] = {"type": "ReplaceFullPath", "replaceFullPath": "/x"}
     assert rewrite_path(rule, "/models/churn/predict") == "/x"
     assert rewrite_path({"filters": []}, "/models/churn/predict") == "/models/churn/predict"

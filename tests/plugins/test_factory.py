@@ -93,7 +93,11 @@ def test_a_broken_model_is_an_import_error_of_its_own_file_only(
             "trainer.kind: 'lightgbm' is part of",
         ),
         ({"gpus": 6}, "gpus: 6 is above the 4 a run may ask for"),
-        ({"features": "features.py:derive"}, "features: 'features.py:derive': the pods import"),
+        ({"features": "features.py:derive"}, "features: 'features.py:derive': no features.py in"),
+        (
+            {"trainer": {"kind": "custom", "entrypoint": "fit.py:train"}, "gpus": 0},
+            "trainer.entrypoint: 'fit.py:train': no fit.py in models/fraud/",
+        ),
         (
             {
                 "task": "regression",
@@ -145,6 +149,7 @@ def test_a_gradient_boosting_regression_gets_its_own_form_and_pod_arguments() ->
     assert params["window_days"] == 14
     assert params.get_param("gpus").schema["maximum"] == 0
     assert params.get_param("min_improvement").schema["title"] == "Minimum rmse gain"
+    assert train.get_task("train").pool != "gpu"  # a CPU trainer waits for no GPU slot
     pod_args = train.get_task("train").arguments
     assert "--epochs" not in pod_args
     assert pod_args[pod_args.index("--seed") + 1] == "{{ params.seed }}"

@@ -47,8 +47,9 @@ def feed(step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> 
 def trained(
     step_env: dict[str, str], declared: str, feed: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    """Two weeks of daily files through ETL, then two versions trained (seeds 1 and 2), the
-    first evaluated and made champion, the second evaluated against it."""
+    """Two weeks of daily files through ETL, then three versions trained (seeds 1, 2, 3), the
+    first evaluated and made champion, the others evaluated against it; the third with a spec
+    that lists the columns in another order (its inputs differ from the champion's)."""
     root = tmp_path_factory.mktemp("datasets")
     env = {**step_env, contract.MODEL_SPEC_ENV: declared,
            f"HELMSMAN_SOURCE_URI_{NAME.upper().replace('-', '_')}": feed.as_uri()}  # fmt: skip
@@ -56,12 +57,15 @@ def trained(
     etl = run_step(env, "etl", "--start", "2026-02-01", "--end", "2026-02-15", *common)
     assert etl.returncode == 0, etl.stderr
     versions, decisions = [], []
-    for seed in (1, 2):
-        train = run_step(env, "train", *WINDOW, *common, "--model-name", NAME,
+    data = json.loads(declared)
+    data["schema"]["columns"] = dict(reversed(data["schema"]["columns"].items()))
+    reordered = {**env, contract.MODEL_SPEC_ENV: json.dumps(data)}
+    for seed, seed_env in ((1, env), (2, env), (3, reordered)):
+        train = run_step(seed_env, "train", *WINDOW, *common, "--model-name", NAME,
                          "--seed", str(seed), "--run-key", f"regression/{seed}")  # fmt: skip
         assert train.returncode == 0, train.stderr
         versions.append(json.loads(train.stdout)["model_version"])
-        judged = run_step(env, "evaluate", *WINDOW, *common, "--model-name", NAME,
+        judged = run_step(seed_env, "evaluate", *WINDOW, *common, "--model-name", NAME,
                           "--challenger-version", versions[-1])  # fmt: skip
         assert judged.returncode == 0, judged.stderr
         decisions.append(json.loads(judged.stdout))
@@ -98,16 +102,31 @@ def test_the_trainer_is_gradient_boosting_and_its_onnx_graph_reproduces_it(
     np.testing.assert_allclose(served.predict(rows), expected, rtol=1e-5)
 
 
+def test_the_champion_is_scored_with_its_own_spec_when_the_challengers_differs(
+    trained: dict[str, Any],
+) -> None:
+    first, _, third = trained["decisions"]
+    assert third["champion_version"] == trained["versions"][0]
+    # The champion's figures on these rows are what it scored as a challenger: its own column
+    # order, not the reordered spec's (scored that way, its graph's recorded inputs would not
+    # match, and the run would fail).
+    assert third["champion_metrics"] == pytest.approx(first["challenger_metrics"])
+
+
 def test_evaluation_judges_rmse_in_its_better_direction(trained: dict[str, Any]) -> None:
-    first, second = trained["decisions"]
+    first, second, _ = trained["decisions"]
     assert first["metric"] == "rmse"
     assert first["decision"] == "promote"
     assert first["challenger_metrics"]["rmse"] < 75.0  # the spec's floor (a ceiling for errors)
     assert 30 <= first["holdout_rows"] <= 60  # bucket 0 of the whole window's 442 rows
     assert second["champion_version"] == trained["versions"][0]
-    gain = first["challenger_metrics"]["rmse"] - second["challenger_metrics"]["rmse"]
     assert second["champion_metrics"]["rmse"] == pytest.approx(first["challenger_metrics"]["rmse"])
-    assert second["auc_difference"] == pytest.approx(gain)  # positive: the challenger errs less
+    # A gain is an error going down: its sign follows which of the two errs less.
+    errs_less = second["challenger_metrics"]["rmse"] < second["champion_metrics"]["rmse"]
+    assert (second["auc_difference"] > 0) == errs_less
+    assert (second["decision"] == "promote") == (
+        errs_less and second["auc_difference_ci"][0] >= -0.02 * second["champion_metrics"]["rmse"]
+    )
     golden = mlflow.artifacts.load_dict(
         f"runs:/{registry.client().get_model_version(NAME, trained['versions'][1]).run_id}/"
         f"{contract.GOLDEN_ARTIFACT}"
@@ -155,3 +174,23 @@ def test_a_trainer_param_the_estimator_lacks_is_bad_input_naming_the_field() -> 
     info = ModelInfo.from_dict(json.loads(spec.to_json(wrong)))
     with pytest.raises(BadInputError, match=r"trainer.params: .*'n_estimator'.*GradientBoosting"):
         sklearn_estimator(info, seed=0)
+
+
+def test_a_graph_whose_recorded_inputs_differ_from_the_featurizer_is_refused() -> None:
+    from helmsman_steps.model import NumpyModel
+
+    info = ModelInfo.churn()
+    names = info.featurizer.input_names()
+    width = len(names)
+    model = NumpyModel(list(reversed(names)), np.zeros(width, np.float32),
+                       np.ones(width, np.float32), [np.ones((1, width), np.float32)],
+                       [np.zeros(1, np.float32)])  # fmt: skip
+    scorer = load_scorer_bytes(onnx_model.from_mlp(model).SerializeToString())
+    with pytest.raises(ValueError, match=r"the model's inputs .* are not what its spec's"):
+        Predictor(info, scorer)
+
+
+def load_scorer_bytes(data: bytes) -> Any:
+    from helmsman_steps.runtime import OnnxScorer
+
+    return OnnxScorer(data)

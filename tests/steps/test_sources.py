@@ -67,3 +67,17 @@ def test_daily_files_read_csv_and_report_missing_days(tmp_path: pytest.TempPathF
     assert len(source.read(DAY)) == len(frame)
     with pytest.raises(BadInputError, match="no raw file for 2026-05-05"):
         source.read(DAY + dt.timedelta(days=1))
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown"),
+    [
+        ("s3://key:secret@bucket/raw?X-Amz-Signature=abc", "s3://bucket/raw"),
+        ("https://user:pw@host:8443/raw/?token=t", "https://host:8443/raw/"),
+        ("file:///data/raw", "file:///data/raw"),
+        ("synthetic://churn?rows_per_day=10", "synthetic://churn?rows_per_day=10"),
+        ("/data/raw", "/data/raw"),
+    ],
+)
+def test_a_source_uri_is_shown_without_credentials_or_signatures(uri: str, shown: str) -> None:
+    assert sources.redact(uri) == shown

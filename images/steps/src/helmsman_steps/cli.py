@@ -97,16 +97,23 @@ def _store(dataset_uri: str, declared: ModelSpec | None) -> DatasetStore:
 
 
 def _source_uri(explicit: str, declared: ModelSpec | None) -> str:
-    """Where the raw records come from: ``--source-uri`` if given; else the environment's
-    override for this model (``HELMSMAN_SOURCE_URI_<NAME>``, from the settings ConfigMap: a
-    dev cluster reads local files where production reads the bucket); else the spec's
-    ``source``; else ``HELMSMAN_SOURCE_URI``; else the synthetic churn feed."""
+    """Where the raw records come from: ``--source-uri`` if given; else the cluster's setting
+    for this model (``HELMSMAN_SOURCE_URI_<NAME>`` in the settings ConfigMap: a dev cluster
+    reads local files where production reads the bucket); else ``HELMSMAN_SOURCE_URI`` when
+    the settings name this model (``HELMSMAN_MODEL_NAME``: the one-model settings of earlier
+    releases keep their meaning); else the spec's ``source``. Without a spec:
+    ``HELMSMAN_SOURCE_URI``, else the synthetic churn feed."""
     if explicit:
         return explicit
-    if declared is not None:
-        override = f"HELMSMAN_SOURCE_URI_{declared.name.upper().replace('-', '_')}"
-        return os.environ.get(override) or declared.source
-    return os.environ.get("HELMSMAN_SOURCE_URI") or "synthetic://churn"
+    legacy = os.environ.get("HELMSMAN_SOURCE_URI")
+    if declared is None:
+        return legacy or "synthetic://churn"
+    override = os.environ.get(f"HELMSMAN_SOURCE_URI_{declared.name.upper().replace('-', '_')}")
+    if override:
+        return override
+    if legacy and os.environ.get("HELMSMAN_MODEL_NAME") == declared.name:
+        return legacy
+    return declared.source
 
 
 def _canonical(declared: ModelSpec | None) -> str | None:
@@ -183,7 +190,8 @@ def etl(
                 "bad_row_share": max(r["bad_row_share"] for r in reports),
             }
         )
-        mlflow.set_tags({contract.DATASET_HASH_TAG: digest, contract.SOURCE_URI_TAG: source_uri})
+        mlflow.set_tags({contract.DATASET_HASH_TAG: digest,
+                         contract.SOURCE_URI_TAG: sources.redact(source_uri)})  # fmt: skip
         mlflow.log_dict({"days": reports}, "etl/reports.json")
     _emit({"dataset_hash": digest, "days": reports})
 

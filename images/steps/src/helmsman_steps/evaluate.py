@@ -47,7 +47,9 @@ class Rules:
 
     # The primary metric's floor (a maximum for an error), also for the very first model.
     min_primary: float = 0.60
-    min_improvement: float = 0.0  # the primary metric's gain over the champion, at least
+    # The primary metric's gain over the champion, at least: in its units for a score (AUC,
+    # R²), a share of the champion's error for an error (RMSE, MAE: 0.02 is 2% lower).
+    min_improvement: float = 0.0
     max_secondary_regression: float = 0.01  # log loss / Brier may worsen by at most this
     # The CI's lower bound of the gain must be above -this: in the metric's units for a score
     # (AUC, R²), a share of the champion's error for an error (RMSE, MAE: 0.02 is 2%).
@@ -161,10 +163,12 @@ def decide(
             return "promote", [f"no champion yet; {metric} {value:.4f} clears the floor"]
         return "reject", reasons
     won = gain(metric, value, champion[metric])
-    if won < rules.min_improvement:
-        reasons.append(
-            f"{metric} gain {won:+.4f} is below the required {rules.min_improvement:+.4f}"
-        )
+    # For an error, the rule is a share of the champion's error (0.02: 2% lower), as the CI's.
+    relative = metric in LOWER_IS_BETTER
+    required = rules.min_improvement * (champion[metric] if relative else 1.0)
+    if won < required:
+        share = f" ({rules.min_improvement:+.1%} of the champion's {metric})" if relative else ""
+        reasons.append(f"{metric} gain {won:+.4f} is below the required {required:+.4f}{share}")
     allowed = rules.max_ci_regression
     if metric in LOWER_IS_BETTER:
         allowed *= champion[metric]
@@ -209,6 +213,22 @@ def _load(model: registry.ResolvedModel, tmp: str, info: ModelInfo) -> Predictor
     return Predictor(info, load_scorer(path))
 
 
+def _info_of(model: registry.ResolvedModel, tmp: str, rows: pd.DataFrame) -> ModelInfo:
+    """A version's own model (the spec it was trained with; churn's for a version from before
+    specs), as serving builds it; BadInputError when the held-out rows lack its columns."""
+    path = registry.download_spec(model, f"{tmp}/{model.version}-spec")
+    info = ModelInfo.from_file(path, model.name)
+    missing = sorted(set(info.input_columns) - set(rows.columns))
+    if missing:
+        raise BadInputError(
+            f"champion version {model.version} of {model.name} was trained on columns this data "
+            f"lacks ({', '.join(missing)}): it cannot be judged against the challenger here; "
+            "roll back to a version of the current schema, or deploy the challenger with "
+            "deploy=force (the rollout's checks still apply)"
+        )
+    return info
+
+
 def _golden(
     rows: pd.DataFrame,
     predictions: npt.NDArray[np.float32],
@@ -219,7 +239,7 @@ def _golden(
     info = info or ModelInfo.churn()
     sample = rows.head(size)
     # As a client sends them: JSON values (a missing value is null, not NaN, which is no JSON).
-    inputs = json.loads(sample[info.input_columns].to_json(orient="records"))
+    inputs = json.loads(sample[info.input_columns].to_json(orient="records", double_precision=15))
     golden = {"inputs": inputs, "predictions": [float(p) for p in predictions[: len(sample)]]}
     if versus is not None:
         golden["versus_champion"] = versus
@@ -356,7 +376,12 @@ def run(
     metric = info.metric
     with tempfile.TemporaryDirectory() as tmp:
         p_new = _load(challenger, tmp, info).predict(columns)
-        p_old = _load(champion, tmp, info).predict(columns) if champion else None
+        # The champion as it serves: scored with its own spec (columns, features, order).
+        p_old = (
+            _load(champion, tmp, _info_of(champion, tmp, rows)).predict(columns)
+            if champion
+            else None
+        )
         new_metrics = metrics(y, p_new, info.task)
         old_metrics = metrics(y, p_old, info.task) if p_old is not None else None
         ci = bootstrap_gain(y, p_new, p_old, rules, metric) if p_old is not None else None

@@ -12,7 +12,6 @@ what versions registered before model.yaml were trained with.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -38,18 +37,11 @@ def derive(columns: Columns) -> dict[str, npt.NDArray[np.float64]]:
     }
 
 
-def load_function(entrypoint: str) -> Derive:
-    """``module:function`` -> the function (a model's ``features``, importable in the images)."""
-    module_name, _, attr = entrypoint.partition(":")
-    if module_name.endswith(".py"):
-        raise ValueError(
-            f"features: {entrypoint!r}: a file in the model's folder is not shipped to the pods "
-            "in this release; put the function in an importable module (module:function)"
-        )
-    function = getattr(importlib.import_module(module_name), attr, None)
-    if not callable(function):
-        raise ValueError(f"features: {entrypoint!r}: {module_name} has no function {attr!r}")
-    return function  # type: ignore[no-any-return]
+def load_function(entrypoint: str, model: str = "churn") -> Derive:
+    """A model's ``features``: ``module:function``, or ``file.py:function`` in its folder."""
+    from helmsman_steps import usercode
+
+    return usercode.load(model, entrypoint, "features")
 
 
 @dataclass(frozen=True)
@@ -63,7 +55,10 @@ class Featurizer:
 
     @classmethod
     def from_columns(
-        cls, columns: Mapping[str, Mapping[str, Any]], entrypoint: str | None = None
+        cls,
+        columns: Mapping[str, Mapping[str, Any]],
+        entrypoint: str | None = None,
+        model: str = "churn",
     ) -> Featurizer:
         """From ``schema.columns`` as plain data (the spec's JSON) and ``features``."""
         numeric = tuple(n for n, c in columns.items() if c["type"] != "category")
@@ -71,7 +66,7 @@ class Featurizer:
                       if c["type"] == "category"}  # fmt: skip
         if entrypoint is None:
             return cls(numeric, categories)
-        function = load_function(entrypoint)
+        function = load_function(entrypoint, model)
         sample = _sample(columns)
         derived = tuple(k for k in function(sample) if k not in columns)
         return cls(numeric, categories, function, derived)
@@ -110,9 +105,16 @@ class Featurizer:
 
 def _floats(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
     array = np.asarray(values)
-    if array.dtype == object:  # a nullable column from a request: None -> NaN
-        array = np.array([np.nan if v is None else v for v in array], dtype=np.float64)
+    if array.dtype == object:  # a nullable column: None (a request) or pandas' NA -> NaN
+        array = np.array([_number(v) for v in array], dtype=np.float64)
     return array.astype(np.float64)
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):  # None, pandas.NA
+        return float("nan")
 
 
 def _sample(columns: Mapping[str, Mapping[str, Any]]) -> dict[str, npt.NDArray[Any]]:

@@ -41,6 +41,7 @@ class ModelInfo:
     holdout: str  # interval or window
     trainer: str
     trainer_params: Mapping[str, Any]
+    trainer_entrypoint: str | None = None
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelInfo:
@@ -56,12 +57,15 @@ class ModelInfo:
             classes=tuple(label["classes"]) if label.get("classes") else None,
             label_range=(label["range"][0], label["range"][1]) if label.get("range") else None,
             raw_columns=declared["columns"],
-            featurizer=features.Featurizer.from_columns(declared["columns"], data.get("features")),
+            featurizer=features.Featurizer.from_columns(
+                declared["columns"], data.get("features"), data["name"]
+            ),
             metric=data["evaluation"]["metric"],
             floor=float(data["evaluation"]["floor"]),
             holdout=data["evaluation"].get("holdout", "interval"),
             trainer=data["trainer"]["kind"],
             trainer_params=data["trainer"].get("params") or {},
+            trainer_entrypoint=data["trainer"].get("entrypoint"),
         )
 
     @classmethod

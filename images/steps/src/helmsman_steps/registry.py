@@ -140,6 +140,7 @@ def download_spec(model: ResolvedModel, destination: str) -> str | None:
 
     from helmsman_steps.contract import MODEL_SPEC_FILE
 
+    os.makedirs(destination, exist_ok=True)
     repo = ModelsArtifactRepository(f"models:/{model.name}/{model.version}")
     wanted = f"extra_files/{MODEL_SPEC_FILE}"
     if wanted not in {f.path for f in repo.list_artifacts("extra_files")}:  # type: ignore[no-untyped-call]

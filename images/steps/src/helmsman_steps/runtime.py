@@ -9,18 +9,23 @@ ONNX carry only the numpy export (``serving_model.npz``); they are scored by it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from helmsman_steps import contract
 from helmsman_steps.modelinfo import ModelInfo
 
 FloatArray = npt.NDArray[np.float32]
 
 
 class Scorer(Protocol):
+    @property
+    def inputs(self) -> list[str] | None: ...
+
     def predict_matrix(self, x: FloatArray) -> FloatArray: ...
 
 
@@ -39,6 +44,9 @@ class OnnxScorer:
         )
         self.input = self.session.get_inputs()[0].name
         self.output = "score"
+        # The input columns training recorded in the graph (every trainer's export does).
+        declared = self.session.get_modelmeta().custom_metadata_map.get(contract.ONNX_INPUTS_PROP)
+        self.inputs: list[str] | None = json.loads(declared) if declared else None
 
     def predict_matrix(self, x: FloatArray) -> FloatArray:
         feed = {self.input: np.ascontiguousarray(x, np.float32)}
@@ -62,6 +70,14 @@ class Predictor:
 
     info: ModelInfo
     scorer: Scorer
+
+    def __post_init__(self) -> None:
+        expected = self.info.featurizer.input_names()
+        if self.scorer.inputs is not None and list(self.scorer.inputs) != expected:
+            raise ValueError(
+                f"version of {self.info.name}: the model's inputs {self.scorer.inputs} are not "
+                f"what its spec's featurizer makes, {expected}"
+            )
 
     def predict(self, columns: Any) -> FloatArray:
         return self.scorer.predict_matrix(self.info.featurizer.to_matrix(columns))

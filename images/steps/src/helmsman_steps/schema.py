@@ -88,7 +88,8 @@ def _from_spec(declared: RawSchema) -> pa.DataFrameSchema:
             # Whole bounds as integers: the quarantine reason reads in_range(0, 240).
             bounds = [int(b) if float(b).is_integer() else b for b in column.range or ()]
             checks = [pa.Check.in_range(*bounds)] if bounds else []
-            kind = float if column.type == "float" or column.nullable else "Int64"
+            # pandas' nullable integer: a missing int stays an int column (a request's int).
+            kind = float if column.type == "float" else "Int64"
             columns[name] = pa.Column(kind, checks, nullable=column.nullable)
     return pa.DataFrameSchema(
         columns,

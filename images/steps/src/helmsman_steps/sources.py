@@ -125,7 +125,7 @@ class DailyFiles:
                 with fs.open(fs_path, "rb") as handle:
                     frame: pd.DataFrame = reader(handle)
                 return frame
-        raise BadInputError(f"no raw file for {day} under {self.prefix} (.parquet or .csv)")
+        raise BadInputError(f"no raw file for {day} under {redact(self.prefix)} (.parquet or .csv)")
 
 
 # scikit-learn's copy of the diabetes study (Efron et al., 2004, "Least Angle Regression"):
@@ -169,6 +169,17 @@ def fsspec_for(uri: str) -> tuple[Any, str]:
 
     fs, path = fsspec.core.url_to_fs(uri)
     return fs, str(path)
+
+
+def redact(uri: str) -> str:
+    """A source URI fit for logs and tags: no credentials, and no query string (a presigned
+    URL's signature lives there) except on the synthetic source, whose options are settings."""
+    parts = urlsplit(uri)
+    if parts.scheme == "synthetic" or not parts.scheme:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return parts._replace(netloc=netloc, query="").geturl()
 
 
 def from_uri(uri: str) -> RawSource:

@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from helmsman_steps import contract, logs, onnx_model, registry
+from helmsman_steps.custom import Fitted, TrainingData
 from helmsman_steps.exitcodes import BadInputError
 from helmsman_steps.model import FILENAME, NumpyModel
 from helmsman_steps.modelinfo import ModelInfo
@@ -170,10 +171,10 @@ def run(
         bucket = buckets(frame[info.id_column])
         x_all = info.featurizer.to_matrix({c: frame[c].to_numpy() for c in frame.columns})
         y_all = info.target(frame[info.label].to_numpy())
-        if info.trainer == "sklearn":
+        if info.trainer != "mlp":
             split = _Split(x_all, y_all, bucket, days, dataset_hash)
-            version, final = _train_sklearn(split, info, config, model_name, lineage, run_key,
-                                            model_spec)  # fmt: skip
+            version, final = _train_fitted(split, info, config, model_name, lineage, run_key,
+                                           model_spec)  # fmt: skip
             mlflow.set_tags({contract.MODEL_VERSION_TAG: version,
                              contract.MODEL_NAME_TAG: model_name})  # fmt: skip
             return TrainResult(run_id, model_name, version, final)
@@ -391,7 +392,8 @@ def sklearn_estimator(info: ModelInfo, seed: int) -> Any:
     from sklearn.pipeline import Pipeline
 
     kind = GradientBoostingRegressor if info.task == "regression" else GradientBoostingClassifier
-    params = {"random_state": seed, **info.trainer_params}
+    # The run's seed (the form's default is the spec's random_state or seed) wins.
+    params = {**{k: v for k, v in info.trainer_params.items() if k != "seed"}, "random_state": seed}
     try:
         model = kind(**params)
     except TypeError as exc:
@@ -400,7 +402,122 @@ def sklearn_estimator(info: ModelInfo, seed: int) -> Any:
     return Pipeline([("impute", imputer), ("model", model)])
 
 
-def _train_sklearn(
+class _SklearnTrainer:
+    """Gradient boosting (sklearn_estimator), exported by skl2onnx; the native model is logged
+    with MLflow's sklearn flavor, the graph beside it."""
+
+    def __init__(self, info: ModelInfo, seed: int) -> None:
+        self.info, self.estimator = info, sklearn_estimator(info, seed)
+        self.name = type(self.estimator[-1]).__name__
+        self.params = self.estimator[-1].get_params()
+        self.metrics: dict[str, float] = {}
+
+    def fit(self, data: TrainingData) -> onnx.ModelProto:
+        from sklearn.utils._param_validation import InvalidParameterError
+
+        try:
+            self.estimator.fit(data.x_train, data.y_train)
+        except InvalidParameterError as exc:
+            raise BadInputError(f"trainer.params: {exc}") from None
+        return onnx_model.from_sklearn(self.estimator, data.inputs, self.info.task)
+
+    def predict(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        if self.info.task == "regression":
+            return np.asarray(self.estimator.predict(x), dtype=np.float64)
+        return np.asarray(self.estimator.predict_proba(x)[:, 1], dtype=np.float64)
+
+    def log(self, graph: onnx.ModelProto, example: Any, extra: list[str], name: str) -> Any:
+        import mlflow
+        from mlflow.models import infer_signature
+
+        logged = mlflow.sklearn.log_model(
+            self.estimator,
+            name="model",
+            signature=infer_signature(example, self.predict(example)),
+            input_example=example,
+            extra_files=extra,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            pip_requirements=[
+                f"scikit-learn=={version_of('scikit-learn')}",
+                f"numpy=={np.__version__}",
+            ],
+            registered_model_name=name,
+            await_registration_for=60,
+        )
+        _log_onnx_flavor(graph, example, self.predict(example))
+        return logged
+
+
+class _CustomTrainer:
+    """The model's own function (``trainer.entrypoint``; helmsman_steps.custom); its graph is
+    the registered model (MLflow's ONNX flavor)."""
+
+    def __init__(self, info: ModelInfo, seed: int) -> None:
+        from helmsman_steps import usercode
+
+        entry = info.trainer_entrypoint or ""
+        self.info, self.seed = info, seed
+        self.function = usercode.load(info.name, entry, "trainer.entrypoint")
+        self.name, self.params = entry, dict(info.trainer_params)
+        self.metrics: dict[str, float] = {}
+        self._predict: Any = None
+
+    def fit(self, data: TrainingData) -> onnx.ModelProto:
+        import onnx
+
+        fitted = self.function(data)
+        if not isinstance(fitted, Fitted):
+            raise BadInputError(
+                f"trainer.entrypoint {self.name}: returned {type(fitted).__name__}, not "
+                "helmsman_steps.custom.Fitted(onnx=..., predict=...)"
+            )
+        graph = fitted.onnx
+        try:
+            if isinstance(graph, bytes | bytearray):
+                graph = onnx.load_model_from_string(bytes(graph))
+            onnx.checker.check_model(graph, full_check=True)
+        except Exception as exc:  # onnx raises several kinds; all mean the same to the user
+            raise BadInputError(
+                f"trainer.entrypoint {self.name}: the returned graph is not a valid ONNX model: "
+                f"{str(exc).strip()[:500]}"
+            ) from None
+        inputs = [i.name for i in graph.graph.input if i.name not in
+                  {t.name for t in graph.graph.initializer}]  # fmt: skip
+        outputs = [o.name for o in graph.graph.output]
+        if inputs != [onnx_model.INPUT] or onnx_model.OUTPUT not in outputs:
+            raise BadInputError(
+                f"trainer.entrypoint {self.name}: the ONNX graph must take "
+                f"{onnx_model.INPUT!r} (float32 [batch, {len(data.inputs)}]) and return "
+                f"{onnx_model.OUTPUT!r} (float32 [batch]); it takes {inputs}, returns {outputs}"
+            )
+        self._predict, self.metrics = fitted.predict, dict(fitted.metrics)
+        # Record the input columns in the graph, as the built-in exports do (serving checks).
+        onnx.helper.set_model_props(graph, {
+            **{p.key: p.value for p in graph.metadata_props},
+            contract.ONNX_INPUTS_PROP: json.dumps(data.inputs),
+        })  # fmt: skip
+        return graph  # type: ignore[no-any-return]
+
+    def predict(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
+        return np.asarray(self._predict(x), dtype=np.float64).reshape(-1)
+
+    def log(self, graph: onnx.ModelProto, example: Any, extra: list[str], name: str) -> Any:
+        import mlflow
+        from mlflow.models import infer_signature
+
+        return mlflow.onnx.log_model(
+            graph,
+            name="model",
+            signature=infer_signature(example, self.predict(example).astype(np.float32)),
+            input_example=example,
+            extra_files=extra,
+            pip_requirements=[f"onnxruntime=={version_of('onnxruntime')}"],
+            registered_model_name=name,
+            await_registration_for=60,
+        )
+
+
+def _train_fitted(
     split: _Split,
     info: ModelInfo,
     config: TrainConfig,
@@ -409,11 +526,9 @@ def _train_sklearn(
     run_key: str,
     model_spec: str | None,
 ) -> tuple[str, dict[str, float]]:
-    """Fit the scikit-learn trainer on the training buckets, score the validation bucket,
-    export ONNX (checked against the estimator) and register the version."""
+    """Fit a trainer that is not the MLP (sklearn, custom) on the training buckets, score the
+    validation bucket, check its ONNX graph against it and register the version."""
     import mlflow
-    from mlflow.models import infer_signature
-    from sklearn.utils._param_validation import InvalidParameterError
 
     train_rows, val_rows = split.bucket > VALIDATION_BUCKET, split.bucket == VALIDATION_BUCKET
     if train_rows.sum() < 2 or val_rows.sum() < 1:
@@ -421,57 +536,35 @@ def _train_sklearn(
             f"{len(split.x)} rows in {split.days[0]}..{split.days[-1]} leave too few to train "
             "and validate on; widen the training window"
         )
-    estimator = sklearn_estimator(info, config.seed)
+    kind = _SklearnTrainer if info.trainer == "sklearn" else _CustomTrainer
+    trainer = kind(info, config.seed)
     mlflow.log_params({
-        **{f"trainer.{k}": v for k, v in estimator[-1].get_params().items()},
-        "trainer": type(estimator[-1]).__name__, "days": f"{split.days[0]}..{split.days[-1]}",
+        **{f"trainer.{k}": v for k, v in trainer.params.items()},
+        "trainer": trainer.name, "days": f"{split.days[0]}..{split.days[-1]}",
         "train_rows": int(train_rows.sum()), "validation_rows": int(val_rows.sum()),
-        "dataset_hash": split.dataset_hash,
+        "dataset_hash": split.dataset_hash, "seed": config.seed,
     })  # fmt: skip
-    try:
-        estimator.fit(split.x[train_rows], split.y[train_rows])
-    except InvalidParameterError as exc:
-        raise BadInputError(f"trainer.params: {exc}") from None
-
-    def native(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        if info.task == "regression":
-            return np.asarray(estimator.predict(x), dtype=np.float64)
-        return np.asarray(estimator.predict_proba(x)[:, 1], dtype=np.float64)
-
     x_val, y_val = split.x[val_rows], split.y[val_rows]
-    predicted = native(x_val)
+    inputs = info.featurizer.input_names()
+    data = TrainingData(split.x[train_rows], split.y[train_rows], x_val, y_val, inputs,
+                        info.task, info.trainer_params, config.seed)  # fmt: skip
+    graph = trainer.fit(data)
+    predicted = trainer.predict(x_val)
     if info.task == "regression":
         final = {"val_rmse": float(np.sqrt(np.mean((predicted - y_val) ** 2))),
                  "val_mae": float(np.mean(np.abs(predicted - y_val)))}  # fmt: skip
     else:
         final = {"val_accuracy": float(np.mean((predicted >= 0.5) == (y_val >= 0.5)))}
+    final |= trainer.metrics
     mlflow.log_metrics(final)
-    rounded = {k: round(v, 5) for k, v in final.items()}
-    log.info("fitted", trainer=type(estimator[-1]).__name__, **rounded)
+    log.info("fitted", trainer=trainer.name, **{k: round(v, 5) for k, v in final.items()})
 
-    inputs = info.featurizer.input_names()
-    graph = onnx_model.from_sklearn(estimator, inputs, info.task)
     parity_rows = x_val[:PARITY_ROWS]
-    parity = onnx_model.check_parity(graph, native(parity_rows), parity_rows)
+    parity = onnx_model.check_parity(graph, trainer.predict(parity_rows), parity_rows)
     mlflow.log_metrics({"onnx_max_abs_diff": parity, "onnx_parity_rows": len(parity_rows)})
-
-    example = split.x[:5]
     with tempfile.TemporaryDirectory() as tmp:
-        info_logged = mlflow.sklearn.log_model(
-            estimator,
-            name="model",
-            signature=infer_signature(example, native(example)),
-            input_example=example,
-            extra_files=_extra_files(Path(tmp), graph, inputs, model_spec),
-            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-            pip_requirements=[
-                f"scikit-learn=={version_of('scikit-learn')}",
-                f"numpy=={np.__version__}",
-            ],
-            registered_model_name=model_name,
-            await_registration_for=60,
-        )
-        _log_onnx_flavor(graph, example, native(example))
-    version = str(info_logged.registered_model_version)
+        extra = _extra_files(Path(tmp), graph, inputs, model_spec)
+        logged = trainer.log(graph, split.x[:5], extra, model_name)
+    version = str(logged.registered_model_version)
     _tag_version(model_name, version, lineage, split.dataset_hash, run_key)
     return version, final
