@@ -117,7 +117,10 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=1000, help="requests per round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     parser.add_argument("--pods", type=int, default=10, help="pods to time")
+    parser.add_argument("--smoke", action="store_true", help="a few of each: does it run")
     args = parser.parse_args()
+    if args.smoke:
+        args.requests, args.rounds, args.pods = 50, 1, 2
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

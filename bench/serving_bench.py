@@ -116,7 +116,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server")
     parser.add_argument("--concurrency", type=int, default=4, help="connections in flight")
     parser.add_argument("--batch", type=int, default=1, help="rows per request")
+    parser.add_argument("--smoke", action="store_true", help="one short round: does it run")
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.rounds = 1.0, 1
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
