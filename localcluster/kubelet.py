@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from localcluster import errors, events
 from localcluster.config import Config, Runtime
@@ -400,8 +401,9 @@ class PodWorker:
             str(self.dir),  # the pod's folder: HOME, default working directory
             cwd,
             # Folders the container's environment names (a dataset store given as a local
-            # path): on a real cluster a volume or an object store; here, the machine's.
-            *(v for v in env.values() if os.path.isabs(v) and os.path.isdir(v)),
+            # path or a file:// URI): on a real cluster a volume or an object store; here,
+            # the machine's.
+            *(p for p in map(_local_folder, env.values()) if p and os.path.isdir(p)),
         }
         return sorted(p for p in paths if p and os.path.isabs(p))
 
@@ -991,3 +993,10 @@ def _latest_attempt(log_dir: Path) -> int | None:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
+
+
+def _local_folder(value: str) -> str | None:
+    """The machine path an environment value names: an absolute path, or a ``file://`` URI."""
+    if value.startswith("file://"):
+        return unquote(urlsplit(value).path) or None
+    return value if os.path.isabs(value) else None

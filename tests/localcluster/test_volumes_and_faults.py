@@ -286,12 +286,18 @@ def test_a_volume_over_the_folder_the_cluster_runs_from_hides_nothing_it_needs(
 def test_a_folder_the_environment_names_stays_visible_under_a_volume(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """A dataset store given as a local path under /tmp (a test's or a clone's) stays visible
-    to a pod that mounts an emptyDir at /tmp, the way the pipeline's pods do."""
-    store = tmp_path / "datasets"
+    """A dataset store given as a local path under /tmp (a test's or a clone's), or a raw feed
+    given as a file:// URI, stays visible to a pod that mounts an emptyDir at /tmp, the way the
+    pipeline's pods do."""
+    store, feed = tmp_path / "datasets", tmp_path / "raw"
     store.mkdir()
+    feed.mkdir()
     (store / "day.txt").write_text("rows")
-    script = "import os\nprint(open(os.path.join(os.environ['STORE'], 'day.txt')).read())\n"
+    (feed / "2026-02-01.csv").write_text("files")
+    script = (
+        "import os\nprint(open(os.path.join(os.environ['STORE'], 'day.txt')).read())\n"
+        "print(open(os.environ['FEED'][len('file://'):] + '/2026-02-01.csv').read())\n"
+    )
     cluster.core.create_namespaced_pod(
         "default",
         pod_manifest(
@@ -300,9 +306,12 @@ def test_a_folder_the_environment_names_stays_visible_under_a_volume(
             volumes=[{"name": "tmp", "emptyDir": {}}],
             container={
                 "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                "env": [{"name": "STORE", "value": str(store)}],
+                "env": [
+                    {"name": "STORE", "value": str(store)},
+                    {"name": "FEED", "value": feed.as_uri()},
+                ],
             },
         ),
     )
     assert finished(cluster, "env-folder") == "Succeeded", log_of(cluster, "env-folder")
-    assert log_of(cluster, "env-folder") == "rows\n"
+    assert log_of(cluster, "env-folder") == "rows\nfiles\n"
