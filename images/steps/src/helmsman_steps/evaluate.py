@@ -106,12 +106,12 @@ def gain(metric: str, new: float, old: float) -> float:
 
 
 def _one(metric: str, y: npt.NDArray[Any], p: npt.NDArray[Any]) -> float:
-    task = "binary" if metric == "roc_auc" else "regression"
-    if metric == "roc_auc":
-        from sklearn.metrics import roc_auc_score
+    """One primary metric (a bootstrap resample computes only the metric it compares)."""
+    import sklearn.metrics as m
 
-        return float(roc_auc_score(y, p))
-    return metrics(y, p, task)[metric]
+    score = {"roc_auc": m.roc_auc_score, "rmse": m.root_mean_squared_error,
+             "mae": m.mean_absolute_error, "r2": m.r2_score}[metric]  # fmt: skip
+    return float(score(y, p))
 
 
 def bootstrap_gain(

@@ -430,10 +430,11 @@ class _SklearnTrainer:
         import mlflow
         from mlflow.models import infer_signature
 
+        output = self.predict(example)
         logged = mlflow.sklearn.log_model(
             self.estimator,
             name="model",
-            signature=infer_signature(example, self.predict(example)),
+            signature=infer_signature(example, output),
             input_example=example,
             extra_files=extra,
             serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
@@ -444,7 +445,7 @@ class _SklearnTrainer:
             registered_model_name=name,
             await_registration_for=60,
         )
-        _log_onnx_flavor(graph, example, self.predict(example))
+        _log_onnx_flavor(graph, example, output)
         return logged
 
 
