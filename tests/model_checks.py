@@ -65,6 +65,7 @@ def check_pipeline(folder: Path, tmp: Path) -> dict[str, Any]:
 
 def _check_pipeline(folder: Path, tmp: Path) -> dict[str, Any]:
     import msgspec
+    import numpy as np
     import pandas as pd
 
     from helmsman_steps import contract, spec
@@ -119,11 +120,18 @@ def _check_pipeline(folder: Path, tmp: Path) -> dict[str, Any]:
     rows = decoder.decode(body).instances
     columns = {c: [getattr(r, c) for r in rows] for c in info.input_columns}
     replayed = served.predict(columns)
-    assert max(abs(a - b) for a, b in zip(replayed, golden["predictions"], strict=True)) < 1e-4
+    recorded = np.asarray(golden["predictions"])
+    per_row = [info.n_outputs] if info.task == "multiclass" else []
+    assert replayed.shape == recorded.shape == (len(rows), *per_row)
+    assert float(np.max(np.abs(replayed - recorded))) < 1e-4
     (score,) = served.predict({k: [v] for k, v in row.items()})
     if info.label_range is not None:  # a boosted or linear model stays near the label's range
         low, high = info.label_range
         assert low - 0.1 * (high - low) <= score <= high + 0.1 * (high - low), score
+    elif info.task == "multiclass":  # a probability per class, summing to one
+        assert score.shape == (len(info.classes or ()),), score
+        assert np.all((score >= 0) & (score <= 1)), score
+        assert abs(float(score.sum()) - 1) < 1e-5, score
     else:
         assert 0.0 <= score <= 1.0, score
     return decision

@@ -25,15 +25,18 @@ DAYS, ROWS_PER_DAY = 7, 120
 LABELS = {
     "regression": "  label: {name: target, range: [0, 100]}  # regression: the values it takes",
     "binary": "  label: {name: target, classes: [0, 1]}  # binary: the two classes, negative first",
+    "multiclass": "  label: {name: target, classes: [low, mid, high]}  # in output order",
 }
 EVALUATION = {
     "regression": "  metric: rmse  # or mae, r2\n  floor: 20.0  # an rmse above this is rejected",
     "binary": "  metric: roc_auc\n  floor: 0.6",
+    "multiclass": "  metric: f1_macro  # or accuracy\n  floor: 0.5",
 }
 THRESHOLDS = {
     # A regression's scores are in the label's units: the rollout's shadow comparison too.
     "regression": "\n  thresholds: {decision_threshold: 50, max_mean_abs_diff: 10}",
     "binary": "",
+    "multiclass": "",
 }
 
 MODEL_YAML = """\
@@ -120,6 +123,9 @@ def sample(task: str, day: dt.date, index: int) -> str:
               + np.select([segment == "b", segment == "c"], [10, 20], 0))  # fmt: skip
     if task == "regression":
         target = np.clip(signal + rng.normal(0, 4, n), 0, 100).round(2)
+    elif task == "multiclass":
+        tier = np.digitize(signal + rng.normal(0, 4, n), [25, 45])
+        target = np.array(["low", "mid", "high"])[tier]
     else:
         target = (rng.random(n) < 1 / (1 + np.exp(-(signal - 30) / 6))).astype(int)
     frame = pd.DataFrame({
@@ -140,11 +146,6 @@ def scaffold(name: str, task: str, root: Path = REPO) -> list[Path]:
         )
     if task not in TASKS:
         raise ScaffoldError(f"TASK {task!r}: one of {', '.join(TASKS)}")
-    if task == "multiclass":
-        raise ScaffoldError(
-            "TASK multiclass: the contract declares it, but this release's pipeline trains and "
-            "evaluates regression and binary models; start from one of those"
-        )
     folder, dag_file = root / "models" / name, root / "dags" / f"model_{name}.py"
     for path in (folder, dag_file):
         if path.exists():

@@ -38,6 +38,9 @@ from tools.procs import Server, alive, free_port, group_alive, port_taken, stop_
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 NAMESPACE = "ml"
+# The models fed by a packaged dataset (helmsman-step sample-data): the stack writes their
+# daily files once and points their sources there.
+FILE_FED = ("diabetes", "wine")
 ADMIN_USER = "admin"
 GATEWAY = "helmsman-gateway"  # deploy/serving-gateway.yaml
 # Pools the DAGs use, as a platform team imports them (helm-values/airflow.yaml does the same).
@@ -379,14 +382,15 @@ class Stack:
         return (self.root / "raw" / model).as_uri()
 
     def _raw_files(self) -> None:
-        """The diabetes model's feed: the packaged dataset as daily files, written once."""
-        folder = self.root / "raw" / "diabetes"
-        if folder.is_dir() and any(folder.glob("*.csv")):
-            return
-        cmd = [str(BIN / "python"), "-m", "helmsman_steps", "sample-data", "diabetes",
-               "--dest", str(folder)]  # fmt: skip
-        _run(cmd, "writing the diabetes sample's daily files",
-             env={**os.environ, "PYTHONPATH": str(REPO / "images" / "steps" / "src")})  # fmt: skip
+        """The feeds of the models on packaged datasets: daily files, written once."""
+        for model in FILE_FED:
+            folder = self.root / "raw" / model
+            if folder.is_dir() and any(folder.glob("*.csv")):
+                continue
+            cmd = [str(BIN / "python"), "-m", "helmsman_steps", "sample-data", model,
+                   "--dest", str(folder)]  # fmt: skip
+            env = {**os.environ, "PYTHONPATH": str(REPO / "images" / "steps" / "src")}
+            _run(cmd, f"writing the {model} sample's daily files", env=env)
 
     def _prepare_files(self) -> None:
         home = self.root / "airflow"
@@ -500,10 +504,10 @@ class Stack:
             {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "helmsman-settings", "namespace": NAMESPACE},
              "data": {"HELMSMAN_DATASET_URI": str(self.root / "datasets"),
-                      # Per model: the churn feed's size, and the diabetes files' place here.
+                      # Per model: the churn feed's size, and the file-fed models' files here.
                       "HELMSMAN_SOURCE_URI_CHURN":
                           f"synthetic://churn?rows_per_day={s.rows_per_day}&seed={s.seed}",
-                      "HELMSMAN_SOURCE_URI_DIABETES": self.raw_uri("diabetes"),
+                      **{f"HELMSMAN_SOURCE_URI_{m.upper()}": self.raw_uri(m) for m in FILE_FED},
                       # A model made by `make new-model` reads its sample days here.
                       **{f"HELMSMAN_SOURCE_URI_{d.parent.name.upper().replace('-', '_')}":
                          d.as_uri() for d in sorted((REPO / "models").glob("*/sample"))}}},

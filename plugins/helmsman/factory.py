@@ -26,18 +26,12 @@ from helmsman_steps import contract, spec
 from helmsman_steps.spec import ModelSpec, ModelSpecError
 
 MAX_GPUS = 4  # the most one training run may ask for (the GPU pools hold at least this)
-# What this release's pipeline trains, evaluates and serves; a spec may declare more (the
-# contract is wider than today's steps), and gets a clear error until the steps catch up.
-SUPPORTED = {
-    "task": ("binary", "regression"),
-    "trainer.kind": ("mlp", "sklearn", "custom"),
-    "evaluation.metric": ("roc_auc", "rmse", "mae", "r2"),
-}
-# The trainers and the tasks each trains in this release.
+# The trainers and the tasks each trains: the MLP is a binary classifier (one sigmoid).
 TRAINER_TASKS = {
     "mlp": ("binary",),
-    "sklearn": ("binary", "regression"),
-    "custom": ("binary", "regression"),
+    "sklearn": ("binary", "multiclass", "regression"),
+    "lightgbm": ("binary", "multiclass", "regression"),
+    "custom": ("binary", "multiclass", "regression"),
 }
 GPU_TRAINERS = ("mlp", "custom")  # the others run on CPU (the spec refuses gpus for them)
 
@@ -83,22 +77,11 @@ def load(name: str, models_dir: str | Path) -> ModelSpec:
     folder = models_root(models_dir) / name
     model = spec.load(folder)
     shown = f"models/{name}/{spec.SPEC_FILE}"
-    declared = {
-        "task": model.task,
-        "trainer.kind": model.trainer.kind,
-        "evaluation.metric": model.evaluation.metric,
-    }
-    for field, value in declared.items():
-        if value not in SUPPORTED[field]:
-            raise ModelSpecError(
-                f"{shown}: {field}: {value!r} is part of the model contract, but this release's "
-                f"pipeline supports only {list(SUPPORTED[field])}"
-            )
     if model.task not in TRAINER_TASKS[model.trainer.kind]:
         raise ModelSpecError(
             f"{shown}: trainer.kind: the {model.trainer.kind} trainer trains "
-            f"{' and '.join(TRAINER_TASKS[model.trainer.kind])} models in this release, not "
-            f"{model.task}; use sklearn"
+            f"{' and '.join(TRAINER_TASKS[model.trainer.kind])} models, not {model.task}; use "
+            "sklearn or lightgbm"
         )
     # A file in the model's folder must be there: the images copy the folder for the pods.
     folder = models_root(models_dir) / name

@@ -5,7 +5,8 @@ The scenarios build on each other, in order, on one stack (the way a platform li
 1. a REST trigger with invalid Params is refused (400) and starts nothing;
 2. the first run (REST trigger, valid Params) deploys, the model answers through the Gateway,
    and the Params reached the pods; then a second model of another kind (the diabetes
-   regression) deploys beside it, on its own path, churn's serving untouched;
+   regression) deploys beside it, on its own path, churn's serving untouched, and a third, a
+   multiclass LightGBM model (the wine cultivar), answers a probability per class;
 3. a worse challenger is recorded, not deployed; the champion is untouched;
 4. a challenger that passes evaluation but is served wrong (train/serve skew in its serving
    image) is caught behind the preview Service: no user request ever reaches it;
@@ -202,6 +203,38 @@ def test_2b_a_second_model_of_another_kind_deploys_beside_the_first(
     assert any(n.startswith("diabetes-serving-") for n in names), names
     assert serving_state(k8s) == churn_serving  # churn's slot untouched
     assert served_version(stack) == churn_version
+
+
+def test_2c_a_multiclass_model_deploys_and_answers_a_probability_per_class(
+    airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any
+) -> None:
+    """The wine cultivar (three classes, LightGBM, ONNX-served, fed as daily files) through
+    the same factory, pods and gated rollout: the preview's golden-set parity and the live
+    steps compare a probability per class."""
+    airflow.wait_for_dag("train_wine")
+    airflow.unpause("train_wine")
+    conf = {"data_end": "2026-02-15", "window_days": 14, "canary_steps": "50",
+            "analysis_interval": 6}  # fmt: skip
+    run_id = airflow.trigger("train_wine", conf)
+    result = airflow.wait("train_wine", run_id, timeout=900)
+    states = {t: ti["state"] for t, ti in airflow.task_instances("train_wine", run_id).items()}
+    assert result["state"] == "success", states
+    decision = airflow.xcom("train_wine", run_id, "decide")
+    assert (decision["evaluation"], decision["deploy"]) == ("promote", True)
+    mv = registry.get_model_version("wine", decision["version"])
+    assert registry.get_run(mv.run_id).data.params["trainer"] == "LGBMClassifier"
+    assert mv.tags["helmsman.rollout"] == "passed"
+    wine = {"alcohol": 13.2, "malic_acid": 1.78, "ash": 2.14, "alcalinity_of_ash": 11.2,
+            "magnesium": 100.0, "total_phenols": 2.65, "flavanoids": 2.76,
+            "nonflavanoid_phenols": 0.26, "proanthocyanins": 1.28, "color_intensity": 4.38,
+            "hue": 1.05, "od280_od315": 3.4, "proline": 1050.0}  # fmt: skip
+    answer = get_json(service_address(stack, "wine") + "/predict", {"instances": [wine]})
+    assert answer["model_version"] == decision["version"]
+    assert answer["classes"] == ["cultivar_1", "cultivar_2", "cultivar_3"]
+    (probabilities,) = answer["predictions"]
+    assert len(probabilities) == 3
+    assert abs(sum(probabilities) - 1) < 1e-5
+    assert max(range(3), key=probabilities.__getitem__) == 0  # wine 1 of the study: cultivar 1
 
 
 def test_3_a_worse_challenger_is_recorded_and_not_deployed(

@@ -210,6 +210,22 @@ def test_predictions_are_paired_by_request_id() -> None:
     assert result.mean_diff == pytest.approx((-0.5 + 0.05) / 2)
 
 
+def test_a_multiclass_models_predictions_pair_by_class_and_decide_by_the_most_probable() -> None:
+    log = json.dumps({"event": "prediction", "request_id": "a",
+                      "predictions": [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]})  # fmt: skip
+    stable = parse_prediction_log(log)
+    assert stable == {"a": [[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]]}
+    # Row 1 keeps its class (0) with other probabilities; row 2 moves from class 2 to 1.
+    new = {"a": [[0.5, 0.4, 0.1], [0.1, 0.5, 0.4]]}
+    result = pair(stable, new, threshold=0.5)  # a threshold means nothing to argmax
+    assert result.pairs == 1
+    assert result.disagreement == pytest.approx(1 / 2)
+    assert result.mean_abs_diff == pytest.approx((0.2 + 0.2 + 0 + 0 + 0.2 + 0.2) / 6)
+    assert result.mean_diff == pytest.approx(0.0)  # probabilities sum to one on both sides
+    # Versions with other numbers of classes are not compared score by score.
+    assert pair(stable, {"a": [[0.5, 0.5], [0.5, 0.5]]}, 0.5).pairs == 0
+
+
 def test_replica_ratio_splits_pods_and_keeps_one_stable_pod_until_promotion() -> None:
     router = ReplicaRouter(None, TARGET, "blue", "green", lambda _: [])  # type: ignore[arg-type]
     assert router.split(5) == (1, 3)
@@ -223,6 +239,12 @@ def test_verification_names_what_is_wrong() -> None:
     reasons = verdict("7", {"6", "7"}, [0.1, 0.5], [0.1, 0.2], 1e-4)
     assert reasons[0] == "/metadata reports versions ['6', '7'], expected 7"
     assert reasons[1].startswith("golden-set predictions differ from evaluation by up to 0.3")
+    # A multiclass golden set: a probability per class a row, compared class by class.
+    assert verdict("7", {"7"}, [[0.2, 0.8]], [[0.2, 0.8]], 1e-4) == []
+    (moved,) = verdict("7", {"7"}, [[0.2, 0.8]], [[0.3, 0.7]], 1e-4)
+    assert moved.startswith("golden-set predictions differ from evaluation by up to 0.1")
+    (shape,) = verdict("7", {"7"}, [0.2], [[0.2, 0.8]], 1e-4)
+    assert shape == "golden set: 1 scores for 1 rows answered, where evaluation recorded 2 for 1"
     crashing = {"metadata": {"name": "p"}, "status": {"containerStatuses": [
         {"restartCount": 2, "lastState": {"terminated": {"exitCode": 3}},
          "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "oops"}}}]}}  # fmt: skip

@@ -65,3 +65,40 @@ def test_a_graph_that_does_not_reproduce_the_model_is_refused() -> None:
         onnx_model.check_parity(onnx_model.from_mlp(other), model.predict_matrix(matrix), matrix)
     with pytest.raises(ParityError, match="no rows"):
         onnx_model.check_parity(onnx_model.from_mlp(model), np.zeros(0), matrix[:0])
+
+
+TASK_CLASSES = {"binary": (0, 1), "multiclass": ("a", "b", "c"), "regression": None}
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+@pytest.mark.parametrize("trainer", ["sklearn", "lightgbm"])
+def test_every_boosting_trainer_exports_a_graph_that_reproduces_it(trainer: str, task: str) -> None:
+    """Each built-in trainer for each task: fitted on rows with missing values, exported, and
+    scored by ONNX Runtime as the native model scores them (the check training makes)."""
+    from dataclasses import replace
+
+    from helmsman_steps.modelinfo import ModelInfo
+    from helmsman_steps.train import sklearn_estimator
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(0, 2, size=(600, 5)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = np.nan
+    signal = np.nan_to_num(x[:, 0] + 0.5 * x[:, 1] * x[:, 2])
+    y = {"binary": (signal > 0).astype(np.float32),
+         "multiclass": np.digitize(signal, [-1, 1]).astype(np.float32),
+         "regression": (10 * signal + rng.normal(0, 1, 600)).astype(np.float32)}[task]  # fmt: skip
+    params = {"n_estimators": 40, "max_depth": 3}
+    info = replace(ModelInfo.churn(), task=task, trainer=trainer, classes=TASK_CLASSES[task],
+                   trainer_params=params)  # fmt: skip
+    estimator = sklearn_estimator(info, seed=0).fit(x, y)
+    graph = onnx_model.from_sklearn(estimator, [f"x{i}" for i in range(5)], task)
+    if task == "regression":
+        native = estimator.predict(x)
+    else:
+        probabilities = estimator.predict_proba(x)
+        native = probabilities if task == "multiclass" else probabilities[:, 1]
+    assert onnx_model.check_parity(graph, native, x) <= onnx_model.PARITY_TOLERANCE
+    (out,) = graph.graph.output
+    shape = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
+    assert shape == (["batch", 3] if task == "multiclass" else ["batch"])
+    assert type(estimator[-1]).__module__.split(".")[0] == trainer

@@ -42,12 +42,22 @@ def test_a_scaffolded_binary_model_trains_on_its_sample_and_is_promoted(tmp_path
     assert decision["decision"] == "promote"
 
 
+def test_a_scaffolded_multiclass_model_learns_its_three_classes(tmp_path: Path) -> None:
+    new_model.scaffold("tiers", "multiclass", tmp_path / "repo")
+    folder = tmp_path / "repo" / "models" / "tiers"
+    check_dags(folder)
+    decision = check_pipeline(folder, tmp_path)
+    assert decision["metric"] == "f1_macro"
+    # The sample's classes follow a learnable signal: well above a guess's 1/3.
+    assert decision["challenger_metrics"]["f1_macro"] > 0.6
+    assert decision["decision"] == "promote"
+
+
 @pytest.mark.parametrize(
     ("name", "task", "message"),
     [
         ("Fraud", "binary", "NAME 'Fraud': lowercase letters, digits and '-'"),
         ("fraud", "ranking", "TASK 'ranking': one of regression, binary, multiclass"),
-        ("fraud", "multiclass", "trains and evaluates regression and binary models"),
         ("churn", "binary", "models/churn exists already: pick another name"),
     ],
 )

@@ -156,24 +156,47 @@ def buckets_from_cumulative(cumulative: dict[float, float]) -> list[float]:
     return counts
 
 
-def pair(stable: dict[str, list[float]], new: dict[str, list[float]], threshold: float) -> Paired:
-    """Compare the predictions two versions logged for the same request ids."""
+# What a served row answers: a score, or a multiclass model's probability per class.
+Prediction = float | list[float]
+
+
+def pair(
+    stable: dict[str, list[Prediction]], new: dict[str, list[Prediction]], threshold: float
+) -> Paired:
+    """Compare the predictions two versions logged for the same request ids. A decision is
+    a score at ``threshold``, or a multiclass row's most probable class; the differences are
+    over every score (each class's probability)."""
     common = sorted(set(stable) & set(new))
-    diffs, signed, disagreements, n = 0.0, 0.0, 0, 0
+    diffs, signed, disagreements, rows, n = 0.0, 0.0, 0, 0, 0
     for request_id in common:
         for a, b in zip(stable[request_id], new[request_id], strict=False):
-            diffs += abs(a - b)
-            signed += b - a
-            disagreements += (a >= threshold) != (b >= threshold)
-            n += 1
+            old, now = _scores(a), _scores(b)
+            if len(old) != len(now):
+                continue  # versions with other classes: no pairing
+            for x, y in zip(old, now, strict=True):
+                diffs += abs(x - y)
+                signed += y - x
+                n += 1
+            disagreements += _decision(old, threshold) != _decision(now, threshold)
+            rows += 1
     if not n:
         return Paired()
-    return Paired(len(common), disagreements / n, diffs / n, signed / n)
+    return Paired(len(common), disagreements / rows, diffs / n, signed / n)
 
 
-def parse_prediction_log(text: str) -> dict[str, list[float]]:
+def _scores(prediction: Prediction) -> list[float]:
+    return [float(x) for x in prediction] if isinstance(prediction, list) else [float(prediction)]
+
+
+def _decision(scores: list[float], threshold: float) -> int:
+    if len(scores) > 1:
+        return max(range(len(scores)), key=scores.__getitem__)
+    return int(scores[0] >= threshold)
+
+
+def parse_prediction_log(text: str) -> dict[str, list[Prediction]]:
     """request id -> predictions, from a server's JSON log lines (event ``prediction``)."""
-    found: dict[str, list[float]] = {}
+    found: dict[str, list[Prediction]] = {}
     for line in text.splitlines():
         if '"prediction"' not in line:
             continue
@@ -182,7 +205,10 @@ def parse_prediction_log(text: str) -> dict[str, list[float]]:
         except ValueError:
             continue
         if entry.get("event") == "prediction" and entry.get("request_id"):
-            found[str(entry["request_id"])] = [float(x) for x in entry.get("predictions", [])]
+            found[str(entry["request_id"])] = [
+                [float(v) for v in x] if isinstance(x, list) else float(x)
+                for x in entry.get("predictions", [])
+            ]
     return found
 
 

@@ -41,6 +41,7 @@ from typing import Any
 from helmsman.serving import objects
 from helmsman.serving.analysis import (
     Offline,
+    Prediction,
     Prometheus,
     StepReport,
     Thresholds,
@@ -458,9 +459,9 @@ class RolloutSession:
             None if signed is None else float(signed),
         )  # fmt: skip
 
-    def _predictions(self, slot: str, since_seconds: int) -> dict[str, list[float]]:
+    def _predictions(self, slot: str, since_seconds: int) -> dict[str, list[Prediction]]:
         """What a slot's pods logged as compared predictions, by request id."""
-        found: dict[str, list[float]] = {}
+        found: dict[str, list[Prediction]] = {}
         for pod in self.kube.pods(objects.slot_labels(self.target, slot)):
             found |= parse_prediction_log(self.kube.logs(pod["metadata"]["name"], since_seconds))
         return found

@@ -120,11 +120,19 @@ def _call(url: str, body: Any = None, timeout: float = 10) -> Any:
         return json.load(response)
 
 
+def _flat(predictions: list[Any]) -> list[float]:
+    """Every score: a row's, or each class's probability of a multiclass row."""
+    flat: list[float] = []
+    for p in predictions:
+        flat += [float(x) for x in p] if isinstance(p, list) else [float(p)]
+    return flat
+
+
 def verdict(
     expected_version: str,
     seen_versions: set[str],
-    served: list[float] | None,
-    golden: list[float],
+    served: list[Any] | None,
+    golden: list[Any],
     tolerance: float,
 ) -> list[str]:
     """Identity and parity, from what the preview answered."""
@@ -134,7 +142,14 @@ def verdict(
             f"/metadata reports versions {sorted(seen_versions)}, expected {expected_version}"
         )
     if served is not None:
-        worst = max((abs(a - b) for a, b in zip(served, golden, strict=True)), default=0.0)
+        answered, expected = _flat(served), _flat(golden)
+        if len(served) != len(golden) or len(answered) != len(expected):
+            reasons.append(
+                f"golden set: {len(answered)} scores for {len(served)} rows answered, where "
+                f"evaluation recorded {len(expected)} for {len(golden)}"
+            )
+            return reasons
+        worst = max((abs(a - b) for a, b in zip(answered, expected, strict=True)), default=0.0)
         if worst > tolerance:
             reasons.append(
                 f"golden-set predictions differ from evaluation by up to {worst:.6f} "

@@ -318,7 +318,7 @@ def evaluate(
 
 @app.command("sample-data")
 def sample_data(
-    name: Annotated[str, typer.Argument(help="The packaged dataset: diabetes.")],
+    name: Annotated[str, typer.Argument(help="The packaged dataset: diabetes or wine.")],
     dest: Annotated[str, typer.Option(help="Folder (path or fsspec URL) for the daily files.")],
     first_day: Annotated[
         dt.datetime, typer.Option(formats=_DATE_FORMATS, help="The first file's day.")
@@ -326,7 +326,7 @@ def sample_data(
     days: Annotated[int, typer.Option(min=1, help="Spread the records over this many days.")] = 14,
 ) -> None:
     """Write a real dataset that ships with the step package's dependencies as daily raw files,
-    for the file source (``source: file:///...``): the second demo model's feed."""
+    for the file source (``source: file:///...``): the demo's diabetes and wine models' feeds."""
     from helmsman_steps import sources
 
     paths = sources.write_sample(name, dest, first_day.date(), days)

@@ -80,8 +80,18 @@ class Decision:
 def metrics(
     y: npt.NDArray[np.float32], p: npt.NDArray[np.float32], task: str = "binary"
 ) -> dict[str, float]:
-    """The task's metrics: ROC AUC, log loss and Brier score for a binary model's
-    probabilities; RMSE, MAE and R² for a regression's values."""
+    """The task's metrics: ROC AUC, accuracy, macro F1, log loss and Brier score for a binary
+    model's probabilities; accuracy, macro F1 and log loss for a multiclass model's (``p``:
+    ``[rows, classes]``, ``y``: the class index); RMSE, MAE and R² for a regression's values."""
+    if task == "multiclass":
+        from sklearn.metrics import log_loss
+
+        labels = list(range(p.shape[1]))
+        return {
+            "accuracy": _one("accuracy", y, p),
+            "f1_macro": _one("f1_macro", y, p),
+            "log_loss": float(log_loss(y, np.clip(p.astype(np.float64), 1e-7, 1), labels=labels)),
+        }
     if task == "regression":
         from sklearn.metrics import mean_absolute_error, r2_score, root_mean_squared_error
 
@@ -95,6 +105,8 @@ def metrics(
     clipped = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
     return {
         "roc_auc": float(roc_auc_score(y, p)),
+        "accuracy": _one("accuracy", y, p),
+        "f1_macro": _one("f1_macro", y, p),
         "log_loss": float(log_loss(y, clipped, labels=[0, 1])),
         "brier": float(brier_score_loss(y, clipped)),
     }
@@ -106,9 +118,18 @@ def gain(metric: str, new: float, old: float) -> float:
 
 
 def _one(metric: str, y: npt.NDArray[Any], p: npt.NDArray[Any]) -> float:
-    """One primary metric (a bootstrap resample computes only the metric it compares)."""
+    """One primary metric (a bootstrap resample computes only the metric it compares). The
+    class metrics judge decisions: a multiclass model's most probable class, a binary model's
+    score at 0.5."""
     import sklearn.metrics as m
 
+    if metric in ("accuracy", "f1_macro"):
+        labels = list(range(p.shape[1])) if p.ndim == 2 else [0, 1]
+        predicted = p.argmax(axis=1) if p.ndim == 2 else (p >= 0.5).astype(int)
+        truth = y.astype(int)
+        if metric == "accuracy":
+            return float(m.accuracy_score(truth, predicted))
+        return float(m.f1_score(truth, predicted, labels=labels, average="macro", zero_division=0))
     score = {"roc_auc": m.roc_auc_score, "rmse": m.root_mean_squared_error,
              "mae": m.mean_absolute_error, "r2": m.r2_score}[metric]  # fmt: skip
     return float(score(y, p))
@@ -240,7 +261,9 @@ def _golden(
     sample = rows.head(size)
     # As a client sends them: JSON values (a missing value is null, not NaN, which is no JSON).
     inputs = json.loads(sample[info.input_columns].to_json(orient="records", double_precision=15))
-    golden = {"inputs": inputs, "predictions": [float(p) for p in predictions[: len(sample)]]}
+    # A score a row, or a multiclass model's probabilities a row: exactly the float32 values.
+    answers = np.asarray(predictions[: len(sample)], dtype=np.float64).tolist()
+    golden = {"inputs": inputs, "predictions": answers}
     if versus is not None:
         golden["versus_champion"] = versus
     return golden
@@ -256,20 +279,29 @@ def versus_champion(
     """How far the challenger's answers are from the champion's on the held-out rows: what a
     rollout's shadow step and live steps should see too, if both are served as evaluated.
     ``threshold``: the decision a score makes (the rollout's ``decision_threshold``)."""
-    bounds = (info or ModelInfo.churn()).prediction_buckets()
+    info = info or ModelInfo.churn()
+    bounds = info.prediction_buckets()
+    decided = info.decisions(new, threshold) != info.decisions(old, threshold)
     return {
         "champion_version": champion_version,
+        # Over every score: a multiclass model's per-class probabilities (its mean_diff is 0).
         "mean_abs_diff": float(np.mean(np.abs(new - old))),
         "mean_diff": float(np.mean(new - old)),
-        "disagreement": float(np.mean((new >= threshold) != (old >= threshold))),
+        "disagreement": float(np.mean(decided)),
         "rows": len(new),
         # Counts per serving histogram bucket: the distributions a live step compares.
-        "challenger_counts": score_counts(new, bounds).tolist(),
-        "champion_counts": score_counts(old, bounds).tolist(),
+        "challenger_counts": score_counts(info.observed(new), bounds).tolist(),
+        "champion_counts": score_counts(info.observed(old), bounds).tolist(),
     }
 
 
-def _plots(y: Any, scores: dict[str, Any], folder: Path, task: str = "binary") -> list[Path]:
+def _plots(
+    y: Any,
+    scores: dict[str, Any],
+    folder: Path,
+    task: str = "binary",
+    classes: tuple[Any, ...] | None = None,
+) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -277,6 +309,8 @@ def _plots(y: Any, scores: dict[str, Any], folder: Path, task: str = "binary") -
 
     if task == "regression":
         return _regression_plots(y, scores, folder, plt)
+    if task == "multiclass":
+        return _confusion_plots(y, scores, folder, plt, classes)
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import precision_recall_curve, roc_curve
 
@@ -327,6 +361,29 @@ def _regression_plots(y: Any, scores: dict[str, Any], folder: Path, plt: Any) ->
             ax.plot([low, high], [low, high], ls=":", c="grey")
         paths.append(_save(fig, ax, folder / f"{kind}.png", plt))
     return paths
+
+
+def _confusion_plots(
+    y: Any, scores: dict[str, Any], folder: Path, plt: Any, classes: tuple[Any, ...] | None
+) -> list[Path]:
+    """A confusion matrix per version (rows: the true class, normalised; columns: the
+    predicted one)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, axes = plt.subplots(1, len(scores), figsize=(4.5 * len(scores), 4.2), dpi=100,
+                             squeeze=False)  # fmt: skip
+    for ax, (label, p) in zip(axes[0], scores.items(), strict=True):
+        ConfusionMatrixDisplay.from_predictions(
+            y.astype(int), p.argmax(axis=1), labels=list(range(p.shape[1])), normalize="true",
+            display_labels=[str(c) for c in classes] if classes else None, ax=ax,
+            colorbar=False, values_format=".2f", cmap="Blues",
+        )  # fmt: skip
+        ax.set(title=label, xlabel="predicted class", ylabel="true class")
+    fig.tight_layout()
+    path = folder / "confusion.png"
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
 
 
 def _earlier_decision(model: registry.ResolvedModel) -> Decision | None:
@@ -407,7 +464,7 @@ def run(
         scores = {f"challenger v{challenger.version}": p_new}
         if p_old is not None and champion is not None:
             scores[f"champion v{champion.version}"] = p_old
-        plots = _plots(y, scores, folder, info.task)
+        plots = _plots(y, scores, folder, info.task, info.classes)
         (folder / "decision.json").write_text(json.dumps(asdict(decision), indent=2))
         versus = (
             versus_champion(p_new, p_old, champion.version, info, decision_threshold)

@@ -105,21 +105,55 @@ class ModelInfo:
         return list(self.raw_columns)
 
     def target(self, labels: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        """The label as the model learns it: 1.0 for a binary label's second class, else the
-        value."""
+        """The label as the model learns it: 1.0 for a binary label's second class, a
+        multiclass label's index in ``classes``, a regression's value."""
         values = np.asarray(labels)
         if self.task == "binary" and self.classes is not None:
             positive: npt.NDArray[np.bool_] = np.asarray(values == self.classes[1])
             return positive.astype(np.float32)
+        if self.task == "multiclass" and self.classes is not None:
+            index = {c: i for i, c in enumerate(self.classes)}
+            # CSV and Parquet may hand an int label back as a float or a string: match by value.
+            index |= {str(c): i for i, c in enumerate(self.classes)}
+            found = [index.get(v, index.get(str(v), -1)) for v in values.tolist()]
+            if -1 in found:
+                unknown = sorted(
+                    {str(v) for v, i in zip(values.tolist(), found, strict=True) if i < 0}
+                )
+                raise ValueError(f"labels {unknown[:5]} are not among the classes {self.classes}")
+            return np.asarray(found, dtype=np.float32)
         return values.astype(np.float32)
+
+    @property
+    def n_outputs(self) -> int:
+        """Scores per row: a multiclass model's one probability per class, else one."""
+        return len(self.classes) if self.task == "multiclass" and self.classes else 1
 
     def prediction_buckets(self) -> tuple[float, ...]:
         """Upper bounds of the served prediction histogram (``+Inf`` after the last): twenty
-        equal buckets over [0, 1] for probabilities, over the label's range for regression."""
+        equal buckets over [0, 1] for probabilities, over the label's range for regression;
+        for a multiclass model one bucket per class (what it observes is the predicted class's
+        index, :meth:`observed`)."""
         if self.task == "regression" and self.label_range is not None:
             low, high = self.label_range
             return tuple(float(low + (high - low) * i / 20) for i in range(1, 20))
+        if self.task == "multiclass":
+            return tuple(i + 0.5 for i in range(self.n_outputs - 1))
         return PROBABILITY_BUCKETS
+
+    def observed(self, scores: npt.NDArray[Any]) -> npt.NDArray[Any]:
+        """What the prediction histogram counts of a batch's scores: each score, or a
+        multiclass model's predicted class (the index of its highest probability)."""
+        if scores.ndim == 2:
+            return np.asarray(scores.argmax(axis=1), dtype=np.float64)
+        return scores
+
+    def decisions(self, scores: npt.NDArray[Any], threshold: float) -> npt.NDArray[Any]:
+        """The decision each row's score makes: the predicted class of a multiclass model,
+        else whether the score reaches ``threshold`` (the rollout's ``decision_threshold``)."""
+        if scores.ndim == 2:
+            return np.asarray(scores.argmax(axis=1))
+        return np.asarray(scores >= threshold)
 
     def sample(self, rows: int = 64) -> dict[str, npt.NDArray[Any]]:
         """Valid raw columns (each range's low end, each vocabulary's first value): a warm-up

@@ -4,7 +4,9 @@ against the native model before it is registered.
 Every trainer exports ONNX so that one runtime (ONNX Runtime) can serve and evaluate any model
 a team brings. The signature: ``features``, float32 ``[batch, n_inputs]`` (the feature
 function's matrix, columns named in the model's metadata), in; ``score``, float32 ``[batch]``,
-out (a binary model's probability of the positive class, a regression model's value).
+out (a binary model's probability of the positive class, a regression model's value), or
+float32 ``[batch, classes]`` for a multiclass model (a probability per class, in the order of
+the spec's ``classes``).
 
 The MLP needs no exporter: its numpy export (mean, scale, weights, biases) maps one to one
 onto ONNX operators, so the graph is written directly, deterministic and small.
@@ -77,17 +79,43 @@ def from_mlp(model: NumpyModel) -> onnx.ModelProto:
     return proto
 
 
+def _register_lightgbm() -> None:
+    """Teach skl2onnx LightGBM's estimators: onnxmltools owns their converter (the recipe of
+    skl2onnx's own documentation, "Convert a pipeline with a LightGBM model")."""
+    from lightgbm import LGBMClassifier, LGBMRegressor
+    from onnxmltools.convert.lightgbm.operator_converters.LightGbm import (  # type: ignore[import-untyped]
+        convert_lightgbm,
+    )
+    from skl2onnx import update_registered_converter  # type: ignore[import-untyped]
+    from skl2onnx.common.shape_calculator import (  # type: ignore[import-untyped]
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    update_registered_converter(
+        LGBMClassifier, "LightGbmLGBMClassifier", calculate_linear_classifier_output_shapes,
+        convert_lightgbm, options={"nocl": [True, False], "zipmap": [True, False, "columns"]},
+    )  # fmt: skip
+    update_registered_converter(
+        LGBMRegressor, "LightGbmLGBMRegressor", calculate_linear_regressor_output_shapes,
+        convert_lightgbm, options={"split": None},
+    )  # fmt: skip
+
+
 def from_sklearn(estimator: Any, inputs: list[str], task: str) -> onnx.ModelProto:
-    """A fitted scikit-learn estimator as ONNX (skl2onnx), with Helmsman's signature: the
-    regressor's ``[batch, 1]`` output flattened, or the classifier's probability of the
-    positive class, as ``score``."""
+    """A fitted scikit-learn estimator (or pipeline; LightGBM's estimators too) as ONNX
+    (skl2onnx), with Helmsman's signature: the regressor's ``[batch, 1]`` output flattened,
+    the binary classifier's probability of the positive class, or the multiclass
+    classifier's probabilities, as ``score``."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from skl2onnx import to_onnx  # type: ignore[import-untyped]
+    from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType  # type: ignore[import-untyped]
 
     classifier = task != "regression"
     final = estimator[-1] if hasattr(estimator, "steps") else estimator  # a Pipeline's model
+    if type(final).__module__.startswith("lightgbm"):
+        _register_lightgbm()
     proto = to_onnx(
         estimator,
         initial_types=[(INPUT, FloatTensorType([None, len(inputs)]))],
@@ -96,7 +124,11 @@ def from_sklearn(estimator: Any, inputs: list[str], task: str) -> onnx.ModelProt
     )
     graph = proto.graph
     outputs = {o.name: o for o in graph.output}
-    if classifier:
+    shape: list[str | int] = ["batch"]
+    if task == "multiclass":
+        node = helper.make_node("Identity", ["probabilities"], [OUTPUT])
+        shape.append(len(final.classes_))
+    elif classifier:
         index = numpy_helper.from_array(np.array(1, dtype=np.int64), "positive_class")
         graph.initializer.append(index)
         node = helper.make_node("Gather", ["probabilities", "positive_class"], [OUTPUT], axis=1)
@@ -107,7 +139,7 @@ def from_sklearn(estimator: Any, inputs: list[str], task: str) -> onnx.ModelProt
         node = helper.make_node("Reshape", [name, "flat"], [OUTPUT])
     graph.node.append(node)
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch"]))
+    graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, shape))
     proto.producer_name = "helmsman"
     helper.set_model_props(proto, {contract.ONNX_INPUTS_PROP: json.dumps(inputs)})
     onnx.checker.check_model(proto, full_check=True)

@@ -1,7 +1,8 @@
 """What scores a model version in serving and evaluation: its ONNX graph on ONNX Runtime.
 
 Every trainer registers ``model.onnx`` (signature: ``features`` float32 ``[batch, inputs]`` in,
-``score`` float32 ``[batch]`` out), checked against the native model before registration.
+``score`` float32 ``[batch]`` out, ``[batch, classes]`` for a multiclass model), checked
+against the native model before registration.
 Serving and evaluation load the same file through the same runtime, so the golden set's
 offline predictions are exactly what the served version answers. Versions registered before
 ONNX carry only the numpy export (``serving_model.npz``); they are scored by it.
@@ -51,7 +52,9 @@ class OnnxScorer:
     def predict_matrix(self, x: FloatArray) -> FloatArray:
         feed = {self.input: np.ascontiguousarray(x, np.float32)}
         (scores,) = self.session.run([self.output], feed)
-        return np.asarray(scores, dtype=np.float32).reshape(-1)
+        scores = np.asarray(scores, dtype=np.float32)
+        # [batch] (one score a row), or [batch, classes] (a multiclass model's probabilities).
+        return scores if scores.ndim == 2 and scores.shape[1] > 1 else scores.reshape(-1)
 
 
 def load_scorer(path: str) -> Scorer:

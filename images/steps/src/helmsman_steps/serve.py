@@ -4,7 +4,9 @@ Endpoints (what the Deployment's probes and the rollout's health gate use):
   GET  /healthz   200 while the process is alive
   GET  /readyz    200 once the model is loaded and warmed, 503 before
   GET  /metadata  model name, version, run id, aliases it was resolved through
-  POST /predict   {"instances": [{feature: value, ...}, ...]} -> {"predictions": [...]};
+  POST /predict   {"instances": [{feature: value, ...}, ...]} -> {"predictions": [...]}: a
+                  score a row (a probability, or a regression's value), or for a multiclass
+                  model a probability per class a row, with "classes" naming them in order;
                   MLflow's {"dataframe_records": [...]} is accepted too. Bad input gets a 400
                   that says what is wrong and where, never a 500.
   GET  /metrics   Prometheus: requests and errors by endpoint and code, latency histogram,
@@ -204,6 +206,7 @@ class App:
         self.resolved: registry.ResolvedModel | None = None
         self.metrics = Metrics()
         self.columns: tuple[str, ...] = ()
+        self.classes: dict[str, Any] = {}  # a multiclass model's {"classes": [...]}
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             request_type(DEFAULT_COLUMNS)
         )
@@ -219,6 +222,7 @@ class App:
             model = Predictor(info, load_scorer(path))
         self.decoder = msgspec.json.Decoder(request_type(info.raw_columns))
         self.columns = tuple(info.input_columns)
+        self.classes = {"classes": list(info.classes or ())} if info.task == "multiclass" else {}
         self.metrics.predictions.reset(info.prediction_buckets())
         # Warm up: the first calls allocate and pick kernels; do it before saying ready.
         sample = info.sample()
@@ -284,7 +288,7 @@ class App:
             r = self.resolved
             return self._json(200, {"model_name": r.name, "model_version": r.version,
                                     "run_id": r.run_id, "model_uri": self.model_uri,
-                                    "aliases": list(r.aliases)})  # fmt: skip
+                                    "aliases": list(r.aliases), **self.classes})  # fmt: skip
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -331,13 +335,13 @@ class App:
         columns = {name: [getattr(r, name) for r in rows] for name in self.columns}
         predictions = model.predict(columns)
         self.metrics.rows.inc(len(rows))
-        self.metrics.predictions.observe(predictions)
+        self.metrics.predictions.observe(model.info.observed(predictions))
         sent = dict(headers)
         if COMPARE_HEADER in sent:
             request_id = sent.get(REQUEST_ID_HEADER, b"").decode("latin-1")
             log.info("prediction", request_id=request_id, predictions=predictions.tolist(),
                      version=self.resolved.version)  # fmt: skip
-        return self._json(200, {"predictions": predictions.tolist(),
+        return self._json(200, {"predictions": predictions.tolist(), **self.classes,
                                 "model_version": self.resolved.version})  # fmt: skip
 
 

@@ -134,7 +134,31 @@ class DailyFiles:
 # after the dataset's description (s1..s6 are six blood serum measurements).
 DIABETES_COLUMNS = {"age": "age", "sex": "sex", "bmi": "bmi", "bp": "bp", "s1": "tc",
                     "s2": "ldl", "s3": "hdl", "s4": "tch", "s5": "ltg", "s6": "glu"}  # fmt: skip
-SAMPLES = ("diabetes",)
+# scikit-learn's copy of the UCI wine recognition data (Forina et al.; Aeberhard, Coomans & de
+# Vel, 1992): 178 wines from three cultivars grown in one region of Italy, thirteen results of
+# their chemical analysis. The label is the cultivar.
+WINE_CLASSES = ("cultivar_1", "cultivar_2", "cultivar_3")
+SAMPLES = ("diabetes", "wine")
+
+
+def _sample_frame(name: str, first_day: dt.date, days: int) -> Any:
+    """A packaged dataset with an id and a day per record (record ``i`` on day ``i mod days``)."""
+    from sklearn import datasets
+
+    if name == "diabetes":
+        bunch = datasets.load_diabetes(as_frame=True, scaled=False)
+        frame = bunch.frame.rename(columns={**DIABETES_COLUMNS, "target": "progression"})
+        key, when = "patient_id", "visit_date"
+        ids = [f"p{i:03d}" for i in range(len(frame))]
+    else:
+        bunch = datasets.load_wine(as_frame=True)
+        frame = bunch.frame.rename(columns={"od280/od315_of_diluted_wines": "od280_od315"})
+        frame["cultivar"] = [WINE_CLASSES[int(t)] for t in frame.pop("target")]
+        key, when = "wine_id", "analysis_date"
+        ids = [f"w{i:03d}" for i in range(len(frame))]
+    frame.insert(0, key, ids)
+    frame.insert(1, when, [first_day + dt.timedelta(days=i % days) for i in range(len(frame))])
+    return frame, when
 
 
 def write_sample(name: str, dest: str, first_day: dt.date, days: int) -> list[str]:
@@ -146,17 +170,11 @@ def write_sample(name: str, dest: str, first_day: dt.date, days: int) -> list[st
         raise BadInputError(f"unknown sample dataset {name!r}; one of {', '.join(SAMPLES)}")
     if days < 1:
         raise BadInputError(f"--days must be 1 or more, got {days}")
-    from sklearn.datasets import load_diabetes
-
-    bunch = load_diabetes(as_frame=True, scaled=False)
-    frame = bunch.frame.rename(columns={**DIABETES_COLUMNS, "target": "progression"})
-    frame.insert(0, "patient_id", [f"p{i:03d}" for i in range(len(frame))])
-    frame.insert(1, "visit_date", [first_day + dt.timedelta(days=i % days)
-                                   for i in range(len(frame))])  # fmt: skip
+    frame, when = _sample_frame(name, first_day, days)
     fs, root = fsspec_for(dest)
     fs.makedirs(root, exist_ok=True)
     written = []
-    for day, rows in frame.groupby("visit_date"):
+    for day, rows in frame.groupby(when):
         path = f"{root.rstrip('/')}/{day.isoformat()}.csv"
         with fs.open(path, "w") as handle:
             pd.DataFrame(rows).to_csv(handle, index=False)

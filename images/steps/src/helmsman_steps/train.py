@@ -384,22 +384,49 @@ class _Split:
 
 def sklearn_estimator(info: ModelInfo, seed: int) -> Any:
     """Gradient boosting for the task, with the spec's ``trainer.params`` (its keyword
-    arguments; ``random_state`` defaults to the run's seed), after a median imputer for the
-    columns declared nullable (gradient boosting takes no missing values; with none missing
-    the imputer passes rows through). One pipeline: ONNX export covers both."""
-    from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
-    from sklearn.impute import SimpleImputer
+    arguments; ``random_state`` is the run's seed), as one pipeline that ONNX export covers
+    whole: scikit-learn's, after a median imputer for the columns declared nullable (it takes
+    no missing values; with none missing the imputer passes rows through), or LightGBM's
+    (``trainer.kind: lightgbm``), which routes missing values itself."""
     from sklearn.pipeline import Pipeline
 
-    kind = GradientBoostingRegressor if info.task == "regression" else GradientBoostingClassifier
     # The run's seed (the form's default is the spec's random_state or seed) wins.
     params = {**{k: v for k, v in info.trainer_params.items() if k != "seed"}, "random_state": seed}
+    kind: Any
+    if info.trainer == "lightgbm":
+        from lightgbm import LGBMClassifier, LGBMRegressor
+
+        kind = LGBMRegressor if info.task == "regression" else LGBMClassifier
+        params = {"verbose": -1, **params}  # its per-iteration chatter is not a log
+    else:
+        from sklearn.ensemble import GradientBoostingClassifier, GradientBoostingRegressor
+
+        regression = info.task == "regression"
+        kind = GradientBoostingRegressor if regression else GradientBoostingClassifier
     try:
         model = kind(**params)
     except TypeError as exc:
         raise BadInputError(f"trainer.params: {exc} (the {kind.__name__} parameters)") from None
+    if info.trainer == "lightgbm":
+        return Pipeline([("model", model)])
+    from sklearn.impute import SimpleImputer
+
     imputer = SimpleImputer(strategy="median", keep_empty_features=True)
     return Pipeline([("impute", imputer), ("model", model)])
+
+
+def _all_classes_seen(info: ModelInfo, y: npt.NDArray[np.float32]) -> None:
+    """A classifier learns the classes its rows show; one that never saw a declared class
+    would answer fewer probabilities than the spec's ``classes``."""
+    if info.task == "regression" or info.classes is None:
+        return
+    seen = {int(v) for v in np.unique(y)}
+    missing = [c for i, c in enumerate(info.classes) if i not in seen]
+    if missing:
+        raise BadInputError(
+            f"the training rows hold no example of the classes {missing} of "
+            f"schema.label.classes: widen the training window (window_days), or drop the class"
+        )
 
 
 class _SklearnTrainer:
@@ -415,22 +442,28 @@ class _SklearnTrainer:
     def fit(self, data: TrainingData) -> onnx.ModelProto:
         from sklearn.utils._param_validation import InvalidParameterError
 
+        _all_classes_seen(self.info, data.y_train)
         try:
             self.estimator.fit(data.x_train, data.y_train)
-        except InvalidParameterError as exc:
+        except (InvalidParameterError, ValueError) as exc:
+            # Both mean a parameter the estimator refuses (LightGBM raises ValueError).
             raise BadInputError(f"trainer.params: {exc}") from None
         return onnx_model.from_sklearn(self.estimator, data.inputs, self.info.task)
 
     def predict(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         if self.info.task == "regression":
             return np.asarray(self.estimator.predict(x), dtype=np.float64)
-        return np.asarray(self.estimator.predict_proba(x)[:, 1], dtype=np.float64)
+        probabilities = np.asarray(self.estimator.predict_proba(x), dtype=np.float64)
+        return probabilities if self.info.task == "multiclass" else probabilities[:, 1]
 
     def log(self, graph: onnx.ModelProto, example: Any, extra: list[str], name: str) -> Any:
         import mlflow
         from mlflow.models import infer_signature
 
         output = self.predict(example)
+        lightgbm = (
+            [f"lightgbm=={version_of('lightgbm')}"] if self.info.trainer == "lightgbm" else []
+        )
         logged = mlflow.sklearn.log_model(
             self.estimator,
             name="model",
@@ -441,6 +474,7 @@ class _SklearnTrainer:
             pip_requirements=[
                 f"scikit-learn=={version_of('scikit-learn')}",
                 f"numpy=={np.__version__}",
+                *lightgbm,
             ],
             registered_model_name=name,
             await_registration_for=60,
@@ -489,7 +523,8 @@ class _CustomTrainer:
             raise BadInputError(
                 f"trainer.entrypoint {self.name}: the ONNX graph must take "
                 f"{onnx_model.INPUT!r} (float32 [batch, {len(data.inputs)}]) and return "
-                f"{onnx_model.OUTPUT!r} (float32 [batch]); it takes {inputs}, returns {outputs}"
+                f"{onnx_model.OUTPUT!r} (float32 [batch], or [batch, classes] for a multiclass "
+                f"model); it takes {inputs}, returns {outputs}"
             )
         self._predict, self.metrics = fitted.predict, dict(fitted.metrics)
         # Record the input columns in the graph, as the built-in exports do (serving checks).
@@ -500,7 +535,8 @@ class _CustomTrainer:
         return graph  # type: ignore[no-any-return]
 
     def predict(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
-        return np.asarray(self._predict(x), dtype=np.float64).reshape(-1)
+        scores = np.asarray(self._predict(x), dtype=np.float64)
+        return scores.reshape(len(x), -1) if self.info.task == "multiclass" else scores.reshape(-1)
 
     def log(self, graph: onnx.ModelProto, example: Any, extra: list[str], name: str) -> Any:
         import mlflow
@@ -537,7 +573,7 @@ def _train_fitted(
             f"{len(split.x)} rows in {split.days[0]}..{split.days[-1]} leave too few to train "
             "and validate on; widen the training window"
         )
-    kind = _SklearnTrainer if info.trainer == "sklearn" else _CustomTrainer
+    kind = _CustomTrainer if info.trainer == "custom" else _SklearnTrainer
     trainer = kind(info, config.seed)
     mlflow.log_params({
         **{f"trainer.{k}": v for k, v in trainer.params.items()},
@@ -555,7 +591,8 @@ def _train_fitted(
         final = {"val_rmse": float(np.sqrt(np.mean((predicted - y_val) ** 2))),
                  "val_mae": float(np.mean(np.abs(predicted - y_val)))}  # fmt: skip
     else:
-        final = {"val_accuracy": float(np.mean((predicted >= 0.5) == (y_val >= 0.5)))}
+        truth = y_val if info.task == "multiclass" else y_val >= 0.5
+        final = {"val_accuracy": float(np.mean(info.decisions(predicted, 0.5) == truth))}
     final |= trainer.metrics
     mlflow.log_metrics(final)
     log.info("fitted", trainer=trainer.name, **{k: round(v, 5) for k, v in final.items()})
