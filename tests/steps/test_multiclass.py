@@ -150,3 +150,20 @@ def test_the_server_answers_a_probability_per_named_class(server: Server) -> Non
     # The histogram counts predicted classes: both rows in the first class's bucket.
     assert 'helmsman_prediction_bucket{le="0.5"} 2.0' in metrics
     assert 'helmsman_prediction_bucket{le="1.5"} 2.0' in metrics
+
+
+def test_the_v2_protocol_answers_a_rows_by_classes_tensor(server: Server) -> None:
+    url = server.health_url.replace("/readyz", "")
+    inputs = [
+        {"name": k, "shape": [2], "datatype": "FP64", "data": [v, v]} for k, v in WINE.items()
+    ]
+    body = httpx.post(f"{url}/v2/models/{NAME}/infer", json={"inputs": inputs}).json()
+    (score,) = body["outputs"]
+    assert score["shape"] == [2, 3]
+    assert len(score["data"]) == 6  # row-major, as the protocol lays tensors out
+    assert body["parameters"] == {"classes": CLASSES}
+    predicted = httpx.post(f"{url}/predict", json={"instances": [WINE]}).json()["predictions"]
+    assert score["data"][:3] == predicted[0]
+    meta = httpx.get(f"{url}/v2/models/{NAME}").json()
+    assert meta["outputs"] == [{"name": "score", "datatype": "FP32", "shape": [-1, 3]}]
+    assert json.loads(meta["properties"]["classes"]) == CLASSES

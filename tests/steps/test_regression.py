@@ -194,3 +194,17 @@ def load_scorer_bytes(data: bytes) -> Any:
     from helmsman_steps.runtime import OnnxScorer
 
     return OnnxScorer(data)
+
+
+def test_the_v2_protocol_takes_an_int_column_as_an_integer_tensor(server: Server) -> None:
+    url = server.health_url.replace("/readyz", "")
+    inputs = [{"name": k, "shape": [1], "datatype": "INT64" if k == "sex" else "FP32",
+               "data": [v]} for k, v in PATIENT.items()]  # fmt: skip
+    body = httpx.post(f"{url}/v2/models/{NAME}/infer", json={"inputs": inputs}).json()
+    predicted = httpx.post(f"{url}/predict", json={"instances": [PATIENT]}).json()["predictions"]
+    assert body["outputs"][0]["data"] == predicted
+    sex = next(i for i in inputs if i["name"] == "sex")
+    sex["datatype"] = "FP32"  # a float tensor for an int column: refused, naming the fix
+    refused = httpx.post(f"{url}/v2/models/{NAME}/infer", json={"inputs": inputs})
+    assert refused.status_code == 400
+    assert "input 'sex': datatype FP32 does not fit the int column; send INT64" in refused.text

@@ -107,6 +107,10 @@ def test_mlflow_dataframe_records_are_accepted(http: httpx.Client) -> None:
         ({"rows": [ROW]}, "unknown field `rows`"),
         ({"instances": [ROW] * 10_001}, "over the 10000-row limit"),
         ("{not json", "not valid JSON"),
+        ('{"instances": [{"age": NaN}]}', "not valid JSON"),
+        ('{"instances": [{"age": Infinity}]}', "not valid JSON"),
+        ("", "not valid JSON"),
+        ({"instances": {"age": 30}}, "Expected `array | null`, got `object` - at `$.instances`"),
     ],
 )
 def test_bad_requests_get_a_400_that_says_what_is_wrong(
@@ -116,6 +120,15 @@ def test_bad_requests_get_a_400_that_says_what_is_wrong(
     response = http.post("/predict", **kwargs)
     assert response.status_code == 400
     assert message in response.json()["error"]
+    assert http.get("/readyz").status_code == 200  # and it goes on serving
+
+
+def test_a_body_over_the_limit_gets_a_413_and_the_server_goes_on(http: httpx.Client) -> None:
+    huge = b'{"instances": [' + b" " * (9 * 1024 * 1024) + b"]}"
+    response = http.post("/predict", content=huge)
+    assert response.status_code == 413
+    assert "over 8388608 bytes" in response.json()["error"]
+    assert http.post("/predict", json={"instances": [ROW]}).status_code == 200
 
 
 def test_wrong_method_and_path(http: httpx.Client) -> None:

@@ -25,6 +25,9 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# The server's endpoint labels that score rows: its own API and the Open Inference Protocol's.
+PREDICT_ENDPOINTS = "/predict|/v2/infer"
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -354,10 +357,11 @@ class Prometheus:
     def figures(
         self, namespace: str, service: str, slot: str, window_s: float, at: float
     ) -> Figures:
-        """One slot's traffic on ``/predict`` over ``[at - window_s, at]``."""
+        """One slot's scoring traffic (``/predict`` and v2 ``infer``) over
+        ``[at - window_s, at]``."""
         sel = f'namespace="{namespace}",service="{service}",slot="{slot}"'
         w = f"{max(2, round(window_s))}s"
-        predict = f'{sel},endpoint="/predict"'
+        predict = f'{sel},endpoint=~"{PREDICT_ENDPOINTS}"'
         scraped = bool(self.query(f"count(helmsman_model_info{{{sel}}})", at))
         requests = self.scalar(f"sum(increase(helmsman_requests_total{{{predict}}}[{w}]))", at)
         errors = self.scalar(

@@ -9,6 +9,12 @@ Endpoints (what the Deployment's probes and the rollout's health gate use):
                   model a probability per class a row, with "classes" naming them in order;
                   MLflow's {"dataframe_records": [...]} is accepted too. Bad input gets a 400
                   that says what is wrong and where, never a 500.
+  /v2/...         the Open Inference Protocol v2 (KServe, Triton, MLServer clients): server
+                  and model metadata, liveness and readiness, and
+                  POST /v2/models/{name}[/versions/{version}]/infer with one input tensor per
+                  raw column (shape [rows], FP32/FP64 or INT* for numbers, BYTES for
+                  categories), answering the output tensor ``score`` ([rows], or [rows,
+                  classes]); the same checks as /predict, errors as {"error": ...}
   GET  /metrics   Prometheus: requests and errors by endpoint and code, latency histogram,
                   the histogram of predicted scores (what a rollout compares between
                   versions), the model version being served
@@ -29,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import subprocess
 import sys
 import tempfile
@@ -96,6 +103,39 @@ def request_type(columns: Mapping[str, Mapping[str, Any]]) -> type[msgspec.Struc
         [("instances", list[row] | None, None), ("dataframe_records", list[row] | None, None)],  # type: ignore[valid-type]
         forbid_unknown_fields=True,
     )
+
+
+class V2Input(msgspec.Struct, forbid_unknown_fields=True):
+    """An Open Inference Protocol v2 input tensor (its JSON form)."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class V2Output(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2Request(msgspec.Struct, forbid_unknown_fields=True):
+    """An Open Inference Protocol v2 inference request."""
+
+    inputs: list[V2Input]
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[V2Output] | None = None
+
+
+# The v2 datatypes each column type takes: numbers as any numeric tensor (a whole-number float
+# column may arrive as INT64 from a client's integer array), categories as strings.
+_V2_INTS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
+V2_DATATYPES = {"float": ("FP32", "FP64", "FP16", *_V2_INTS), "int": _V2_INTS,
+                "category": ("BYTES",)}  # fmt: skip
+V2_DECLARED = {"float": "FP32", "int": "INT64", "category": "BYTES"}  # what metadata lists
+_ROW_PATH = re.compile(r"`\$\[(\d+)\]\.(\w+)`")
 
 
 @dataclass
@@ -206,6 +246,7 @@ class App:
         self.resolved: registry.ResolvedModel | None = None
         self.metrics = Metrics()
         self.columns: tuple[str, ...] = ()
+        self.rows_type: Any = list[instance_type(DEFAULT_COLUMNS)]  # type: ignore[misc]
         self.classes: dict[str, Any] = {}  # a multiclass model's {"classes": [...]}
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             request_type(DEFAULT_COLUMNS)
@@ -221,6 +262,7 @@ class App:
             info = ModelInfo.from_file(spec_path, resolved.name)
             model = Predictor(info, load_scorer(path))
         self.decoder = msgspec.json.Decoder(request_type(info.raw_columns))
+        self.rows_type = list[instance_type(info.raw_columns)]  # type: ignore[misc]
         self.columns = tuple(info.input_columns)
         self.classes = {"classes": list(info.classes or ())} if info.task == "multiclass" else {}
         self.metrics.predictions.reset(info.prediction_buckets())
@@ -244,6 +286,8 @@ class App:
         endpoint = (
             path
             if path in ("/healthz", "/readyz", "/metadata", "/predict", "/metrics")
+            else ("/v2/infer" if path.endswith("/infer") else "/v2")
+            if path.startswith("/v2")
             else "other"
         )
         try:
@@ -297,7 +341,158 @@ class App:
             if method != "POST":
                 return self._json(405, {"error": "use POST with a JSON body"})
             return self._predict(await self._body(receive), headers)
+        if path == "/v2" or path.startswith("/v2/"):
+            return await self._v2(path, method, receive, headers)
         return self._json(404, {"error": f"no such endpoint: {path}"})
+
+    # -- Open Inference Protocol v2 ------------------------------------------------------
+    async def _v2(
+        self, path: str, method: str, receive: Receive, headers: Sequence[tuple[bytes, bytes]]
+    ) -> tuple[int, bytes, bytes]:
+        parts = [p for p in path.split("/") if p][1:]  # after "v2"
+        if not parts:
+            from helmsman_steps import __version__
+
+            return self._json(200, {"name": "helmsman", "version": __version__, "extensions": []})
+        if parts == ["health", "live"]:
+            return self._json(200, {"live": True})
+        if parts == ["health", "ready"]:
+            ready = self.model is not None and not self.draining
+            return self._json(200 if ready else 503, {"ready": ready})
+        if parts[0] != "models" or len(parts) < 2:
+            return self._json(404, {"error": f"no such endpoint: {path}"})
+        name, rest = parts[1], parts[2:]
+        version = None
+        if rest[:1] == ["versions"]:
+            if len(rest) < 2:
+                return self._json(404, {"error": f"no such endpoint: {path}"})
+            version, rest = rest[1], rest[2:]
+        model, resolved = self.model, self.resolved
+        if model is None or resolved is None:
+            return self._json(503, {"error": "model not loaded yet"})
+        if name != resolved.name or version not in (None, resolved.version):
+            asked = f"version {version} of {name!r}" if version else f"model {name!r}"
+            served = f"version {resolved.version} of {resolved.name!r}"
+            return self._json(404, {"error": f"{asked} is not served here: this server serves "
+                                             f"{served}"})  # fmt: skip
+        if rest == []:
+            return self._json(200, self._v2_metadata(model.info, resolved))
+        if rest == ["ready"]:
+            return self._json(200, {"name": name, "ready": True})
+        if rest == ["infer"]:
+            if method != "POST":
+                return self._json(405, {"error": "use POST with a JSON inference request"})
+            return self._v2_infer(model, resolved, await self._body(receive), headers)
+        return self._json(404, {"error": f"no such endpoint: {path}"})
+
+    def _v2_metadata(self, info: ModelInfo, resolved: registry.ResolvedModel) -> dict[str, Any]:
+        shape = [-1, info.n_outputs] if info.task == "multiclass" else [-1]
+        meta: dict[str, Any] = {
+            "name": resolved.name, "versions": [resolved.version], "platform": "onnxruntime_onnx",
+            "inputs": [{"name": c, "datatype": V2_DECLARED[info.raw_columns[c]["type"]],
+                        "shape": [-1]} for c in self.columns],
+            "outputs": [{"name": "score", "datatype": "FP32", "shape": shape}],
+        }  # fmt: skip
+        if self.classes:
+            meta["properties"] = {"classes": json.dumps(self.classes["classes"])}
+        return meta
+
+    def _v2_infer(
+        self,
+        model: Predictor,
+        resolved: registry.ResolvedModel,
+        body: bytes | None,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> tuple[int, bytes, bytes]:
+        info = model.info
+        if body is None:
+            return self._json(413, {"error": f"request body over {MAX_BODY_BYTES} bytes"})
+        try:
+            request = msgspec.json.decode(body, type=V2Request)
+        except msgspec.ValidationError as exc:
+            return self._json(400, {"error": f"invalid inference request: {exc}"})
+        except msgspec.DecodeError as exc:
+            return self._json(400, {"error": f"request body is not valid JSON: {exc}"})
+        columns, problem = self._v2_columns(request.inputs, info)
+        if problem:
+            return self._json(400, {"error": problem})
+        unknown = sorted({o.name for o in request.outputs or ()} - {"score"})
+        if unknown:
+            return self._json(400, {"error": f"unknown outputs {unknown}: this model has 'score'"})
+        predictions = self._score(model, columns, len(next(iter(columns.values()))), headers)
+        answer: dict[str, Any] = {
+            "model_name": resolved.name, "model_version": resolved.version,
+            "outputs": [{"name": "score", "datatype": "FP32", "shape": list(predictions.shape),
+                         "data": predictions.reshape(-1).tolist()}],
+        }  # fmt: skip
+        if request.id is not None:
+            answer["id"] = request.id
+        if self.classes:
+            answer["parameters"] = self.classes
+        return self._json(200, answer)
+
+    def _v2_columns(
+        self, inputs: list[V2Input], info: ModelInfo
+    ) -> tuple[dict[str, list[Any]], str | None]:
+        """The request's tensors as validated columns, or what is wrong with them."""
+        names = [i.name for i in inputs]
+        missing = [c for c in self.columns if c not in names]
+        extra = sorted(set(names) - set(self.columns))
+        if missing or extra or len(set(names)) != len(names):
+            return {}, (
+                f"inputs: one tensor per column of the model, each once ({list(self.columns)}; "
+                f"GET /v2/models/{info.name} lists them); missing {missing}, unknown {extra}"
+            )
+        data: dict[str, list[Any]] = {}
+        for tensor in inputs:
+            kind = info.raw_columns[tensor.name]["type"]
+            if tensor.datatype not in V2_DATATYPES[kind]:
+                return {}, (
+                    f"input {tensor.name!r}: datatype {tensor.datatype} does not fit the {kind} "
+                    f"column; send {V2_DECLARED[kind]}"
+                )
+            if not (len(tensor.shape) == 1 or (len(tensor.shape) == 2 and tensor.shape[1] == 1)):
+                return {}, f"input {tensor.name!r}: shape {tensor.shape}; send [rows] or [rows, 1]"
+            flat = [v[0] if isinstance(v, list) and len(v) == 1 else v for v in tensor.data]
+            if len(flat) != tensor.shape[0] or any(isinstance(v, list) for v in flat):
+                return {}, (
+                    f"input {tensor.name!r}: {len(tensor.data)} values for shape {tensor.shape}"
+                )
+            data[tensor.name] = flat
+        rows = {len(v) for v in data.values()}
+        if len(rows) != 1:
+            return {}, f"inputs: tensors of different lengths {sorted(rows)}; one row each"
+        (n,) = rows
+        if not 1 <= n <= MAX_BATCH:
+            return {}, f"inputs: {n} rows; send 1 to {MAX_BATCH}"
+        as_rows = [
+            dict(zip(data, values, strict=True)) for values in zip(*data.values(), strict=True)
+        ]
+        try:
+            checked = msgspec.convert(as_rows, self.rows_type)
+        except msgspec.ValidationError as exc:
+            where = _ROW_PATH.sub(r"input `\2` element \1", str(exc))
+            return {}, f"invalid inference request: {where}"
+        return {c: [getattr(r, c) for r in checked] for c in self.columns}, None
+
+    def _score(
+        self,
+        model: Predictor,
+        columns: dict[str, list[Any]],
+        rows: int,
+        headers: Sequence[tuple[bytes, bytes]],
+    ) -> np.ndarray:
+        """Score, count, and log the predictions of a compared request (the rollout's shadow
+        step pairs them by request id)."""
+        predictions = model.predict(columns)
+        self.metrics.rows.inc(rows)
+        self.metrics.predictions.observe(model.info.observed(predictions))
+        sent = dict(headers)
+        if COMPARE_HEADER in sent and self.resolved is not None:
+            request_id = sent.get(REQUEST_ID_HEADER, b"").decode("latin-1")
+            log.info("prediction", request_id=request_id, predictions=predictions.tolist(),
+                     version=self.resolved.version)  # fmt: skip
+        return predictions
 
     async def _body(self, receive: Receive) -> bytes | None:
         chunks, size = [], 0
@@ -333,14 +528,7 @@ class App:
         if len(rows) > MAX_BATCH:
             return self._json(400, {"error": f"{len(rows)} rows is over the {MAX_BATCH}-row limit"})
         columns = {name: [getattr(r, name) for r in rows] for name in self.columns}
-        predictions = model.predict(columns)
-        self.metrics.rows.inc(len(rows))
-        self.metrics.predictions.observe(model.info.observed(predictions))
-        sent = dict(headers)
-        if COMPARE_HEADER in sent:
-            request_id = sent.get(REQUEST_ID_HEADER, b"").decode("latin-1")
-            log.info("prediction", request_id=request_id, predictions=predictions.tolist(),
-                     version=self.resolved.version)  # fmt: skip
+        predictions = self._score(model, columns, len(rows), headers)
         return self._json(200, {"predictions": predictions.tolist(), **self.classes,
                                 "model_version": self.resolved.version})  # fmt: skip
 
