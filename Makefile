@@ -56,6 +56,14 @@ $(PROMETHEUS):
 	  apt-get install -y -qq prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }; \
 	else echo "note: no $(PROMETHEUS) and no root to install it; install Debian's prometheus package" >&2; fi
 
+# The serving bench's load generator (compiled: a Python one saturates before the server does):
+# Debian's wrk package, installed the same way.
+WRK ?= /usr/bin/wrk
+$(WRK):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; \
+	else echo "note: no $(WRK) and no root to install it; install Debian's wrk package" >&2; fi
+
 # A migrated Airflow database the local stack copies on a fresh start (tools/stack.py).
 AIRFLOW_DB_TEMPLATE := $(VENV)/share/helmsman/.built
 $(AIRFLOW_DB_TEMPLATE): $(VENV)/.installed helm-values/airflow-pools.json
@@ -64,8 +72,9 @@ $(AIRFLOW_DB_TEMPLATE): $(VENV)/.installed helm-values/airflow-pools.json
 
 setup: $(VENV)/.installed $(PROMETHEUS) $(AIRFLOW_DB_TEMPLATE) ## Create or update what `make demo` needs (idempotent)
 
-# What only the tests need: the policy scanner's venv and the browser for the UI test.
-test-tools: $(POLICY_VENV)/.installed $(CHROMIUM)
+# What only the tests need: the policy scanner's venv, the browser for the UI test and the
+# serving bench's load generator.
+test-tools: $(POLICY_VENV)/.installed $(CHROMIUM) $(WRK)
 
 lock: | $(BIN)/python ## Re-resolve requirements*.txt from the *.in inputs
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)

@@ -1,30 +1,34 @@
-"""Serving throughput and latency: Helmsman's model server vs `mlflow models serve`.
+"""Serving throughput and latency: Helmsman's model server, `mlflow models serve`, and the
+ceiling of the server stack (a no-op ASGI app on the same uvicorn, uvloop and httptools).
 
-Both serve the same registered model version (one worker each) from the same MLflow store.
-A separate load-generator process sends the same load to each in alternating rounds, so the
-two are measured side by side under the same machine conditions; the script prints
-throughput and p50/p99 latency per server and the ratios. Goal: >= 3x the throughput of
-`mlflow models serve` with p99 no worse.
+Each serves the same registered model version (one worker each, from the same MLflow store).
+wrk (Debian's package; `make test-tools` installs it), a compiled load generator that does not
+saturate before the servers do, sends the same load to each in alternating rounds, so all are
+measured side by side under the same machine conditions; for each batch size and concurrency
+the script prints req/s, rows/s, p50/p99 and the ratios. Goals at batch 1: >= 10x the
+throughput of `mlflow models serve`, >= 60% of the no-op ceiling at concurrency 4, p99 no
+worse than mlflow's.
 
 Each server gets a request of the shape its API takes for one customer: Helmsman's server the
 raw record (it validates and derives features itself), MLflow's the already-encoded input
 tensor of the logged PyTorch model -- so Helmsman's server does strictly more work per request.
 
-Usage: python bench/serving_bench.py [--seconds 8] [--rounds 2] [--concurrency 4] [--batch 1]
+Usage: python bench/serving_bench.py [--seconds 5] [--rounds 2] [--concurrency 4,32]
+                                    [--batch 1,64] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,125 +65,166 @@ def encoded_row() -> list[float]:
     return [float(x) for x in matrix[0]]
 
 
-async def _load(url: str, body: bytes, seconds: float, concurrency: int) -> dict[str, Any]:
-    import aiohttp
-
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + seconds
-    headers = {"content-type": "application/json"}
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "requests": len(latencies),
-        "errors": errors,
-        "rps": len(latencies) / elapsed,
-        "p50_ms": 1000 * latencies[len(latencies) // 2],
-        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
-    }
+WRK = shutil.which("wrk")
+# wrk's request: a POST of the body in $HELMSMAN_BENCH_BODY (a file), read once per thread.
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open(os.getenv("HELMSMAN_BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+"""
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def load_in_subprocess(url: str, body: bytes, seconds: float, concurrency: int) -> dict[str, Any]:
-    """Run the load generator in its own process, so it does not share the server's GIL."""
-    code = (
-        "import asyncio, json, sys; sys.path[:0] = sys.argv[1:2]; "
-        "from bench.serving_bench import _load; "
-        "print(json.dumps(asyncio.run(_load(sys.argv[2], sys.argv[3].encode(), "
-        "float(sys.argv[4]), int(sys.argv[5])))))"
-    )
+async def noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The ceiling of the server stack: the same uvicorn (uvloop, httptools), no work."""
+    if scope["type"] != "http":
+        return
+    more = True
+    while more:
+        more = (await receive()).get("more_body", False)
+    body = b'{"predictions":[0.5]}'
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send({"type": "http.response.body", "body": body})
+
+
+def wrk_load(url: str, body: bytes, seconds: float, concurrency: int, tmp: Path) -> dict[str, Any]:
+    """One round of wrk (one thread: the server under test has the other core)."""
+    if WRK is None:
+        raise SystemExit("wrk is missing: `make test-tools` installs Debian's wrk package")
+    (tmp / "post.lua").write_text(WRK_SCRIPT)
+    (tmp / "body.json").write_bytes(body)
     out = subprocess.run(
-        [sys.executable, "-c", code, str(REPO), url, body.decode(), str(seconds), str(concurrency)],
+        [WRK, "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-s", str(tmp / "post.lua"), url],
+        env={**os.environ, "HELMSMAN_BENCH_BODY": str(tmp / "body.json")},
         check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    result: dict[str, Any] = json.loads(out.stdout)
-    return result
+    ).stdout  # fmt: skip
+    return parse_wrk(out)
+
+
+def parse_wrk(out: str) -> dict[str, Any]:
+    """req/s, p50 and p99 (ms) and errors (non-2xx answers and socket errors) from wrk."""
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {q: float(v) * _UNITS[u] for q, v, u in
+               re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)$", out, re.M)}  # fmt: skip
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return {"rps": rps, "p50_ms": latency["50"], "p99_ms": latency["99"], "errors": errors}
+
+
+def _servers(workdir: Path, env: dict[str, str]) -> dict[str, tuple[Server, str, Any]]:
+    """name -> (server, url, body of ``batch`` rows): the same model version behind each."""
+    ours, theirs, noop = free_port(), free_port(), free_port()
+    ours_body = lambda batch: json.dumps({"instances": [ROW] * batch}).encode()  # noqa: E731
+    return {
+        "helmsman": (
+            Server("helmsman", [sys.executable, "-m", "helmsman_steps", "serve",
+                   "--model-uri", "models:/bench/1", "--port", str(ours)],
+                   f"http://127.0.0.1:{ours}/readyz", workdir / "ours.log", env=env),
+            f"http://127.0.0.1:{ours}/predict", ours_body,
+        ),
+        "mlflow": (
+            Server("mlflow models serve", [sys.executable, "-m", "mlflow", "models", "serve",
+                   "-m", "models:/bench/1", "--env-manager", "local", "--host", "127.0.0.1",
+                   "--port", str(theirs), "--workers", "1"],
+                   f"http://127.0.0.1:{theirs}/ping", workdir / "theirs.log", env=env),
+            f"http://127.0.0.1:{theirs}/invocations",
+            lambda batch: json.dumps({"inputs": [encoded_row()] * batch}).encode(),
+        ),
+        "noop-asgi": (
+            Server("no-op ASGI app", [sys.executable, "-m", "uvicorn",
+                   "bench.serving_bench:noop_app", "--port", str(noop), "--loop", "uvloop",
+                   "--http", "httptools", "--no-access-log", "--log-level", "warning",
+                   "--app-dir", str(REPO)],
+                   f"http://127.0.0.1:{noop}/", workdir / "noop.log", env=env),
+            f"http://127.0.0.1:{noop}/predict", ours_body,
+        ),
+    }  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
-    parser.add_argument("--seconds", type=float, default=8.0, help="length of one round")
+    parser.add_argument("--seconds", type=float, default=5.0, help="length of one round")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per server")
-    parser.add_argument("--concurrency", type=int, default=4, help="connections in flight")
-    parser.add_argument("--batch", type=int, default=1, help="rows per request")
+    parser.add_argument("--concurrency", default="4,32", help="connections in flight (a list)")
+    parser.add_argument("--batch", default="1,64", help="rows per request (a list)")
     parser.add_argument("--smoke", action="store_true", help="one short round: does it run")
     args = parser.parse_args()
+    batches = [int(b) for b in args.batch.split(",")]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
     if args.smoke:
-        args.seconds, args.rounds = 1.0, 1
+        args.seconds, args.rounds, batches, concurrencies = 1.0, 1, [1], [4]
 
+    table: dict[tuple[int, int], dict[str, dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         print(f"{dt.datetime.now():%H:%M:%S} training the model to serve ...", flush=True)
         env = train_model(workdir)
-        ours_port, theirs_port = free_port(), free_port()
-        servers = {
-            "helmsman": (
-                Server("helmsman", [sys.executable, "-m", "helmsman_steps", "serve",
-                       "--model-uri", "models:/bench/1", "--port", str(ours_port)],
-                       f"http://127.0.0.1:{ours_port}/readyz", workdir / "ours.log", env=env),
-                f"http://127.0.0.1:{ours_port}/predict",
-                json.dumps({"instances": [ROW] * args.batch}).encode(),
-            ),
-            "mlflow": (
-                Server("mlflow models serve", [sys.executable, "-m", "mlflow", "models", "serve",
-                       "-m", "models:/bench/1", "--env-manager", "local", "--host", "127.0.0.1",
-                       "--port", str(theirs_port), "--workers", "1"],
-                       f"http://127.0.0.1:{theirs_port}/ping", workdir / "theirs.log", env=env),
-                f"http://127.0.0.1:{theirs_port}/invocations",
-                json.dumps({"inputs": [encoded_row()] * args.batch}).encode(),
-            ),
-        }  # fmt: skip
-        results: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+        servers = _servers(workdir, env)
         try:
             for server, _, _ in servers.values():
                 server.start(timeout=180)
-            for _, url, body in servers.values():  # warm-up, not measured
-                load_in_subprocess(url, body, 1.0, args.concurrency)
-            for round_no in range(args.rounds):
-                for name, (_, url, body) in servers.items():
-                    result = load_in_subprocess(url, body, args.seconds, args.concurrency)
-                    results[name].append(result)
-                    print(f"round {round_no + 1} {name:9s} {result['rps']:8.0f} req/s  "
-                          f"p50 {result['p50_ms']:6.2f} ms  p99 {result['p99_ms']:6.2f} ms  "
-                          f"errors {result['errors']}", flush=True)  # fmt: skip
+            for batch in batches:
+                for concurrency in concurrencies:
+                    table[batch, concurrency] = _measure(servers, batch, concurrency, args, workdir)
         finally:
             for server, _, _ in servers.values():
                 server.stop()
+    _report(table, args)
+    return 0
 
-    summary = {
+
+def _measure(
+    servers: dict[str, tuple[Server, str, Any]],
+    batch: int,
+    concurrency: int,
+    args: argparse.Namespace,
+    workdir: Path,
+) -> dict[str, dict[str, float]]:
+    """Alternating rounds of every server at one batch and concurrency; medians per server."""
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
+    for _, url, body in servers.values():  # warm-up, not measured
+        wrk_load(url, body(batch), 1.0, concurrency, workdir)
+    for round_no in range(args.rounds):
+        for name, (_, url, body) in servers.items():
+            result = wrk_load(url, body(batch), args.seconds, concurrency, workdir)
+            results[name].append(result)
+            print(f"batch {batch:3d} c{concurrency:<3d} round {round_no + 1} {name:10s} "
+                  f"{result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.2f} ms  "
+                  f"p99 {result['p99_ms']:6.2f} ms  errors {result['errors']}",
+                  flush=True)  # fmt: skip
+    return {
         name: {
             "rps": statistics.median(r["rps"] for r in rounds),
+            "rows": batch * statistics.median(r["rps"] for r in rounds),
             "p50_ms": statistics.median(r["p50_ms"] for r in rounds),
             "p99_ms": statistics.median(r["p99_ms"] for r in rounds),
             "errors": sum(r["errors"] for r in rounds),
         }
         for name, rounds in results.items()
     }
-    ours, theirs = summary["helmsman"], summary["mlflow"]
-    print(f"\nbatch {args.batch}, concurrency {args.concurrency}, {args.rounds} x "
-          f"{args.seconds:.0f} s rounds (medians)")  # fmt: skip
-    print(f"{'server':10s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s}")
-    for name, s in summary.items():
-        print(f"{name:10s} {s['rps']:8.0f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['errors']:7d}")
-    ratio = ours["rps"] / theirs["rps"]
-    p99_ratio = ours["p99_ms"] / theirs["p99_ms"]
-    print(f"throughput ratio helmsman/mlflow: {ratio:.2f}x (goal >= 3x)")
-    print(f"p99 ratio helmsman/mlflow:        {p99_ratio:.2f}x (goal <= 1x)")
-    return 0
+
+
+def _report(table: dict[tuple[int, int], dict[str, dict[str, float]]], args: Any) -> None:
+    print(f"\nmedians of {args.rounds} x {args.seconds:.0f} s rounds; wrk, 1 thread")
+    print(f"{'batch':>5s} {'conc':>4s} {'server':10s} {'req/s':>8s} {'rows/s':>9s} "
+          f"{'p50 ms':>7s} {'p99 ms':>7s} {'errors':>6s}")  # fmt: skip
+    for (batch, concurrency), summary in table.items():
+        for name, s in summary.items():
+            print(f"{batch:5d} {concurrency:4d} {name:10s} {s['rps']:8.0f} {s['rows']:9.0f} "
+                  f"{s['p50_ms']:7.2f} {s['p99_ms']:7.2f} {s['errors']:6.0f}")  # fmt: skip
+    print()
+    for (batch, concurrency), s in table.items():
+        ours, mlflow, ceiling = s["helmsman"], s["mlflow"], s["noop-asgi"]
+        print(f"batch {batch}, concurrency {concurrency}: helmsman/mlflow "
+              f"{ours['rps'] / mlflow['rps']:.1f}x req/s (goal >= 10x at batch 1), "
+              f"{ours['rows'] / mlflow['rows']:.1f}x rows/s; of the no-op ASGI ceiling "
+              f"{ours['rps'] / ceiling['rps']:.0%} (goal >= 60% at batch 1, concurrency 4); "
+              f"p99 {ours['p99_ms'] / mlflow['p99_ms']:.2f}x mlflow's (goal <= 1x)")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -236,3 +236,20 @@ def test_a_missing_model_exits_with_bad_input(step_env: dict[str, str]) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "models:/no-such-model/1 does not exist" in proc.stderr
+
+
+def test_a_few_scores_land_in_the_buckets_a_batch_of_them_would() -> None:
+    """A request's row or few are counted without arrays; the buckets must not move (a score
+    on a bound belongs to the bucket it bounds, as Prometheus' ``le`` says)."""
+    from helmsman_steps.modelinfo import PROBABILITY_BUCKETS, score_counts
+    from helmsman_steps.serve import PredictionHistogram
+
+    scores = np.array([0.0, 0.05, 0.050001, 0.5, 0.95, 0.97, 1.0, 0.3333], dtype=np.float32)
+    one_by_one = PredictionHistogram()
+    for i in range(len(scores)):
+        one_by_one.observe(scores[i : i + 1])
+    at_once = PredictionHistogram()
+    at_once.observe(scores)
+    expected = score_counts(scores, PROBABILITY_BUCKETS)
+    assert one_by_one.counts.tolist() == at_once.counts.tolist() == expected.tolist()
+    assert one_by_one.total == pytest.approx(at_once.total)

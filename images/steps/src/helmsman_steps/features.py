@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,9 @@ import numpy.typing as npt
 from helmsman_steps.schema import CATEGORIES, NUMERIC_INPUTS, NUMERIC_RANGES
 
 Columns = Mapping[str, npt.ArrayLike]
+# Up to this many rows (a served request, mostly one) the matrix is built from Python lists:
+# per-column numpy arrays cost more than the model there.
+SMALL_BATCH = 16
 Derive = Callable[[Columns], Mapping[str, npt.ArrayLike]]
 
 
@@ -89,18 +93,60 @@ class Featurizer:
             names += [f"{column}={value}" for value in vocabulary]
         return names
 
+    @cached_property
+    def _positions(self) -> dict[str, dict[str, int]]:
+        """Each category column's value -> its one-hot column in the matrix."""
+        start, positions = len(self.numeric) + len(self.derived), {}
+        for column, vocabulary in self.categories.items():
+            positions[column] = {v: start + i for i, v in enumerate(vocabulary)}
+            start += len(vocabulary)
+        return positions
+
     def to_matrix(self, columns: Columns) -> npt.NDArray[np.float32]:
         """The input matrix (rows x input_names()). Derived columns are recomputed unless
-        present (ETL stores them; a request does not send them); a missing value is NaN."""
-        missing = [n for n in self.derived if n not in columns]
+        present (ETL stores them; a request does not send them); a missing value is NaN, a
+        missing or unknown category all zeros.
+
+        Filled in place, one column at a time: a served request is one row, where building
+        and stacking an array per column cost more than the model itself."""
         merged: dict[str, Any] = dict(columns)
-        if missing:
+        if any(n not in columns for n in self.derived):
             merged |= self.derive(columns)
-        parts = [_floats(merged[name]) for name in (*self.numeric, *self.derived)]
-        for column, vocabulary in self.categories.items():
-            values = np.asarray(columns[column], dtype=object)
-            parts += [(values == value).astype(np.float64) for value in vocabulary]
-        return np.column_stack(parts).astype(np.float32)
+        numeric = (*self.numeric, *self.derived)
+        rows = len(merged[numeric[0]] if numeric else columns[next(iter(self.categories))])
+        width = len(numeric) + sum(len(v) for v in self.categories.values())
+        if rows <= SMALL_BATCH:
+            return self._small(merged, numeric, rows, width)
+        matrix = np.zeros((rows, width), dtype=np.float32)
+        for j, name in enumerate(numeric):
+            matrix[:, j] = _floats(merged[name])
+        for column, positions in self._positions.items():
+            values = columns[column]
+            listed = values.tolist() if isinstance(values, np.ndarray) else values
+            hot = np.fromiter((positions.get(v, -1) if isinstance(v, str) else -1
+                               for v in listed), dtype=np.int64, count=rows)  # fmt: skip
+            known = np.flatnonzero(hot >= 0)
+            matrix[known, hot[known]] = 1.0
+        return matrix
+
+    def _small(
+        self, merged: dict[str, Any], numeric: tuple[str, ...], rows: int, width: int
+    ) -> npt.NDArray[np.float32]:
+        """A few rows as Python lists, one array at the end (the same values as the columnar
+        path: float64 numbers, NaN for a missing one, rounded to float32 once)."""
+        data = [[0.0] * width for _ in range(rows)]
+        for j, name in enumerate(numeric):
+            values = merged[name]
+            listed = values.tolist() if isinstance(values, np.ndarray) else values
+            for row, value in zip(data, listed, strict=True):
+                row[j] = _number(value)
+        for column, positions in self._positions.items():
+            values = merged[column]
+            listed = values.tolist() if isinstance(values, np.ndarray) else values
+            for row, value in zip(data, listed, strict=True):
+                if isinstance(value, str) and value in positions:
+                    row[positions[value]] = 1.0
+        return np.array(data, dtype=np.float64).astype(np.float32)
 
 
 def _floats(values: npt.ArrayLike) -> npt.NDArray[np.float64]:

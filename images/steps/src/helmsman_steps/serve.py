@@ -32,6 +32,7 @@ uvloop and httptools, and requests are decoded and validated in one pass by msgs
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
 import math
@@ -164,6 +165,17 @@ class Metrics:
             "helmsman_model_info", "The model version being served (value 1)",
             ["name", "version", "run_id"], registry=self.registry,
         )  # fmt: skip
+        self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+    def request(self, endpoint: str, code: int, seconds: float) -> None:
+        """Count one answered request and its latency. The labelled children are looked up
+        once per (endpoint, code): ``labels()`` costs more than the increment itself."""
+        children = self._children.get((endpoint, code))
+        if children is None:
+            children = (self.requests.labels(endpoint, str(code)), self.latency.labels(endpoint))
+            self._children[(endpoint, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 COMPARE_HEADER = b"x-helmsman-compare"
@@ -186,6 +198,13 @@ class PredictionHistogram:
             self.total = 0.0
 
     def observe(self, scores: np.ndarray) -> None:
+        if len(scores) <= 4:  # a request's row or few: bisect, no arrays (same buckets)
+            values = scores.tolist()
+            with self.lock:
+                for value in values:
+                    self.counts[bisect.bisect_left(self.bounds, value)] += 1
+                    self.total += value
+            return
         counts = score_counts(scores, self.bounds)
         with self.lock:
             self.counts += counts
@@ -300,8 +319,7 @@ class App:
             headers.append((b"connection", b"close"))
         await send({"type": "http.response.start", "status": code, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        self.metrics.requests.labels(endpoint, str(code)).inc()
-        self.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        self.metrics.request(endpoint, code, time.perf_counter() - started)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
