@@ -113,7 +113,7 @@ class Featurizer:
         if any(n not in columns for n in self.derived):
             merged |= self.derive(columns)
         numeric = (*self.numeric, *self.derived)
-        rows = len(merged[numeric[0]] if numeric else columns[next(iter(self.categories))])
+        rows = len(merged[numeric[0] if numeric else next(iter(self.categories))])
         width = len(numeric) + sum(len(v) for v in self.categories.values())
         if rows <= SMALL_BATCH:
             return self._small(merged, numeric, rows, width)
@@ -121,8 +121,7 @@ class Featurizer:
         for j, name in enumerate(numeric):
             matrix[:, j] = _floats(merged[name])
         for column, positions in self._positions.items():
-            values = columns[column]
-            listed = values.tolist() if isinstance(values, np.ndarray) else values
+            listed = _listed(merged[column])
             hot = np.fromiter((positions.get(v, -1) if isinstance(v, str) else -1
                                for v in listed), dtype=np.int64, count=rows)  # fmt: skip
             known = np.flatnonzero(hot >= 0)
@@ -136,17 +135,18 @@ class Featurizer:
         path: float64 numbers, NaN for a missing one, rounded to float32 once)."""
         data = [[0.0] * width for _ in range(rows)]
         for j, name in enumerate(numeric):
-            values = merged[name]
-            listed = values.tolist() if isinstance(values, np.ndarray) else values
-            for row, value in zip(data, listed, strict=True):
+            for row, value in zip(data, _listed(merged[name]), strict=True):
                 row[j] = _number(value)
         for column, positions in self._positions.items():
-            values = merged[column]
-            listed = values.tolist() if isinstance(values, np.ndarray) else values
-            for row, value in zip(data, listed, strict=True):
+            for row, value in zip(data, _listed(merged[column]), strict=True):
                 if isinstance(value, str) and value in positions:
                     row[positions[value]] = 1.0
         return np.array(data, dtype=np.float64).astype(np.float32)
+
+
+def _listed(values: Any) -> list[Any]:
+    """A column's values as a Python list (a request's list as it is)."""
+    return values.tolist() if isinstance(values, np.ndarray) else list(values)
 
 
 def _floats(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
