@@ -75,6 +75,7 @@ wrk.body = f:read("*a")
 f:close()
 """
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+BATCH_WINDOW_MS = 0.5  # the micro-batching variant's window
 
 
 async def noop_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -118,7 +119,7 @@ def parse_wrk(out: str) -> dict[str, Any]:
 
 def _servers(workdir: Path, env: dict[str, str]) -> dict[str, tuple[Server, str, Any]]:
     """name -> (server, url, body of ``batch`` rows): the same model version behind each."""
-    ours, theirs, noop = free_port(), free_port(), free_port()
+    ours, batched, theirs, noop = free_port(), free_port(), free_port(), free_port()
     ours_body = lambda batch: json.dumps({"instances": [ROW] * batch}).encode()  # noqa: E731
     return {
         "helmsman": (
@@ -126,6 +127,14 @@ def _servers(workdir: Path, env: dict[str, str]) -> dict[str, tuple[Server, str,
                    "--model-uri", "models:/bench/1", "--port", str(ours)],
                    f"http://127.0.0.1:{ours}/readyz", workdir / "ours.log", env=env),
             f"http://127.0.0.1:{ours}/predict", ours_body,
+        ),
+        # Micro-batching on: what it does to throughput and p99 under each load.
+        "batched": (
+            Server("helmsman, micro-batching", [sys.executable, "-m", "helmsman_steps", "serve",
+                   "--model-uri", "models:/bench/1", "--port", str(batched),
+                   "--batch-window-ms", str(BATCH_WINDOW_MS)],
+                   f"http://127.0.0.1:{batched}/readyz", workdir / "batched.log", env=env),
+            f"http://127.0.0.1:{batched}/predict", ours_body,
         ),
         "mlflow": (
             Server("mlflow models serve", [sys.executable, "-m", "mlflow", "models", "serve",
@@ -219,12 +228,14 @@ def _report(table: dict[tuple[int, int], dict[str, dict[str, float]]], args: Any
                   f"{s['p50_ms']:7.2f} {s['p99_ms']:7.2f} {s['errors']:6.0f}")  # fmt: skip
     print()
     for (batch, concurrency), s in table.items():
-        ours, mlflow, ceiling = s["helmsman"], s["mlflow"], s["noop-asgi"]
+        ours, mlflow, ceiling, batched = s["helmsman"], s["mlflow"], s["noop-asgi"], s["batched"]
         print(f"batch {batch}, concurrency {concurrency}: helmsman/mlflow "
               f"{ours['rps'] / mlflow['rps']:.1f}x req/s (goal >= 10x at batch 1), "
               f"{ours['rows'] / mlflow['rows']:.1f}x rows/s; of the no-op ASGI ceiling "
               f"{ours['rps'] / ceiling['rps']:.0%} (goal >= 60% at batch 1, concurrency 4); "
-              f"p99 {ours['p99_ms'] / mlflow['p99_ms']:.2f}x mlflow's (goal <= 1x)")  # fmt: skip
+              f"p99 {ours['p99_ms'] / mlflow['p99_ms']:.2f}x mlflow's (goal <= 1x); "
+              f"micro-batching ({BATCH_WINDOW_MS} ms): {batched['rps'] / ours['rps']:.2f}x "
+              f"req/s, p99 {batched['p99_ms'] / ours['p99_ms']:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

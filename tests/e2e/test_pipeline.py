@@ -419,14 +419,16 @@ def test_8_a_rollout_task_killed_mid_step_is_resumed_by_its_retry(
                     "gateway.networking.k8s.io", "v1", NS, "httproutes", INSTANCE
                 )
             if route and route["spec"]["rules"][0]["backendRefs"][1]["weight"] == 20:
-                # The LocalExecutor worker names the task instance it runs; its child is the
-                # task's own process. SIGKILL it, as the OOM killer or a lost node would.
-                worker = next(p for p in psutil.process_iter(["cmdline"])
-                              if rollout_ti["id"] in " ".join(p.info["cmdline"] or []))  # fmt: skip
-                children = worker.children()
-                for child in children:
-                    child.kill()
-                killed = [c.pid for c in children]
+                # The LocalExecutor worker and the task process it forks both name the task
+                # instance in their titles; the task's own process is the one whose parent is
+                # the worker (found by relation, not by PID order: PIDs wrap on a long run).
+                # SIGKILL it, as the OOM killer or a lost node would.
+                named = {p.pid: p for p in psutil.process_iter(["cmdline"])
+                         if rollout_ti["id"] in " ".join(p.info["cmdline"] or [])}  # fmt: skip
+                tasks = [p for p in named.values() if p.ppid() in named]
+                for task in tasks:
+                    task.kill()
+                killed = [t.pid for t in tasks] or None  # not started yet: look again
             time.sleep(0.5)
         assert killed, "the rollout never reached its 20% step"
         result = airflow.wait(DAG, run_id, timeout=900)

@@ -253,3 +253,37 @@ def test_a_few_scores_land_in_the_buckets_a_batch_of_them_would() -> None:
     expected = score_counts(scores, PROBABILITY_BUCKETS)
     assert one_by_one.counts.tolist() == at_once.counts.tolist() == expected.tolist()
     assert one_by_one.total == pytest.approx(at_once.total)
+
+
+def test_micro_batching_scores_concurrent_requests_together_each_getting_its_own_rows(
+    champion: Trained, step_env: dict[str, str], tmp_path: Path
+) -> None:
+    """With a batching window, requests that arrive together share model calls; each answer is
+    what the request alone gets from a server without batching."""
+    import asyncio
+
+    run_id = registry.resolve(f"models:/{champion.model_name}/{champion.version}").run_id
+    golden = mlflow.artifacts.load_dict(f"runs:/{run_id}/{contract.GOLDEN_ARTIFACT}")
+    requests = [golden["inputs"][i : i + 1 + i % 3] for i in range(0, 48, 3)]  # 1 to 3 rows
+    expected = [golden["predictions"][i : i + 1 + i % 3] for i in range(0, 48, 3)]
+    port = free_port()
+    cmd = [*serve_cmd(f"models:/{champion.model_name}@champion", port),
+           "--batch-window-ms", "20", "--batch-max-rows", "1000"]  # fmt: skip
+    server = Server("batching server", cmd, f"http://127.0.0.1:{port}/readyz",
+                    tmp_path / "serve.log", env=step_env).start()  # fmt: skip
+    try:
+
+        async def send_all() -> list[Any]:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                sent = [client.post("/predict", json={"instances": r}) for r in requests]
+                return [r.json() for r in await asyncio.gather(*sent)]
+
+        answers = asyncio.run(send_all())
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+    finally:
+        server.stop()
+    for answer, wanted in zip(answers, expected, strict=True):
+        np.testing.assert_allclose(answer["predictions"], wanted, rtol=1e-5, atol=1e-6)
+    (calls,) = (float(line.split()[1]) for line in metrics.splitlines()
+                if line.startswith("helmsman_model_calls_total "))  # fmt: skip
+    assert 1 <= calls < len(requests) / 2  # 16 requests within the window: a few model calls

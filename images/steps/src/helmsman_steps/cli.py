@@ -378,11 +378,31 @@ def serve(
             "closing connections, so clients move to other pods before this one stops.",
         ),
     ] = 0,
+    batch_window_ms: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=50,
+            envvar="HELMSMAN_BATCH_WINDOW_MS",
+            help="Micro-batching: score requests that arrive within this many milliseconds "
+            "of each other in one model call (0: off; it adds up to this much latency).",
+        ),
+    ] = 0,
+    batch_max_rows: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=10_000,
+            envvar="HELMSMAN_BATCH_MAX_ROWS",
+            help="Micro-batching: a batch that reaches this many rows is scored at once.",
+        ),
+    ] = 64,
 ) -> None:
     """Serve one model version over HTTP until SIGTERM."""
     from helmsman_steps import serve as stage
 
-    code = stage.serve(model_uri, host, port, graceful_seconds, drain_seconds)
+    code = stage.serve(model_uri, host, port, graceful_seconds, drain_seconds,
+                       batch_window_ms, batch_max_rows)  # fmt: skip
     if code:
         raise typer.Exit(code)
 

@@ -32,6 +32,7 @@ uvloop and httptools, and requests are decoded and validated in one pass by msgs
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import json
@@ -159,6 +160,10 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.rows = Counter("helmsman_predicted_rows", "Rows scored", registry=self.registry)
+        self.calls = Counter(
+            "helmsman_model_calls", "Model calls (fewer than requests when micro-batching)",
+            registry=self.registry,
+        )  # fmt: skip
         self.predictions = PredictionHistogram()
         self.registry.register(self.predictions)
         self.model = Gauge(
@@ -176,6 +181,56 @@ class Metrics:
             self._children[(endpoint, code)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+
+class MicroBatcher:
+    """Adaptive micro-batching: requests that arrive within ``window_s`` of the first waiting
+    one are scored in one model call (up to ``max_rows`` rows; a batch that reaches it is
+    scored at once), and each gets its own rows back. Off by default (``window_s`` 0): it
+    trades up to one window of added latency for fewer, larger model calls, which pays only
+    under concurrent load (bench/serving_bench.py measures both)."""
+
+    def __init__(self, model: Predictor, window_s: float, max_rows: int, calls: Any) -> None:
+        self.model, self.window_s, self.max_rows, self.calls = model, window_s, max_rows, calls
+        self.pending: list[tuple[Mapping[str, list[Any]], int, asyncio.Future[np.ndarray]]] = []
+        self.rows = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    async def predict(self, columns: Mapping[str, list[Any]], rows: int) -> np.ndarray:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self.pending.append((columns, rows, future))
+        self.rows += rows
+        if self.rows >= self.max_rows:
+            self.flush()
+        elif self.timer is None:
+            self.timer = loop.call_later(self.window_s, self.flush)
+        return await future
+
+    def flush(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        batch, self.pending, self.rows = self.pending, [], 0
+        if not batch:
+            return
+        first = batch[0][0]
+        columns = first if len(batch) == 1 else {
+            c: [v for cols, _, _ in batch for v in cols[c]] for c in first
+        }  # fmt: skip
+        self.calls.inc()
+        try:
+            scores = self.model.predict(columns)
+        except Exception as exc:  # every waiting request answers it (a 500, and is counted)
+            for _, _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        start = 0
+        for _, rows, future in batch:
+            if not future.done():  # a client that went away
+                future.set_result(scores[start : start + rows])
+            start += rows
 
 
 COMPARE_HEADER = b"x-helmsman-compare"
@@ -259,8 +314,12 @@ def _last_error(stderr: str) -> str:
 class App:
     """The ASGI application."""
 
-    def __init__(self, model_uri: str) -> None:
+    def __init__(
+        self, model_uri: str, batch_window_ms: float = 0, batch_max_rows: int = 64
+    ) -> None:
         self.model_uri = model_uri
+        self.batch_window_s, self.batch_max_rows = batch_window_ms / 1000, batch_max_rows
+        self.batcher: MicroBatcher | None = None
         self.model: Predictor | None = None
         self.resolved: registry.ResolvedModel | None = None
         self.metrics = Metrics()
@@ -290,6 +349,10 @@ class App:
         for _ in range(3):
             model.predict(sample)
         self.metrics.model.labels(resolved.name, resolved.version, resolved.run_id).set(1)
+        if self.batch_window_s > 0:
+            self.batcher = MicroBatcher(
+                model, self.batch_window_s, self.batch_max_rows, self.metrics.calls
+            )
         self.resolved, self.model = resolved, model
         log.info("model ready", model=resolved.name, version=resolved.version)
 
@@ -358,7 +421,7 @@ class App:
         if path == "/predict":
             if method != "POST":
                 return self._json(405, {"error": "use POST with a JSON body"})
-            return self._predict(await self._body(receive), headers)
+            return await self._predict(await self._body(receive), headers)
         if path == "/v2" or path.startswith("/v2/"):
             return await self._v2(path, method, receive, headers)
         return self._json(404, {"error": f"no such endpoint: {path}"})
@@ -400,7 +463,7 @@ class App:
         if rest == ["infer"]:
             if method != "POST":
                 return self._json(405, {"error": "use POST with a JSON inference request"})
-            return self._v2_infer(model, resolved, await self._body(receive), headers)
+            return await self._v2_infer(model, resolved, await self._body(receive), headers)
         return self._json(404, {"error": f"no such endpoint: {path}"})
 
     def _v2_metadata(self, info: ModelInfo, resolved: registry.ResolvedModel) -> dict[str, Any]:
@@ -415,7 +478,7 @@ class App:
             meta["properties"] = {"classes": json.dumps(self.classes["classes"])}
         return meta
 
-    def _v2_infer(
+    async def _v2_infer(
         self,
         model: Predictor,
         resolved: registry.ResolvedModel,
@@ -437,7 +500,7 @@ class App:
         unknown = sorted({o.name for o in request.outputs or ()} - {"score"})
         if unknown:
             return self._json(400, {"error": f"unknown outputs {unknown}: this model has 'score'"})
-        predictions = self._score(model, columns, len(next(iter(columns.values()))), headers)
+        predictions = await self._score(model, columns, len(next(iter(columns.values()))), headers)
         answer: dict[str, Any] = {
             "model_name": resolved.name, "model_version": resolved.version,
             "outputs": [{"name": "score", "datatype": "FP32", "shape": list(predictions.shape),
@@ -493,7 +556,7 @@ class App:
             return {}, f"invalid inference request: {where}"
         return {c: [getattr(r, c) for r in checked] for c in self.columns}, None
 
-    def _score(
+    async def _score(
         self,
         model: Predictor,
         columns: dict[str, list[Any]],
@@ -502,7 +565,12 @@ class App:
     ) -> np.ndarray:
         """Score, count, and log the predictions of a compared request (the rollout's shadow
         step pairs them by request id)."""
-        predictions = model.predict(columns)
+        batcher = self.batcher
+        if batcher is not None and batcher.model is model:
+            predictions = await batcher.predict(columns, rows)
+        else:
+            predictions = model.predict(columns)
+            self.metrics.calls.inc()
         self.metrics.rows.inc(rows)
         self.metrics.predictions.observe(model.info.observed(predictions))
         sent = dict(headers)
@@ -524,7 +592,7 @@ class App:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
-    def _predict(
+    async def _predict(
         self, body: bytes | None, headers: Sequence[tuple[bytes, bytes]] = ()
     ) -> tuple[int, bytes, bytes]:
         model = self.model
@@ -546,13 +614,19 @@ class App:
         if len(rows) > MAX_BATCH:
             return self._json(400, {"error": f"{len(rows)} rows is over the {MAX_BATCH}-row limit"})
         columns = {name: [getattr(r, name) for r in rows] for name in self.columns}
-        predictions = self._score(model, columns, len(rows), headers)
+        predictions = await self._score(model, columns, len(rows), headers)
         return self._json(200, {"predictions": predictions.tolist(), **self.classes,
                                 "model_version": self.resolved.version})  # fmt: skip
 
 
 def serve(
-    model_uri: str, host: str, port: int, graceful_seconds: int = 20, drain_seconds: float = 0
+    model_uri: str,
+    host: str,
+    port: int,
+    graceful_seconds: int = 20,
+    drain_seconds: float = 0,
+    batch_window_ms: float = 0,
+    batch_max_rows: int = 64,
 ) -> int:
     """Bind, load the model in the background, serve until SIGTERM; return the exit code.
 
@@ -578,7 +652,7 @@ def serve(
             # "killed by SIGTERM" (143). A drained shutdown is the normal end of a pod: exit 0.
             self._captured_signals.clear()
 
-    app = App(model_uri)
+    app = App(model_uri, batch_window_ms, batch_max_rows)
     config = uvicorn.Config(
         app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
         access_log=False, log_level="warning", timeout_graceful_shutdown=graceful_seconds,
