@@ -13,11 +13,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.dev_env import REPO
-from tools.procs import free_port, mlflow
+from tools.procs import Server, free_port, mlflow
 
 STEPS_SRC = REPO / "images" / "steps" / "src"
 ROWS_PER_DAY = 5000
@@ -101,3 +103,46 @@ def champion(mlflow_server: str, dataset: str) -> Trained:
     assert decision.decision == "promote", decision
     registry.client().set_registered_model_alias("churn-test", "champion", result.model_version)
     return Trained(dataset, "churn-test", result.model_version, start, end)
+
+
+def model_server(model_uri: str, env: dict[str, str], folder: Path, *args: str) -> Server:
+    """``helmsman-step serve`` of ``model_uri`` on a free port, started (stop it when done);
+    ``server.url`` is its base address."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "helmsman_steps", "serve", "--model-uri", model_uri,
+           "--port", str(port), "--graceful-seconds", "5", *args]  # fmt: skip
+    server = Server("model server", cmd, f"http://127.0.0.1:{port}/readyz",
+                    folder / "serve.log", env=env).start()  # fmt: skip
+    server.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    return server
+
+
+def train_and_judge(
+    env: dict[str, str],
+    name: str,
+    window: list[str],
+    common: list[str],
+    seeds: list[int],
+    envs: dict[int, dict[str, str]] | None = None,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Train a version per seed and evaluate each against @champion; the first becomes
+    champion. Returns the versions and the decisions. ``envs``: another env for a seed."""
+    import json
+
+    from helmsman_steps import contract, registry
+
+    versions: list[str] = []
+    decisions: list[dict[str, Any]] = []
+    for seed in seeds:
+        seed_env = (envs or {}).get(seed, env)
+        train = run_step(seed_env, "train", *window, *common, "--model-name", name,
+                         "--seed", str(seed), "--run-key", f"{name}/{seed}")  # fmt: skip
+        assert train.returncode == 0, train.stderr
+        versions.append(json.loads(train.stdout)["model_version"])
+        judged = run_step(seed_env, "evaluate", *window, *common, "--model-name", name,
+                          "--challenger-version", versions[-1])  # fmt: skip
+        assert judged.returncode == 0, judged.stderr
+        decisions.append(json.loads(judged.stdout))
+        if seed == seeds[0]:
+            registry.client().set_registered_model_alias(name, contract.CHAMPION, versions[0])
+    return versions, decisions

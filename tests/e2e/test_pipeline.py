@@ -174,6 +174,23 @@ def test_2_first_run_deploys_and_the_model_answers_through_the_gateway(
     assert annotations["helmsman.io/model-uri"] == f"models:/{MODEL}/{version}"
 
 
+def train_file_fed_model(airflow: AirflowApi, registry: Any, model: str) -> tuple[Any, Any]:
+    """Train ``model`` on its two weeks of daily files through its DAG; it must be promoted
+    and deployed. Returns the fence's decision and the model version."""
+    dag = f"train_{model}"
+    airflow.wait_for_dag(dag)
+    airflow.unpause(dag)
+    conf = {"data_end": "2026-02-15", "window_days": 14, "canary_steps": "50",
+            "analysis_interval": 6}  # fmt: skip
+    run_id = airflow.trigger(dag, conf)
+    result = airflow.wait(dag, run_id, timeout=900)
+    states = {t: ti["state"] for t, ti in airflow.task_instances(dag, run_id).items()}
+    assert result["state"] == "success", states
+    decision = airflow.xcom(dag, run_id, "decide")
+    assert (decision["evaluation"], decision["deploy"]) == ("promote", True)
+    return decision, registry.get_model_version(model, decision["version"])
+
+
 def test_2b_a_second_model_of_another_kind_deploys_beside_the_first(
     airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any
 ) -> None:
@@ -181,17 +198,7 @@ def test_2b_a_second_model_of_another_kind_deploys_beside_the_first(
     files) runs through the same DAG factory, pods and gated rollout; it gets its own
     Deployment, Service and route, and churn's serving is not touched."""
     churn_serving, churn_version = serving_state(k8s), served_version(stack)
-    airflow.wait_for_dag("train_diabetes")
-    airflow.unpause("train_diabetes")
-    conf = {"data_end": "2026-02-15", "window_days": 14, "canary_steps": "50",
-            "analysis_interval": 6}  # fmt: skip
-    run_id = airflow.trigger("train_diabetes", conf)
-    result = airflow.wait("train_diabetes", run_id, timeout=900)
-    states = {t: ti["state"] for t, ti in airflow.task_instances("train_diabetes", run_id).items()}
-    assert result["state"] == "success", states
-    decision = airflow.xcom("train_diabetes", run_id, "decide")
-    assert (decision["evaluation"], decision["deploy"]) == ("promote", True)
-    mv = registry.get_model_version("diabetes", decision["version"])
+    decision, mv = train_file_fed_model(airflow, registry, "diabetes")
     assert registry.get_run(mv.run_id).data.params["trainer"] == "GradientBoostingRegressor"
     patient = {"age": 59, "sex": 2, "bmi": 32.1, "bp": 101, "tc": 157, "ldl": 93.2, "hdl": 38,
                "tch": 4, "ltg": 4.86, "glu": 87}  # fmt: skip
@@ -211,17 +218,7 @@ def test_2c_a_multiclass_model_deploys_and_answers_a_probability_per_class(
     """The wine cultivar (three classes, LightGBM, ONNX-served, fed as daily files) through
     the same factory, pods and gated rollout: the preview's golden-set parity and the live
     steps compare a probability per class."""
-    airflow.wait_for_dag("train_wine")
-    airflow.unpause("train_wine")
-    conf = {"data_end": "2026-02-15", "window_days": 14, "canary_steps": "50",
-            "analysis_interval": 6}  # fmt: skip
-    run_id = airflow.trigger("train_wine", conf)
-    result = airflow.wait("train_wine", run_id, timeout=900)
-    states = {t: ti["state"] for t, ti in airflow.task_instances("train_wine", run_id).items()}
-    assert result["state"] == "success", states
-    decision = airflow.xcom("train_wine", run_id, "decide")
-    assert (decision["evaluation"], decision["deploy"]) == ("promote", True)
-    mv = registry.get_model_version("wine", decision["version"])
+    decision, mv = train_file_fed_model(airflow, registry, "wine")
     assert registry.get_run(mv.run_id).data.params["trainer"] == "LGBMClassifier"
     assert mv.tags["helmsman.rollout"] == "passed"
     wine = {"alcohol": 13.2, "malic_acid": 1.78, "ash": 2.14, "alcalinity_of_ash": 11.2,

@@ -18,9 +18,8 @@ import pytest
 from helmsman_steps import contract, onnx_model, registry, spec
 from helmsman_steps.modelinfo import ModelInfo
 from helmsman_steps.runtime import Predictor, load_scorer
-from tests.mlflow_fixtures import run_step
-from tests.steps.test_serve import serve_cmd
-from tools.procs import Server, free_port
+from tests.mlflow_fixtures import model_server, run_step, train_and_judge
+from tools.procs import Server
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "wine-steps"  # its own registered model: other tests' versions do not mix in
@@ -47,18 +46,7 @@ def trained(step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     common = ["--dataset-uri", str(root)]
     etl = run_step(env, "etl", "--start", "2026-02-01", "--end", "2026-02-15", *common)
     assert etl.returncode == 0, etl.stderr
-    versions, decisions = [], []
-    for seed in (1, 2):
-        train = run_step(env, "train", *WINDOW, *common, "--model-name", NAME,
-                         "--seed", str(seed), "--run-key", f"multiclass/{seed}")  # fmt: skip
-        assert train.returncode == 0, train.stderr
-        versions.append(json.loads(train.stdout)["model_version"])
-        judged = run_step(env, "evaluate", *WINDOW, *common, "--model-name", NAME,
-                          "--challenger-version", versions[-1])  # fmt: skip
-        assert judged.returncode == 0, judged.stderr
-        decisions.append(json.loads(judged.stdout))
-        if seed == 1:
-            registry.client().set_registered_model_alias(NAME, contract.CHAMPION, versions[0])
+    versions, decisions = train_and_judge(env, NAME, WINDOW, common, [1, 2])
     return {"etl": json.loads(etl.stdout), "versions": versions, "decisions": decisions}
 
 
@@ -122,11 +110,7 @@ def test_evaluation_judges_macro_f1_with_a_confusion_matrix(trained: dict[str, A
 def server(
     trained: dict[str, Any], step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    port = free_port()
-    srv = Server("model server", serve_cmd(f"models:/{NAME}@champion", port),
-                 f"http://127.0.0.1:{port}/readyz",
-                 tmp_path_factory.mktemp("serve") / "serve.log", env=step_env)  # fmt: skip
-    srv.start(timeout=60)
+    srv = model_server(f"models:/{NAME}@champion", step_env, tmp_path_factory.mktemp("serve"))
     try:
         yield srv
     finally:

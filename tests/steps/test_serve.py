@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from helmsman_steps import contract, registry
-from tests.mlflow_fixtures import Trained
+from tests.mlflow_fixtures import Trained, model_server
 from tools.procs import Server, free_port
 
 ROW = {"age": 30, "tenure_months": 3, "monthly_charges": 95.5, "total_charges": 300,
@@ -33,15 +33,8 @@ def serve_cmd(model_uri: str, port: int) -> list[str]:
 def server(
     champion: Trained, step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:
-    port = free_port()
-    srv = Server(
-        "model server",
-        serve_cmd(f"models:/{champion.model_name}@champion", port),
-        f"http://127.0.0.1:{port}/readyz",
-        tmp_path_factory.mktemp("serve") / "serve.log",
-        env=step_env,
-    ).start()
-    srv.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    srv = model_server(f"models:/{champion.model_name}@champion", step_env,
+                       tmp_path_factory.mktemp("serve"))  # fmt: skip
     yield srv
     srv.stop()
 
@@ -266,20 +259,18 @@ def test_micro_batching_scores_concurrent_requests_together_each_getting_its_own
     golden = mlflow.artifacts.load_dict(f"runs:/{run_id}/{contract.GOLDEN_ARTIFACT}")
     requests = [golden["inputs"][i : i + 1 + i % 3] for i in range(0, 48, 3)]  # 1 to 3 rows
     expected = [golden["predictions"][i : i + 1 + i % 3] for i in range(0, 48, 3)]
-    port = free_port()
-    cmd = [*serve_cmd(f"models:/{champion.model_name}@champion", port),
-           "--batch-window-ms", "20", "--batch-max-rows", "1000"]  # fmt: skip
-    server = Server("batching server", cmd, f"http://127.0.0.1:{port}/readyz",
-                    tmp_path / "serve.log", env=step_env).start()  # fmt: skip
+    server = model_server(f"models:/{champion.model_name}@champion", step_env, tmp_path,
+                          "--batch-window-ms", "20", "--batch-max-rows", "1000")  # fmt: skip
+    url = server.url  # type: ignore[attr-defined]
     try:
 
         async def send_all() -> list[Any]:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            async with httpx.AsyncClient(base_url=url) as client:
                 sent = [client.post("/predict", json={"instances": r}) for r in requests]
                 return [r.json() for r in await asyncio.gather(*sent)]
 
         answers = asyncio.run(send_all())
-        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        metrics = httpx.get(f"{url}/metrics").text
     finally:
         server.stop()
     for answer, wanted in zip(answers, expected, strict=True):

@@ -18,9 +18,8 @@ import pytest
 import yaml
 
 from helmsman_steps import contract, registry
-from tests.mlflow_fixtures import Trained
-from tests.steps.test_serve import ROW, serve_cmd
-from tools.procs import Server, free_port
+from tests.mlflow_fixtures import Trained, model_server
+from tests.steps.test_serve import ROW
 
 SPEC = yaml.safe_load(
     (Path(__file__).resolve().parents[1] / "schemas" / "open_inference_rest.yaml").read_text()
@@ -47,11 +46,9 @@ def tensors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def url(
     champion: Trained, step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    port = free_port()
-    srv = Server("model server", serve_cmd(f"models:/{champion.model_name}@champion", port),
-                 f"http://127.0.0.1:{port}/readyz",
-                 tmp_path_factory.mktemp("serve") / "serve.log", env=step_env).start()  # fmt: skip
-    yield f"http://127.0.0.1:{port}"
+    srv = model_server(f"models:/{champion.model_name}@champion", step_env,
+                       tmp_path_factory.mktemp("serve"))  # fmt: skip
+    yield srv.url  # type: ignore[attr-defined]
     srv.stop()
 
 
