@@ -105,14 +105,17 @@ def champion(mlflow_server: str, dataset: str) -> Trained:
     return Trained(dataset, "churn-test", result.model_version, start, end)
 
 
+def serve_cmd(model_uri: str, port: int) -> list[str]:
+    return [sys.executable, "-m", "helmsman_steps", "serve", "--model-uri", model_uri,
+            "--port", str(port), "--graceful-seconds", "5"]  # fmt: skip
+
+
 def model_server(model_uri: str, env: dict[str, str], folder: Path, *args: str) -> Server:
     """``helmsman-step serve`` of ``model_uri`` on a free port, started (stop it when done);
     ``server.url`` is its base address."""
     port = free_port()
-    cmd = [sys.executable, "-m", "helmsman_steps", "serve", "--model-uri", model_uri,
-           "--port", str(port), "--graceful-seconds", "5", *args]  # fmt: skip
-    server = Server("model server", cmd, f"http://127.0.0.1:{port}/readyz",
-                    folder / "serve.log", env=env).start()  # fmt: skip
+    cmd, ready = [*serve_cmd(model_uri, port), *args], f"http://127.0.0.1:{port}/readyz"
+    server = Server("model server", cmd, ready, folder / "serve.log", env=env).start()
     server.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
     return server
 

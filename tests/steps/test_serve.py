@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,31 +16,17 @@ import numpy as np
 import pytest
 
 from helmsman_steps import contract, registry
-from tests.mlflow_fixtures import Trained, model_server
+from tests.mlflow_fixtures import Trained, model_server, serve_cmd
 from tools.procs import Server, free_port
 
 ROW = {"age": 30, "tenure_months": 3, "monthly_charges": 95.5, "total_charges": 300,
        "support_calls": 4, "plan": "basic", "region": "south"}  # fmt: skip
 
 
-def serve_cmd(model_uri: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "helmsman_steps", "serve", "--model-uri", model_uri,
-            "--port", str(port), "--graceful-seconds", "5"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def server(
-    champion: Trained, step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
-    srv = model_server(f"models:/{champion.model_name}@champion", step_env,
-                       tmp_path_factory.mktemp("serve"))  # fmt: skip
-    yield srv
-    srv.stop()
-
-
 @pytest.fixture
-def http(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=10) as client:  # type: ignore[attr-defined]
+def http(champion_server: Server) -> Iterator[httpx.Client]:
+    url = champion_server.url  # type: ignore[attr-defined]
+    with httpx.Client(base_url=url, timeout=10) as client:
         yield client
 
 
@@ -165,12 +150,12 @@ def test_the_prediction_histogram_counts_every_scored_row_in_its_bucket(
 
 
 def test_a_compared_request_logs_its_id_and_predictions(
-    http: httpx.Client, server: Server, champion: Trained
+    http: httpx.Client, champion_server: Server, champion: Trained
 ) -> None:
     headers = {"x-helmsman-compare": "1", "x-request-id": "req-42"}
     scores = http.post("/predict", json={"instances": [ROW]}, headers=headers).json()
     http.post("/predict", json={"instances": [ROW]}, headers={"x-request-id": "req-43"})
-    lines = [line for line in server.log().splitlines() if '"prediction"' in line]
+    lines = [line for line in champion_server.log().splitlines() if '"prediction"' in line]
     logged = [json.loads(line) for line in lines]
     assert [entry["request_id"] for entry in logged] == ["req-42"]  # only the compared one
     assert logged[0]["predictions"] == scores["predictions"]
@@ -196,17 +181,10 @@ def test_on_sigterm_it_drains_first_then_stops(
 ) -> None:
     """Draining: still answering, but not ready and closing every connection, so proxies
     move to other pods before this one stops; then a clean exit."""
-    port = free_port()
-    srv = Server(
-        "model server",
-        [*serve_cmd(f"models:/{champion.model_name}/{champion.version}", port),
-         "--drain-seconds", "3"],
-        f"http://127.0.0.1:{port}/readyz",
-        tmp_path / "serve.log",
-        env=step_env,
-    ).start()  # fmt: skip
+    srv = model_server(f"models:/{champion.model_name}/{champion.version}", step_env, tmp_path,
+                       "--drain-seconds", "3")  # fmt: skip
     assert srv.proc is not None
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+    with httpx.Client(base_url=srv.url, timeout=5) as http:  # type: ignore[attr-defined]
         assert http.get("/readyz").headers.get("connection") != "close"
         srv.proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)

@@ -6,7 +6,6 @@ v2 client's JSON requests work and what it reads back is what the protocol promi
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,9 @@ import pytest
 import yaml
 
 from helmsman_steps import contract, registry
-from tests.mlflow_fixtures import Trained, model_server
+from tests.mlflow_fixtures import Trained
 from tests.steps.test_serve import ROW
+from tools.procs import Server
 
 SPEC = yaml.safe_load(
     (Path(__file__).resolve().parents[1] / "schemas" / "open_inference_rest.yaml").read_text()
@@ -42,14 +42,9 @@ def tensors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.fixture(scope="module")
-def url(
-    champion: Trained, step_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    srv = model_server(f"models:/{champion.model_name}@champion", step_env,
-                       tmp_path_factory.mktemp("serve"))  # fmt: skip
-    yield srv.url  # type: ignore[attr-defined]
-    srv.stop()
+@pytest.fixture
+def url(champion_server: Server) -> str:
+    return str(champion_server.url)  # type: ignore[attr-defined]
 
 
 def infer(url: str, name: str, request: dict[str, Any], version: str | None = None) -> Any:

@@ -173,7 +173,7 @@ def pair(
     diffs, signed, disagreements, rows, n = 0.0, 0.0, 0, 0, 0
     for request_id in common:
         for a, b in zip(stable[request_id], new[request_id], strict=False):
-            old, now = _scores(a), _scores(b)
+            old, now = scores_of(a), scores_of(b)
             if len(old) != len(now):
                 continue  # versions with other classes: no pairing
             for x, y in zip(old, now, strict=True):
@@ -187,7 +187,8 @@ def pair(
     return Paired(len(common), disagreements / rows, diffs / n, signed / n)
 
 
-def _scores(prediction: Prediction) -> list[float]:
+def scores_of(prediction: Prediction) -> list[float]:
+    """A row's scores: its one score, or a multiclass row's probability per class."""
     return [float(x) for x in prediction] if isinstance(prediction, list) else [float(prediction)]
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from helmsman.serving.analysis import scores_of
 from helmsman.serving.kube import Kube, Obj, progress
 
 # Waiting reasons that no amount of waiting fixes.
@@ -121,11 +122,8 @@ def _call(url: str, body: Any = None, timeout: float = 10) -> Any:
 
 
 def _flat(predictions: list[Any]) -> list[float]:
-    """Every score: a row's, or each class's probability of a multiclass row."""
-    flat: list[float] = []
-    for p in predictions:
-        flat += [float(x) for x in p] if isinstance(p, list) else [float(p)]
-    return flat
+    """Every score of every row, in order."""
+    return [score for p in predictions for score in scores_of(p)]
 
 
 def verdict(

@@ -324,7 +324,7 @@ class App:
         self.resolved: registry.ResolvedModel | None = None
         self.metrics = Metrics()
         self.columns: tuple[str, ...] = ()
-        self.rows_type: Any = list[instance_type(DEFAULT_COLUMNS)]  # type: ignore[misc]
+        self.rows_type: Any = None  # the v2 rows' type, set with the model
         self.classes: dict[str, Any] = {}  # a multiclass model's {"classes": [...]}
         self.decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(
             request_type(DEFAULT_COLUMNS)
@@ -565,9 +565,8 @@ class App:
     ) -> np.ndarray:
         """Score, count, and log the predictions of a compared request (the rollout's shadow
         step pairs them by request id)."""
-        batcher = self.batcher
-        if batcher is not None and batcher.model is model:
-            predictions = await batcher.predict(columns, rows)
+        if self.batcher is not None:  # made with the model at load
+            predictions = await self.batcher.predict(columns, rows)
         else:
             predictions = model.predict(columns)
             self.metrics.calls.inc()
