@@ -17,6 +17,7 @@ import yaml
 from aiohttp import web
 
 from localcluster import config as config_module
+from localcluster.addresses import Reservation
 from localcluster.apiserver import ApiServer
 from localcluster.controllers import Controllers
 from localcluster.faults import FaultInjector
@@ -57,7 +58,9 @@ async def serve(args: argparse.Namespace) -> int:
     cfg = config_module.load(args.config)
     state = Path(args.state_dir).resolve()
     state.mkdir(parents=True, exist_ok=True)
-    store = Store()
+    addresses = Reservation()
+    pod_octet, service_octet = addresses.take(2)
+    store = Store((pod_octet, service_octet))
     ensure(
         store,
         [
@@ -118,6 +121,7 @@ async def serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await task
     await runner.cleanup()
+    addresses.release()
     print("localcluster: stopped", flush=True)
     return 0
 

@@ -332,7 +332,8 @@ class Controllers:
             unavailable = 1
         min_ready = d["spec"].get("minReadySeconds", 0)
         ns = d["metadata"]["namespace"]
-        pods = self.store.list(PODS, ns)
+        # A terminating pod may still be Ready, but it is on its way out: it counts for nothing.
+        pods = [p for p in self.store.list(PODS, ns) if not p["metadata"].get("deletionTimestamp")]
 
         def available(rs: Obj) -> int:
             return sum(pod_available(p, min_ready) for p in pods if _owned_by(p, rs))

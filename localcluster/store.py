@@ -82,7 +82,7 @@ class Watch:
 
 
 class Store:
-    def __init__(self) -> None:
+    def __init__(self, octets: tuple[int, int] | None = None) -> None:
         self._objects: dict[tuple[str, str, str], Obj] = {}
         self._rv = 0
         self._history: deque[Event] = deque(maxlen=HISTORY)
@@ -90,9 +90,10 @@ class Store:
         self._waiters: builtins.list[asyncio.Future[None]] = []
         self._services = 0
         self._snapshots: dict[tuple[str, int], _Snapshot] = {}
-        # Each cluster takes its pod and service addresses from two /16s of 127.0.0.0/8 picked
-        # at random, so that two clusters on one machine (tests beside a demo) do not collide.
-        self.pod_octet, self.service_octet = random.sample(range(16, 250), 2)
+        # Pod and Service addresses come from two /16s of 127.0.0.0/8: the server reserves them
+        # machine-wide (localcluster.addresses); a store made without a server draws at random.
+        pod, service = octets or random.sample(range(16, 250), 2)
+        self.pod_octet, self.service_octet = pod, service
 
     # -- reads -----------------------------------------------------------------------------
     @property

@@ -1,5 +1,6 @@
 """One real stack for the end-to-end scenarios: localcluster, MLflow and Airflow 3, started by
-the same code as `make demo` (tools/stack.py), on free ports, with small data."""
+the same code as `make demo` (tools/stack.py), on free ports, with small data. Package scope:
+it stops after the last scenario, so the rest of the suite does not share the machine with it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tools.airflow_api import AirflowApi
 from tools.stack import REPO, Ports, Settings, Stack
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack() -> Iterator[Stack]:
     # Under the repository, not /tmp: pods see the dataset folder by its host path, and every
     # pod mounts its own emptyDir over /tmp.
@@ -29,7 +30,7 @@ def stack() -> Iterator[Stack]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def airflow(stack: Stack) -> AirflowApi:
     api = AirflowApi(stack.airflow_url, "admin", stack.password)
     api.wait_for_dag("train_churn")
