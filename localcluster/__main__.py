@@ -114,7 +114,11 @@ async def serve(args: argparse.Namespace) -> int:
     print("localcluster: stopping pods", flush=True)
     await gateways.close()
     await proxy.close()
-    await kubelet.shutdown(grace=args.grace_seconds)
+    # SIGTERM always ends the server: the pods get their grace period, then it stops anyway.
+    try:
+        await asyncio.wait_for(kubelet.shutdown(grace=args.grace_seconds), args.grace_seconds + 15)
+    except TimeoutError:
+        log.warning("pods still stopping after %.0f s; exiting anyway", args.grace_seconds + 15)
     for task in tasks:
         task.cancel()
     for task in tasks:

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from localcluster import errors, patch, selectors, tables, validation
+from localcluster import errors, patch, selectors, streams, tables, validation
 from localcluster.resources import KINDS, Kind, groups, lookup, resource_list
 from localcluster.store import Store
 
@@ -34,9 +34,12 @@ SERVER_VERSION = {
 
 
 class LogSource(Protocol):
-    """What the API server asks the kubelet for: a pod container's log, maybe followed."""
+    """What the API server asks the kubelet for: a container's log, maybe followed, and where
+    a command runs inside it."""
 
     def stream_logs(self, pod: dict[str, Any], container: str, options: dict[str, Any]) -> Any: ...
+
+    def exec_target(self, pod: dict[str, Any], container: str) -> streams.ExecTarget: ...
 
 
 @dataclass(frozen=True)
@@ -367,6 +370,8 @@ class ApiServer:
         else:
             if target.subresource == "log" and method == "GET":
                 return await self._log(request, target)
+            if target.subresource == "exec" and method in ("GET", "POST"):
+                return await self._exec(request, target)
             if method == "GET":
                 obj = self._get(target)
                 if not target.subresource and tables.wants_table(request.headers.get("Accept", "")):
@@ -627,7 +632,10 @@ class ApiServer:
             await response.write_eof()
         return response
 
-    async def _log(self, request: web.Request, target: Target) -> web.StreamResponse:
+    def _container(
+        self, request: web.Request, target: Target
+    ) -> tuple[dict[str, Any], str, LogSource]:
+        """The pod and the container a log or exec request names (or the only one)."""
         pod = self.store.get(target.kind, target.namespace, target.name)
         containers = [c["name"] for c in pod["spec"].get("containers", [])]
         inits = [c["name"] for c in pod["spec"].get("initContainers", [])]
@@ -642,7 +650,18 @@ class ApiServer:
         if container not in containers + inits:
             raise errors.bad_request(f"container {container} is not valid for pod {target.name}")
         if self.logs is None:
-            raise errors.bad_request("no kubelet serves logs")
+            raise errors.bad_request("no kubelet serves this pod")
+        return pod, container, self.logs
+
+    async def _exec(self, request: web.Request, target: Target) -> web.StreamResponse:
+        opts = streams.options(request.query)
+        if not opts["command"]:
+            raise errors.bad_request("you must specify at least 1 command")
+        pod, container, kubelet = self._container(request, target)
+        return await streams.run_exec(request, kubelet.exec_target(pod, container), opts)
+
+    async def _log(self, request: web.Request, target: Target) -> web.StreamResponse:
+        pod, container, kubelet = self._container(request, target)
         options = {
             "follow": _truthy(request.query.get("follow")),
             "timestamps": _truthy(request.query.get("timestamps")),
@@ -653,7 +672,7 @@ class ApiServer:
             else None,
             "since_time": request.query.get("sinceTime"),
         }
-        chunks = self.logs.stream_logs(pod, container, options)
+        chunks = kubelet.stream_logs(pod, container, options)
         response = web.StreamResponse(headers={"Content-Type": "text/plain"})
         response.enable_chunked_encoding()
         await response.prepare(request)

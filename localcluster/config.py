@@ -22,7 +22,7 @@ A YAML file (``--config``) may declare::
 
 Without a file: one node with this machine's CPUs and memory and no GPU, and an image map that
 covers the project's own images and generic ``python:3.*`` images, run with the interpreter
-localcluster itself runs under.
+localcluster itself runs under, and ``alpine``/``busybox``, run with the machine's shell.
 """
 
 from __future__ import annotations
@@ -87,10 +87,18 @@ def default_images() -> tuple[Runtime, ...]:
         Runtime(pattern=f"*helmsman-{name}:*", path=(venv_bin,), **steps)  # type: ignore[arg-type]
         for name in ("pipeline", "train", "serve")
     ]
+    # Small shell images (KPO's XCom sidecar is alpine): the machine's shell and tools.
+    shells = [
+        Runtime(pattern=f"{prefix}{name}{tag}", default_command=("/bin/sh",))
+        for prefix in ("", "docker.io/library/")
+        for name in ("alpine", "busybox")
+        for tag in ("", ":*", "@*")
+    ]
     return (
         *project,
         Runtime(pattern="python:3.*", path=(venv_bin,)),
         Runtime(pattern="docker.io/library/python:3.*", path=(venv_bin,)),
+        *shells,
     )
 
 

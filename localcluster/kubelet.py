@@ -35,6 +35,7 @@ from localcluster.quantity import parse as parse_quantity
 from localcluster.resources import kind
 from localcluster.scheduler import set_condition
 from localcluster.store import Obj, Store, now
+from localcluster.streams import ExecTarget
 
 PODS = kind("", "v1", "pods")
 NODES = kind("", "v1", "nodes")
@@ -43,6 +44,7 @@ CONFIGMAPS = kind("", "v1", "configmaps")
 SERVICES = kind("", "v1", "services")
 PVCS = kind("", "v1", "persistentvolumeclaims")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+LAUNCHER = [sys.executable, "-m", "localcluster.launch"]
 COMPONENT = "kubelet"
 MAX_BACKOFF = 300.0
 
@@ -68,6 +70,12 @@ class ContainerRun:
     started: bool = False
     log_dir: Path = Path()
     attempt_done: asyncio.Event = field(default_factory=asyncio.Event)
+    # What an exec into the running attempt needs: its environment, working directory and
+    # whether its launcher holds namespaces (mount, PID) to enter.
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = ""
+    isolated: bool = False
+    runtime: Runtime | None = None
 
     def log_path(self, attempt: int | None = None) -> Path:
         return self.log_dir / f"{self.restart_count if attempt is None else attempt}.log"
@@ -107,6 +115,7 @@ class PodWorker:
         self.restart_policy = spec.get("restartPolicy", "Always")
         self.stopping = False
         self.task: asyncio.Task[None] | None = None
+        self.execs: set[asyncio.subprocess.Process] = set()  # commands run by pods/exec
 
     # -- status ----------------------------------------------------------------------------
     def publish(self, phase: str | None = None, reason: str = "", message: str = "") -> None:
@@ -297,7 +306,12 @@ class PodWorker:
             self.publish()
             run.attempt_done.set()
             return 128
-        run.process = process
+        if self.stopping:
+            # Deleted while it started: stop() has already collected the running processes.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        run.process, run.env, run.cwd, run.runtime = process, env, cwd, runtime
+        run.isolated = argv[: len(LAUNCHER) + 1] == [*LAUNCHER, "--isolate"]
         run.started, run.ready = True, "readinessProbe" not in run.spec
         run.state = {"running": {"startedAt": started[:19] + "Z"}}
         if run.restart_count == 0:
@@ -311,7 +325,9 @@ class PodWorker:
         limit = ((run.spec.get("resources") or {}).get("limits") or {}).get("memory")
         if limit:
             probes.append(
-                asyncio.ensure_future(self._memory_watch(process, int(parse_quantity(limit)), oom))
+                asyncio.ensure_future(
+                    self._memory_watch(run, process, int(parse_quantity(limit)), oom)
+                )
             )
         output = process.stdout
         if output is None:  # never: stdout is a pipe
@@ -366,18 +382,11 @@ class PodWorker:
             raise errors.bad_request(
                 f"container {run.name} has no command and its image no entrypoint"
             )
-        head = runtime.entrypoints.get(argv[0])
-        if head is not None:
-            argv = head + argv[1:]
-        if argv[0] == "python" or re.fullmatch(r"python3(\.\d+)?", argv[0]):
-            argv[0] = runtime.python
-        elif "/" not in argv[0]:
-            found = shutil.which(argv[0], path=env["PATH"])
-            argv[0] = found or argv[0]
+        argv = resolve(argv, env, runtime)
         cwd = spec.get("workingDir") or runtime.working_dir or str(self.dir)
         mounts = self._mounts(pod, spec)
-        if mounts:
-            launcher = [sys.executable, "-m", "localcluster.launch"]
+        if mounts or self.kubelet.isolate:
+            launcher = [*LAUNCHER, "--isolate"] if self.kubelet.isolate else [*LAUNCHER]
             for source, target, read_only in mounts:
                 launcher += ["--mount", f"{source}:{target}" + (":ro" if read_only else "")]
             for path in self._runtime_paths(runtime, env, cwd):
@@ -538,16 +547,20 @@ class PodWorker:
         return None
 
     async def _memory_watch(
-        self, process: asyncio.subprocess.Process, limit: int, oom: asyncio.Event
+        self, run: ContainerRun, process: asyncio.subprocess.Process, limit: int, oom: asyncio.Event
     ) -> None:
         """The memory cgroup's job: SIGKILL the container when its processes exceed the limit."""
         page = os.sysconf("SC_PAGE_SIZE")
+        isolated = run.isolated
         while process.returncode is None:
             used = 0
             for stat in Path("/proc").glob("[0-9]*/stat"):
                 with contextlib.suppress(OSError, ValueError, IndexError):
                     fields = stat.read_text().rsplit(")", 1)[1].split()
-                    if int(fields[2]) == process.pid:  # process group id
+                    runtime = isolated and process.pid in (int(stat.parent.name), int(fields[1]))
+                    # The process group, less the launcher and the namespace's init: the
+                    # runtime's, not the container's (a cgroup would not count them either).
+                    if int(fields[2]) == process.pid and not runtime:
                         used += int(fields[21]) * page  # resident set size in pages
             if used > limit:
                 oom.set()
@@ -694,6 +707,7 @@ class PodWorker:
         running = [
             r.process for r in self.init + self.main if r.process and r.process.returncode is None
         ]
+        running += [p for p in self.execs if p.returncode is None]
         for process in running:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGTERM)
@@ -704,7 +718,10 @@ class PodWorker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
         if running:
-            await asyncio.gather(*(p.wait() for p in running))
+            # A process that left its group (setsid) may still hold the output pipe, and
+            # Process.wait() waits for the pipe too: never wait for it forever.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*(p.wait() for p in running)), 5)
         if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(self.task, 5)
@@ -712,6 +729,17 @@ class PodWorker:
     # -- logs ------------------------------------------------------------------------------
     def container(self, name: str) -> ContainerRun | None:
         return next((r for r in self.init + self.main if r.name == name), None)
+
+
+def resolve(argv: list[str], env: dict[str, str], runtime: Runtime) -> list[str]:
+    """A command as the image runs it: its entrypoint rewrites, its interpreter, its PATH."""
+    head = runtime.entrypoints.get(argv[0])
+    argv = head + argv[1:] if head is not None else list(argv)
+    if argv[0] == "python" or re.fullmatch(r"python3(\.\d+)?", argv[0]):
+        argv[0] = runtime.python
+    elif "/" not in argv[0]:
+        argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
+    return argv
 
 
 def expand(value: str, env: dict[str, str]) -> str:
@@ -734,6 +762,9 @@ class Kubelet:
         self._tasks: set[asyncio.Task[None]] = set()
         self._next_ip = 0
         self.faults: Any = None  # a FaultInjector, set by the server
+        # Each container in PID and mount namespaces of its own, as a runtime gives it; that
+        # needs root. Without it containers are plain process groups (and exec sees the machine).
+        self.isolate = os.geteuid() == 0
 
     def _allocate_ip(self) -> str:
         self._next_ip += 1
@@ -898,6 +929,39 @@ class Kubelet:
         """Stop every pod's processes: SIGTERM, then SIGKILL after ``grace`` seconds."""
         await asyncio.gather(*(w.stop(grace) for w in list(self.workers.values())))
 
+    # -- exec ------------------------------------------------------------------------------
+    def exec_target(self, pod: Obj, container: str) -> ExecTarget:
+        """Where ``pods/exec`` runs a command: the running container, entered."""
+        name, phase = pod["metadata"]["name"], pod.get("status", {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            raise errors.bad_request(
+                f"cannot exec into a container in a completed pod; current phase is {phase}"
+            )
+        if not pod["spec"].get("nodeName"):
+            raise errors.bad_request(f"pod {name} does not have a host assigned")
+        worker = self.workers.get(pod["metadata"]["uid"])
+        run = worker.container(container) if worker else None
+        process = run.process if run else None
+        runtime = run.runtime if run else None
+        if (
+            worker is None
+            or run is None
+            or process is None
+            or runtime is None
+            or process.returncode is not None
+        ):
+            raise errors.bad_request(
+                f'unable to upgrade connection: container not found ("{container}")'
+            )
+        env = dict(run.env)
+        return ExecTarget(
+            enter=[*LAUNCHER, "--enter", str(process.pid), "--"] if run.isolated else [],
+            env=env,
+            cwd=run.cwd,
+            resolve=lambda argv: _found(resolve(argv, env, runtime)),
+            started=worker.execs,
+        )
+
     # -- logs ------------------------------------------------------------------------------
     def stream_logs(
         self, pod: Obj, container: str, options: dict[str, Any]
@@ -984,6 +1048,12 @@ class Kubelet:
                     break
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), 0.2)
+
+
+def _found(argv: list[str]) -> list[str]:
+    if not os.path.exists(argv[0]):
+        raise FileNotFoundError(argv[0])
+    return argv
 
 
 def _latest_attempt(log_dir: Path) -> int | None:

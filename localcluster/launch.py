@@ -1,12 +1,11 @@
-"""Start one container process with its volumes mounted where the pod spec says.
+"""Start one container process the way a container runtime would, or run a command inside one.
 
-The kubelet runs ``python -m localcluster.launch --mount SRC:DST[:ro] ... --keep PATH ... --
-ARGV...``. In a mount namespace of its own (``unshare(CLONE_NEWNS)``, private propagation) it
-bind-mounts each volume's folder at its ``mountPath`` and then ``exec``s the container's
-command, so the process -- and only it -- sees ``/etc/config/...`` or ``/data`` exactly as in a
-real pod. This needs CAP_SYS_ADMIN (root); without it the container fails to start with a
-message that says so. Mount points that do not exist on the machine are created as empty
-folders (the one trace a pod leaves outside the state folder).
+``python -m localcluster.launch [--isolate] [--mount SRC:DST[:ro]]... [--keep PATH]... -- ARGV``
+
+In a mount namespace of its own (``unshare(CLONE_NEWNS)``, private propagation) it bind-mounts
+each volume's folder at its ``mountPath``, so the process -- and only it -- sees
+``/etc/config/...`` or ``/data`` exactly as in a real pod. Mount points that do not exist on the
+machine are created as empty folders (the one trace a pod leaves outside the state folder).
 
 A real container has a root filesystem of its own, so a volume at ``/tmp`` hides nothing it
 needs. Here the container shares the machine's: its interpreter, its code and its pod folder
@@ -14,6 +13,21 @@ may live under a mount point (a checkout in ``/tmp``, say). Every ``--keep`` pat
 point is therefore bound back into place from the original folder (reached through a file
 descriptor opened before the mount), so the volume hides everything but what the container
 runs from.
+
+``--isolate`` also gives the container a PID namespace, as every real container has: a fresh
+``/proc`` shows only its own processes (``ps`` and ``pgrep`` in a container, and the commands
+``kubectl exec`` runs there, see the container, not the machine), and when the container's
+command exits the kernel kills whatever it left behind, so no process outlives its container.
+The namespace's PID 1 is a small init (what ``docker run --init`` adds): it reaps orphans and
+ends with the command's exit status; the command runs as PID 2, so SIGTERM reaches it with its
+usual meaning (a PID 1 ignores signals it has no handler for). The launcher itself stays on the
+machine's side, waiting, so the kubelet's process is the container's for its whole life.
+
+``python -m localcluster.launch --enter PID -- ARGV`` runs ARGV inside the namespaces of the
+container whose launcher is PID (``kubectl exec``), and ends with its exit status.
+
+All of this needs CAP_SYS_ADMIN (root); without it a container with volumes fails to start
+with a message that says so.
 """
 
 from __future__ import annotations
@@ -21,10 +35,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import sys
+from typing import NoReturn
 
-CLONE_NEWNS = 0x00020000
-MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
+CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+PR_SET_PDEATHSIG = 1
+# Signals the launcher's side ignores: the kubelet signals the whole process group, so the
+# command gets them directly; the launcher must outlive it to report its exit status.
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+             signal.SIGUSR2)  # fmt: skip
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 
 
 def _check(result: int, what: str) -> None:
@@ -33,12 +57,19 @@ def _check(result: int, what: str) -> None:
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
-def _parse(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+def _parse(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     split = argv.index("--")
-    options = list(zip(argv[:split:2], argv[1:split:2], strict=True))
-    mounts = [value for flag, value in options if flag == "--mount"]
-    keep = [value for flag, value in options if flag == "--keep"]
-    return mounts, keep, argv[split + 1 :]
+    options: dict[str, list[str]] = {"--mount": [], "--keep": [], "--enter": []}
+    flags = argv[:split]
+    i = 0
+    while i < len(flags):
+        if flags[i] == "--isolate":
+            options["--isolate"] = ["yes"]
+            i += 1
+            continue
+        options[flags[i]].append(flags[i + 1])
+        i += 2
+    return options, argv[split + 1 :]
 
 
 def _under(path: str, folder: str) -> str | None:
@@ -47,49 +78,127 @@ def _under(path: str, folder: str) -> str | None:
     return None if rel == "." or rel.startswith("..") else rel
 
 
-def main(argv: list[str]) -> None:
-    mounts, keep, command = _parse(argv)
-    if mounts:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+def _mount_volumes(mounts: list[str], keep: list[str]) -> None:
+    for spec in mounts:
+        source, target, *mode = spec.split(":")
+        if os.path.isdir(source):
+            os.makedirs(target, exist_ok=True)
+        elif not os.path.exists(target):
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        hidden = [(k, rel) for k in keep if (rel := _under(k, target)) and os.path.isdir(k)]
+        original = os.open(target, os.O_PATH | os.O_DIRECTORY) if hidden else -1
+        _check(_libc.mount(source.encode(), target.encode(), None, MS_BIND, None), f"bind {target}")
+        for _, rel in hidden:
+            inside = os.path.join(target, rel)
+            os.makedirs(inside, exist_ok=True)
+            origin = f"/proc/self/fd/{original}/{rel}".encode()
+            _check(
+                _libc.mount(origin, inside.encode(), None, MS_BIND | MS_REC, None),
+                f"keep {inside}",
+            )
+        if original >= 0:
+            os.close(original)
+        if mode == ["ro"]:
+            flags = MS_BIND | MS_REMOUNT | MS_RDONLY
+            _check(_libc.mount(source.encode(), target.encode(), None, flags, None), f"ro {target}")
+
+
+def _exit_status(status: int) -> int:
+    """A wait status as a shell reports it: the exit code, or 128 + the signal."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _exec(command: list[str]) -> NoReturn:
+    # Python ignores SIGPIPE and SIGXFSZ; a program started from it must not inherit that.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    os.execvp(command[0], command)  # noqa: S606 - running the pod spec's command is the point
+
+
+def _wait_as_the_machine_side(child: int) -> NoReturn:
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_IGN)
+    _, status = os.waitpid(child, 0)
+    sys.stdout.flush()
+    os._exit(_exit_status(status))
+
+
+def _init(command: list[str]) -> NoReturn:
+    """PID 1 of the container: start the command as PID 2, reap orphans, end with its status."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the launcher gone: the namespace goes too
+    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    _check(_libc.mount(b"proc", b"/proc", b"proc", flags, None), "mount /proc")
+    main = os.fork()
+    if main == 0:
+        for sig in FORWARDED:
+            signal.signal(sig, signal.SIG_DFL)
+        _exec(command)
+    # As PID 1 with default dispositions, this process ignores every signal but SIGKILL; the
+    # command in the same process group receives the kubelet's SIGTERM itself.
+    for sig in FORWARDED:
+        signal.signal(sig, signal.SIG_DFL)
+    while True:
+        pid, status = os.wait()
+        if pid == main:
+            os._exit(_exit_status(status))  # the kernel then kills what is left in here
+
+
+def start(options: dict[str, list[str]], command: list[str]) -> NoReturn:
+    isolate = bool(options.get("--isolate"))
+    if options["--mount"] or isolate:
         try:
-            _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-            _check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-            for spec in mounts:
-                source, target, *mode = spec.split(":")
-                if os.path.isdir(source):
-                    os.makedirs(target, exist_ok=True)
-                elif not os.path.exists(target):
-                    os.makedirs(os.path.dirname(target), exist_ok=True)
-                    open(target, "a").close()
-                hidden = [(k, rel) for k in keep if (rel := _under(k, target)) and os.path.isdir(k)]
-                original = os.open(target, os.O_PATH | os.O_DIRECTORY) if hidden else -1
-                _check(
-                    libc.mount(source.encode(), target.encode(), None, MS_BIND, None),
-                    f"bind {target}",
-                )
-                for _, rel in hidden:
-                    inside = os.path.join(target, rel)
-                    os.makedirs(inside, exist_ok=True)
-                    origin = f"/proc/self/fd/{original}/{rel}".encode()
-                    _check(
-                        libc.mount(origin, inside.encode(), None, MS_BIND | MS_REC, None),
-                        f"keep {inside}",
-                    )
-                if original >= 0:
-                    os.close(original)
-                if mode == ["ro"]:
-                    flags = MS_BIND | MS_REMOUNT | MS_RDONLY
-                    _check(
-                        libc.mount(source.encode(), target.encode(), None, flags, None),
-                        f"ro {target}",
-                    )
+            _check(_libc.unshare(CLONE_NEWNS | (CLONE_NEWPID if isolate else 0)), "unshare")
+            _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+            _mount_volumes(options["--mount"], options["--keep"])
         except OSError as exc:
             print(
-                f"localcluster: cannot mount volumes ({exc}); volume mounts need root",
+                f"localcluster: cannot set up the container ({exc}); volumes and process "
+                "isolation need root",
                 file=sys.stderr,
             )
             sys.exit(128)
-    os.execvp(command[0], command)  # noqa: S606 - running the pod spec's command is the point
+    if not isolate:
+        _exec(command)
+    child = os.fork()  # the first process of the new PID namespace
+    if child == 0:
+        _init(command)
+    _wait_as_the_machine_side(child)
+
+
+def enter(launcher: int, command: list[str]) -> NoReturn:
+    """Run ``command`` in the mount and PID namespaces of the container ``launcher`` started."""
+    cwd = os.getcwd()
+    try:
+        # Both opened first: inside the container's mount namespace /proc is the container's.
+        namespaces = [
+            (os.open(f"/proc/{launcher}/ns/{name}", os.O_RDONLY), flag, name)
+            for name, flag in (("mnt", CLONE_NEWNS), ("pid_for_children", CLONE_NEWPID))
+        ]
+        for fd, flag, name in namespaces:
+            _check(_libc.setns(fd, flag), f"setns {name}")
+            os.close(fd)
+    except OSError as exc:
+        print(f"localcluster: cannot enter the container: {exc}", file=sys.stderr)
+        sys.exit(126)
+    child = os.fork()
+    if child == 0:
+        os.chdir(cwd if os.path.isdir(cwd) else "/")
+        try:
+            _exec(command)
+        except OSError as exc:
+            # What a runtime answers for a command it cannot find or run.
+            print(f"exec: {command[0]!r}: {exc.strerror}", file=sys.stderr)
+            os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+    _wait_as_the_machine_side(child)
+
+
+def main(argv: list[str]) -> NoReturn:
+    options, command = _parse(argv)
+    if options["--enter"]:
+        enter(int(options["--enter"][0]), command)
+    start(options, command)
 
 
 if __name__ == "__main__":

@@ -58,7 +58,7 @@ KINDS: tuple[Kind, ...] = (
         "v1",
         "pods",
         "Pod",
-        subresources=("status", "log", "binding", "eviction"),
+        subresources=("status", "log", "binding", "eviction", "exec", "attach", "portforward"),
         short_names=("po",),
     ),
     Kind("", "v1", "events", "Event", short_names=("ev",)),

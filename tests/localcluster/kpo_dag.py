@@ -1,4 +1,5 @@
-"""A probe DAG for the KubernetesPodOperator tests: one pod that succeeds, one that fails.
+"""A probe DAG for the KubernetesPodOperator tests: one pod that succeeds, one that fails, one
+that pushes an XCom (read back through pods/exec) to a task that checks it.
 
 ``KPO_DEFERRABLE=1`` builds the same tasks in deferrable mode. Run with ``dag.test()`` by
 tests/localcluster/test_kpo.py; not a product DAG, so it lives beside its test.
@@ -8,9 +9,13 @@ import datetime as dt
 import os
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.sdk import DAG
+from airflow.sdk import DAG, task
 
 SCRIPT = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.3)\n"
+PUSH = (
+    "import json\n"
+    "json.dump({'answer': 42, 'from': 'the pod'}, open('/airflow/xcom/return.json', 'w'))\n"
+)
 deferrable = os.environ.get("KPO_DEFERRABLE") == "1"
 
 with DAG(dag_id="kpo_probe", schedule=None, start_date=dt.datetime(2026, 1, 1)) as dag:
@@ -28,3 +33,25 @@ with DAG(dag_id="kpo_probe", schedule=None, start_date=dt.datetime(2026, 1, 1)) 
             poll_interval=1,
             deferrable=deferrable,
         )
+
+    # do_xcom_push: KPO adds its alpine sidecar and reads return.json through pods/exec.
+    pushes = KubernetesPodOperator(
+        task_id="pushes",
+        name="pushes",
+        namespace="default",
+        image="python:3.11-slim",
+        cmds=["python", "-c", PUSH],
+        kubernetes_conn_id="kubernetes_default",
+        do_xcom_push=True,
+        on_finish_action="delete_pod",
+        startup_timeout_seconds=60,
+        poll_interval=1,
+        deferrable=deferrable,
+    )
+
+    @task
+    def receives(value: dict) -> None:
+        if value != {"answer": 42, "from": "the pod"}:
+            raise ValueError(f"unexpected XCom: {value!r}")
+
+    receives(pushes.output)

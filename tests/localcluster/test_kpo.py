@@ -2,7 +2,8 @@
 
 Each mode runs the probe DAG (tests/localcluster/kpo_dag.py) in a fresh Python process with a
 migrated SQLite metadata DB: a pod that succeeds and one that exits 4, logs streamed into the
-task log, and nothing left behind afterwards.
+task log, a pod whose XCom (do_xcom_push, read through pods/exec from KPO's sidecar) reaches
+the next task, and nothing left behind afterwards.
 """
 
 from __future__ import annotations
@@ -71,7 +72,12 @@ def test_kpo_runs_pods_to_success_and_failure(
     result_line = next((ln for ln in output.splitlines() if ln.startswith("RESULT ")), None)
     assert result_line is not None, output[-6000:]
     result = json.loads(result_line.removeprefix("RESULT "))
-    assert result["tasks"] == {"succeeds": "success", "fails": "failed"}, output[-6000:]
+    assert result["tasks"] == {
+        "succeeds": "success",
+        "fails": "failed",
+        "pushes": "success",
+        "receives": "success",
+    }, output[-6000:]
     # The container's lines reached the task log, prefixed with the container name as KPO does
     # ("[base] line 0" streamed in sync mode, "[base] logs: line 0" after the trigger returns).
     for i in range(3):

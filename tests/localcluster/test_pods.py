@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import random
 import signal
+import time
+import uuid
 from pathlib import Path
 
 from kubernetes.client.rest import ApiException
 
 from tests.cluster_fixtures import Cluster, events_of, pod_manifest, start_cluster, wait_for
+
+
+def processes_with(text: str) -> list[int]:
+    """Live processes of this machine whose command line contains ``text`` (not this one)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        pid = int(cmdline.parent.name)
+        with contextlib.suppress(OSError):
+            if pid != os.getpid() and text.encode() in cmdline.read_bytes() and alive(pid):
+                found.append(pid)
+    return found
 
 
 def alive(pid: int) -> bool:
@@ -135,16 +151,19 @@ def test_restart_policy_on_failure_backs_off_and_restarts(cluster: Cluster) -> N
 
 
 def test_deleting_a_running_pod_stops_its_process_group(cluster: Cluster, tmp_path: Path) -> None:
-    pid_file = tmp_path / "pids"
+    marker = f"marker-{uuid.uuid4().hex}"
+    ready = tmp_path / "ready"
     script = (
-        "import os, subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-        f"open({str(pid_file)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen(\n"
+        f"    [sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}])\n"
+        f"open({str(ready)!r}, 'w').write('ok')\n"
         "time.sleep(600)\n"
-    )
+    )  # fmt: skip
     cluster.core.create_namespaced_pod("default", pod_manifest("long", script))
-    wait_for("the pod's processes", lambda: pid_file.exists() and pid_file.read_text())
-    pids = [int(p) for p in pid_file.read_text().split()]
+    wait_for("the pod's processes", ready.exists)
+    # Seen from the machine: the container's command, its child, and the runtime around them.
+    assert len(processes_with(marker)) >= 2
     cluster.core.delete_namespaced_pod("long", "default", grace_period_seconds=2)
 
     def gone() -> bool:
@@ -155,7 +174,7 @@ def test_deleting_a_running_pod_stops_its_process_group(cluster: Cluster, tmp_pa
             return exc.status == 404
 
     wait_for("the pod object to go", gone, timeout=15)
-    assert [pid for pid in pids if alive(pid)] == []
+    assert processes_with(marker) == []
 
 
 def test_a_gpu_pod_waits_on_a_cluster_without_gpus(cluster: Cluster) -> None:
@@ -224,15 +243,39 @@ def test_a_gpu_pod_runs_on_a_declared_gpu_node(tmp_path: Path) -> None:
 
 def test_sigterm_stops_the_cluster_and_every_pod_process(tmp_path: Path) -> None:
     own = start_cluster(tmp_path, {"restartBackoffSeconds": 0.5})
-    pid_file = tmp_path / "pid"
-    script = (
-        f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(600)"
-    )
+    marker = f"marker-{uuid.uuid4().hex}"
+    ready = tmp_path / "ready"
+    script = f"import time; open({str(ready)!r}, 'w').write({marker!r}); time.sleep(600)"
     own.core.create_namespaced_pod("default", pod_manifest("sleeper", script))
-    wait_for("the pod's process", lambda: pid_file.exists() and pid_file.read_text())
-    pid = int(pid_file.read_text())
+    wait_for("the pod's process", ready.exists)
+    assert processes_with(marker)
     own.api.close()
     assert own.server.proc is not None
     own.server.proc.send_signal(signal.SIGTERM)
     assert own.server.proc.wait(30) == 0
-    assert not alive(pid)
+    assert processes_with(marker) == []
+
+
+def test_pods_deleted_while_they_start_leave_no_process(cluster: Cluster) -> None:
+    """Hundreds of pods deleted at every moment of their start: none leaves a process behind."""
+    marker = f"marker-{uuid.uuid4().hex}"
+    script = f"import time; time.sleep(600)  # {marker}"
+    rng = random.Random(7)  # noqa: S311 - a repeatable schedule, not a secret
+    for batch in range(10):
+        names = [f"churn-{batch}-{i}" for i in range(20)]
+        for name in names:
+            cluster.core.create_namespaced_pod("default", pod_manifest(name, script))
+            time.sleep(rng.uniform(0, 0.02))
+            if rng.random() < 0.5:  # some at once, the rest once the batch is in
+                cluster.core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+        time.sleep(rng.uniform(0, 0.5))
+        for name in names:
+            with contextlib.suppress(ApiException):
+                cluster.core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+
+    def all_gone() -> bool:
+        pods = cluster.core.list_namespaced_pod("default").items
+        return not [p for p in pods if p.metadata.name.startswith("churn-")]
+
+    wait_for("every pod object to go", all_gone, timeout=120)
+    wait_for("every process to go", lambda: not processes_with(marker), timeout=30)

@@ -1,0 +1,212 @@
+"""``pods/exec`` and ``pods/attach`` over WebSocket, with the channel protocol kubectl and the
+Kubernetes clients speak (``v5.channel.k8s.io``, ``v4.channel.k8s.io``).
+
+Every binary message starts with its channel: 0 stdin, 1 stdout, 2 stderr, 3 the error
+channel (one ``Status`` when the command ends: ``Success``, or ``NonZeroExitCode`` with the
+code as its cause), 4 terminal resize; in v5, 255 closes a channel (the client's end of stdin).
+The command runs with the container's environment and working directory, inside its mount and
+PID namespaces (``localcluster.launch --enter``), so it sees the container's volumes and only
+its processes. A closed connection kills what it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import pty
+import signal
+import struct
+import termios
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from localcluster import errors
+
+STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
+PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
+
+
+@dataclass
+class ExecTarget:
+    """Where a command runs: argv prefix that enters the container, its env and directory."""
+
+    enter: list[str]
+    env: dict[str, str]
+    cwd: str
+    resolve: Any  # Callable[[list[str]], list[str]]: the command's argv as the image runs it
+    started: set[asyncio.subprocess.Process] = field(default_factory=set)
+
+
+def options(query: Any) -> dict[str, Any]:
+    """The PodExecOptions of a query, checked as the real API server checks them."""
+
+    def flag(name: str, default: bool) -> bool:
+        value = query.get(name)
+        return default if value is None else value.lower() in ("true", "1")
+
+    opts = {
+        "command": query.getall("command", []),
+        "container": query.get("container", ""),
+        "stdin": flag("stdin", False),
+        "stdout": flag("stdout", True),
+        "stderr": flag("stderr", True),
+        "tty": flag("tty", False),
+    }
+    if not (opts["stdin"] or opts["stdout"] or opts["stderr"]):
+        raise errors.bad_request("you must specify at least 1 of stdin, stdout, stderr")
+    if opts["tty"] and opts["stderr"]:
+        opts["stderr"] = False  # one stream with a terminal, as the kubelet merges them
+    return opts
+
+
+def _status(code: int, command: list[str]) -> dict[str, Any]:
+    if code == 0:
+        return {"metadata": {}, "status": "Success"}
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": (
+            f"command terminated with non-zero exit code: error executing command {command}, "
+            f"exit code {code}"
+        ),
+        "reason": "NonZeroExitCode",
+        "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+    }
+
+
+def _failure(message: str) -> dict[str, Any]:
+    return {
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": "InternalError",
+        "details": {"causes": [{"message": message}]},
+        "code": 500,
+    }
+
+
+async def upgrade(request: web.Request) -> web.WebSocketResponse:
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        raise errors.bad_request("Upgrade request required")
+    ws = web.WebSocketResponse(protocols=PROTOCOLS, heartbeat=None, max_msg_size=0)
+    await ws.prepare(request)
+    return ws
+
+
+async def _send(ws: web.WebSocketResponse, channel: int, data: bytes) -> None:
+    if not ws.closed:
+        with contextlib.suppress(ConnectionResetError):
+            await ws.send_bytes(bytes([channel]) + data)
+
+
+async def run_exec(
+    request: web.Request, target: ExecTarget, opts: dict[str, Any]
+) -> web.StreamResponse:
+    ws = await upgrade(request)
+    command: list[str] = opts["command"]
+    try:
+        argv = target.resolve(command)
+    except FileNotFoundError as exc:
+        message = (
+            f"error executing command in container: failed to exec in container: exec: "
+            f'"{command[0]}": executable file not found in $PATH: {exc}'
+        )
+        await _send(ws, ERROR, json.dumps(_failure(message)).encode())
+        await ws.close()
+        return ws
+    master = slave = -1
+    if opts["tty"]:
+        master, slave = pty.openpty()
+        streams: dict[str, Any] = {"stdin": slave, "stdout": slave, "stderr": slave}
+    else:
+        streams = {
+            "stdin": asyncio.subprocess.PIPE if opts["stdin"] else asyncio.subprocess.DEVNULL,
+            "stdout": asyncio.subprocess.PIPE if opts["stdout"] else asyncio.subprocess.DEVNULL,
+            "stderr": asyncio.subprocess.PIPE if opts["stderr"] else asyncio.subprocess.DEVNULL,
+        }
+    process = await asyncio.create_subprocess_exec(
+        *target.enter, *argv, env=target.env, cwd=target.cwd, start_new_session=True, **streams
+    )
+    target.started.add(process)
+    if slave >= 0:
+        os.close(slave)
+    pumps = []
+    if opts["tty"]:
+        pumps.append(asyncio.ensure_future(_pump_pty(master, ws)))
+    else:
+        for stream, channel in ((process.stdout, STDOUT), (process.stderr, STDERR)):
+            if stream is not None:
+                pumps.append(asyncio.ensure_future(_pump(stream, channel, ws)))
+    reader = asyncio.ensure_future(_read_client(ws, process, master))
+    try:
+        waiter = asyncio.ensure_future(process.wait())
+        await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if not waiter.done():  # the client went away: stop what it started
+            _kill(process)
+        code = await waiter
+        await asyncio.gather(*pumps, return_exceptions=True)
+        await _send(ws, ERROR, json.dumps(_status(code, command)).encode())
+    finally:
+        reader.cancel()
+        for pump in pumps:
+            pump.cancel()
+        _kill(process)
+        target.started.discard(process)
+        if master >= 0:
+            os.close(master)
+        await ws.close()
+    return ws
+
+
+def _kill(process: asyncio.subprocess.Process) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+async def _pump(stream: asyncio.StreamReader, channel: int, ws: web.WebSocketResponse) -> None:
+    while chunk := await stream.read(65536):
+        await _send(ws, channel, chunk)
+
+
+async def _pump_pty(master: int, ws: web.WebSocketResponse) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            chunk = await loop.run_in_executor(None, os.read, master, 65536)
+        except OSError:  # EIO: every holder of the terminal's other end has gone
+            return
+        if not chunk:
+            return
+        await _send(ws, STDOUT, chunk)
+
+
+async def _read_client(
+    ws: web.WebSocketResponse, process: asyncio.subprocess.Process, master: int
+) -> None:
+    """Stdin and resizes from the client, until it closes the connection."""
+    async for message in ws:
+        if message.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
+            continue
+        data = message.data if isinstance(message.data, bytes) else message.data.encode()
+        if not data:
+            continue
+        channel, payload = data[0], data[1:]
+        if channel == STDIN and payload:
+            if master >= 0:
+                os.write(master, payload)
+            elif process.stdin is not None:
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                    process.stdin.write(payload)
+                    await process.stdin.drain()
+        elif channel == RESIZE and master >= 0:
+            size = json.loads(payload or b"{}")
+            winsize = struct.pack("HHHH", size.get("Height", 24), size.get("Width", 80), 0, 0)
+            fcntl.ioctl(master, termios.TIOCSWINSZ, winsize)
+        elif channel == CLOSE and payload[:1] == bytes([STDIN]) and process.stdin is not None:
+            process.stdin.close()

@@ -1,0 +1,199 @@
+"""pods/exec with real clients: the Python client's stream(), kubectl exec, and what it sees.
+
+The command runs in the container's environment and namespaces: its env, its volumes, and only
+its own processes (localcluster.launch gives each container a PID namespace when run as root,
+which the test suite is).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.stream import stream
+
+from tests.cluster_fixtures import Cluster, pod_manifest, wait_for
+
+KUBECTL = shutil.which("kubectl")
+SLEEPER = "import time; time.sleep(600)"
+
+
+def running(cluster: Cluster, name: str) -> None:
+    def up() -> bool:
+        status = cluster.core.read_namespaced_pod(name, "default").status
+        return status.phase == "Running" and all(c.ready for c in status.container_statuses)
+
+    wait_for(f"pod {name} to run", up)
+
+
+@pytest.fixture(scope="module")
+def box(cluster: Cluster) -> str:
+    """A running pod with an env variable, an emptyDir volume and a file its command wrote."""
+    script = "import time; open('/data/greeting', 'w').write('hello from the volume'); " + SLEEPER
+    manifest = pod_manifest(
+        "box",
+        script,
+        volumes=[{"name": "data", "emptyDir": {}}],
+        container={
+            "env": [{"name": "COLOUR", "value": "teal"}],
+            "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+        },
+    )
+    cluster.core.create_namespaced_pod("default", manifest)
+    running(cluster, "box")
+    wait_for("the file", lambda: "hello" in exec_out(cluster, "box", ["cat", "/data/greeting"]))
+    return "box"
+
+
+def exec_stream(cluster: Cluster, name: str, command: list[str], **kwargs: Any) -> Any:
+    return stream(
+        cluster.core.connect_get_namespaced_pod_exec,
+        name,
+        "default",
+        command=command,
+        stdout=True,
+        stderr=True,
+        stdin=kwargs.pop("stdin", False),
+        tty=False,
+        _preload_content=False,
+        **kwargs,
+    )
+
+
+def exec_out(cluster: Cluster, name: str, command: list[str]) -> str:
+    client = exec_stream(cluster, name, command)
+    client.run_forever(timeout=30)
+    out: str = client.read_stdout()
+    client.close()
+    return out
+
+
+def test_exec_runs_in_the_containers_environment_and_volumes(cluster: Cluster, box: str) -> None:
+    out = exec_out(cluster, box, ["sh", "-c", 'echo "$COLOUR $HOSTNAME"; cat /data/greeting'])
+    assert out == "teal box\nhello from the volume"
+
+
+def test_exec_reports_stdout_stderr_and_the_exit_code_apart(cluster: Cluster, box: str) -> None:
+    client = exec_stream(cluster, box, ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    client.run_forever(timeout=30)
+    assert client.read_stdout() == "out\n"
+    assert client.read_stderr() == "err\n"
+    assert client.returncode == 3
+    client.close()
+
+    client = exec_stream(cluster, box, ["true"])
+    client.run_forever(timeout=30)
+    assert client.returncode == 0
+    client.close()
+
+
+def test_exec_sees_only_the_containers_processes(cluster: Cluster, box: str) -> None:
+    out = exec_out(cluster, box, ["ps", "-e", "-o", "pid=,args="])
+    processes = {int(line.split()[0]): line.split(None, 1)[1] for line in out.splitlines()}
+    # PID 1 is the container's init, PID 2 its command; then ps itself. Nothing of the machine's.
+    assert SLEEPER in processes[2], processes
+    assert len(processes) == 3, processes
+    assert "ps -e" in processes[max(processes)], processes
+
+
+def test_exec_feeds_stdin_until_the_client_closes_it(cluster: Cluster, box: str) -> None:
+    client = exec_stream(cluster, box, ["sh", "-c", "tr a-z A-Z; echo done"], stdin=True)
+    client.write_stdin("quiet words\n")
+    client.close_channel(0)  # v5: the end of stdin
+    client.run_forever(timeout=30)
+    assert client.read_stdout() == "QUIET WORDS\ndone\n"
+    assert client.returncode == 0
+    client.close()
+
+
+def test_exec_with_a_terminal(cluster: Cluster, box: str) -> None:
+    client = stream(
+        cluster.core.connect_get_namespaced_pod_exec, box, "default",
+        command=["sh", "-c", "test -t 0 && test -t 1 && echo terminal"],
+        stdin=True, stdout=True, stderr=False, tty=True, _preload_content=False,
+    )  # fmt: skip
+    client.run_forever(timeout=30)
+    assert client.read_stdout().strip() == "terminal"
+    assert client.returncode == 0
+    client.close()
+
+
+def test_a_closed_connection_stops_the_command(cluster: Cluster, box: str) -> None:
+    marker = f"marker-{uuid.uuid4().hex}"
+    client = exec_stream(cluster, box, ["sh", "-c", f"echo started; sleep 600 # {marker}"])
+    client.update(timeout=10)
+    assert "started" in client.read_stdout(timeout=10)
+    assert _with(marker)
+    client.close()
+    wait_for("the command to stop", lambda: not _with(marker), timeout=10)
+
+
+def test_bad_exec_requests_get_the_servers_answers(cluster: Cluster, box: str) -> None:
+    assert plain_exec(cluster, "nowhere", "command=true") == (404, 'pods "nowhere" not found')
+    assert plain_exec(cluster, box, "stdout=true") == (400, "you must specify at least 1 command")
+    assert plain_exec(cluster, box, "command=true") == (400, "Upgrade request required")
+
+    client = exec_stream(cluster, box, ["no-such-tool", "x"])
+    client.run_forever(timeout=30)
+    error = json.loads(client.read_channel(3))
+    assert error["status"] == "Failure"
+    assert 'exec: "no-such-tool": executable file not found in $PATH' in error["message"]
+    client.close()
+
+    cluster.core.create_namespaced_pod("default", pod_manifest("finished", "pass"))
+    wait_for(
+        "the pod to finish",
+        lambda: cluster.core.read_namespaced_pod("finished", "default").status.phase == "Succeeded",
+    )
+    assert plain_exec(cluster, "finished", "command=true") == (
+        400,
+        "cannot exec into a container in a completed pod; current phase is Succeeded",
+    )
+
+
+def test_kubectl_exec(cluster: Cluster, box: str, tmp_path: Path) -> None:
+    assert KUBECTL, "kubectl is not on PATH"
+    base = [KUBECTL, "--kubeconfig", str(cluster.kubeconfig)]
+
+    done = subprocess.run(
+        [*base, "exec", box, "--", "sh", "-c", "echo $COLOUR; echo oops >&2; exit 4"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    # kubectl adds the line about the code itself, and exits with it.
+    assert done.stdout == "teal\n"
+    assert done.stderr == "oops\ncommand terminated with exit code 4\n"
+    assert done.returncode == 4
+
+    piped = subprocess.run(
+        [*base, "exec", "-i", box, "--", "wc", "-l"],
+        input="one\ntwo\nthree\n", capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert (piped.stdout.strip(), piped.returncode) == ("3", 0), piped.stderr
+
+
+def plain_exec(cluster: Cluster, name: str, query: str) -> tuple[int, str]:
+    """An exec request without the WebSocket upgrade: (HTTP status, the Status message)."""
+    url = f"{cluster.api.configuration.host}/api/v1/namespaces/default/pods/{name}/exec?{query}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())["message"]
+
+
+def _with(text: str) -> list[int]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if text.encode() in cmdline.read_bytes():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
