@@ -94,7 +94,7 @@ async def serve(args: argparse.Namespace) -> int:
     faults.kubelet, kubelet.faults = kubelet, faults
     kubelet.register_nodes()
     scheduler = Scheduler(store)
-    controllers = Controllers(store)
+    controllers = Controllers(store, cfg.restart_backoff_seconds)
     proxy = ServiceProxy(store)
     gateways = GatewayProxy(store)
     tasks = [

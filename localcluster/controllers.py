@@ -1,4 +1,5 @@
-"""Controllers: ReplicaSet, Deployment and Endpoints, reconciling through the store.
+"""Controllers: ReplicaSet, Deployment and Endpoints, reconciling through the store (and the
+Job and CronJob controllers of ``localcluster.jobs``, on the same loop).
 
 They follow the real controllers' rules where clients can see them: ``pod-template-hash``
 labels and ReplicaSet names, the ``deployment.kubernetes.io/revision`` annotation (so that
@@ -20,6 +21,7 @@ import uuid
 from typing import Any
 
 from localcluster import errors, events
+from localcluster.jobs import CronJobController, JobController
 from localcluster.resources import kind
 from localcluster.selectors import match_label_selector
 from localcluster.store import Obj, Store, now
@@ -111,8 +113,10 @@ def _resolve(value: Any, total: int, round_up: bool) -> int:
 
 
 class Controllers:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, backoff_seconds: float = 10.0) -> None:
         self.store = store
+        self.jobs = JobController(store, backoff_seconds)
+        self.cronjobs = CronJobController(store)
 
     async def run(self) -> None:
         while True:
@@ -130,6 +134,8 @@ class Controllers:
         for service in self.store.list(SERVICES):
             with contextlib.suppress(errors.ApiError):
                 self.endpoints(service)
+        self.cronjobs.reconcile()
+        self.jobs.reconcile()
         for claim in self.store.list(PVCS):
             if claim.get("status", {}).get("phase") != "Bound":
                 with contextlib.suppress(errors.ApiError):

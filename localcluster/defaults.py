@@ -28,6 +28,73 @@ def pod_spec(spec: Obj) -> None:
         _container(c)
 
 
+def job_spec(spec: Obj) -> None:
+    if spec.get("completions") is None and spec.get("parallelism") is None:
+        spec["completions"] = 1
+    spec.setdefault("parallelism", 1)
+    spec.setdefault("backoffLimit", 6)
+    spec.setdefault("completionMode", "NonIndexed")
+    spec.setdefault("suspend", False)
+    spec.setdefault("manualSelector", None)
+    spec.setdefault("podReplacementPolicy", "TerminatingOrFailed")
+    template = spec.setdefault("template", {})
+    restart = template.setdefault("spec", {}).get("restartPolicy")
+    pod_spec(template["spec"])
+    if restart is None:
+        del template["spec"]["restartPolicy"]  # a Job's template must say it: validation checks
+    if spec["manualSelector"] is None:
+        del spec["manualSelector"]
+
+
+def job_identity(obj: Obj) -> None:
+    """What the Job strategy adds once the Job has its uid: the selector and the pod labels
+    that tie its pods to it (unless ``manualSelector``)."""
+    meta, spec = obj["metadata"], obj["spec"]
+    if spec.get("manualSelector"):
+        return
+    uid, name = meta["uid"], meta["name"]
+    spec["selector"] = {"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}
+    labels = spec["template"].setdefault("metadata", {}).setdefault("labels", {})
+    labels.update(
+        {
+            "batch.kubernetes.io/controller-uid": uid,
+            "batch.kubernetes.io/job-name": name,
+            "controller-uid": uid,
+            "job-name": name,
+        }
+    )
+
+
+def validate(kind: str, obj: Obj) -> list[tuple[str, str]]:
+    """(field path, what is wrong) for the checks clients rely on getting a 422 from."""
+    problems: list[tuple[str, str]] = []
+    if kind in ("Job", "CronJob"):
+        spec = obj.get("spec") or {}
+        path = "spec.template.spec"
+        if kind == "CronJob":
+            spec, path = (
+                (spec.get("jobTemplate") or {}).get("spec") or {},
+                "spec.jobTemplate." + path,
+            )
+            if not obj.get("spec", {}).get("schedule"):
+                problems.append(("spec.schedule", "Required value"))
+        restart = ((spec.get("template") or {}).get("spec") or {}).get("restartPolicy")
+        if restart is None:
+            problems.append(
+                (f"{path}.restartPolicy", 'Required value: valid values: "OnFailure", "Never"')
+            )
+        elif restart not in ("OnFailure", "Never"):
+            problems.append(
+                (
+                    f"{path}.restartPolicy",
+                    f'Unsupported value: "{restart}": supported values: "OnFailure", "Never"',
+                )
+            )
+        if spec.get("completionMode") == "Indexed" and spec.get("completions") is None:
+            problems.append(("spec.completions", "Required value: when completion mode is Indexed"))
+    return problems
+
+
 def apply(kind: str, obj: Obj) -> None:
     if kind == "Pod":
         pod_spec(obj.setdefault("spec", {}))
@@ -57,6 +124,15 @@ def apply(kind: str, obj: Obj) -> None:
         spec = obj.setdefault("spec", {})
         spec.setdefault("replicas", 1)
         pod_spec(spec.setdefault("template", {}).setdefault("spec", {}))
+    elif kind == "Job":
+        job_spec(obj.setdefault("spec", {}))
+    elif kind == "CronJob":
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("concurrencyPolicy", "Allow")
+        spec.setdefault("suspend", False)
+        spec.setdefault("successfulJobsHistoryLimit", 3)
+        spec.setdefault("failedJobsHistoryLimit", 1)
+        job_spec(spec.setdefault("jobTemplate", {}).setdefault("spec", {}))
     elif kind == "Namespace":
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj.setdefault("status", {}).setdefault("phase", "Active")

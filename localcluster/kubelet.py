@@ -476,7 +476,7 @@ class PodWorker:
         env: dict[str, str] = {
             "PATH": os.pathsep.join([*runtime.path, os.environ.get("PATH", "/usr/bin:/bin")]),
             "HOME": str(self.dir),
-            "HOSTNAME": self.name,
+            "HOSTNAME": pod["spec"].get("hostname") or self.name,
             "LANG": "C.UTF-8",
             "KUBERNETES_SERVICE_HOST": api[0],
             "KUBERNETES_SERVICE_PORT": str(api[1]),

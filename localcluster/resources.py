@@ -130,6 +130,7 @@ KINDS: tuple[Kind, ...] = (
         namespaced=False,
     ),
     Kind("batch", "v1", "jobs", "Job", subresources=("status",)),
+    Kind("batch", "v1", "cronjobs", "CronJob", subresources=("status",), short_names=("cj",)),
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
     # The Gateway API (a CRD on a real cluster; built in here): the Service proxy's gateway
     # listeners route by HTTPRoute weights and mirror filters (localcluster/gateway.py).

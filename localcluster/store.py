@@ -270,11 +270,18 @@ class Store:
             raise errors.already_exists(kind.plural, name, kind.group)
         obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
         defaults.apply(kind.kind, obj)
+        problems = [f"{path}: {what}" for path, what in defaults.validate(kind.kind, obj)]
+        if problems:
+            qualified = f"{kind.kind}.{kind.group}" if kind.group else kind.kind
+            detail = problems[0] if len(problems) == 1 else "[" + ", ".join(problems) + "]"
+            raise errors.invalid(qualified, name, detail)
         if kind.kind == "Service" and obj["spec"].get("clusterIP") in (None, ""):
             ip = self._next_address() if dry_run else self.allocate_address()
             obj["spec"]["clusterIP"], obj["spec"]["clusterIPs"] = ip, [ip]
         meta.update(uid=str(uuid.uuid4()), creationTimestamp=now())
         meta.pop("deletionTimestamp", None)
+        if kind.kind == "Job":
+            defaults.job_identity(obj)
         if "spec" in obj or kind.kind in ("Deployment", "ReplicaSet", "Pod", "Service"):
             meta["generation"] = 1
         if dry_run:

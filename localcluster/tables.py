@@ -20,8 +20,11 @@ def age(stamp: str | None) -> str:
     if not stamp:
         return "<unknown>"
     then = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-    seconds = int((dt.datetime.now(dt.UTC) - then).total_seconds())
-    seconds = max(seconds, 0)
+    return _span((dt.datetime.now(dt.UTC) - then).total_seconds())
+
+
+def _span(elapsed: float) -> str:
+    seconds = max(int(elapsed), 0)
     if seconds < 120:
         return f"{seconds}s"
     minutes = seconds // 60
@@ -74,6 +77,38 @@ def _restarts(pod: Obj) -> str:
     )
 
 
+def _job_status(job: Obj) -> str:
+    """What kubectl 1.32 prints: the final condition, Suspended, Running, or Failing."""
+    status = job.get("status", {})
+    for type_ in ("Complete", "Failed", "SuccessCriteriaMet", "FailureTarget", "Suspended"):
+        for c in status.get("conditions") or []:
+            if c["type"] == type_ and c["status"] == "True":
+                return {"SuccessCriteriaMet": "Complete", "FailureTarget": "Failed"}.get(
+                    type_, type_
+                )
+    return "Running"
+
+
+def _completions(job: Obj) -> str:
+    spec, status = job["spec"], job.get("status", {})
+    succeeded = status.get("succeeded", 0)
+    if spec.get("completions") is not None:
+        return f"{succeeded}/{spec['completions']}"
+    parallelism = spec.get("parallelism", 1)
+    return f"{succeeded}/1 of {parallelism}" if parallelism > 1 else f"{succeeded}/1"
+
+
+def _duration(job: Obj) -> str:
+    status = job.get("status", {})
+    if not status.get("startTime"):
+        return ""
+    start = dt.datetime.fromisoformat(status["startTime"].replace("Z", "+00:00"))
+    end = status.get("completionTime")
+    until = dt.datetime.fromisoformat(end.replace("Z", "+00:00")) if end else None
+    seconds = ((until or dt.datetime.now(dt.UTC)) - start).total_seconds()
+    return _span(seconds)
+
+
 def _ports(svc: Obj) -> str:
     ports = svc["spec"].get("ports") or []
     return ",".join(f"{p['port']}/{p.get('protocol', 'TCP')}" for p in ports) or "<none>"
@@ -111,6 +146,32 @@ COLUMNS: dict[str, list[Column]] = {
         ),
         ("Up-to-date", "integer", 0, lambda o: o.get("status", {}).get("updatedReplicas", 0)),
         ("Available", "integer", 0, lambda o: o.get("status", {}).get("availableReplicas", 0)),
+        AGE,
+    ],
+    "Job": [
+        NAME,
+        ("Status", "string", 0, lambda o: _job_status(o)),
+        ("Completions", "string", 0, lambda o: _completions(o)),
+        ("Duration", "string", 0, lambda o: _duration(o)),
+        AGE,
+    ],
+    "CronJob": [
+        NAME,
+        ("Schedule", "string", 0, lambda o: o["spec"].get("schedule", "")),
+        ("Timezone", "string", 0, lambda o: o["spec"].get("timeZone") or "<none>"),
+        # printBoolPtr: the cell is the string, though the column says boolean.
+        ("Suspend", "boolean", 0, lambda o: str(bool(o["spec"].get("suspend")))),
+        ("Active", "integer", 0, lambda o: len(o.get("status", {}).get("active") or [])),
+        (
+            "Last Schedule",
+            "date",
+            0,
+            lambda o: (
+                age(o["status"]["lastScheduleTime"])
+                if o.get("status", {}).get("lastScheduleTime")
+                else "<none>"
+            ),
+        ),
         AGE,
     ],
     "ReplicaSet": [

@@ -8,6 +8,7 @@ tests/localcluster/test_kpo.py; not a product DAG, so it lives beside its test.
 import datetime as dt
 import os
 
+from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import DAG, task
 
@@ -15,6 +16,10 @@ SCRIPT = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n   
 PUSH = (
     "import json\n"
     "json.dump({'answer': 42, 'from': 'the pod'}, open('/airflow/xcom/return.json', 'w'))\n"
+)
+PUSH_HOSTNAME = (
+    "import json, os\n"
+    "json.dump({'pod': os.environ['HOSTNAME']}, open('/airflow/xcom/return.json', 'w'))\n"
 )
 deferrable = os.environ.get("KPO_DEFERRABLE") == "1"
 
@@ -55,3 +60,29 @@ with DAG(dag_id="kpo_probe", schedule=None, start_date=dt.datetime(2026, 1, 1)) 
             raise ValueError(f"unexpected XCom: {value!r}")
 
     receives(pushes.output)
+
+    # A Job of three completions through the provider's own operator, each pod's XCom read
+    # back through pods/exec once its container is done.
+    job_of_three = KubernetesJobOperator(
+        task_id="job_of_three",
+        name="three",
+        namespace="default",
+        image="python:3.11-slim",
+        cmds=["python", "-c", PUSH_HOSTNAME],
+        kubernetes_conn_id="kubernetes_default",
+        completions=3,
+        parallelism=3,
+        wait_until_job_complete=True,
+        do_xcom_push=True,
+        get_logs=True,
+        job_poll_interval=1,
+        deferrable=deferrable,
+    )
+
+    @task
+    def receives_three(values: list) -> None:
+        pods = {v["pod"] for v in values}
+        if len(values) != 3 or len(pods) != 3 or not all(p.startswith("job-three") for p in pods):
+            raise ValueError(f"unexpected XComs: {values!r}")
+
+    receives_three(job_of_three.output)

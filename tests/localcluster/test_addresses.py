@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -67,10 +68,14 @@ def test_a_running_cluster_keeps_its_octets_from_every_other(cluster: Cluster) -
     cluster_octets = {int(service_ip.split(".")[1]), int(pod_ip.split(".")[1])}
     assert len(cluster_octets) == 2
 
-    mine = Reservation()
+    # Everything this process can take (other clusters on the machine may hold a few more).
+    mine, free = Reservation(), set()
     try:
-        free = set(mine.take(len(OCTETS) - 2))
+        with contextlib.suppress(RuntimeError):
+            while True:
+                free.update(mine.take(1))
     finally:
         mine.release()
+    assert len(free) >= len(OCTETS) // 2
     assert not free & cluster_octets
     cluster.core.delete_namespaced_pod("addresses", "default", grace_period_seconds=0)

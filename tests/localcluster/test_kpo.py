@@ -77,6 +77,8 @@ def test_kpo_runs_pods_to_success_and_failure(
         "fails": "failed",
         "pushes": "success",
         "receives": "success",
+        "job_of_three": "success",
+        "receives_three": "success",
     }, output[-6000:]
     # The container's lines reached the task log, prefixed with the container name as KPO does
     # ("[base] line 0" streamed in sync mode, "[base] logs: line 0" after the trigger returns).
