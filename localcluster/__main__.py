@@ -30,6 +30,15 @@ from localcluster.scheduler import Scheduler
 from localcluster.store import Store, ensure
 
 log = logging.getLogger("localcluster")
+PRIORITY_CLASSES = kind("scheduling.k8s.io", "v1", "priorityclasses")
+BUILT_IN_PRIORITIES = (
+    ("system-cluster-critical", 2000000000),
+    ("system-node-critical", 2000001000),
+)
+BUILT_IN_CLASS = {
+    "preemptionPolicy": "PreemptLowerPriority",
+    "description": "Used for system critical pods that must not be moved from their current node.",
+}
 NAMESPACES = kind("", "v1", "namespaces")
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
@@ -73,6 +82,10 @@ async def serve(args: argparse.Namespace) -> int:
                 },
             )
             for n in SYSTEM_NAMESPACES
+        ]
+        + [
+            (PRIORITY_CLASSES, {"metadata": {"name": name}, "value": value, **BUILT_IN_CLASS})
+            for name, value in BUILT_IN_PRIORITIES
         ],
     )
 

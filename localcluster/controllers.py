@@ -32,6 +32,8 @@ DEPLOYMENTS = kind("apps", "v1", "deployments")
 SERVICES = kind("", "v1", "services")
 ENDPOINTS = kind("", "v1", "endpoints")
 PVCS = kind("", "v1", "persistentvolumeclaims")
+NAMESPACES = kind("", "v1", "namespaces")
+SERVICE_ACCOUNTS = kind("", "v1", "serviceaccounts")
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 
@@ -136,10 +138,21 @@ class Controllers:
                 self.endpoints(service)
         self.cronjobs.reconcile()
         self.jobs.reconcile()
+        self.default_service_accounts()
         for claim in self.store.list(PVCS):
             if claim.get("status", {}).get("phase") != "Bound":
                 with contextlib.suppress(errors.ApiError):
                     self.bind_claim(claim)
+
+    def default_service_accounts(self) -> None:
+        """The ServiceAccount controller's one job here: a ``default`` account per namespace."""
+        for namespace in self.store.list(NAMESPACES):
+            name = namespace["metadata"]["name"]
+            if namespace.get("status", {}).get("phase") == "Terminating":
+                continue
+            if self.store.find(SERVICE_ACCOUNTS, name, "default") is None:
+                with contextlib.suppress(errors.ApiError):
+                    self.store.create(SERVICE_ACCOUNTS, name, {"metadata": {"name": "default"}})
 
     def bind_claim(self, claim: Obj) -> None:
         """A local-path provisioner: every claim binds at once to a folder on this machine."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from localcluster.quantity import parse
+
 Obj = dict[str, Any]
 
 
@@ -95,12 +97,31 @@ def validate(kind: str, obj: Obj) -> list[tuple[str, str]]:
     return problems
 
 
+def qos_class(spec: Obj) -> str:
+    """The pod's QoS class, by the real rules over cpu and memory: Guaranteed when every
+    container's requests equal its limits (a request left out takes its limit), BestEffort
+    when none sets either, Burstable otherwise."""
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    guaranteed, any_set = True, False
+    for c in containers:
+        resources = c.get("resources") or {}
+        limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
+        for name in ("cpu", "memory"):
+            limit, request = limits.get(name), requests.get(name, limits.get(name))
+            any_set = any_set or limit is not None or request is not None
+            if limit is None or request is None or parse(str(limit)) != parse(str(request)):
+                guaranteed = False
+    if not any_set:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"
+
+
 def apply(kind: str, obj: Obj) -> None:
     if kind == "Pod":
         pod_spec(obj.setdefault("spec", {}))
         status = obj.setdefault("status", {})
         status.setdefault("phase", "Pending")
-        status.setdefault("qosClass", "BestEffort")
+        status.setdefault("qosClass", qos_class(obj["spec"]))
     elif kind == "Service":
         spec = obj.setdefault("spec", {})
         spec.setdefault("type", "ClusterIP")

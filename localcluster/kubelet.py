@@ -210,7 +210,8 @@ class PodWorker:
                 image = run.spec.get("image", "")
                 message = (
                     f'failed to pull and unpack image "{image}": failed to resolve reference '
-                    f'"{image}": not found in the localcluster image map'
+                    f'"{image}": not found in the localcluster image map (map it to a local '
+                    "runtime under `images:` in the --config file; localcluster's README shows how)"
                 )
                 self.event("Normal", "Pulling", f'Pulling image "{image}"')
                 self.event("Warning", "Failed", f'Failed to pull image "{image}": {message}')

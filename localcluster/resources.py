@@ -20,6 +20,7 @@ class Kind:
     namespaced: bool = True
     subresources: tuple[str, ...] = ()
     short_names: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()  # "all": what `kubectl get all` lists
     verbs: tuple[str, ...] = (
         "create",
         "delete",
@@ -60,9 +61,28 @@ KINDS: tuple[Kind, ...] = (
         "Pod",
         subresources=("status", "log", "binding", "eviction", "exec", "attach", "portforward"),
         short_names=("po",),
+        categories=("all",),
     ),
     Kind("", "v1", "events", "Event", short_names=("ev",)),
-    Kind("", "v1", "services", "Service", subresources=("status",), short_names=("svc",)),
+    Kind(
+        "",
+        "v1",
+        "services",
+        "Service",
+        subresources=("status",),
+        short_names=("svc",),
+        categories=("all",),
+    ),
+    # Stored, not run: a manifest with one applies; no controller acts on it.
+    Kind(
+        "",
+        "v1",
+        "replicationcontrollers",
+        "ReplicationController",
+        subresources=("status", "scale"),
+        short_names=("rc",),
+        categories=("all",),
+    ),
     Kind("", "v1", "endpoints", "Endpoints", short_names=("ep",)),
     Kind("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     Kind("", "v1", "secrets", "Secret"),
@@ -91,6 +111,7 @@ KINDS: tuple[Kind, ...] = (
         "Deployment",
         subresources=("status", "scale"),
         short_names=("deploy",),
+        categories=("all",),
     ),
     Kind(
         "apps",
@@ -99,6 +120,17 @@ KINDS: tuple[Kind, ...] = (
         "ReplicaSet",
         subresources=("status", "scale"),
         short_names=("rs",),
+        categories=("all",),
+    ),
+    # Stored, not run (no per-node pods on a one-node emulator's workloads here).
+    Kind(
+        "apps",
+        "v1",
+        "daemonsets",
+        "DaemonSet",
+        subresources=("status",),
+        short_names=("ds",),
+        categories=("all",),
     ),
     Kind("apps", "v1", "controllerrevisions", "ControllerRevision"),
     Kind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice"),
@@ -109,6 +141,7 @@ KINDS: tuple[Kind, ...] = (
         "HorizontalPodAutoscaler",
         subresources=("status",),
         short_names=("hpa",),
+        categories=("all",),
     ),
     Kind(
         "policy",
@@ -129,8 +162,24 @@ KINDS: tuple[Kind, ...] = (
         "ClusterRoleBinding",
         namespaced=False,
     ),
-    Kind("batch", "v1", "jobs", "Job", subresources=("status",)),
-    Kind("batch", "v1", "cronjobs", "CronJob", subresources=("status",), short_names=("cj",)),
+    Kind("batch", "v1", "jobs", "Job", subresources=("status",), categories=("all",)),
+    Kind(
+        "batch",
+        "v1",
+        "cronjobs",
+        "CronJob",
+        subresources=("status",),
+        short_names=("cj",),
+        categories=("all",),
+    ),
+    Kind(
+        "scheduling.k8s.io",
+        "v1",
+        "priorityclasses",
+        "PriorityClass",
+        namespaced=False,
+        short_names=("pc",),
+    ),
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
     # The Gateway API (a CRD on a real cluster; built in here): the Service proxy's gateway
     # listeners route by HTTPRoute weights and mirror filters (localcluster/gateway.py).
@@ -176,6 +225,18 @@ def groups() -> dict[str, list[str]]:
     return result
 
 
+# Subresources whose discovery entry differs from status's: (kind, verbs), as the real server.
+SUBRESOURCES: dict[str, tuple[str, list[str]]] = {
+    "scale": ("Scale", ["get", "patch", "update"]),
+    "binding": ("Binding", ["create"]),
+    "eviction": ("Eviction", ["create"]),
+    "log": ("Pod", ["get"]),
+    "exec": ("PodExecOptions", ["create", "get"]),
+    "attach": ("PodAttachOptions", ["create", "get"]),
+    "portforward": ("PodPortForwardOptions", ["create", "get"]),
+}
+
+
 def resource_list(group: str, version: str) -> dict[str, Any] | None:
     kinds = [k for k in KINDS if (k.group, k.version) == (group, version)]
     if not kinds:
@@ -190,23 +251,18 @@ def resource_list(group: str, version: str) -> dict[str, Any] | None:
                 "kind": k.kind,
                 "verbs": list(k.verbs),
                 "shortNames": list(k.short_names),
+                **({"categories": list(k.categories)} if k.categories else {}),
             }
         )
         for sub in k.subresources:
-            sub_kind = {"scale": "Scale", "binding": "Binding", "eviction": "Eviction"}.get(
-                sub, k.kind
-            )
+            sub_kind, verbs = SUBRESOURCES.get(sub, (k.kind, ["get", "patch", "update"]))
             resources.append(
                 {
                     "name": f"{k.plural}/{sub}",
                     "singularName": "",
                     "namespaced": k.namespaced,
                     "kind": sub_kind,
-                    "verbs": ["get"]
-                    if sub == "log"
-                    else ["create"]
-                    if sub in ("binding", "eviction")
-                    else ["get", "patch", "update"],
+                    "verbs": verbs,
                 }
             )
     return {

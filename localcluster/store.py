@@ -282,6 +282,8 @@ class Store:
         meta.pop("deletionTimestamp", None)
         if kind.kind == "Job":
             defaults.job_identity(obj)
+        if kind.kind == "Pod":
+            self._admit_priority(obj)
         if "spec" in obj or kind.kind in ("Deployment", "ReplicaSet", "Pod", "Service"):
             meta["generation"] = 1
         if dry_run:
@@ -291,6 +293,31 @@ class Store:
         self._objects[key] = obj
         self._emit("ADDED", kind, obj)
         return copy.deepcopy(obj)
+
+    def _admit_priority(self, pod: Obj) -> None:
+        """The Priority admission plugin: the class must exist; its value becomes the pod's."""
+        spec = pod["spec"]
+        wanted = spec.get("priorityClassName")
+        classes = self.list(PRIORITY_CLASSES)
+        if wanted:
+            found = next((c for c in classes if c["metadata"]["name"] == wanted), None)
+            if found is None:
+                raise errors.ApiError(
+                    403,
+                    "Forbidden",
+                    f'pods "{pod["metadata"]["name"]}" is forbidden: no PriorityClass with name '
+                    f"{wanted} was found",
+                    {"name": pod["metadata"]["name"], "kind": "pods"},
+                )
+        else:
+            found = next((c for c in classes if c.get("globalDefault")), None)
+            if found is not None:
+                spec["priorityClassName"] = found["metadata"]["name"]
+        spec["priority"] = found.get("value", 0) if found else 0
+        spec.setdefault(
+            "preemptionPolicy",
+            (found or {}).get("preemptionPolicy", "PreemptLowerPriority"),
+        )
 
     def replace(
         self,
@@ -339,13 +366,19 @@ class Store:
                 else:
                     meta.pop(immutable, None)
             meta["name"] = name
+            # Defaulting runs on every write, as the real server decodes every body with it: a
+            # replaced list (a merge patch's containers) gets its defaults back, so a no-op
+            # apply leaves a Deployment's template -- and its ReplicaSet -- as they were.
+            defaults.apply(kind.kind, new)
             if "generation" in current["metadata"]:
                 changed = new.get("spec") != current.get("spec")
                 meta["generation"] = current["metadata"]["generation"] + (1 if changed else 0)
         new["apiVersion"], new["kind"] = kind.api_version, kind.kind
+        new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
         if dry_run:
-            new["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             return new
+        if new == current:
+            return copy.deepcopy(current)  # a no-op write: no new resourceVersion, no event
         new["metadata"]["resourceVersion"] = self._bump()
         ns = current["metadata"].get("namespace", "")
         released = new["metadata"].get("deletionTimestamp") and not new["metadata"].get(
@@ -493,6 +526,7 @@ def kind_of(obj: Obj) -> Kind | None:
 
 
 NAMESPACES = kind("", "v1", "namespaces")
+PRIORITY_CLASSES = kind("scheduling.k8s.io", "v1", "priorityclasses")
 
 
 def ensure(store: Store, kinds: Iterable[tuple[Kind, Obj]]) -> None:

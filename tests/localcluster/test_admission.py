@@ -1,0 +1,155 @@
+"""What the real API server and its controllers add to objects, checked with real clients:
+QoS classes, PriorityClass admission, the default ServiceAccount, discovery categories (`kubectl
+get all`), stored-only workload kinds, and a hint for an image with no local runtime."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client.rest import ApiException
+
+from tests.cluster_fixtures import Cluster, events_of, pod_manifest, wait_for
+
+KUBECTL = shutil.which("kubectl")
+
+
+def kubectl(cluster: Cluster, *args: str) -> str:
+    assert KUBECTL, "kubectl is not on PATH"
+    done = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def resources(requests: dict[str, str] | None, limits: dict[str, str] | None) -> dict[str, Any]:
+    return {
+        "container": {
+            "resources": {
+                **({"requests": requests} if requests else {}),
+                **({"limits": limits} if limits else {}),
+            }
+        }
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "requests", "limits", "qos"),
+    [
+        ("qos-none", None, None, "BestEffort"),
+        ("qos-equal", {"cpu": "500m", "memory": "64Mi"}, {"cpu": "0.5", "memory": "64Mi"},
+         "Guaranteed"),
+        ("qos-limits", None, {"cpu": "1", "memory": "128Mi"}, "Guaranteed"),
+        ("qos-request", {"cpu": "100m"}, None, "Burstable"),
+        ("qos-less", {"cpu": "100m", "memory": "64Mi"}, {"cpu": "1", "memory": "64Mi"},
+         "Burstable"),
+    ],
+)  # fmt: skip
+def test_qos_class_follows_requests_and_limits(
+    cluster: Cluster, name: str, requests: Any, limits: Any, qos: str
+) -> None:
+    manifest = pod_manifest(name, "pass", **resources(requests, limits))
+    created = cluster.core.create_namespaced_pod("default", manifest)
+    assert created.status.qos_class == qos
+    cluster.core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+
+
+def test_priority_classes_are_admitted_as_the_real_plugin_does(cluster: Cluster) -> None:
+    critical = cluster.core.create_namespaced_pod(
+        "default", pod_manifest("critical", "pass", priorityClassName="system-node-critical")
+    )
+    assert critical.spec.priority == 2000001000
+    plain = cluster.core.create_namespaced_pod("default", pod_manifest("plain", "pass"))
+    assert (plain.spec.priority, plain.spec.priority_class_name) == (0, None)
+
+    with pytest.raises(ApiException) as refused:
+        cluster.core.create_namespaced_pod(
+            "default", pod_manifest("vip", "pass", priorityClassName="gold")
+        )
+    assert refused.value.status == 403
+    assert json.loads(refused.value.body)["message"] == (
+        'pods "vip" is forbidden: no PriorityClass with name gold was found'
+    )
+    for name in ("critical", "plain"):
+        cluster.core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+
+
+def test_every_namespace_gets_a_default_service_account(cluster: Cluster) -> None:
+    cluster.core.create_namespace({"metadata": {"name": "team-a"}})
+    account = wait_for(
+        "the default ServiceAccount",
+        lambda: cluster.core.list_namespaced_service_account("team-a").items,
+    )
+    assert [a.metadata.name for a in account] == ["default"]
+    cluster.core.delete_namespace("team-a")
+
+
+WORKLOADS = """
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: node-agent}
+spec:
+  selector: {matchLabels: {app: node-agent}}
+  template:
+    metadata: {labels: {app: node-agent}}
+    spec: {containers: [{name: agent, image: python:3.11-slim}]}
+---
+apiVersion: v1
+kind: ReplicationController
+metadata: {name: legacy}
+spec:
+  replicas: 0
+  selector: {app: legacy}
+  template:
+    metadata: {labels: {app: legacy}}
+    spec: {containers: [{name: web, image: python:3.11-slim}]}
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata: {name: batch-low}
+value: 100
+description: training that can wait
+"""
+
+
+def test_stored_workload_kinds_apply_and_all_lists_the_workloads(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    path = tmp_path / "workloads.yaml"
+    path.write_text(WORKLOADS)
+    out = kubectl(cluster, "apply", "-f", str(path))
+    for created in (
+        "daemonset.apps/node-agent",
+        "replicationcontroller/legacy",
+        "priorityclass.scheduling.k8s.io/batch-low",
+    ):
+        assert f"{created} created" in out, out
+    pod = cluster.core.create_namespaced_pod(
+        "default", pod_manifest("low", "pass", priorityClassName="batch-low")
+    )
+    assert pod.spec.priority == 100
+
+    listed = kubectl(cluster, "get", "all", "-o", "name").split()
+    assert "pod/low" in listed
+    assert "daemonset.apps/node-agent" in listed
+    assert "replicationcontroller/legacy" in listed
+    assert not [name for name in listed if name.startswith(("configmap", "priorityclass"))]
+    kubectl(cluster, "delete", "-f", str(path))
+    cluster.core.delete_namespaced_pod("low", "default", grace_period_seconds=0)
+
+
+def test_an_unmapped_image_says_how_to_map_it(cluster: Cluster) -> None:
+    manifest = pod_manifest("nowhere", "pass", container={"image": "registry.example/x:1"})
+    cluster.core.create_namespaced_pod("default", manifest)
+    failed = wait_for(
+        "the pull failure",
+        lambda: [e for e in events_of(cluster, "nowhere", "Failed") if "image map" in e.message],
+    )
+    assert "under `images:` in the --config file" in failed[0].message
+    cluster.core.delete_namespaced_pod("nowhere", "default", grace_period_seconds=0)
