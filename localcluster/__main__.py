@@ -25,12 +25,11 @@ from localcluster.gateway import GatewayProxy
 from localcluster.kubelet import Kubelet
 from localcluster.promsd import install as install_prometheus_sd
 from localcluster.proxy import ServiceProxy
-from localcluster.resources import kind
+from localcluster.resources import NAMESPACES, PRIORITY_CLASSES
 from localcluster.scheduler import Scheduler
 from localcluster.store import Store, ensure
 
 log = logging.getLogger("localcluster")
-PRIORITY_CLASSES = kind("scheduling.k8s.io", "v1", "priorityclasses")
 BUILT_IN_PRIORITIES = (
     ("system-cluster-critical", 2000000000),
     ("system-node-critical", 2000001000),
@@ -39,7 +38,6 @@ BUILT_IN_CLASS = {
     "preemptionPolicy": "PreemptLowerPriority",
     "description": "Used for system critical pods that must not be moved from their current node.",
 }
-NAMESPACES = kind("", "v1", "namespaces")
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 

@@ -22,18 +22,19 @@ from typing import Any
 
 from localcluster import errors, events
 from localcluster.jobs import CronJobController, JobController
-from localcluster.resources import kind
+from localcluster.resources import (
+    DEPLOYMENTS,
+    ENDPOINTS,
+    NAMESPACES,
+    PODS,
+    PVCS,
+    REPLICASETS,
+    SERVICE_ACCOUNTS,
+    SERVICES,
+)
 from localcluster.selectors import match_label_selector
 from localcluster.store import Obj, Store, now
 
-PODS = kind("", "v1", "pods")
-REPLICASETS = kind("apps", "v1", "replicasets")
-DEPLOYMENTS = kind("apps", "v1", "deployments")
-SERVICES = kind("", "v1", "services")
-ENDPOINTS = kind("", "v1", "endpoints")
-PVCS = kind("", "v1", "persistentvolumeclaims")
-NAMESPACES = kind("", "v1", "namespaces")
-SERVICE_ACCOUNTS = kind("", "v1", "serviceaccounts")
 REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 

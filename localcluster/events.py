@@ -6,10 +6,8 @@ import contextlib
 import uuid
 
 from localcluster import errors
-from localcluster.resources import kind
+from localcluster.resources import EVENTS
 from localcluster.store import Obj, Store, now
-
-EVENTS = kind("", "v1", "events")
 
 
 def record(store: Store, obj: Obj, type_: str, reason: str, message: str, component: str) -> None:

@@ -30,14 +30,13 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from localcluster import errors
-from localcluster.resources import kind
+from localcluster.resources import NODES
 from localcluster.scheduler import set_condition
 from localcluster.store import Obj, Store
 
 if TYPE_CHECKING:
     from localcluster.kubelet import Kubelet
 
-NODES = kind("", "v1", "nodes")
 PREFIX = "/localcluster/faults"
 
 

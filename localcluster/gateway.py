@@ -32,12 +32,9 @@ from typing import Any
 
 from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
 
-from localcluster.resources import kind
+from localcluster.resources import GATEWAYS, ROUTES, SERVICES
 from localcluster.store import Obj, Store, now
 
-GATEWAYS = kind("gateway.networking.k8s.io", "v1", "gateways")
-ROUTES = kind("gateway.networking.k8s.io", "v1", "httproutes")
-SERVICES = kind("", "v1", "services")
 CONTROLLER_NAME = "localcluster.helmsman.io/gateway"
 REQUEST_ID = "x-request-id"
 MAX_MIRRORS_IN_FLIGHT = 256

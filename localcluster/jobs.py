@@ -31,12 +31,9 @@ from typing import Any
 from croniter import croniter
 
 from localcluster import errors, events
-from localcluster.resources import kind
+from localcluster.resources import CRONJOBS, JOBS, PODS
 from localcluster.store import Obj, Store
 
-PODS = kind("", "v1", "pods")
-JOBS = kind("batch", "v1", "jobs")
-CRONJOBS = kind("batch", "v1", "cronjobs")
 INDEX = "batch.kubernetes.io/job-completion-index"
 CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
 JOB_NAME = "batch.kubernetes.io/job-name"

@@ -14,35 +14,27 @@ period, before the pod object goes away.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import json
 import os
-import re
-import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from localcluster import errors, events
+from localcluster import errors, events, podlogs, volumes
 from localcluster.config import Config, Runtime
+from localcluster.environment import environment, expand, resolve
+from localcluster.probes import Prober
 from localcluster.quantity import parse as parse_quantity
-from localcluster.resources import kind
+from localcluster.resources import NODES, PODS, SERVICES
 from localcluster.scheduler import set_condition
 from localcluster.store import Obj, Store, now
 from localcluster.streams import ExecTarget
 
-PODS = kind("", "v1", "pods")
-NODES = kind("", "v1", "nodes")
-SECRETS = kind("", "v1", "secrets")
-CONFIGMAPS = kind("", "v1", "configmaps")
-SERVICES = kind("", "v1", "services")
-PVCS = kind("", "v1", "persistentvolumeclaims")
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = [sys.executable, "-m", "localcluster.launch"]
 COMPONENT = "kubelet"
@@ -127,7 +119,6 @@ class PodWorker:
             status["podIP"], status["hostIP"] = self.ip, "127.0.0.1"
             status["podIPs"], status["hostIPs"] = [{"ip": self.ip}], [{"ip": "127.0.0.1"}]
             status.setdefault("startTime", now())
-            status["qosClass"] = "BestEffort"
             images = {
                 c["name"]: c.get("image", "")
                 for c in pod["spec"].get("containers", []) + pod["spec"].get("initContainers", [])
@@ -321,7 +312,7 @@ class PodWorker:
         self.event("Normal", "Created", f"Created container {run.name}")
         self.event("Normal", "Started", f"Started container {run.name}")
         self.publish()
-        probes = [asyncio.ensure_future(self._probes(run, process, env))]
+        probes = [asyncio.ensure_future(Prober(self).run(run, process, env))]
         oom = asyncio.Event()
         limit = ((run.spec.get("resources") or {}).get("limits") or {}).get("memory")
         if limit:
@@ -375,7 +366,16 @@ class PodWorker:
         self, pod: Obj, run: ContainerRun, runtime: Runtime
     ) -> tuple[list[str], dict[str, str], str]:
         spec = run.spec
-        env = self._environment(pod, spec, runtime)
+        env = environment(
+            self.store,
+            pod,
+            spec,
+            runtime,
+            ip=self.ip,
+            home=str(self.dir),
+            api=self.kubelet.api_address,
+            services=self.kubelet.service_env(self.ns),
+        )
         command = list(spec.get("command") or runtime.default_command)
         args = list(spec.get("args") or [])
         argv = [expand(a, env) for a in command + args]
@@ -385,12 +385,12 @@ class PodWorker:
             )
         argv = resolve(argv, env, runtime)
         cwd = spec.get("workingDir") or runtime.working_dir or str(self.dir)
-        mounts = self._mounts(pod, spec)
+        mounts = volumes.mounts(self.store, pod, spec, self.dir, self.kubelet.state_dir)
         if mounts or self.kubelet.isolate:
             launcher = [*LAUNCHER, "--isolate"] if self.kubelet.isolate else [*LAUNCHER]
             for source, target, read_only in mounts:
                 launcher += ["--mount", f"{source}:{target}" + (":ro" if read_only else "")]
-            for path in self._runtime_paths(runtime, env, cwd):
+            for path in volumes.runtime_paths(runtime, env, cwd, self.dir):
                 launcher += ["--keep", path]
             argv = [*launcher, "--", *argv]
             env["PYTHONPATH"] = os.pathsep.join(
@@ -399,153 +399,6 @@ class PodWorker:
         else:
             Path(cwd).mkdir(parents=True, exist_ok=True)
         return argv, env, cwd
-
-    def _runtime_paths(self, runtime: Runtime, env: dict[str, str], cwd: str) -> list[str]:
-        """What the container runs from on this machine: a volume must not hide these."""
-        python = Path(runtime.python)
-        paths = {
-            str(python.parent.parent),  # the virtualenv
-            sys.base_prefix,  # the interpreter it was made from (stdlib)
-            *runtime.path,
-            *filter(None, env.get("PYTHONPATH", "").split(os.pathsep)),
-            str(self.dir),  # the pod's folder: HOME, default working directory
-            cwd,
-            # Folders the container's environment names (a dataset store given as a local
-            # path or a file:// URI): on a real cluster a volume or an object store; here,
-            # the machine's.
-            *(p for p in map(_local_folder, env.values()) if p and os.path.isdir(p)),
-        }
-        return sorted(p for p in paths if p and os.path.isabs(p))
-
-    def _mounts(self, pod: Obj, spec: dict[str, Any]) -> list[tuple[str, str, bool]]:
-        """(host folder or file, mountPath, read-only) for each of the container's mounts."""
-        volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
-        result = []
-        for mount in spec.get("volumeMounts") or []:
-            volume = volumes.get(mount["name"])
-            if volume is None:
-                raise errors.bad_request(f'volume "{mount["name"]}" is not declared in the pod')
-            source = self._volume_dir(volume)
-            if mount.get("subPath"):
-                source = source / mount["subPath"]
-                if not source.exists():
-                    source.mkdir(parents=True)
-            read_only = bool(mount.get("readOnly")) or "secret" in volume or "configMap" in volume
-            result.append((str(source), mount["mountPath"], read_only))
-        return result
-
-    def _volume_dir(self, volume: dict[str, Any]) -> Path:
-        """Materialize a volume: emptyDir, configMap, secret or persistentVolumeClaim."""
-        folder: Path = self.dir / "volumes" / volume["name"]
-        if "emptyDir" in volume:
-            folder.mkdir(parents=True, exist_ok=True)
-            return folder
-        for key, source_kind, decode in (
-            ("configMap", CONFIGMAPS, False),
-            ("secret", SECRETS, True),
-        ):
-            if key in volume:
-                ref = volume[key]
-                name = ref.get("name") or ref.get("secretName", "")
-                data = self._data(
-                    source_kind, {"name": name, "optional": ref.get("optional")}, decode
-                )
-                items = ref.get("items") or [{"key": k, "path": k} for k in data]
-                folder.mkdir(parents=True, exist_ok=True)
-                for item in items:
-                    if item["key"] not in data:
-                        raise errors.bad_request(f"{key} {name} has no key {item['key']}")
-                    target = folder / item["path"]
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_text(data[item["key"]])
-                    target.chmod(item.get("mode", ref.get("defaultMode", 0o644)))
-                return folder
-        if "persistentVolumeClaim" in volume:
-            claim = volume["persistentVolumeClaim"]["claimName"]
-            if self.store.find(PVCS, self.ns, claim) is None:
-                raise errors.bad_request(f'persistentvolumeclaim "{claim}" not found')
-            folder = Path(self.kubelet.state_dir, "volumes", self.ns, claim)
-            folder.mkdir(parents=True, exist_ok=True)
-            return folder
-        raise errors.bad_request(
-            f'volume "{volume["name"]}": only emptyDir, configMap, secret and '
-            "persistentVolumeClaim volumes are supported by localcluster"
-        )
-
-    def _environment(self, pod: Obj, spec: dict[str, Any], runtime: Runtime) -> dict[str, str]:
-        api = self.kubelet.api_address
-        env: dict[str, str] = {
-            "PATH": os.pathsep.join([*runtime.path, os.environ.get("PATH", "/usr/bin:/bin")]),
-            "HOME": str(self.dir),
-            "HOSTNAME": pod["spec"].get("hostname") or self.name,
-            "LANG": "C.UTF-8",
-            "KUBERNETES_SERVICE_HOST": api[0],
-            "KUBERNETES_SERVICE_PORT": str(api[1]),
-            "PYTHONUNBUFFERED": "1",
-        }
-        env.update(runtime.env)
-        env.update(self.kubelet.service_env(self.ns))
-        for source in spec.get("envFrom") or []:
-            prefix = source.get("prefix", "")
-            if "configMapRef" in source:
-                data = self._data(CONFIGMAPS, source["configMapRef"], decode=False)
-            else:
-                data = self._data(SECRETS, source["secretRef"], decode=True)
-            env.update({prefix + k: v for k, v in data.items()})
-        for var in spec.get("env") or []:
-            if "valueFrom" in var:
-                value = self._value_from(pod, var["valueFrom"])
-                if value is None:
-                    continue
-                env[var["name"]] = value
-            else:
-                env[var["name"]] = expand(var.get("value", ""), env)
-        return env
-
-    def _data(self, kind: Any, ref: dict[str, Any], decode: bool) -> dict[str, str]:
-        obj = self.store.find(kind, self.ns, ref["name"])
-        if obj is None:
-            if ref.get("optional"):
-                return {}
-            raise errors.not_found(kind.plural, ref["name"])
-        data = dict(obj.get("data") or {})
-        if decode:
-            data = {k: base64.b64decode(v).decode() for k, v in data.items()}
-            data.update(obj.get("stringData") or {})
-        return data
-
-    def _value_from(self, pod: Obj, source: dict[str, Any]) -> str | None:
-        if "fieldRef" in source:
-            path = source["fieldRef"]["fieldPath"]
-            live = {
-                **pod,
-                "status": {**pod.get("status", {}), "podIP": self.ip, "hostIP": "127.0.0.1"},
-            }
-            match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
-            if match:
-                return str((live["metadata"].get(match.group(1)) or {}).get(match.group(2), ""))
-            value: Any = live
-            for part in path.split("."):
-                value = value.get(part, "") if isinstance(value, dict) else ""
-            return str(value)
-        if "resourceFieldRef" in source:
-            return "0"
-        for key, source_kind, decode in (
-            ("secretKeyRef", SECRETS, True),
-            ("configMapKeyRef", CONFIGMAPS, False),
-        ):
-            if key in source:
-                ref = source[key]
-                data = self._data(source_kind, ref, decode)
-                if ref["key"] not in data:
-                    if ref.get("optional"):
-                        return None
-                    raise errors.bad_request(
-                        f"couldn't find key {ref['key']} in {source_kind.kind} "
-                        f"{self.ns}/{ref['name']}"
-                    )
-                return data[ref["key"]]
-        return None
 
     async def _memory_watch(
         self, run: ContainerRun, process: asyncio.subprocess.Process, limit: int, oom: asyncio.Event
@@ -576,125 +429,8 @@ class PodWorker:
                 return
             await asyncio.sleep(0.2)
 
-    async def _probes(
-        self, run: ContainerRun, process: asyncio.subprocess.Process, env: dict[str, str]
-    ) -> None:
-        """The startup probe first; readiness and liveness only once it has succeeded."""
-        startup = run.spec.get("startupProbe")
-        if startup is not None:
-            run.started = False
-            self.publish()
-            if not await self._probe_loop(run, "Startup", startup, process, env):
-                return
-            run.started = True
-            self.publish()
-        await asyncio.gather(
-            *(
-                self._probe_loop(run, kind_, run.spec[key], process, env)
-                for kind_, key in (("Readiness", "readinessProbe"), ("Liveness", "livenessProbe"))
-                if key in run.spec
-            )
-        )
-
-    async def _probe_loop(
-        self,
-        run: ContainerRun,
-        kind_: str,
-        probe: dict[str, Any],
-        process: asyncio.subprocess.Process,
-        env: dict[str, str],
-    ) -> bool:
-        """Run one probe as the kubelet does: delay, period, timeout and both thresholds.
-
-        A startup probe returns True at its first success (False if the container dies or
-        is killed first); readiness and liveness probes run until the container exits.
-        """
-        period = probe.get("periodSeconds", 10)
-        timeout = probe.get("timeoutSeconds", 1)
-        failure_threshold = probe.get("failureThreshold", 3)
-        success_threshold = probe.get("successThreshold", 1)
-        await asyncio.sleep(probe.get("initialDelaySeconds", 0))
-        successes = failures = 0
-        while process.returncode is None and not self.stopping:
-            error = await self._probe_once(probe, timeout, env, run)
-            if error is None:
-                successes, failures = successes + 1, 0
-                if kind_ == "Startup":
-                    return True
-                if kind_ == "Readiness" and not run.ready and successes >= success_threshold:
-                    run.ready = True
-                    self.publish()
-            else:
-                successes, failures = 0, failures + 1
-                self.event("Warning", "Unhealthy", f"{kind_} probe failed: {error}")
-                if failures >= failure_threshold:
-                    if kind_ == "Readiness" and run.ready:
-                        run.ready = False
-                        self.publish()
-                    elif kind_ in ("Liveness", "Startup"):
-                        self.event(
-                            "Normal",
-                            "Killing",
-                            f"Container {run.name} failed {kind_.lower()} probe, will be restarted",
-                        )
-                        await self._kill(
-                            process, float(probe.get("terminationGracePeriodSeconds", 2))
-                        )
-                        return False
-            await asyncio.sleep(period)
-        return False
-
-    async def _probe_once(
-        self, probe: dict[str, Any], timeout: float, env: dict[str, str], run: ContainerRun
-    ) -> str | None:
-        """None if the probe passes, otherwise what failed (the event message's detail)."""
-        try:
-            if "exec" in probe:
-                command = [expand(a, env) for a in probe["exec"]["command"]]
-                proc = await asyncio.create_subprocess_exec(
-                    *command,
-                    env=env,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT,
-                )
-                out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-                return None if proc.returncode == 0 else out.decode(errors="replace")[-200:]
-            if "httpGet" in probe:
-                get = probe["httpGet"]
-                host, port = get.get("host") or self.ip, self._port(get["port"], run)
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, port), timeout
-                )
-                request = (
-                    f"GET {get.get('path', '/')} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                    "User-Agent: kube-probe/1.32\r\nConnection: close\r\n\r\n"
-                )
-                writer.write(request.encode())
-                line = await asyncio.wait_for(reader.readline(), timeout)
-                writer.close()
-                parts = line.decode(errors="replace").split()
-                code = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
-                return None if 200 <= code < 400 else f"HTTP probe failed with statuscode: {code}"
-            if "tcpSocket" in probe:
-                sock = probe["tcpSocket"]
-                host, port = sock.get("host") or self.ip, self._port(sock["port"], run)
-                _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-                writer.close()
-                return None
-        except (OSError, TimeoutError) as exc:
-            return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return "unsupported probe handler"
-
-    @staticmethod
-    def _port(port: int | str, run: ContainerRun) -> int:
-        if isinstance(port, int) or str(port).isdigit():
-            return int(port)
-        for p in run.spec.get("ports", []):
-            if p.get("name") == port:
-                return int(p["containerPort"])
-        raise OSError(f"no port named {port!r}")
-
-    async def _kill(self, process: asyncio.subprocess.Process, grace: float) -> None:
+    async def kill(self, process: asyncio.subprocess.Process, grace: float) -> None:
+        """SIGTERM the container's process group, SIGKILL it after ``grace`` seconds."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
@@ -730,26 +466,6 @@ class PodWorker:
     # -- logs ------------------------------------------------------------------------------
     def container(self, name: str) -> ContainerRun | None:
         return next((r for r in self.init + self.main if r.name == name), None)
-
-
-def resolve(argv: list[str], env: dict[str, str], runtime: Runtime) -> list[str]:
-    """A command as the image runs it: its entrypoint rewrites, its interpreter, its PATH."""
-    head = runtime.entrypoints.get(argv[0])
-    argv = head + argv[1:] if head is not None else list(argv)
-    if argv[0] == "python" or re.fullmatch(r"python3(\.\d+)?", argv[0]):
-        argv[0] = runtime.python
-    elif "/" not in argv[0]:
-        argv[0] = shutil.which(argv[0], path=env["PATH"]) or argv[0]
-    return argv
-
-
-def expand(value: str, env: dict[str, str]) -> str:
-    """Kubernetes' ``$(VAR)`` expansion; ``$$(VAR)`` escapes; unknown references stay."""
-    return re.sub(
-        r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
-        lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)),
-        value,
-    )
 
 
 class Kubelet:
@@ -915,16 +631,14 @@ class Kubelet:
                 self._remove(pod)
 
     def _remove(self, pod: Obj) -> None:
-        def clear(p: Obj) -> None:
-            p["metadata"]["finalizers"] = []
-
         with contextlib.suppress(errors.ApiError):
             ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
             current = self.store.get(PODS, ns, name)
-            current.setdefault("status", {})["phase"] = current["status"].get("phase", "Pending")
+            if current["metadata"].get("uid") != pod["metadata"]["uid"]:
+                return  # a new pod of the same name: not ours to delete
             if current["metadata"].get("finalizers"):
                 return  # someone else's finalizer holds it; they remove it
-            self.store._remove(PODS, ns, name, current)  # the kubelet's final delete (grace 0)
+            self.store.delete(PODS, ns, name, 0)  # the kubelet's final delete (grace 0)
 
     async def shutdown(self, grace: float = 10) -> None:
         """Stop every pod's processes: SIGTERM, then SIGKILL after ``grace`` seconds."""
@@ -967,88 +681,8 @@ class Kubelet:
     def stream_logs(
         self, pod: Obj, container: str, options: dict[str, Any]
     ) -> AsyncIterator[bytes]:
-        name = pod["metadata"]["name"]
         worker = self.workers.get(pod["metadata"]["uid"])
-        log_dir = (
-            self.state_dir
-            / "pods"
-            / f"{pod['metadata']['namespace']}_{pod['metadata']['name']}_{pod['metadata']['uid']}"
-            / "logs"
-            / container
-        )
-        run = worker.container(container) if worker else None
-        attempt = run.restart_count if run else _latest_attempt(log_dir)
-        if options["previous"]:
-            if attempt is None or attempt == 0:
-                raise errors.bad_request(
-                    f'previous terminated container "{container}" in pod "{name}" not found'
-                )
-            attempt -= 1
-        if attempt is None:
-            raise errors.bad_request(
-                f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'
-            )
-        path = log_dir / f"{attempt}.log"
-        if (
-            run is not None
-            and "waiting" in run.state
-            and not path.exists()
-            and not options["previous"]
-        ):
-            reason = run.state["waiting"].get("reason", "ContainerCreating")
-            raise errors.bad_request(
-                f'container "{container}" in pod "{name}" is waiting to start: {reason}'
-            )
-        return self._read(path, run if not options["previous"] else None, options)
-
-    async def _read(
-        self, path: Path, run: ContainerRun | None, options: dict[str, Any]
-    ) -> AsyncIterator[bytes]:
-        since = None
-        if options["since_seconds"] is not None:
-            since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=options["since_seconds"])
-        elif options["since_time"]:
-            since = dt.datetime.fromisoformat(options["since_time"].replace("Z", "+00:00"))
-
-        def render(raw: bytes) -> bytes | None:
-            stamp, _, text = raw.partition(b" ")
-            if since is not None:
-                moment = dt.datetime.fromisoformat(stamp[:26].decode() + "+00:00")
-                if moment < since:
-                    return None
-            return raw if options["timestamps"] else text
-
-        lines = path.read_bytes().splitlines(keepends=True) if path.exists() else []
-        complete = [ln for ln in lines if ln.endswith(b"\n")]
-        if options["tail_lines"] is not None:
-            complete = complete[-options["tail_lines"] :] if options["tail_lines"] else []
-        offset = sum(len(ln) for ln in lines if ln.endswith(b"\n"))
-        for line in complete:
-            out = render(line)
-            if out is not None:
-                yield out
-        if not options["follow"] or run is None:
-            return
-        done = run.attempt_done
-        if not path.exists():
-            return
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            pending = b""
-            while True:
-                chunk = handle.read()
-                if chunk:
-                    pending += chunk
-                    *full, pending = pending.split(b"\n")
-                    for line in full:
-                        out = render(line + b"\n")
-                        if out is not None:
-                            yield out
-                    continue
-                if done.is_set():
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(done.wait(), 0.2)
+        return podlogs.stream_logs(self.state_dir, worker, pod, container, options)
 
 
 def _found(argv: list[str]) -> list[str]:
@@ -1057,17 +691,5 @@ def _found(argv: list[str]) -> list[str]:
     return argv
 
 
-def _latest_attempt(log_dir: Path) -> int | None:
-    attempts = [int(p.stem) for p in log_dir.glob("*.log") if p.stem.isdigit()]
-    return max(attempts) if attempts else None
-
-
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=2, default=str)
-
-
-def _local_folder(value: str) -> str | None:
-    """The machine path an environment value names: an absolute path, or a ``file://`` URI."""
-    if value.startswith("file://"):
-        return unquote(urlsplit(value).path) or None
-    return value if os.path.isabs(value) else None

@@ -16,10 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from localcluster.resources import kind
+from localcluster.resources import PODS
 from localcluster.store import Obj, Store
 
-PODS = kind("", "v1", "pods")
 PATH = "/localcluster/v1/prometheus/pods"
 
 

@@ -15,11 +15,8 @@ import functools
 import itertools
 
 from localcluster.controllers import resolve_target_port
-from localcluster.resources import kind
+from localcluster.resources import ENDPOINTS, SERVICES
 from localcluster.store import Obj, Store
-
-SERVICES = kind("", "v1", "services")
-ENDPOINTS = kind("", "v1", "endpoints")
 
 
 class ServiceProxy:

@@ -216,6 +216,26 @@ def kind(group: str, version: str, plural: str) -> Kind:
     return BY_PATH[(group, version, plural)]
 
 
+# The kinds components act on, named once for every module.
+CONFIGMAPS = kind("", "v1", "configmaps")
+CRONJOBS = kind("batch", "v1", "cronjobs")
+DEPLOYMENTS = kind("apps", "v1", "deployments")
+ENDPOINTS = kind("", "v1", "endpoints")
+EVENTS = kind("", "v1", "events")
+GATEWAYS = kind("gateway.networking.k8s.io", "v1", "gateways")
+JOBS = kind("batch", "v1", "jobs")
+NAMESPACES = kind("", "v1", "namespaces")
+NODES = kind("", "v1", "nodes")
+PODS = kind("", "v1", "pods")
+PRIORITY_CLASSES = kind("scheduling.k8s.io", "v1", "priorityclasses")
+PVCS = kind("", "v1", "persistentvolumeclaims")
+REPLICASETS = kind("apps", "v1", "replicasets")
+ROUTES = kind("gateway.networking.k8s.io", "v1", "httproutes")
+SECRETS = kind("", "v1", "secrets")
+SERVICES = kind("", "v1", "services")
+SERVICE_ACCOUNTS = kind("", "v1", "serviceaccounts")
+
+
 def groups() -> dict[str, list[str]]:
     """Group name -> versions served, in the order kinds are declared."""
     result: dict[str, list[str]] = {}

@@ -15,11 +15,9 @@ from decimal import Decimal
 from typing import Any
 
 from localcluster import errors, events, quantity
-from localcluster.resources import kind
+from localcluster.resources import NODES, PODS
 from localcluster.store import Obj, Store, now
 
-PODS = kind("", "v1", "pods")
-NODES = kind("", "v1", "nodes")
 TRACKED = ("cpu", "memory", "nvidia.com/gpu")
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from localcluster import defaults, errors, paging
-from localcluster.resources import BY_KIND, Kind, kind
+from localcluster.resources import BY_KIND, NAMESPACES, PRIORITY_CLASSES, Kind
 
 Obj = dict[str, Any]
 HISTORY = 10_000
@@ -523,10 +523,6 @@ class Store:
 
 def kind_of(obj: Obj) -> Kind | None:
     return BY_KIND.get((obj.get("apiVersion", ""), obj.get("kind", "")))
-
-
-NAMESPACES = kind("", "v1", "namespaces")
-PRIORITY_CLASSES = kind("scheduling.k8s.io", "v1", "priorityclasses")
 
 
 def ensure(store: Store, kinds: Iterable[tuple[Kind, Obj]]) -> None:
