@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from localcluster import errors, patch, selectors, streams, tables, validation
+from localcluster import errors, patch, protobuf, selectors, streams, tables, validation
 from localcluster.resources import KINDS, Kind, groups, lookup, resource_list
 from localcluster.store import Store
 
@@ -56,6 +56,19 @@ def _truthy(value: str | None) -> bool:
 
 # The annotation on the bookmark that ends a watch's initial events (WatchList).
 INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
+UNSUPPORTED_PATCH = (
+    "the body of the request was in an unknown format - accepted media types include: "
+    "application/json-patch+json, application/merge-patch+json, "
+    "application/apply-patch+yaml, application/strategic-merge-patch+json"
+)
+# The kind a subresource's body is (other subresources take their parent's kind).
+SUBRESOURCE_BODIES = {
+    "scale": ("autoscaling/v1", "Scale"),
+    "eviction": ("policy/v1", "Eviction"),
+    "binding": ("v1", "Binding"),
+}
+DELETE_OPTIONS = ("meta.k8s.io/v1", "DeleteOptions")
 
 
 def _go_strings(values: list[str]) -> str:
@@ -160,6 +173,12 @@ def parse_path(parts: list[str]) -> Target:
     if sub and sub not in kind.subresources:
         raise errors.ApiError(404, "NotFound", f"{kind.plural}/{sub} is not a subresource")
     return Target(kind, namespace, name, sub)
+
+
+def body_kind(target: Target) -> tuple[str, str]:
+    """(apiVersion, kind) of the object a write to ``target`` carries."""
+    default = (target.kind.api_version, target.kind.kind)
+    return SUBRESOURCE_BODIES.get(target.subresource, default)
 
 
 def _verb(method: str, target: Target, watch: bool) -> str:
@@ -341,6 +360,7 @@ class ApiServer:
                 )
             return json_response(listing)
         target = parse_path(parts)
+        protobuf.check_accept(request.headers.get("Accept", ""))
         method = request.method
         if self.audit is not None:
             self.audit(_audit_record(request, target))
@@ -361,7 +381,7 @@ class ApiServer:
                 return json_response(listing)
             if method == "POST":
                 dry = dry_run(request.query.getall("dryRun", []), "CreateOptions")
-                body = await self._body(request)
+                body = await self._body(request, body_kind(target))
                 return json_response(
                     self.store.create(target.kind, target.namespace, body, dry_run=dry), 201
                 )
@@ -386,7 +406,7 @@ class ApiServer:
                 return json_response(obj)
             if method == "PUT":
                 dry = dry_run(request.query.getall("dryRun", []), "UpdateOptions")
-                body = await self._body(request)
+                body = await self._body(request, body_kind(target))
                 self._validate_fields(request, target, body)
                 return json_response(self._put(target, body, dry))
             if method == "PATCH":
@@ -401,7 +421,19 @@ class ApiServer:
                 )
         raise errors.ApiError(405, "MethodNotAllowed", f"{method} is not supported here")
 
-    async def _body(self, request: web.Request) -> dict[str, Any]:
+    async def _body(
+        self, request: web.Request, kind: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The request's object: JSON, or protobuf as client-go's typed clients send it when
+        ``kind`` (apiVersion, kind) says what the endpoint takes; a PATCH passes none, and a
+        patch is never protobuf (415, as the real server answers)."""
+        if protobuf.is_protobuf(request.headers.get("Content-Type", "")):
+            if kind is None:
+                raise errors.ApiError(415, "UnsupportedMediaType", UNSUPPORTED_PATCH)
+            raw = await request.read()
+            if not raw:
+                raise errors.bad_request("a request body is required")
+            return protobuf.decode(raw, kind)
         text = await request.text()
         if not text:
             raise errors.bad_request("a request body is required")
@@ -410,16 +442,19 @@ class ApiServer:
             raise errors.bad_request("the request body must be a JSON object")
         return body  # type: ignore[return-value]
 
+    async def _optional_body(self, request: web.Request, kind: tuple[str, str]) -> Any:
+        """A body that may be left out (DeleteOptions, an Eviction): None if there is none,
+        else its object, JSON or protobuf."""
+        if not request.can_read_body or not (await request.read()).strip():
+            return None
+        return await self._body(request, kind)
+
     async def _eviction_dry_run(self, request: web.Request) -> bool:
         """An Eviction's dry run: its CreateOptions' ``dryRun``, carried into its
         ``deleteOptions`` as the real eviction REST does (400 if the two disagree)."""
         query = request.query.getall("dryRun", [])
         dry_run(query, "CreateOptions")
-        eviction: Any = {}
-        if request.can_read_body:
-            text = await request.text()
-            if text.strip():
-                eviction = json.loads(text)
+        eviction = await self._optional_body(request, SUBRESOURCE_BODIES["eviction"])
         inner = ((eviction or {}).get("deleteOptions") or {}).get("dryRun") or []
         dry_run(inner, "DeleteOptions")
         if query and inner and query != inner:
@@ -504,13 +539,7 @@ class ApiServer:
         elif content_type == "application/apply-patch+yaml":
             new = patch.merge_patch(current, body)  # server-side apply, approximated
         else:
-            raise errors.ApiError(
-                415,
-                "UnsupportedMediaType",
-                "the body of the request was in an unknown format - accepted media types include: "
-                "application/json-patch+json, application/merge-patch+json, "
-                "application/apply-patch+yaml, application/strategic-merge-patch+json",
-            )
+            raise errors.ApiError(415, "UnsupportedMediaType", UNSUPPORTED_PATCH)
         if target.subresource == "scale":
             return self._scale_to(target, new, dry)
         new.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
@@ -524,12 +553,9 @@ class ApiServer:
         ``dryRun`` comes from the DeleteOptions body when there is one, else from the query,
         as the real handler decodes it.
         """
-        options: dict[str, Any] = {}
-        has_body = False
-        if request.can_read_body:
-            text = await request.text()
-            if text.strip():
-                options, has_body = json.loads(text), True
+        options = await self._optional_body(request, DELETE_OPTIONS)
+        has_body = options is not None
+        options = options or {}
         grace = options.get("gracePeriodSeconds", request.query.get("gracePeriodSeconds"))
         propagation = (
             options.get("propagationPolicy")
