@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import yaml
 from aiohttp import web
 
-from localcluster import errors, patch, protobuf, selectors, streams, tables, validation
+from localcluster import apply, errors, patch, protobuf, selectors, streams, tables, validation
 from localcluster.resources import KINDS, Kind, groups, lookup, resource_list
-from localcluster.store import Store
+from localcluster.store import Store, now
 
 SERVER_VERSION = {
     "major": "1",
@@ -173,6 +174,13 @@ def parse_path(parts: list[str]) -> Target:
     if sub and sub not in kind.subresources:
         raise errors.ApiError(404, "NotFound", f"{kind.plural}/{sub} is not a subresource")
     return Target(kind, namespace, name, sub)
+
+
+def _manager(request: web.Request) -> str:
+    """The field manager of a write: ``fieldManager``, else the user agent's first word (the
+    real server's default: ``kubectl``, ``OpenAPI-Generator``, ...)."""
+    agent = request.headers.get("User-Agent", "")
+    return request.query.get("fieldManager") or agent.split("/")[0].strip() or "unknown"
 
 
 def body_kind(target: Target) -> tuple[str, str]:
@@ -382,6 +390,7 @@ class ApiServer:
             if method == "POST":
                 dry = dry_run(request.query.getall("dryRun", []), "CreateOptions")
                 body = await self._body(request, body_kind(target))
+                apply.record_update(None, body, _manager(request), now())
                 return json_response(
                     self.store.create(target.kind, target.namespace, body, dry_run=dry), 201
                 )
@@ -408,9 +417,13 @@ class ApiServer:
                 dry = dry_run(request.query.getall("dryRun", []), "UpdateOptions")
                 body = await self._body(request, body_kind(target))
                 self._validate_fields(request, target, body)
+                if not target.subresource:
+                    current = self.store.get(target.kind, target.namespace, target.name)
+                    apply.record_update(current, body, _manager(request), now())
                 return json_response(self._put(target, body, dry))
             if method == "PATCH":
-                return json_response(await self._patch(request, target))
+                patched, code = await self._patch(request, target)
+                return json_response(patched, code)
             if method == "DELETE":
                 return json_response(await self._delete(request, target))
             if method == "POST" and target.subresource == "eviction":
@@ -522,11 +535,27 @@ class ApiServer:
             target.kind, target.namespace, target.name, body, target.subresource, dry
         )
 
-    async def _patch(self, request: web.Request, target: Target) -> dict[str, Any]:
+    async def _patch(self, request: web.Request, target: Target) -> tuple[dict[str, Any], int]:
+        """The patched object and the status: 200, or 201 for an apply that created it."""
         dry = dry_run(request.query.getall("dryRun", []), "PatchOptions")
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-        body: Any = await self._body(request)
+        applying = content_type == "application/apply-patch+yaml"
+        body: Any = await (self._applied(request) if applying else self._body(request))
         self._validate_fields(request, target, body)
+        if applying and not target.subresource:
+            manager = request.query.get("fieldManager", "")
+            force = _truthy(request.query.get("force"))
+            found = self.store.find(target.kind, target.namespace, target.name)
+            applied = apply.server_side_apply(found, body, manager, force, now())
+            if found is None:  # apply creates what does not exist yet
+                applied.setdefault("metadata", {}).setdefault("name", target.name)
+                made = self.store.create(target.kind, target.namespace, applied, dry_run=dry)
+                return made, 201
+            applied["metadata"].setdefault("resourceVersion", found["metadata"]["resourceVersion"])
+            replaced = self.store.replace(
+                target.kind, target.namespace, target.name, applied, "", dry
+            )
+            return replaced, 200
         current = self.store.get(target.kind, target.namespace, target.name)
         if target.subresource == "scale":
             current = _scale_of(current)
@@ -534,18 +563,34 @@ class ApiServer:
             new = patch.json_patch(current, body)
         elif content_type == "application/merge-patch+json":
             new = patch.merge_patch(current, body)
-        elif content_type == "application/strategic-merge-patch+json":
+        elif content_type == "application/strategic-merge-patch+json" or applying:
+            # (an apply to a subresource, status or scale, merges without field tracking)
             new = patch.strategic_merge_patch(current, body)
-        elif content_type == "application/apply-patch+yaml":
-            new = patch.merge_patch(current, body)  # server-side apply, approximated
         else:
             raise errors.ApiError(415, "UnsupportedMediaType", UNSUPPORTED_PATCH)
         if target.subresource == "scale":
-            return self._scale_to(target, new, dry)
-        new.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
-        return self.store.replace(
+            return self._scale_to(target, new, dry), 200
+        # A resourceVersion the patch itself sets is a precondition (409 if stale).
+        new.setdefault("metadata", {}).setdefault(
+            "resourceVersion", current["metadata"]["resourceVersion"]
+        )
+        if not target.subresource:
+            apply.record_update(current, new, _manager(request), now())
+        replaced = self.store.replace(
             target.kind, target.namespace, target.name, new, target.subresource, dry
         )
+        return replaced, 200
+
+    async def _applied(self, request: web.Request) -> dict[str, Any]:
+        """An apply configuration: YAML (JSON is YAML too), one object."""
+        text = await request.text()
+        try:
+            config = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise errors.bad_request(f"error decoding YAML: {exc}") from exc
+        if not isinstance(config, dict):
+            raise errors.bad_request("the apply configuration must be one object")
+        return config
 
     async def _delete_options(self, request: web.Request) -> tuple[int | None, str, bool]:
         """Grace period, propagation policy and dry run of a DELETE.

@@ -464,3 +464,25 @@ def test_startup_probe_gates_readiness_and_services_are_in_the_environment(
     lines = cluster.core.read_namespaced_pod_log("slow-start", "default", _preload_content=False)
     assert lines.data.decode().split("\n")[0] == f"{service.spec.cluster_ip} 80"
     cluster.core.delete_namespaced_pod("slow-start", "default", grace_period_seconds=0)
+
+
+def test_server_side_apply_twice_is_a_no_op(cluster: Cluster, kubectl, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Helm 4 applies server-side: re-applying the same manifest must not roll a Deployment."""
+    path = tmp_path / "ssa.yaml"
+    path.write_text(yaml.safe_dump_all(manifests("ssa")))
+    assert "deployment.apps/ssa serverside-applied" in kubectl(
+        "apply", "--server-side", "-f", str(path)
+    )
+    kubectl("rollout", "status", "deployment/ssa", "--timeout=60s")
+    before = cluster.apps.read_namespaced_deployment("ssa", "default")
+
+    assert "deployment.apps/ssa serverside-applied" in kubectl(
+        "apply", "--server-side", "-f", str(path)
+    )
+    after = cluster.apps.read_namespaced_deployment("ssa", "default")
+    assert after.metadata.generation == before.metadata.generation
+    assert after.metadata.resource_version == before.metadata.resource_version
+    sets = cluster.apps.list_namespaced_replica_set("default", label_selector="app=ssa").items
+    assert len(sets) == 1
+    container = after.spec.template.spec.containers[0]
+    assert container.image_pull_policy == "IfNotPresent"  # the default survived the apply
