@@ -17,7 +17,17 @@ from typing import Any, Protocol
 import yaml
 from aiohttp import web
 
-from localcluster import apply, errors, patch, protobuf, selectors, streams, tables, validation
+from localcluster import (
+    apply,
+    errors,
+    patch,
+    protobuf,
+    reviews,
+    selectors,
+    streams,
+    tables,
+    validation,
+)
 from localcluster.resources import KINDS, Kind, groups, lookup, resource_list
 from localcluster.store import Store, now
 
@@ -317,11 +327,19 @@ class ApiServer:
         )
 
     def _validate_fields(self, request: web.Request, target: Target, body: Any) -> None:
-        mode = request.query.get("fieldValidation", "")
-        if mode not in ("Strict", "Warn") or not isinstance(body, dict) or target.subresource:
-            return
+        """Decoding errors (a value of the wrong JSON type: always 400), then unknown fields
+        at any depth (400 under ``fieldValidation=Strict``)."""
         model = validation.model_for(target.kind)
-        if model is None:
+        if model is None or not isinstance(body, dict) or target.subresource:
+            return
+        wrong = validation.type_errors(body, model)
+        if wrong:
+            raise errors.bad_request(
+                f'{target.kind.kind} in version "{target.kind.version}" cannot be handled as a '
+                f"{target.kind.kind}: {wrong[0]}"
+            )
+        mode = request.query.get("fieldValidation", "")
+        if mode not in ("Strict", "Warn"):
             return
         unknown = validation.unknown_fields(body, model)
         if unknown and mode == "Strict":
@@ -387,9 +405,14 @@ class ApiServer:
                     table["metadata"] = listing["metadata"]
                     return json_response(table)
                 return json_response(listing)
+            if method == "POST" and target.kind.kind in reviews.REVIEWS:
+                body = await self._body(request, body_kind(target))
+                answer = reviews.review(target.kind.kind, target.kind.api_version, body)
+                return json_response(answer, 201)
             if method == "POST":
                 dry = dry_run(request.query.getall("dryRun", []), "CreateOptions")
                 body = await self._body(request, body_kind(target))
+                self._validate_fields(request, target, body)
                 apply.record_update(None, body, _manager(request), now())
                 return json_response(
                     self.store.create(target.kind, target.namespace, body, dry_run=dry), 201
@@ -426,6 +449,10 @@ class ApiServer:
                 return json_response(patched, code)
             if method == "DELETE":
                 return json_response(await self._delete(request, target))
+            if method == "POST" and target.subresource == "token":
+                body = await self._body(request, ("authentication.k8s.io/v1", "TokenRequest"))
+                answer = reviews.token(self.store, target.namespace, target.name, body)
+                return json_response(answer, 201)
             if method == "POST" and target.subresource == "eviction":
                 dry = await self._eviction_dry_run(request)
                 self.store.delete(target.kind, target.namespace, target.name, dry_run=dry)

@@ -86,7 +86,9 @@ KINDS: tuple[Kind, ...] = (
     Kind("", "v1", "endpoints", "Endpoints", short_names=("ep",)),
     Kind("", "v1", "configmaps", "ConfigMap", short_names=("cm",)),
     Kind("", "v1", "secrets", "Secret"),
-    Kind("", "v1", "serviceaccounts", "ServiceAccount", short_names=("sa",)),
+    Kind(
+        "", "v1", "serviceaccounts", "ServiceAccount", subresources=("token",), short_names=("sa",)
+    ),
     Kind(
         "",
         "v1",
@@ -181,6 +183,31 @@ KINDS: tuple[Kind, ...] = (
         short_names=("pc",),
     ),
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
+    # Reviews: answered, never stored (create only), as the real server's.
+    Kind(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectaccessreviews",
+        "SelfSubjectAccessReview",
+        namespaced=False,
+        verbs=("create",),
+    ),
+    Kind(
+        "authorization.k8s.io",
+        "v1",
+        "selfsubjectrulesreviews",
+        "SelfSubjectRulesReview",
+        namespaced=False,
+        verbs=("create",),
+    ),
+    Kind(
+        "authentication.k8s.io",
+        "v1",
+        "selfsubjectreviews",
+        "SelfSubjectReview",
+        namespaced=False,
+        verbs=("create",),
+    ),
     # The Gateway API (a CRD on a real cluster; built in here): the Service proxy's gateway
     # listeners route by HTTPRoute weights and mirror filters (localcluster/gateway.py).
     Kind(
@@ -254,6 +281,7 @@ SUBRESOURCES: dict[str, tuple[str, list[str]]] = {
     "exec": ("PodExecOptions", ["create", "get"]),
     "attach": ("PodAttachOptions", ["create", "get"]),
     "portforward": ("PodPortForwardOptions", ["create", "get"]),
+    "token": ("TokenRequest", ["create"]),
 }
 
 

@@ -59,6 +59,8 @@ API_PACKAGES = (
     "coordination/v1",
     "discovery/v1",
     "scheduling/v1",
+    "authorization/v1",
+    "authentication/v1",
 )
 # What they import: ObjectMeta and DeleteOptions, the runtime.Unknown envelope, RawExtension,
 # Quantity and IntOrString.

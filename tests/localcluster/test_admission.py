@@ -4,6 +4,7 @@ get all`), stored-only workload kinds, and a hint for an image with no local run
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -153,3 +154,49 @@ def test_an_unmapped_image_says_how_to_map_it(cluster: Cluster) -> None:
     )
     assert "under `images:` in the --config file" in failed[0].message
     cluster.core.delete_namespaced_pod("nowhere", "default", grace_period_seconds=0)
+
+
+def test_bodies_are_decoded_strictly_at_any_depth(cluster: Cluster) -> None:
+    from tests.localcluster.test_workloads import manifests
+
+    deployment = manifests("strict")[0]
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagee"] = "typo"
+    with pytest.raises(ApiException) as unknown:
+        cluster.apps.create_namespaced_deployment("default", deployment, field_validation="Strict")
+    assert unknown.value.status == 400
+    assert (
+        'unknown field "spec.template.spec.containers[0].imagee"'
+        in json.loads(unknown.value.body)["message"]
+    )
+
+    deployment = manifests("typed")[0]
+    deployment["spec"]["replicas"] = "three"
+    with pytest.raises(ApiException) as wrong:
+        cluster.apps.create_namespaced_deployment("default", deployment)
+    assert wrong.value.status == 400
+    assert json.loads(wrong.value.body)["message"] == (
+        'Deployment in version "v1" cannot be handled as a Deployment: spec.replicas: cannot '
+        "decode a JSON string into a field that takes a JSON number"
+    )
+    with pytest.raises(ApiException):
+        cluster.apps.read_namespaced_deployment("typed", "default")
+
+
+def test_auth_reviews_and_service_account_tokens(cluster: Cluster) -> None:
+    # localcluster authorizes nothing: every review says yes, and says why.
+    assert kubectl(cluster, "auth", "can-i", "delete", "secrets").strip() == "yes"
+    rules = kubectl(cluster, "auth", "can-i", "--list")
+    assert rules.splitlines()[1].split()[:4] == ["*.*", "[]", "[]", "[*]"]
+    assert "localcluster-admin" in kubectl(cluster, "auth", "whoami")
+
+    wait_for(
+        "the default ServiceAccount",
+        lambda: cluster.core.list_namespaced_service_account("default").items,
+    )
+    token = kubectl(cluster, "create", "token", "default", "--duration=20m").strip()
+    _, claims, _ = token.split(".")
+    payload = json.loads(base64.urlsafe_b64decode(claims + "=" * (-len(claims) % 4)))
+    assert payload["sub"] == "system:serviceaccount:default:default"
+    assert payload["exp"] - payload["iat"] == 1200
+    with pytest.raises(AssertionError, match="not found"):
+        kubectl(cluster, "create", "token", "nobody")
