@@ -19,6 +19,7 @@ from aiohttp import web
 
 from localcluster import (
     apply,
+    disruption,
     errors,
     patch,
     protobuf,
@@ -455,6 +456,8 @@ class ApiServer:
                 return json_response(answer, 201)
             if method == "POST" and target.subresource == "eviction":
                 dry = await self._eviction_dry_run(request)
+                pod = self.store.get(target.kind, target.namespace, target.name)
+                disruption.check_eviction(self.store, pod)
                 self.store.delete(target.kind, target.namespace, target.name, dry_run=dry)
                 return json_response(
                     {"kind": "Status", "apiVersion": "v1", "status": "Success"}, 201

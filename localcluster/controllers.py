@@ -20,7 +20,7 @@ import math
 import uuid
 from typing import Any
 
-from localcluster import errors, events
+from localcluster import disruption, errors, events
 from localcluster.jobs import CronJobController, JobController
 from localcluster.resources import (
     DEPLOYMENTS,
@@ -140,6 +140,8 @@ class Controllers:
         self.cronjobs.reconcile()
         self.jobs.reconcile()
         self.default_service_accounts()
+        disruption.reconcile(self.store)
+        self.store.finish_foreground()
         for claim in self.store.list(PVCS):
             if claim.get("status", {}).get("phase") != "Bound":
                 with contextlib.suppress(errors.ApiError):

@@ -27,6 +27,8 @@ from typing import Any
 from localcluster import defaults, errors, paging
 from localcluster.resources import BY_KIND, NAMESPACES, PRIORITY_CLASSES, Kind
 
+FOREGROUND = "foregroundDeletion"
+
 Obj = dict[str, Any]
 HISTORY = 10_000
 # How long a paged list's first revision stays readable for its continue tokens: a real
@@ -430,6 +432,27 @@ class Store:
         obj = self.get(kind, namespace, name)
         meta = obj["metadata"]
         ns = meta.get("namespace", "")
+        foreground = propagation == "Foreground" and not meta.get("deletionTimestamp")
+        if foreground and self._dependents(meta["uid"]):
+            # The owner stays (deletionTimestamp, foregroundDeletion finalizer) until the
+            # garbage collector has deleted what it owns; see finish_foreground().
+            meta["deletionTimestamp"] = now()
+            meta["deletionGracePeriodSeconds"] = 0
+            meta["finalizers"] = [*(meta.get("finalizers") or []), FOREGROUND]
+            if dry_run:
+                return obj
+            meta["resourceVersion"] = self._bump()
+            self._objects[(kind.key, ns, name)] = obj
+            self._emit("MODIFIED", kind, obj)
+            for dependent_kind, dependent in self._dependents(meta["uid"]):
+                with contextlib.suppress(errors.ApiError):
+                    self.delete(
+                        dependent_kind,
+                        dependent["metadata"].get("namespace", ""),
+                        dependent["metadata"]["name"],
+                        propagation="Foreground",
+                    )
+            return copy.deepcopy(obj)
         if kind.kind == "Pod" and self._pod_needs_kubelet(obj):
             grace = grace_seconds
             if grace is None:
@@ -470,12 +493,40 @@ class Store:
 
     def _collect_dependents(self, owner_uid: str) -> None:
         """Garbage collection: delete what ``owner_uid`` owned (background propagation)."""
-        for (_key, ns, name), obj in list(self._objects.items()):
+        for owned, obj in self._dependents(owner_uid):
+            ns, name = obj["metadata"].get("namespace", ""), obj["metadata"]["name"]
+            if self.find(owned, ns, name) is not None:
+                self.delete(owned, ns, name)
+
+    def _dependents(self, owner_uid: str) -> builtins.list[tuple[Kind, Obj]]:
+        found = []
+        for obj in list(self._objects.values()):
             refs = obj["metadata"].get("ownerReferences") or []
-            if any(r.get("uid") == owner_uid for r in refs):
-                owned = kind_of(obj)
-                if owned is not None and self.find(owned, ns, name) is not None:
-                    self.delete(owned, ns, name)
+            owned = kind_of(obj)
+            if owned is not None and any(r.get("uid") == owner_uid for r in refs):
+                found.append((owned, obj))
+        return found
+
+    def finish_foreground(self) -> None:
+        """The garbage collector's second half: an owner in foreground deletion goes once
+        nothing it owns is left."""
+        for obj in list(self._objects.values()):
+            meta = obj["metadata"]
+            if FOREGROUND not in (meta.get("finalizers") or []):
+                continue
+            if self._dependents(meta["uid"]):
+                continue
+            owner_kind = kind_of(obj)
+            if owner_kind is None:
+                continue
+
+            def release(o: Obj) -> None:
+                o["metadata"]["finalizers"] = [
+                    f for f in o["metadata"].get("finalizers") or [] if f != FOREGROUND
+                ]
+
+            with contextlib.suppress(errors.ApiError):
+                self.update(owner_kind, meta.get("namespace", ""), meta["name"], release)
 
     # -- watch -----------------------------------------------------------------------------
     def watch(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import threading
@@ -9,6 +10,7 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -486,3 +488,74 @@ def test_server_side_apply_twice_is_a_no_op(cluster: Cluster, kubectl, tmp_path:
     assert len(sets) == 1
     container = after.spec.template.spec.containers[0]
     assert container.image_pull_policy == "IfNotPresent"  # the default survived the apply
+
+
+def test_evictions_respect_the_disruption_budget(cluster: Cluster) -> None:
+    from kubernetes import client
+    from kubernetes.client.rest import ApiException
+    from kubernetes.utils import create_from_dict
+
+    for manifest in manifests("guarded"):
+        create_from_dict(cluster.api, manifest)
+    policy = client.PolicyV1Api(cluster.api)
+    budget = {
+        "metadata": {"name": "guarded"},
+        "spec": {"minAvailable": 2, "selector": {"matchLabels": {"app": "guarded"}}},
+    }
+    policy.create_namespaced_pod_disruption_budget("default", budget)
+
+    def allowed() -> Any:
+        status = policy.read_namespaced_pod_disruption_budget("guarded", "default").status
+        return status if status and status.current_healthy == 2 else None
+
+    status = wait_for("the budget's status", allowed)
+    assert (status.expected_pods, status.desired_healthy, status.disruptions_allowed) == (2, 2, 0)
+    pods = cluster.core.list_namespaced_pod("default", label_selector="app=guarded").items
+    eviction = {"metadata": {"name": pods[0].metadata.name, "namespace": "default"}}
+    with pytest.raises(ApiException) as refused:
+        cluster.core.create_namespaced_pod_eviction(pods[0].metadata.name, "default", eviction)
+    assert refused.value.status == 429
+    body = json.loads(refused.value.body)
+    assert body["message"] == "Cannot evict pod as it would violate the pod's disruption budget."
+    assert body["details"]["causes"][0]["message"] == (
+        "The disruption budget guarded needs 2 healthy pods and has 2 currently"
+    )
+
+    policy.patch_namespaced_pod_disruption_budget(
+        "guarded", "default", {"spec": {"minAvailable": 1}}
+    )
+    cluster.core.create_namespaced_pod_eviction(pods[0].metadata.name, "default", eviction)
+    second = {"metadata": {"name": pods[1].metadata.name, "namespace": "default"}}
+    with pytest.raises(ApiException) as again:
+        cluster.core.create_namespaced_pod_eviction(pods[1].metadata.name, "default", second)
+    assert again.value.status == 429
+    cluster.apps.delete_namespaced_deployment("guarded", "default")
+
+
+def test_foreground_deletion_removes_the_owner_last(cluster: Cluster) -> None:
+    from kubernetes.client.rest import ApiException
+    from kubernetes.utils import create_from_dict
+
+    create_from_dict(cluster.api, manifests("fg")[0])
+    wait_for(
+        "two pods",
+        lambda: (
+            len(cluster.core.list_namespaced_pod("default", label_selector="app=fg").items) == 2
+        ),
+    )
+    cluster.apps.delete_namespaced_deployment("fg", "default", propagation_policy="Foreground")
+    owner = cluster.apps.read_namespaced_deployment("fg", "default")
+    assert owner.metadata.deletion_timestamp is not None
+    assert "foregroundDeletion" in owner.metadata.finalizers
+
+    def owner_gone() -> bool:
+        try:
+            cluster.apps.read_namespaced_deployment("fg", "default")
+        except ApiException as exc:
+            return exc.status == 404
+        # While the owner stands, its pods may still be there; once it is gone, none are.
+        return False
+
+    wait_for("the Deployment to go", owner_gone, timeout=60)
+    assert not cluster.core.list_namespaced_pod("default", label_selector="app=fg").items
+    assert not cluster.apps.list_namespaced_replica_set("default", label_selector="app=fg").items
