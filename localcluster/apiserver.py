@@ -707,12 +707,29 @@ class ApiServer:
         def visible(obj: dict[str, Any]) -> bool:
             return labels(obj["metadata"].get("labels") or {}) and fields(obj)
 
+        # `kubectl get -w` asks for Tables: each event's object is a one-row Table, the
+        # column definitions only in the first, as the real server sends them.
+        as_table = tables.wants_table(request.headers.get("Accept", ""))
+        include = query.get("includeObject", "Metadata")
+        sent_columns = False
+
+        def line(type_: str, obj: dict[str, Any]) -> bytes:
+            nonlocal sent_columns
+            if not as_table or type_ in ("BOOKMARK", "ERROR"):
+                return _event_line(type_, obj)
+            rv = obj["metadata"].get("resourceVersion", "")
+            row = tables.table(target.kind.kind, [obj], rv, include)
+            if sent_columns:
+                row["columnDefinitions"] = []
+            sent_columns = True
+            return _event_line(type_, row)
+
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
             for event in replay:
                 if visible(event.obj):
-                    await response.write(_event_line(event.type, event.obj))
+                    await response.write(line(event.type, event.obj))
             if end_bookmark:
                 await response.write(_event_line("BOOKMARK", _bookmark(target.kind, listed_at)))
             while True:
@@ -724,7 +741,7 @@ class ApiServer:
                 except TimeoutError:
                     break
                 if visible(event.obj):
-                    await response.write(_event_line(event.type, event.obj))
+                    await response.write(line(event.type, event.obj))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

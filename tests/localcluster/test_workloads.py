@@ -559,3 +559,26 @@ def test_foreground_deletion_removes_the_owner_last(cluster: Cluster) -> None:
     wait_for("the Deployment to go", owner_gone, timeout=60)
     assert not cluster.core.list_namespaced_pod("default", label_selector="app=fg").items
     assert not cluster.apps.list_namespaced_replica_set("default", label_selector="app=fg").items
+
+
+def test_kubectl_get_watch_keeps_its_columns(cluster: Cluster, kubectl) -> None:  # type: ignore[no-untyped-def]
+    from kubernetes.utils import create_from_dict
+
+    assert KUBECTL
+    watcher = subprocess.Popen(
+        [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "get", "deployments", "-w"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        create_from_dict(cluster.api, manifests("watched", replicas=1)[0])
+        kubectl("rollout", "status", "deployment/watched", "--timeout=60s")
+    finally:
+        time.sleep(0.5)
+        watcher.terminate()
+        out, err = watcher.communicate(timeout=10)
+    lines = [line.split() for line in out.splitlines()]
+    assert lines[0] == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"], out + err
+    rows = [line for line in lines[1:] if line[0] == "watched"]
+    assert rows, out
+    assert rows[-1][1:4] == ["1/1", "1", "1"], out
+    cluster.apps.delete_namespaced_deployment("watched", "default")
