@@ -19,6 +19,7 @@ from aiohttp import web
 from localcluster import config as config_module
 from localcluster.addresses import Reservation
 from localcluster.apiserver import ApiServer
+from localcluster.autoscaler import Autoscaler
 from localcluster.controllers import Controllers
 from localcluster.faults import FaultInjector
 from localcluster.gateway import GatewayProxy
@@ -108,8 +109,10 @@ async def serve(args: argparse.Namespace) -> int:
     controllers = Controllers(store, cfg.restart_backoff_seconds)
     proxy = ServiceProxy(store)
     gateways = GatewayProxy(store)
+    autoscaler = Autoscaler(store, kubelet.pod_metrics, cfg.autoscaler_sync_seconds)
     tasks = [
-        asyncio.ensure_future(c.run()) for c in (kubelet, scheduler, controllers, proxy, gateways)
+        asyncio.ensure_future(c.run())
+        for c in (kubelet, scheduler, controllers, proxy, gateways, autoscaler)
     ]
 
     path = Path(args.kubeconfig)

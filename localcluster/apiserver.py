@@ -53,6 +53,10 @@ class LogSource(Protocol):
 
     def exec_target(self, pod: dict[str, Any], container: str) -> streams.ExecTarget: ...
 
+    def pod_metrics(self, namespace: str | None, name: str | None = None) -> list[Any]: ...
+
+    def node_metrics(self) -> list[Any]: ...
+
 
 @dataclass(frozen=True)
 class Target:
@@ -391,6 +395,8 @@ class ApiServer:
         method = request.method
         if self.audit is not None:
             self.audit(_audit_record(request, target))
+        if target.kind.group == "metrics.k8s.io":
+            return json_response(self._metrics(request, target))
         if target.name == "":
             if method == "GET":
                 if _truthy(request.query.get("watch")):
@@ -749,6 +755,29 @@ class ApiServer:
         with contextlib.suppress(ConnectionResetError):
             await response.write_eof()
         return response
+
+    def _metrics(self, request: web.Request, target: Target) -> dict[str, Any]:
+        """metrics.k8s.io: PodMetrics and NodeMetrics from the kubelet's samples."""
+        if request.method != "GET":
+            raise errors.ApiError(405, "MethodNotAllowed", f"{request.method} is not supported")
+        if self.logs is None:
+            raise errors.ApiError(503, "ServiceUnavailable", "no kubelet reports metrics")
+        if target.kind.kind == "PodMetrics":
+            items = self.logs.pod_metrics(target.namespace or None, target.name or None)
+        else:
+            items = [m for m in self.logs.node_metrics()
+                     if not target.name or m["metadata"]["name"] == target.name]  # fmt: skip
+        if target.name:
+            if not items:
+                raise errors.not_found(target.kind.plural, target.name, target.kind.group)
+            return dict(items[0])
+        labels = selectors.parse_labels(request.query.get("labelSelector"))
+        return {
+            "kind": f"{target.kind.kind}List",
+            "apiVersion": target.kind.api_version,
+            "metadata": {},
+            "items": [m for m in items if labels(m["metadata"].get("labels") or {})],
+        }
 
     def _container(
         self, request: web.Request, target: Target

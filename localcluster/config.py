@@ -19,6 +19,8 @@ A YAML file (``--config``) may declare::
         entrypoints: {tool: [python, -m, tool]}       # command[0] rewrites
         defaultCommand: [tool]                        # the image's ENTRYPOINT
     restartBackoffSeconds: 10                         # first CrashLoopBackOff delay, doubling
+    metricsResolutionSeconds: 15                      # metrics.k8s.io's window (kubectl top)
+    autoscalerSyncSeconds: 15                         # HorizontalPodAutoscaler sync period
 
 Without a file: one node with this machine's CPUs and memory and no GPU, and an image map that
 covers the project's own images and generic ``python:3.*`` images, run with the interpreter
@@ -63,6 +65,9 @@ class Config:
     nodes: tuple[NodeSpec, ...]
     images: tuple[Runtime, ...]
     restart_backoff_seconds: float = 10.0
+    # metrics-server's resolution, and the HorizontalPodAutoscaler's sync period.
+    metrics_resolution_seconds: float = 15.0
+    autoscaler_sync_seconds: float = 15.0
 
     def runtime_for(self, image: str) -> Runtime | None:
         return next((r for r in self.images if fnmatch.fnmatchcase(image, r.pattern)), None)
@@ -148,4 +153,6 @@ def load(path: str | Path | None) -> Config:
         nodes=nodes,
         images=images + base.images if data.get("includeDefaultImages", True) else images,
         restart_backoff_seconds=float(data.get("restartBackoffSeconds", 10)),
+        metrics_resolution_seconds=float(data.get("metricsResolutionSeconds", 15)),
+        autoscaler_sync_seconds=float(data.get("autoscalerSyncSeconds", 15)),
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localcluster import errors, events, podlogs, volumes
+from localcluster import errors, events, metrics, podlogs, volumes
 from localcluster.config import Config, Runtime
 from localcluster.environment import environment, expand, resolve
 from localcluster.probes import Prober
@@ -404,18 +404,8 @@ class PodWorker:
         self, run: ContainerRun, process: asyncio.subprocess.Process, limit: int, oom: asyncio.Event
     ) -> None:
         """The memory cgroup's job: SIGKILL the container when its processes exceed the limit."""
-        page = os.sysconf("SC_PAGE_SIZE")
-        isolated = run.isolated
         while process.returncode is None:
-            used = 0
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    fields = stat.read_text().rsplit(")", 1)[1].split()
-                    runtime = isolated and process.pid in (int(stat.parent.name), int(fields[1]))
-                    # The process group, less the launcher and the namespace's init: the
-                    # runtime's, not the container's (a cgroup would not count them either).
-                    if int(fields[2]) == process.pid and not runtime:
-                        used += int(fields[21]) * page  # resident set size in pages
+            _, used = metrics.group_usage(process.pid, run.isolated)
             if used > limit:
                 oom.set()
                 self.event(
@@ -482,6 +472,7 @@ class Kubelet:
         # Each container in PID and mount namespaces of its own, as a runtime gives it; that
         # needs root. Without it containers are plain process groups (and exec sees the machine).
         self.isolate = os.geteuid() == 0
+        self.sampler = metrics.Sampler(window=config.metrics_resolution_seconds)
 
     def _allocate_ip(self) -> str:
         self._next_ip += 1
@@ -553,6 +544,7 @@ class Kubelet:
             )
 
     async def run(self) -> None:
+        self._background(self._sample_forever())
         watch, replay = self.store.watch(PODS, None, "0")
         try:
             for event in replay:
@@ -562,6 +554,55 @@ class Kubelet:
                 self._handle(event.type, event.obj)
         finally:
             self.store.unwatch(watch)
+
+    # -- resource metrics (metrics.k8s.io) --------------------------------------------------
+    async def _sample_forever(self) -> None:
+        """Read every running container's usage a few times per resolution window."""
+        period = max(self.config.metrics_resolution_seconds / 3, 0.2)
+        while True:
+            alive = []
+            for worker in list(self.workers.values()):
+                for run in worker.main:
+                    process = run.process
+                    if process is not None and process.returncode is None:
+                        key = (worker.uid, run.name)
+                        self.sampler.record(key, process.pid, run.isolated)
+                        alive.append(key)
+            self.sampler.forget(alive)
+            await asyncio.sleep(period)
+
+    def pod_metrics(self, namespace: str | None, name: str | None = None) -> list[Obj]:
+        """PodMetrics of running pods whose every container has a usage yet."""
+        found = []
+        for worker in list(self.workers.values()):
+            if (namespace and worker.ns != namespace) or (name and worker.name != name):
+                continue
+            pod = self.store.find(PODS, worker.ns, worker.name)
+            usages = [(r.name, self.sampler.usage((worker.uid, r.name))) for r in worker.main]
+            if pod is None or not usages or any(u is None for _, u in usages):
+                continue
+            window = min(self.sampler.window_of((worker.uid, r.name)) for r in worker.main)
+            found.append(
+                metrics.pod_metrics(pod, [(n, u) for n, u in usages if u is not None], window)
+            )
+        return found
+
+    def node_metrics(self) -> list[Obj]:
+        """NodeMetrics: what the pods bound to each node use."""
+        totals = {node: [0.0, 0] for node in sorted(self.nodes)}
+        for worker in list(self.workers.values()):
+            pod = self.store.find(PODS, worker.ns, worker.name)
+            node = (pod or {}).get("spec", {}).get("nodeName")
+            for run in worker.main:
+                usage = self.sampler.usage((worker.uid, run.name))
+                if node in totals and usage is not None:
+                    totals[node][0] += usage.cpu_cores
+                    totals[node][1] += usage.memory_bytes
+        window = self.config.metrics_resolution_seconds
+        return [
+            metrics.node_metrics(node, metrics.Usage(cpu, int(memory)), window)
+            for node, (cpu, memory) in totals.items()
+        ]
 
     def image_fails(self, image: str) -> bool:
         """Whether fault injection makes pulls of this image fail."""

@@ -183,6 +183,11 @@ KINDS: tuple[Kind, ...] = (
         short_names=("pc",),
     ),
     Kind("coordination.k8s.io", "v1", "leases", "Lease"),
+    # metrics.k8s.io (metrics-server's API): read from the kubelet's samples, never stored.
+    Kind("metrics.k8s.io", "v1beta1", "pods", "PodMetrics", verbs=("get", "list")),
+    Kind(
+        "metrics.k8s.io", "v1beta1", "nodes", "NodeMetrics", namespaced=False, verbs=("get", "list")
+    ),
     # Reviews: answered, never stored (create only), as the real server's.
     Kind(
         "authorization.k8s.io",
@@ -254,6 +259,7 @@ JOBS = kind("batch", "v1", "jobs")
 NAMESPACES = kind("", "v1", "namespaces")
 NODES = kind("", "v1", "nodes")
 PODS = kind("", "v1", "pods")
+HPAS = kind("autoscaling", "v2", "horizontalpodautoscalers")
 PDBS = kind("policy", "v1", "poddisruptionbudgets")
 PRIORITY_CLASSES = kind("scheduling.k8s.io", "v1", "priorityclasses")
 PVCS = kind("", "v1", "persistentvolumeclaims")
