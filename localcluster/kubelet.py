@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shutil
 import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine
@@ -35,8 +36,16 @@ from localcluster.scheduler import set_condition
 from localcluster.store import Obj, Store, now
 from localcluster.streams import ExecTarget
 
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
-LAUNCHER = [sys.executable, "-m", "localcluster.launch"]
+# The launcher runs with -S as a script: it is on every container's start path (see launch.py).
+LAUNCHER = [sys.executable, "-S", str(Path(__file__).with_name("launch.py"))]
+# A container's PID namespace: util-linux's unshare makes it (and its /proc) and waits on the
+# machine's side; a shell is its PID 1, runs the command in the foreground (a background job
+# would start with SIGINT ignored) and ends with its status. Its no-op traps keep it alive
+# through signals meant for the command (KPO's sidecar kill signals every "sh" it sees; the
+# kubelet's SIGTERM goes to the whole group), and a trapped signal is reset to its default in
+# the command, unlike an ignored one.
+UNSHARE = ["--fork", "--pid", "--mount-proc", "--kill-child", "--"]
+INIT = ["/bin/sh", "-c", 'trap : INT TERM HUP QUIT USR1 USR2; "$@"; exit $?', "sh"]
 COMPONENT = "kubelet"
 MAX_BACKOFF = 300.0
 
@@ -259,8 +268,11 @@ class PodWorker:
 
     async def _run_once(self, pod: Obj, run: ContainerRun, runtime: Runtime) -> int:
         run.attempt_done = asyncio.Event()
+        missing = None
         try:
             argv, env, cwd = self._command(pod, run, runtime)
+        except FileNotFoundError as exc:
+            argv, env, cwd, missing = [], {}, str(self.dir), str(exc)
         except errors.ApiError as exc:
             run.state = {
                 "waiting": {"reason": "CreateContainerConfigError", "message": exc.message}
@@ -273,6 +285,8 @@ class PodWorker:
         log_file = run.log_path().open("ab")
         started = rfc3339_nano()
         try:
+            if missing is not None:
+                raise FileNotFoundError(missing)
             process = await asyncio.create_subprocess_exec(
                 *argv,
                 env=env,
@@ -284,7 +298,7 @@ class PodWorker:
             )
         except OSError as exc:
             log_file.close()
-            message = f"exec: {argv[0]!r}: {exc.strerror}"
+            message = missing or f"exec: {argv[0]!r}: {exc.strerror}"
             run.state = {
                 "terminated": {
                     "exitCode": 128,
@@ -303,7 +317,7 @@ class PodWorker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
         run.process, run.env, run.cwd, run.runtime = process, env, cwd, runtime
-        run.isolated = argv[: len(LAUNCHER) + 1] == [*LAUNCHER, "--isolate"]
+        run.isolated = self.kubelet.unshare is not None
         run.started, run.ready = True, "readinessProbe" not in run.spec
         run.state = {"running": {"startedAt": started[:19] + "Z"}}
         if run.restart_count == 0:
@@ -384,18 +398,19 @@ class PodWorker:
                 f"container {run.name} has no command and its image no entrypoint"
             )
         argv = resolve(argv, env, runtime)
+        if "/" not in argv[0]:  # not on the image's PATH: what the runtime answers
+            raise FileNotFoundError(f'exec: "{argv[0]}": executable file not found in $PATH')
         cwd = spec.get("workingDir") or runtime.working_dir or str(self.dir)
         mounts = volumes.mounts(self.store, pod, spec, self.dir, self.kubelet.state_dir)
-        if mounts or self.kubelet.isolate:
-            launcher = [*LAUNCHER, "--isolate"] if self.kubelet.isolate else [*LAUNCHER]
+        if self.kubelet.unshare is not None:
+            argv = [self.kubelet.unshare, *UNSHARE, *INIT, *argv]
+        if mounts:
+            launcher = [*LAUNCHER]
             for source, target, read_only in mounts:
                 launcher += ["--mount", f"{source}:{target}" + (":ro" if read_only else "")]
             for path in volumes.runtime_paths(runtime, env, cwd, self.dir):
                 launcher += ["--keep", path]
             argv = [*launcher, "--", *argv]
-            env["PYTHONPATH"] = os.pathsep.join(
-                filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")])
-            )
         else:
             Path(cwd).mkdir(parents=True, exist_ok=True)
         return argv, env, cwd
@@ -470,8 +485,9 @@ class Kubelet:
         self._next_ip = 0
         self.faults: Any = None  # a FaultInjector, set by the server
         # Each container in PID and mount namespaces of its own, as a runtime gives it; that
-        # needs root. Without it containers are plain process groups (and exec sees the machine).
-        self.isolate = os.geteuid() == 0
+        # needs root and util-linux's unshare. Without them containers are plain process
+        # groups (and exec sees the machine).
+        self.unshare = shutil.which("unshare") if os.geteuid() == 0 else None
         self.sampler = metrics.Sampler(window=config.metrics_resolution_seconds)
 
     def _allocate_ip(self) -> str:

@@ -1,11 +1,12 @@
-"""Start one container process the way a container runtime would, or run a command inside one.
+"""Start one container process with its volumes mounted, or run a command inside a container.
 
-``python -m localcluster.launch [--isolate] [--mount SRC:DST[:ro]]... [--keep PATH]... -- ARGV``
+``python -S launch.py [--mount SRC:DST[:ro]]... [--keep PATH]... -- ARGV``
 
 In a mount namespace of its own (``unshare(CLONE_NEWNS)``, private propagation) it bind-mounts
 each volume's folder at its ``mountPath``, so the process -- and only it -- sees
-``/etc/config/...`` or ``/data`` exactly as in a real pod. Mount points that do not exist on the
-machine are created as empty folders (the one trace a pod leaves outside the state folder).
+``/etc/config/...`` or ``/data`` exactly as in a real pod, then ``exec``s ARGV. Mount points
+that do not exist on the machine are created as empty folders (the one trace a pod leaves
+outside the state folder).
 
 A real container has a root filesystem of its own, so a volume at ``/tmp`` hides nothing it
 needs. Here the container shares the machine's: its interpreter, its code and its pod folder
@@ -14,41 +15,36 @@ point is therefore bound back into place from the original folder (reached throu
 descriptor opened before the mount), so the volume hides everything but what the container
 runs from.
 
-``--isolate`` also gives the container a PID namespace, as every real container has: a fresh
-``/proc`` shows only its own processes (``ps`` and ``pgrep`` in a container, and the commands
-``kubectl exec`` runs there, see the container, not the machine), and when the container's
-command exits the kernel kills whatever it left behind, so no process outlives its container.
-The namespace's PID 1 is a small init (what ``docker run --init`` adds): it reaps orphans and
-ends with the command's exit status; the command runs as PID 2, so SIGTERM reaches it with its
-usual meaning (a PID 1 ignores signals it has no handler for). The launcher itself stays on the
-machine's side, waiting, so the kubelet's process is the container's for its whole life.
+The kubelet puts the PID namespace in ARGV (see ``isolated``): util-linux's ``unshare`` makes
+it and mounts its ``/proc``, and a shell as its PID 1 starts the command and ends with its
+status; ``unshare`` stays on the machine's side, waiting, so the kubelet's process is the
+container's for its whole life, and a SIGTERM to the group reaches the command.
 
-``python -m localcluster.launch --enter PID -- ARGV`` runs ARGV inside the namespaces of the
-container whose launcher is PID (``kubectl exec``), and ends with its exit status.
+``python -S launch.py --enter PID -- ARGV`` runs ARGV inside the mount and PID namespaces of the
+container whose kubelet-side process is PID (``kubectl exec``), and ends with its status.
 
-All of this needs CAP_SYS_ADMIN (root); without it a container with volumes fails to start
-with a message that says so.
+It imports nothing but the standard library and runs with ``-S``: it is on every container's
+start path. Mounts and namespaces need CAP_SYS_ADMIN (root); without it a container with
+volumes fails to start with a message that says so.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
 from typing import NoReturn
 
 CLONE_NEWNS, CLONE_NEWPID = 0x00020000, 0x20000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_PDEATHSIG = 1
+MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 32, 4096, 16384, 1 << 18
 # Signals the launcher's side ignores: the kubelet signals the whole process group, so the
 # command gets them directly; the launcher must outlive it to report its exit status.
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
              signal.SIGUSR2)  # fmt: skip
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# This process's own C library (find_library would spawn ldconfig: 15 ms a container).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> None:
@@ -63,10 +59,6 @@ def _parse(argv: list[str]) -> tuple[dict[str, list[str]], list[str]]:
     flags = argv[:split]
     i = 0
     while i < len(flags):
-        if flags[i] == "--isolate":
-            options["--isolate"] = ["yes"]
-            i += 1
-            continue
         options[flags[i]].append(flags[i + 1])
         i += 2
     return options, argv[split + 1 :]
@@ -125,46 +117,19 @@ def _wait_as_the_machine_side(child: int) -> NoReturn:
     os._exit(_exit_status(status))
 
 
-def _init(command: list[str]) -> NoReturn:
-    """PID 1 of the container: start the command as PID 2, reap orphans, end with its status."""
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the launcher gone: the namespace goes too
-    flags = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    _check(_libc.mount(b"proc", b"/proc", b"proc", flags, None), "mount /proc")
-    main = os.fork()
-    if main == 0:
-        for sig in FORWARDED:
-            signal.signal(sig, signal.SIG_DFL)
-        _exec(command)
-    # As PID 1 with default dispositions, this process ignores every signal but SIGKILL; the
-    # command in the same process group receives the kubelet's SIGTERM itself.
-    for sig in FORWARDED:
-        signal.signal(sig, signal.SIG_DFL)
-    while True:
-        pid, status = os.wait()
-        if pid == main:
-            os._exit(_exit_status(status))  # the kernel then kills what is left in here
-
-
 def start(options: dict[str, list[str]], command: list[str]) -> NoReturn:
-    isolate = bool(options.get("--isolate"))
-    if options["--mount"] or isolate:
+    if options["--mount"]:
         try:
-            _check(_libc.unshare(CLONE_NEWNS | (CLONE_NEWPID if isolate else 0)), "unshare")
+            _check(_libc.unshare(CLONE_NEWNS), "unshare")
             _check(_libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
             _mount_volumes(options["--mount"], options["--keep"])
         except OSError as exc:
             print(
-                f"localcluster: cannot set up the container ({exc}); volumes and process "
-                "isolation need root",
+                f"localcluster: cannot mount the pod's volumes ({exc}); volumes need root",
                 file=sys.stderr,
             )
             sys.exit(128)
-    if not isolate:
-        _exec(command)
-    child = os.fork()  # the first process of the new PID namespace
-    if child == 0:
-        _init(command)
-    _wait_as_the_machine_side(child)
+    _exec(command)
 
 
 def enter(launcher: int, command: list[str]) -> NoReturn:
