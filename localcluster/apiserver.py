@@ -431,6 +431,8 @@ class ApiServer:
                 return await self._log(request, target)
             if target.subresource == "exec" and method in ("GET", "POST"):
                 return await self._exec(request, target)
+            if target.subresource == "portforward" and method in ("GET", "POST"):
+                return await self._portforward(request, target)
             if method == "GET":
                 obj = self._get(target)
                 if not target.subresource and tables.wants_table(request.headers.get("Accept", "")):
@@ -806,6 +808,19 @@ class ApiServer:
             raise errors.bad_request("you must specify at least 1 command")
         pod, container, kubelet = self._container(request, target)
         return await streams.run_exec(request, kubelet.exec_target(pod, container), opts)
+
+    async def _portforward(self, request: web.Request, target: Target) -> web.StreamResponse:
+        pod = self.store.get(target.kind, target.namespace, target.name)
+        streams.require_channels(request)
+        ports = [int(p) for v in request.query.getall("ports", []) for p in v.split(",") if p]
+        if not ports:
+            raise errors.bad_request("at least 1 port must be specified")
+        ip = pod.get("status", {}).get("podIP")
+        if pod.get("status", {}).get("phase") != "Running" or not ip:
+            raise errors.bad_request(
+                f"unable to upgrade connection: pod {target.name} is not running"
+            )
+        return await streams.run_portforward(request, ip, ports)
 
     async def _log(self, request: web.Request, target: Target) -> web.StreamResponse:
         pod, container, kubelet = self._container(request, target)

@@ -1,5 +1,5 @@
-"""``pods/exec`` and ``pods/attach`` over WebSocket, with the channel protocol kubectl and the
-Kubernetes clients speak (``v5.channel.k8s.io``, ``v4.channel.k8s.io``).
+"""``pods/exec`` and ``pods/portforward`` over WebSocket, with the channel protocol kubectl
+and the Kubernetes clients speak (``v5.channel.k8s.io``, ``v4.channel.k8s.io``).
 
 Every binary message starts with its channel: 0 stdin, 1 stdout, 2 stderr, 3 the error
 channel (one ``Status`` when the command ends: ``Success``, or ``NonZeroExitCode`` with the
@@ -210,3 +210,65 @@ async def _read_client(
             fcntl.ioctl(master, termios.TIOCSWINSZ, winsize)
         elif channel == CLOSE and payload[:1] == bytes([STDIN]) and process.stdin is not None:
             process.stdin.close()
+
+
+def require_channels(request: web.Request) -> None:
+    """400 unless the client offers a channel protocol: kubectl 1.31+ tunnels SPDY through
+    its WebSocket for port forwarding (then falls back to SPDY itself), which is not served."""
+    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+    if not set(offered) & set(PROTOCOLS):
+        raise errors.bad_request(
+            "localcluster serves port forwarding over the v4.channel.k8s.io WebSocket protocol "
+            "(the Kubernetes clients' portforward), not SPDY"
+        )
+
+
+async def run_portforward(request: web.Request, host: str, ports: list[int]) -> web.StreamResponse:
+    """``pods/portforward`` as the Kubernetes clients speak it over WebSocket: per port ``i`` a
+    data channel ``2i`` and an error channel ``2i+1``, each opened with the port number (two
+    bytes, little-endian), then the bytes of one TCP connection to the pod's port."""
+    require_channels(request)
+    ws = await upgrade(request)
+    writers: dict[int, asyncio.StreamWriter] = {}
+    pumps = []
+    for index, port in enumerate(ports):
+        prefix = port.to_bytes(2, "little")
+        await _send(ws, 2 * index, prefix)
+        await _send(ws, 2 * index + 1, prefix)
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError as exc:
+            await _send(ws, 2 * index + 1, f"error forwarding port {port} to pod: {exc}".encode())
+            continue
+        writers[2 * index] = writer
+        pumps.append(asyncio.ensure_future(_pump_socket(reader, 2 * index, ws)))
+    closer = asyncio.ensure_future(_close_when_done(pumps, ws)) if pumps else None
+    try:
+        async for frame in ws:
+            if frame.type != WSMsgType.BINARY or not frame.data:
+                continue
+            target = writers.get(frame.data[0])
+            if target is not None and len(frame.data) > 1:
+                target.write(frame.data[1:])
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                    await target.drain()
+    finally:
+        for pump in [*pumps, *([closer] if closer else [])]:
+            pump.cancel()
+        for writer in writers.values():
+            writer.close()
+        await ws.close()
+    return ws
+
+
+async def _pump_socket(
+    reader: asyncio.StreamReader, channel: int, ws: web.WebSocketResponse
+) -> None:
+    while chunk := await reader.read(65536):
+        await _send(ws, channel, chunk)
+
+
+async def _close_when_done(pumps: list[asyncio.Task[None]], ws: web.WebSocketResponse) -> None:
+    """The pod's side closed every connection: end the stream, as the real server does."""
+    await asyncio.gather(*pumps, return_exceptions=True)
+    await ws.close()

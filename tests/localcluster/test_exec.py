@@ -197,3 +197,43 @@ def _with(text: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def test_port_forward_with_the_python_client(cluster: Cluster) -> None:
+    from kubernetes.stream import portforward
+
+    from tests.localcluster.test_workloads import SERVER
+
+    pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    manifest = pod_manifest("web", SERVER, container={"env": [pod_ip]})
+    cluster.core.create_namespaced_pod("default", manifest)
+    running(cluster, "web")
+    ip = cluster.core.read_namespaced_pod("web", "default").status.pod_ip
+
+    def answer() -> str:
+        forward = portforward(
+            cluster.core.connect_get_namespaced_pod_portforward, "web", "default", ports="8080"
+        )
+        sock = forward.socket(8080)
+        sock.settimeout(10)
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+        received = b""
+        while chunk := sock.recv(4096):
+            received += chunk
+        sock.close()
+        forward.close()
+        return received.decode()
+
+    body = wait_for("an answer through the tunnel", answer)
+    assert body.startswith("HTTP/1.0 200")
+    assert body.endswith("v1 web")
+    assert ip  # the pod's own address answered, through the API server
+
+    assert KUBECTL
+    refused = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "port-forward", "pod/web", "18080:8080"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "not SPDY" in refused.stderr
+    cluster.core.delete_namespaced_pod("web", "default", grace_period_seconds=0)
