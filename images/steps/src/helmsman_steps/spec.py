@@ -191,7 +191,7 @@ class ModelSpec(_Strict):
                 raise ValueError(f"unknown preset {schedule!r}; one of {presets[:-1]} or cron")
             return schedule
         try:
-            from croniter import croniter  # type: ignore[import-untyped]  # Airflow's dependency
+            from croniter import croniter  # Airflow's dependency
         except ImportError:  # in a pod: the DAG processor validated the schedule already
             return schedule
 
