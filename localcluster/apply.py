@@ -64,7 +64,7 @@ def fields(obj: Any, path: Path = ()) -> set[Path]:
             for item in value:
                 element = (*here, str(_key(name, item)))
                 out.add((*element, "."))
-                out |= fields({k: v for k, v in item.items()}, element)
+                out |= fields(item, element)
         else:
             out.add(here)
     return out

@@ -22,6 +22,7 @@ from typing import Any
 
 from localcluster import disruption, errors, events
 from localcluster.jobs import CronJobController, JobController
+from localcluster.objects import owned_by, owner_ref, parse_time, pod_ready
 from localcluster.resources import (
     DEPLOYMENTS,
     ENDPOINTS,
@@ -39,44 +40,13 @@ REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 
 
-def _owned_by(obj: Obj, owner: Obj) -> bool:
-    return any(
-        r.get("uid") == owner["metadata"]["uid"] and r.get("controller")
-        for r in obj["metadata"].get("ownerReferences") or []
-    )
-
-
-def _owner_ref(owner: Obj) -> dict[str, Any]:
-    return {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _parse_time(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def pod_ready(pod: Obj) -> bool:
-    if pod["metadata"].get("deletionTimestamp"):
-        return False
-    return any(
-        c["type"] == "Ready" and c["status"] == "True"
-        for c in pod.get("status", {}).get("conditions", [])
-    )
-
-
 def pod_available(pod: Obj, min_ready_seconds: int) -> bool:
     if not pod_ready(pod):
         return False
     if not min_ready_seconds:
         return True
     ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
-    since = _parse_time(ready["lastTransitionTime"])
+    since = parse_time(ready["lastTransitionTime"])
     return (dt.datetime.now(dt.UTC) - since).total_seconds() >= min_ready_seconds
 
 
@@ -177,7 +147,7 @@ class Controllers:
         ns = rs["metadata"]["namespace"]
         if rs["metadata"].get("deletionTimestamp"):
             return
-        pods = [p for p in self.store.list(PODS, ns) if _owned_by(p, rs)]
+        pods = [p for p in self.store.list(PODS, ns) if owned_by(p, rs)]
         live = [
             p
             for p in pods
@@ -234,7 +204,7 @@ class Controllers:
                 "name": name,
                 "labels": meta.get("labels", {}),
                 "annotations": meta.get("annotations", {}),
-                "ownerReferences": [_owner_ref(rs)],
+                "ownerReferences": [owner_ref(rs)],
             },
             "spec": template["spec"],
         }
@@ -255,7 +225,7 @@ class Controllers:
             return
         spec = d["spec"]
         replicas = spec.get("replicas", 1)
-        owned = [rs for rs in self.store.list(REPLICASETS, ns) if _owned_by(rs, d)]
+        owned = [rs for rs in self.store.list(REPLICASETS, ns) if owned_by(rs, d)]
         template = copy.deepcopy(spec["template"])
         digest = template_hash(template)
         new = next((rs for rs in owned if rs["metadata"]["labels"].get(HASH_LABEL) == digest), None)
@@ -291,7 +261,7 @@ class Controllers:
         else:
             self._rolling(d, new, old, replicas, strategy.get("rollingUpdate") or {})
         self._cleanup(d, old)
-        owned = [rs for rs in self.store.list(REPLICASETS, ns) if _owned_by(rs, d)]
+        owned = [rs for rs in self.store.list(REPLICASETS, ns) if owned_by(rs, d)]
         new = next(rs for rs in owned if rs["metadata"]["uid"] == new["metadata"]["uid"])
         self._deployment_status(self.store.get(DEPLOYMENTS, ns, name), owned, new, replicas)
 
@@ -307,7 +277,7 @@ class Controllers:
                     REVISION: str(revision),
                     "deployment.kubernetes.io/desired-replicas": str(d["spec"].get("replicas", 1)),
                 },
-                "ownerReferences": [_owner_ref(d)],
+                "ownerReferences": [owner_ref(d)],
             },
             "spec": {
                 "replicas": size,
@@ -343,7 +313,7 @@ class Controllers:
         for rs in old:
             self._scale(d, rs, 0)
         ns = d["metadata"]["namespace"]
-        old_pods = [p for p in self.store.list(PODS, ns) if any(_owned_by(p, rs) for rs in old)]
+        old_pods = [p for p in self.store.list(PODS, ns) if any(owned_by(p, rs) for rs in old)]
         if not old_pods:
             self._scale(d, new, replicas)
 
@@ -358,7 +328,7 @@ class Controllers:
         pods = [p for p in self.store.list(PODS, ns) if not p["metadata"].get("deletionTimestamp")]
 
         def available(rs: Obj) -> int:
-            return sum(pod_available(p, min_ready) for p in pods if _owned_by(p, rs))
+            return sum(pod_available(p, min_ready) for p in pods if owned_by(p, rs))
 
         total = sum(rs["spec"].get("replicas", 0) for rs in [new, *old])
         # Scale up the new ReplicaSet within maxSurge.
@@ -393,10 +363,10 @@ class Controllers:
 
     def _deployment_status(self, d: Obj, owned: list[Obj], new: Obj | None, replicas: int) -> None:
         ns, name = d["metadata"]["namespace"], d["metadata"]["name"]
-        pods = [p for p in self.store.list(PODS, ns) if any(_owned_by(p, rs) for rs in owned)]
+        pods = [p for p in self.store.list(PODS, ns) if any(owned_by(p, rs) for rs in owned)]
         pods = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         min_ready = d["spec"].get("minReadySeconds", 0)
-        new_pods = [p for p in pods if new is not None and _owned_by(p, new)]
+        new_pods = [p for p in pods if new is not None and owned_by(p, new)]
         status: dict[str, Any] = {
             "observedGeneration": d["metadata"].get("generation", 1),
             "replicas": len(pods),
@@ -461,7 +431,7 @@ class Controllers:
                 touch=True,
             )
         elif progress.get("reason") != "ProgressDeadlineExceeded":
-            since = _parse_time(progress.get("lastUpdateTime") or progress["lastTransitionTime"])
+            since = parse_time(progress.get("lastUpdateTime") or progress["lastTransitionTime"])
             if (dt.datetime.now(dt.UTC) - since).total_seconds() > deadline:
                 _set(
                     conditions,

@@ -8,18 +8,10 @@ import math
 from typing import Any
 
 from localcluster import errors
+from localcluster.objects import pod_ready
 from localcluster.resources import PDBS, PODS
 from localcluster.selectors import match_label_selector
 from localcluster.store import Obj, Store, now
-
-
-def _ready(pod: Obj) -> bool:
-    if pod["metadata"].get("deletionTimestamp"):
-        return False
-    return any(
-        c["type"] == "Ready" and c["status"] == "True"
-        for c in pod.get("status", {}).get("conditions") or []
-    )
 
 
 def _count(value: Any, total: int) -> int:
@@ -44,7 +36,7 @@ def status(store: Store, pdb: Obj) -> Obj:
     """What the disruption controller writes: expected, healthy, desired and allowed."""
     pods = _pods(store, pdb)
     expected = len([p for p in pods if not p["metadata"].get("deletionTimestamp")])
-    healthy = sum(_ready(p) for p in pods)
+    healthy = sum(pod_ready(p) for p in pods)
     spec = pdb["spec"]
     if "maxUnavailable" in spec:
         desired = max(expected - _count(spec["maxUnavailable"], expected), 0)
@@ -116,7 +108,7 @@ def check_eviction(store: Store, pod: Obj) -> None:
             "This pod has more than one PodDisruptionBudget, which the eviction subresource "
             "does not support.",
         )
-    if not _ready(pod):
+    if not pod_ready(pod):
         return  # an unhealthy pod serves nothing: evicting it costs the budget nothing
     budget = budgets[0]
     current = status(store, budget)

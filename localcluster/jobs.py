@@ -26,11 +26,11 @@ import datetime as dt
 import uuid
 import zoneinfo
 from collections.abc import Callable
-from typing import Any
 
 from croniter import croniter
 
 from localcluster import errors, events
+from localcluster.objects import owned_by, owner_ref, parse_time, pod_ready
 from localcluster.resources import CRONJOBS, JOBS, PODS
 from localcluster.store import Obj, Store
 
@@ -39,6 +39,7 @@ CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
 JOB_NAME = "batch.kubernetes.io/job-name"
 SCHEDULED = "batch.kubernetes.io/cronjob-scheduled-timestamp"
 MAX_POD_BACKOFF = 360.0
+TERMINAL = ("Succeeded", "Failed")
 
 Clock = Callable[[], dt.datetime]
 
@@ -49,28 +50,6 @@ def _utcnow() -> dt.datetime:
 
 def _stamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse(value: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
-def _owned(obj: Obj, owner: Obj) -> bool:
-    return any(
-        r.get("uid") == owner["metadata"]["uid"] and r.get("controller")
-        for r in obj["metadata"].get("ownerReferences") or []
-    )
-
-
-def _owner_ref(owner: Obj) -> dict[str, Any]:
-    return {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": owner["metadata"]["name"],
-        "uid": owner["metadata"]["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def finished(job: Obj) -> str | None:
@@ -131,7 +110,7 @@ class JobController:
             self._expire(job)
             return
         ns, spec, now = job["metadata"]["namespace"], job["spec"], self.clock()
-        pods = [p for p in self.store.list(PODS, ns) if _owned(p, job)]
+        pods = [p for p in self.store.list(PODS, ns) if owned_by(p, job)]
         terminating = [p for p in pods if p["metadata"].get("deletionTimestamp")]
         present = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
         active = [p for p in present if p.get("status", {}).get("phase") not in TERMINAL]
@@ -147,7 +126,7 @@ class JobController:
             self._write(job, status, conditions, [], present, terminating, succeeded, failed)
             return
         conditions = [c for c in conditions if c["type"] != "Suspended"]
-        start = _parse(status["startTime"]) if status.get("startTime") else now
+        start = parse_time(status["startTime"]) if status.get("startTime") else now
         status["startTime"] = _stamp(start)
 
         indexed = spec.get("completionMode") == "Indexed"
@@ -202,7 +181,7 @@ class JobController:
             active = [
                 p
                 for p in self.store.list(PODS, ns)
-                if _owned(p, job)
+                if owned_by(p, job)
                 and not p["metadata"].get("deletionTimestamp")
                 and p.get("status", {}).get("phase") not in TERMINAL
             ]
@@ -214,7 +193,7 @@ class JobController:
         if not failed:
             return False
         latest = max(
-            _parse(
+            parse_time(
                 (c.get("state", {}).get("terminated") or {}).get("finishedAt")
                 or p["metadata"]["creationTimestamp"]
             )
@@ -271,7 +250,7 @@ class JobController:
                 "name": prefix + uuid.uuid4().hex[:5],
                 "labels": labels,
                 "annotations": annotations,
-                "ownerReferences": [_owner_ref(job)],
+                "ownerReferences": [owner_ref(job)],
             },
             "spec": pod_spec,
         }
@@ -311,7 +290,7 @@ class JobController:
     ) -> None:
         status.update(
             active=len(active),
-            ready=sum(_ready(p) for p in active),
+            ready=sum(pod_ready(p) for p in active),
             succeeded=len(succeeded),
             failed=len(failed),
             terminating=len(terminating),
@@ -342,7 +321,7 @@ class JobController:
         conditions = job.get("status", {}).get("conditions") or []
         ended = max(
             (
-                _parse(c["lastTransitionTime"])
+                parse_time(c["lastTransitionTime"])
                 for c in conditions
                 if c["type"] in ("Complete", "Failed")
             ),
@@ -353,16 +332,6 @@ class JobController:
                 self.store.delete(
                     JOBS, job["metadata"]["namespace"], job["metadata"]["name"], None, "Background"
                 )
-
-
-TERMINAL = ("Succeeded", "Failed")
-
-
-def _ready(pod: Obj) -> bool:
-    return any(
-        c["type"] == "Ready" and c["status"] == "True"
-        for c in pod.get("status", {}).get("conditions") or []
-    )
 
 
 class CronJobController:
@@ -378,11 +347,11 @@ class CronJobController:
         if cj["metadata"].get("deletionTimestamp"):
             return
         ns, spec, now = cj["metadata"]["namespace"], cj["spec"], self.clock()
-        jobs = [j for j in self.store.list(JOBS, ns) if _owned(j, cj)]
+        jobs = [j for j in self.store.list(JOBS, ns) if owned_by(j, cj)]
         running = [j for j in jobs if not finished(j)]
         status = copy.deepcopy(cj.get("status") or {})
         successes = [
-            _parse(c["lastTransitionTime"])
+            parse_time(c["lastTransitionTime"])
             for j in jobs
             for c in j.get("status", {}).get("conditions") or []
             if c["type"] == "Complete" and c["status"] == "True"
@@ -390,7 +359,7 @@ class CronJobController:
         if successes:
             latest = max(successes)
             known = status.get("lastSuccessfulTime")
-            if known is None or _parse(known) < latest:
+            if known is None or parse_time(known) < latest:
                 status["lastSuccessfulTime"] = _stamp(latest)
 
         due = None if spec.get("suspend") else self._due(cj, status, now)
@@ -444,7 +413,7 @@ class CronJobController:
         """The latest scheduled time not yet run, if one has come (and is not too late)."""
         spec = cj["spec"]
         zone = zoneinfo.ZoneInfo(spec.get("timeZone") or "UTC")
-        since = _parse(status.get("lastScheduleTime") or cj["metadata"]["creationTimestamp"])
+        since = parse_time(status.get("lastScheduleTime") or cj["metadata"]["creationTimestamp"])
         times = croniter(spec["schedule"], since.astimezone(zone))
         due: dt.datetime | None = None
         for _ in range(1000):  # the real controller also gives up counting missed times
@@ -473,7 +442,7 @@ class CronJobController:
                     **(meta.get("annotations") or {}),
                     SCHEDULED: str(int(due.timestamp())),
                 },
-                "ownerReferences": [_owner_ref(cj)],
+                "ownerReferences": [owner_ref(cj)],
             },
             "spec": template["spec"],
         }

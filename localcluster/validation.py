@@ -9,6 +9,7 @@ or misspelled field is reported with the same path a real API server gives:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from kubernetes.client import models
@@ -25,51 +26,15 @@ def model_for(kind: Kind) -> type | None:
     return found
 
 
-def unknown_fields(obj: Any, model: type | str, path: str = "") -> list[str]:
+def unknown_fields(obj: Any, model: type | str) -> list[str]:
     """Paths of fields in ``obj`` that the model does not declare."""
-    if isinstance(model, str):
-        list_of = re.fullmatch(r"list\[(.+)\]", model)
-        if list_of:
-            inner = list_of.group(1)
-            return [
-                u
-                for i, item in enumerate(obj if isinstance(obj, list) else [])
-                for u in unknown_fields(item, inner, f"{path}[{i}]")
-            ]
-        if (
-            model.startswith("dict(")
-            or model.startswith("dict[")
-            or model
-            in (
-                "object",
-                "str",
-                "int",
-                "bool",
-                "float",
-                "datetime",
-                "date",
-            )
-        ):
-            return []
-        found = getattr(models, model, None)
-        if found is None:
-            return []
-        model = found
-    if not isinstance(obj, dict):
-        return []
-    types: dict[str, str] = getattr(model, "openapi_types", {})
-    by_json = {
-        json_name: types[py] for py, json_name in getattr(model, "attribute_map", {}).items()
-    }
-    problems = []
-    for key, value in obj.items():
-        here = f"{path}.{key}" if path else key
-        if key not in by_json:
-            if not key.startswith("$"):  # strategic-merge directives are not fields
-                problems.append(here)
-            continue
-        problems += unknown_fields(value, by_json[key], here)
-    return problems
+    return [detail for kind, detail in _walk(obj, model, "") if kind == "unknown"]
+
+
+def type_errors(obj: Any, model: type | str) -> list[str]:
+    """Values whose JSON type cannot decode into the field (a string for ``replicas``, an
+    object for a list): what the real server refuses whatever ``fieldValidation`` says."""
+    return [detail for kind, detail in _walk(obj, model, "") if kind == "type"]
 
 
 # The Python client's scalar type names -> (accepted Python types, the JSON and Go names).
@@ -84,44 +49,46 @@ _JSON_NAMES = {bool: "bool", int: "number", float: "number", str: "string", list
                dict: "object"}  # fmt: skip
 
 
-def type_errors(obj: Any, model: type | str, path: str = "") -> list[str]:
-    """Values whose JSON type cannot decode into the field (a string for ``replicas``, an
-    object for a list): what the real server refuses whatever ``fieldValidation`` says."""
+def _walk(obj: Any, model: type | str, path: str) -> Iterator[tuple[str, str]]:
+    """("unknown", path) for each undeclared field and ("type", message) for each value of the
+    wrong JSON type, through the Python client's generated models."""
     if obj is None:
-        return []
+        return
     if isinstance(model, str):
         list_of = re.fullmatch(r"list\[(.+)\]", model)
         if list_of:
             if not isinstance(obj, list):
-                return [_mismatch(path, obj, "array")]
-            return [e for i, item in enumerate(obj)
-                    for e in type_errors(item, list_of.group(1), f"{path}[{i}]")]  # fmt: skip
+                yield "type", _mismatch(path, obj, "array")
+                return
+            for i, item in enumerate(obj):
+                yield from _walk(item, list_of.group(1), f"{path}[{i}]")
+            return
         if model.startswith(("dict(", "dict[")):
-            return [] if isinstance(obj, dict) else [_mismatch(path, obj, "object")]
+            if not isinstance(obj, dict):
+                yield "type", _mismatch(path, obj, "object")
+            return
         if model in _SCALARS:
             accepted, name = _SCALARS[model]
-            is_bool = isinstance(obj, bool)
-            if not isinstance(obj, accepted) or (is_bool and bool not in accepted):
-                return [_mismatch(path, obj, name.split()[0])]
-            return []
-        if model == "object":
-            return []
+            if not isinstance(obj, accepted) or (isinstance(obj, bool) and bool not in accepted):
+                yield "type", _mismatch(path, obj, name.split()[0])
+            return
         found = getattr(models, model, None)
-        if found is None:
-            return []
+        if found is None:  # "object", "date": anything goes
+            return
         model = found
     if not isinstance(obj, dict):
-        return [_mismatch(path, obj, "object")]
+        yield "type", _mismatch(path, obj, "object")
+        return
     types: dict[str, str] = getattr(model, "openapi_types", {})
     by_json = {
         json_name: types[py] for py, json_name in getattr(model, "attribute_map", {}).items()
     }
-    return [
-        e
-        for key, value in obj.items()
-        if key in by_json
-        for e in type_errors(value, by_json[key], f"{path}.{key}" if path else key)
-    ]
+    for key, value in obj.items():
+        here = f"{path}.{key}" if path else key
+        if key in by_json:
+            yield from _walk(value, by_json[key], here)
+        elif not key.startswith("$"):  # strategic-merge directives are not fields
+            yield "unknown", here
 
 
 def _mismatch(path: str, value: Any, wanted: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -50,6 +52,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield c
     c.api.close()
     c.server.stop()
+
+
+def kubectl(cluster: Cluster, *args: str) -> str:
+    """Real kubectl against ``cluster``: its stdout; a failure names the command and stderr."""
+    binary = shutil.which("kubectl")
+    assert binary, "kubectl is not on PATH; the workplace image ships one (see DESIGN.md)"
+    done = subprocess.run(
+        [binary, "--kubeconfig", str(cluster.kubeconfig), *args],
+        capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
+    return done.stdout
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:

@@ -6,27 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client.rest import ApiException
 
-from tests.cluster_fixtures import Cluster, events_of, pod_manifest, wait_for
-
-KUBECTL = shutil.which("kubectl")
-
-
-def kubectl(cluster: Cluster, *args: str) -> str:
-    assert KUBECTL, "kubectl is not on PATH"
-    done = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), *args],
-        capture_output=True, text=True, timeout=90, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    return done.stdout
+from tests.cluster_fixtures import Cluster, events_of, kubectl, pod_manifest, wait_for
 
 
 def resources(requests: dict[str, str] | None, limits: dict[str, str] | None) -> dict[str, Any]:

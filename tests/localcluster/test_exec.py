@@ -20,6 +20,7 @@ import pytest
 from kubernetes.stream import stream
 
 from tests.cluster_fixtures import Cluster, pod_manifest, wait_for
+from tests.localcluster.test_pods import processes_with
 
 KUBECTL = shutil.which("kubectl")
 SLEEPER = "import time; time.sleep(600)"
@@ -130,9 +131,9 @@ def test_a_closed_connection_stops_the_command(cluster: Cluster, box: str) -> No
     client = exec_stream(cluster, box, ["sh", "-c", f"echo started; sleep 600 # {marker}"])
     client.update(timeout=10)
     assert "started" in client.read_stdout(timeout=10)
-    assert _with(marker)
+    assert processes_with(marker)
     client.close()
-    wait_for("the command to stop", lambda: not _with(marker), timeout=10)
+    wait_for("the command to stop", lambda: not processes_with(marker), timeout=10)
 
 
 def test_bad_exec_requests_get_the_servers_answers(cluster: Cluster, box: str) -> None:
@@ -186,17 +187,6 @@ def plain_exec(cluster: Cluster, name: str, query: str) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())["message"]
-
-
-def _with(text: str) -> list[int]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            if text.encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
-        except OSError:
-            continue
-    return found
 
 
 def test_port_forward_with_the_python_client(cluster: Cluster) -> None:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +16,8 @@ from kubernetes.client.rest import ApiException
 from localcluster import jobs
 from localcluster.resources import kind
 from localcluster.store import Store, ensure
-from tests.cluster_fixtures import Cluster, events_of, wait_for
+from tests.cluster_fixtures import Cluster, events_of, kubectl, wait_for
 
-KUBECTL = shutil.which("kubectl")
 NAMESPACES = kind("", "v1", "namespaces")
 
 
@@ -155,32 +152,22 @@ def test_a_job_that_would_restart_forever_is_refused(cluster: Cluster) -> None:
 
 
 def test_kubectl_with_jobs_and_cronjobs(cluster: Cluster, tmp_path: Path) -> None:
-    assert KUBECTL, "kubectl is not on PATH"
-
-    def kubectl(*args: str) -> str:
-        done = subprocess.run(
-            [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), *args],
-            capture_output=True, text=True, timeout=90, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
     # Another pod first, so that `logs job/x` has to pick the Job's own pod by its selector.
-    kubectl("run", "bystander", "--image=python:3.11-slim", "--restart=Never", "--",
+    kubectl(cluster, "run", "bystander", "--image=python:3.11-slim", "--restart=Never", "--",
             "python", "-c", "print('not the job')")  # fmt: skip
     path = tmp_path / "hello.yaml"
     path.write_text(yaml.safe_dump(job_manifest("hello", "print('hello from the job')")))
-    assert "job.batch/hello created" in kubectl("apply", "-f", str(path))
-    kubectl("wait", "--for=condition=complete", "job/hello", "--timeout=60s")
-    assert kubectl("logs", "job/hello") == "hello from the job\n"
-    row = kubectl("get", "job", "hello").splitlines()[1].split()
+    assert "job.batch/hello created" in kubectl(cluster, "apply", "-f", str(path))
+    kubectl(cluster, "wait", "--for=condition=complete", "job/hello", "--timeout=60s")
+    assert kubectl(cluster, "logs", "job/hello") == "hello from the job\n"
+    row = kubectl(cluster, "get", "job", "hello").splitlines()[1].split()
     assert row[:3] == ["hello", "Complete", "1/1"]
 
     nightly = cronjob("nightly", "0 3 * * *")
     nightly.update(apiVersion="batch/v1", kind="CronJob")
     path.write_text(yaml.safe_dump(nightly))
-    assert "cronjob.batch/nightly created" in kubectl("apply", "-f", str(path))
-    header, row = (line.split() for line in kubectl("get", "cronjobs").splitlines())
+    assert "cronjob.batch/nightly created" in kubectl(cluster, "apply", "-f", str(path))
+    header, row = (line.split() for line in kubectl(cluster, "get", "cronjobs").splitlines())
     assert header == [
         "NAME",
         "SCHEDULE",
