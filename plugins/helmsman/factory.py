@@ -33,7 +33,6 @@ TRAINER_TASKS = {
     "lightgbm": ("binary", "multiclass", "regression"),
     "custom": ("binary", "multiclass", "regression"),
 }
-GPU_TRAINERS = ("mlp", "custom")  # the others run on CPU (the spec refuses gpus for them)
 
 TRAINING_DOC = """
 ### Train, evaluate, roll out `{name}` — {description}
@@ -161,7 +160,7 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
     name = model.name
     metric = model.evaluation.metric
     better = "higher" if model.higher_is_better else "lower"
-    most_gpus = MAX_GPUS if model.trainer.kind in GPU_TRAINERS else 0
+    most_gpus = MAX_GPUS if model.trainer.kind in contract.GPU_TRAINERS else 0
     params = {
         "data_end": Param(
             None, type=["null", "string"], format="date", title="Data end (exclusive)",
@@ -268,7 +267,7 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
              *knobs],
             gpus="{{ params.gpus }}",
             # The cluster policy sets them from the run's conf; a CPU trainer holds none.
-            gpu_slots=max(model.gpus, 1) if model.trainer.kind in GPU_TRAINERS else 0,
+            gpu_slots=max(model.gpus, 1) if model.trainer.kind in contract.GPU_TRAINERS else 0,
             platform=platform, model_spec=model_spec,
         )  # fmt: skip
         evaluate = pod_task(

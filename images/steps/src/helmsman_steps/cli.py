@@ -217,8 +217,21 @@ def train(
     experiment: Annotated[
         str, typer.Option(help="MLflow experiment for training runs.")
     ] = contract.TRAINING_EXPERIMENT,
+    amp: Annotated[
+        bool,
+        typer.Option(
+            help="Mixed precision on CUDA: bf16 autocast, or fp16 with a "
+            "gradient scaler where bf16 is not supported. CPU runs float32."
+        ),
+    ] = True,
+    compile_network: Annotated[
+        bool, typer.Option("--compile", help="torch.compile the network before training.")
+    ] = False,
 ) -> None:
-    """Train the model on the dataset window ending at END and register a model version."""
+    """Train the model on the dataset window ending at END and register a model version.
+
+    Under torchrun (``torchrun --nproc-per-node=N -m helmsman_steps train ...``) every process
+    trains its share of each batch with DDP and rank 0 registers the version."""
     from helmsman_steps import registry
     from helmsman_steps import train as stage
 
@@ -228,7 +241,8 @@ def train(
         raise BadInputError(f"--hidden must be comma-separated integers, got {hidden!r}") from exc
     if not widths or min(widths) < 1:
         raise BadInputError(f"--hidden needs at least one positive width, got {hidden!r}")
-    config = stage.TrainConfig(epochs, batch_size, learning_rate, 1e-4, widths, seed, window_days)
+    config = stage.TrainConfig(epochs, batch_size, learning_rate, 1e-4, widths, seed, window_days,
+                               amp, compile_network)  # fmt: skip
     declared = _spec(model_spec)
     if declared is not None and declared.name != model_name:
         raise BadInputError(f"the spec is model {declared.name!r}, not --model-name {model_name!r}")

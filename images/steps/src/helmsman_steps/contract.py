@@ -14,6 +14,10 @@ from typing import Final
 ETL_EXPERIMENT: Final = "helmsman-etl"
 TRAINING_EXPERIMENT: Final = "helmsman-training"
 
+# Trainers that may use GPUs and run in several processes (torchrun); the others are CPU-only,
+# one process.
+GPU_TRAINERS: Final = ("mlp", "custom")
+
 # Registered model aliases: what serves, and what served before the last promotion.
 CHAMPION: Final = "champion"
 PREVIOUS_CHAMPION: Final = "previous-champion"

@@ -217,7 +217,7 @@ class ModelSpec(_Strict):
             raise ValueError("schema.label.classes: a binary label needs exactly two classes")
         if self.task == "multiclass" and (classes is None or len(classes) < 3):
             raise ValueError("schema.label.classes: a multiclass label needs three or more")
-        if self.gpus and self.trainer.kind != "mlp" and self.trainer.kind != "custom":
+        if self.gpus and self.trainer.kind not in contract.GPU_TRAINERS:
             raise ValueError(f"gpus: the {self.trainer.kind} trainer runs on CPU; set gpus: 0")
         return self
 

@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version as version_of
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from helmsman_steps import contract, logs, onnx_model, registry
+from helmsman_steps import contract, fit, logs, onnx_model, registry
 from helmsman_steps.custom import Fitted, TrainingData
 from helmsman_steps.exitcodes import BadInputError
 from helmsman_steps.model import FILENAME, NumpyModel
@@ -61,6 +62,8 @@ class TrainConfig:
     hidden: tuple[int, ...] = (64, 32)
     seed: int = 42
     window_days: int = 7
+    amp: bool = True  # bf16 (or fp16) autocast on CUDA; CPU trains in float32 regardless
+    compile: bool = False  # torch.compile the network
 
 
 @dataclass
@@ -153,131 +156,139 @@ def run(
 ) -> TrainResult:
     """Train and register a version; ``model_spec`` (validated JSON) is stored with it and
     says which trainer runs (the MLP without one)."""
+    info = ModelInfo.from_dict(json.loads(model_spec)) if model_spec else ModelInfo.churn()
+    world = fit.World.from_env()
+    days = training_window(start, end, config.window_days)
+    # The boosting trainers run in one process on the CPU and need no torch.
+    device = fit.device_for(world) if info.trainer in contract.GPU_TRAINERS else None
+    with fit.process_group(world, device):
+        if world.leader:
+            return _lead(store, days, start, end, model_name, run_key, config, lineage,
+                         experiment, model_spec, info, world, device)  # fmt: skip
+        return _follow(store, days, model_name, config, info, world, device)
+
+
+def _read(store: DatasetStore, days: list[dt.date], info: ModelInfo) -> _Split:
+    frame = store.read_features(days)
+    reports = [store.read_report(d) for d in days]
+    x = info.featurizer.to_matrix({c: frame[c].to_numpy() for c in frame.columns})
+    y = info.target(frame[info.label].to_numpy())
+    return _Split(x, y, buckets(frame[info.id_column]), days, registry.dataset_hash(reports))
+
+
+def _lead(
+    store: DatasetStore, days: list[dt.date], start: dt.date, end: dt.date, model_name: str,
+    run_key: str, config: TrainConfig, lineage: registry.Lineage, experiment: str,
+    model_spec: str | None, info: ModelInfo, world: fit.World, device: torch.device | None,
+) -> TrainResult:  # fmt: skip
+    """Rank 0 (or the only process): the MLflow run, checkpoints and the registered version."""
     import mlflow
 
-    info = ModelInfo.from_dict(json.loads(model_spec)) if model_spec else ModelInfo.churn()
-    days = training_window(start, end, config.window_days)
     lineage = replace(lineage, interval_start=str(start), interval_end=str(end))
     with registry.get_or_start_run(experiment, run_key, f"train {start}", lineage.tags()) as run:
         run_id = run.info.run_id
         done = run.data.tags.get(contract.MODEL_VERSION_TAG)
         if done:
             log.info("already trained; reusing its model version", run_id=run_id, version=done)
+            fit.broadcast(world, {"done": True})
             return TrainResult(run_id, model_name, done, trained=False)
-
-        frame = store.read_features(days)
-        reports = [store.read_report(d) for d in days]
-        dataset_hash = registry.dataset_hash(reports)
-        bucket = buckets(frame[info.id_column])
-        x_all = info.featurizer.to_matrix({c: frame[c].to_numpy() for c in frame.columns})
-        y_all = info.target(frame[info.label].to_numpy())
+        rows = _read(store, days, info)
         if info.trainer != "mlp":
-            split = _Split(x_all, y_all, bucket, days, dataset_hash)
-            version, final = _train_fitted(split, info, config, model_name, lineage, run_key,
+            fit.broadcast(world, {"done": False})
+            version, final = _train_fitted(rows, info, config, model_name, lineage, run_key,
                                            model_spec)  # fmt: skip
             mlflow.set_tags({contract.MODEL_VERSION_TAG: version,
                              contract.MODEL_NAME_TAG: model_name})  # fmt: skip
             return TrainResult(run_id, model_name, version, final)
-        import torch
 
-        train_rows, val_rows = bucket > VALIDATION_BUCKET, bucket == VALIDATION_BUCKET
-        mean = x_all[train_rows].mean(axis=0)
-        scale = x_all[train_rows].std(axis=0) + 1e-6
-
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        torch.manual_seed(config.seed)
-        x_train = torch.as_tensor((x_all[train_rows] - mean) / scale, device=device)
-        y_train = torch.as_tensor(y_all[train_rows], device=device)
-        x_val = torch.as_tensor((x_all[val_rows] - mean) / scale, device=device)
-        y_val = torch.as_tensor(y_all[val_rows], device=device)
-
-        net = build_network(x_all.shape[1], config.hidden).to(device)
-        optimizer = torch.optim.AdamW(
-            net.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-        )
-        generator = torch.Generator().manual_seed(config.seed)
-        loss_fn = torch.nn.BCEWithLogitsLoss()
-        first_epoch, history, resumed = 0, [], None
-
+        if device is None:  # the MLP is a torch trainer: run() chose its device
+            raise RuntimeError("the MLP trainer needs a torch device")
         state = _checkpoint_state(run_id)
+        fit.broadcast(world, {"done": False, "state": state})
         if state is not None:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            first_epoch, history, resumed = state["epoch"] + 1, state["history"], state["epoch"]
-            log.info("resuming from checkpoint", run_id=run_id, after_epoch=resumed)
+            log.info("resuming from checkpoint", run_id=run_id, after_epoch=state["epoch"])
         else:
-            mlflow.log_params(
-                {
-                    **asdict(config),
-                    "device": device.type,
-                    "days": f"{days[0]}..{days[-1]}",
-                    "train_rows": int(train_rows.sum()),
-                    "validation_rows": int(val_rows.sum()),
-                    "dataset_hash": dataset_hash,
-                }
-            )
+            mlflow.log_params({
+                **asdict(config), "device": device.type, "processes": world.size,
+                "days": f"{days[0]}..{days[-1]}",
+                "train_rows": int((rows.bucket > VALIDATION_BUCKET).sum()),
+                "validation_rows": int((rows.bucket == VALIDATION_BUCKET).sum()),
+                "dataset_hash": rows.dataset_hash,
+            })  # fmt: skip
 
-        for epoch in range(first_epoch, config.epochs):
-            net.train()
-            order = torch.randperm(len(x_train), generator=generator).to(device)
-            total = 0.0
-            for i in range(0, len(order), config.batch_size):
-                batch = order[i : i + config.batch_size]
-                optimizer.zero_grad()
-                loss = loss_fn(net(x_train[batch]).squeeze(1), y_train[batch])
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(batch)
-            net.eval()
-            with torch.no_grad():
-                logits = net(x_val).squeeze(1)
-                val_loss = float(loss_fn(logits, y_val))
-                val_acc = float(((logits > 0).float() == y_val).float().mean())
-            metrics = {"train_loss": total / len(x_train), "val_loss": val_loss,
-                       "val_accuracy": val_acc}  # fmt: skip
-            history.append(metrics)
+        def after_epoch(epoch: int, metrics: dict[str, float], checkpoint: dict[str, Any]) -> None:
             mlflow.log_metrics(metrics, step=epoch)
-            _save_checkpoint(net, optimizer, generator, epoch, history)
+            _save_checkpoint(checkpoint)
             log.info("epoch done", epoch=epoch, **{k: round(v, 5) for k, v in metrics.items()})
             if os.environ.get(FAULT_ENV) == str(epoch):
                 log.warning("fault injection: exiting after checkpoint", epoch=epoch)
                 raise SystemExit(1)
 
-        exported = export(net, mean, scale, info.featurizer.input_names())
+        trained, mean, scale = _fit_mlp(rows, config, world, device, state, after_epoch)
+        if state is None:
+            mlflow.log_params({"precision": trained.precision})
+        exported = export(trained.net, mean, scale, info.featurizer.input_names())
         # The ONNX graph must reproduce the native model on rows it never trained on.
         graph = onnx_model.from_mlp(exported)
-        parity_rows = x_all[val_rows][:PARITY_ROWS]
+        val_rows = rows.bucket == VALIDATION_BUCKET
+        parity_rows = rows.x[val_rows][:PARITY_ROWS]
         parity = onnx_model.check_parity(graph, exported.predict_matrix(parity_rows), parity_rows)
         mlflow.log_metrics({"onnx_max_abs_diff": parity, "onnx_parity_rows": len(parity_rows)})
         version = _log_and_register(
-            net, exported, graph, mean, scale, x_all[:5], model_name, lineage, run_key,
-            dataset_hash, model_spec,
+            trained.net, exported, graph, mean, scale, rows.x[:5], model_name, lineage, run_key,
+            rows.dataset_hash, model_spec,
         )  # fmt: skip
         mlflow.set_tags({contract.MODEL_VERSION_TAG: version, contract.MODEL_NAME_TAG: model_name})
-        final = history[-1] if history else {}
-        return TrainResult(run_id, model_name, version, final, resumed)
+        final = trained.history[-1] if trained.history else {}
+        return TrainResult(run_id, model_name, version, final, trained.resumed_from_epoch)
 
 
-def _save_checkpoint(
-    net: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    generator: torch.Generator,
-    epoch: int,
-    history: list[dict[str, float]],
-) -> None:
+def _follow(
+    store: DatasetStore, days: list[dt.date], model_name: str, config: TrainConfig,
+    info: ModelInfo, world: fit.World, device: torch.device | None,
+) -> TrainResult:  # fmt: skip
+    """Ranks above 0: train their share from rank 0's checkpoint; rank 0 registers. A custom
+    trainer's function runs on every rank (in the process group, for its own collectives)."""
+    plan = fit.broadcast(world, None)
+    if plan["done"]:
+        return TrainResult("", model_name, "", trained=False)
+    rows = _read(store, days, info)
+    if info.trainer == "mlp" and device is not None:
+        _fit_mlp(rows, config, world, device, plan["state"], None)
+    elif info.trainer == "custom":
+        _CustomTrainer(info, config.seed).function(_training_data(rows, info, config))
+    return TrainResult("", model_name, "", trained=True)
+
+
+def _fit_mlp(
+    rows: _Split, config: TrainConfig, world: fit.World, device: torch.device,
+    state: dict[str, Any] | None,
+    after_epoch: Callable[[int, dict[str, float], dict[str, Any]], None] | None,
+) -> tuple[fit.Trained, npt.NDArray[np.float32], Any]:  # fmt: skip
+    import torch
+
+    train_rows, val_rows = rows.bucket > VALIDATION_BUCKET, rows.bucket == VALIDATION_BUCKET
+    mean = rows.x[train_rows].mean(axis=0)
+    scale = rows.x[train_rows].std(axis=0) + 1e-6
+    torch.manual_seed(config.seed)
+    net = build_network(rows.x.shape[1], config.hidden)
+    options = fit.LoopOptions(config.batch_size, config.learning_rate, config.weight_decay,
+                              config.amp, config.compile)  # fmt: skip
+    trained = fit.train(
+        net,
+        ((rows.x[train_rows] - mean) / scale, rows.y[train_rows]),
+        ((rows.x[val_rows] - mean) / scale, rows.y[val_rows]),
+        config.epochs, config.seed, options, world, device, state, after_epoch,
+    )  # fmt: skip
+    return trained, mean, scale
+
+
+def _save_checkpoint(state: dict[str, Any]) -> None:
     import mlflow
     import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(CHECKPOINT).name
-        state = {
-            "epoch": epoch,
-            "model": {k: v.cpu() for k, v in net.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "generator": generator.get_state(),
-            "history": history,
-        }
         torch.save(state, path)
         mlflow.log_artifact(str(path), artifact_path=str(Path(CHECKPOINT).parent))
 
@@ -554,6 +565,13 @@ class _CustomTrainer:
         )
 
 
+def _training_data(split: _Split, info: ModelInfo, config: TrainConfig) -> TrainingData:
+    train_rows, val_rows = split.bucket > VALIDATION_BUCKET, split.bucket == VALIDATION_BUCKET
+    return TrainingData(split.x[train_rows], split.y[train_rows], split.x[val_rows],
+                        split.y[val_rows], info.featurizer.input_names(), info.task,
+                        info.trainer_params, config.seed)  # fmt: skip
+
+
 def _train_fitted(
     split: _Split,
     info: ModelInfo,
@@ -583,9 +601,7 @@ def _train_fitted(
     })  # fmt: skip
     x_val, y_val = split.x[val_rows], split.y[val_rows]
     inputs = info.featurizer.input_names()
-    data = TrainingData(split.x[train_rows], split.y[train_rows], x_val, y_val, inputs,
-                        info.task, info.trainer_params, config.seed)  # fmt: skip
-    graph = trainer.fit(data)
+    graph = trainer.fit(_training_data(split, info, config))
     predicted = trainer.predict(x_val)
     if info.task == "regression":
         final = {"val_rmse": float(np.sqrt(np.mean((predicted - y_val) ** 2))),
