@@ -150,7 +150,8 @@ def _trainer_params(model: ModelSpec) -> dict[str, Param]:
         ),
         "batch_size": Param(
             given.get("batch_size", 1024), title="Batch size", type="integer", minimum=16,
-            maximum=65536, description="Rows per optimizer step (16 to 65536).",
+            maximum=65536,
+            description="Rows per optimizer step, all GPUs together (16 to 65536).",
         ),
         "seed": seed,
     }  # fmt: skip
@@ -175,7 +176,8 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
         **_trainer_params(model),
         "gpus": Param(
             model.gpus, title="GPUs", type="integer", minimum=0, maximum=most_gpus,
-            description=f"GPUs for the training pod (0 to {most_gpus}; 0: train on CPU)."
+            description=f"GPUs for the training pod (0 to {most_gpus}; 0: train on CPU, holding no "
+            "GPU; 2 or more: one DDP process per GPU under torchrun)."
             if most_gpus else f"The {model.trainer.kind} trainer runs on CPU: 0.",
         ),
         "min_improvement": Param(

@@ -113,8 +113,18 @@ def resources(stage: str) -> dict[str, Any]:
     return {"requests": dict(spec["requests"]), "limits": dict(spec["limits"])}
 
 
+def launcher(processes: int) -> list[str]:
+    """The command of a pod with more than one GPU: torchrun, one process per GPU (DDP), on a
+    rendezvous inside the pod (``--standalone``). The step's arguments follow the ``--``, which
+    ends torchrun's own options: its parser would take the step's ``--start`` for an
+    abbreviation of its ``--start-method``."""
+    return ["torchrun", "--standalone", f"--nproc-per-node={processes}", "-m", "helmsman_steps",
+            "--"]  # fmt: skip
+
+
 class HelmsmanPodOperator(KubernetesPodOperator):
-    """KPO whose GPU count is rendered at run time (``gpus`` may be ``"{{ params.gpus }}"``)."""
+    """KPO whose GPU count is rendered at run time (``gpus`` may be ``"{{ params.gpus }}"``); a
+    pod with N > 1 GPUs runs its step under torchrun in N processes (``launcher``)."""
 
     template_fields = (*KubernetesPodOperator.template_fields, "gpus")
 
@@ -147,6 +157,8 @@ class HelmsmanPodOperator(KubernetesPodOperator):
                 k8s.V1Toleration(**_snake(GPU_TOLERATION)),
             ]
             pod.spec.node_selector = {**(pod.spec.node_selector or {}), **GPU_NODE_SELECTOR}
+        if count > 1:
+            pod.spec.containers[0].command = launcher(count)
         return pod
 
 

@@ -54,6 +54,19 @@ def test_gpu_pods_ask_for_gpus_tolerate_and_select_gpu_nodes() -> None:
     assert (operator.pool, operator.pool_slots) == ("gpu", 2)
 
 
+@pytest.mark.parametrize(("gpus", "command"), [
+    (0, ["helmsman-step"]),
+    (1, ["helmsman-step"]),
+    (2, ["torchrun", "--standalone", "--nproc-per-node=2", "-m", "helmsman_steps", "--"]),
+    (4, ["torchrun", "--standalone", "--nproc-per-node=4", "-m", "helmsman_steps", "--"]),
+])  # fmt: skip
+def test_a_pod_with_several_gpus_runs_one_training_process_per_gpu(
+    gpus: int, command: list[str]
+) -> None:
+    container = built(gpus=gpus)["spec"]["containers"][0]
+    assert (container["command"], container["args"]) == (command, ["train", "--epochs", "3"])
+
+
 def test_cpu_pods_neither_ask_for_nor_tolerate_gpus() -> None:
     pod = built(stage="etl")
     assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"].get("limits", {})

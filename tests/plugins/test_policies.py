@@ -12,8 +12,9 @@ from airflow.utils.types import DagRunType
 from helmsman import policies
 
 
-def task_instance(pool: str, slots: int = 1) -> Any:
-    return SimpleNamespace(pool=pool, pool_slots=slots)
+def task_instance(pool: str, slots: int = 1, default_gpus: int | None = None) -> Any:
+    params = {} if default_gpus is None else {"gpus": default_gpus}
+    return SimpleNamespace(pool=pool, pool_slots=slots, task=SimpleNamespace(params=params))
 
 
 def dag_run(run_type: DagRunType, conf: dict[str, Any] | None = None) -> Any:
@@ -27,7 +28,8 @@ def dag_run(run_type: DagRunType, conf: dict[str, Any] | None = None) -> Any:
         (DagRunType.SCHEDULED, {}, ("gpu", 1)),
         (DagRunType.BACKFILL_JOB, {}, ("gpu_backfill", 1)),
         (DagRunType.BACKFILL_JOB, {"gpus": 2}, ("gpu_backfill", 2)),
-        (DagRunType.MANUAL, {"gpus": 0}, ("gpu", 1)),  # a CPU run holds the slot it parsed with
+        (DagRunType.MANUAL, {"gpus": 0}, ("default_pool", 1)),  # on the CPU: no GPU slot
+        (DagRunType.BACKFILL_JOB, {"gpus": 0}, ("gpu_backfill", 1)),  # bounds backfills at once
     ],
 )
 def test_gpu_tasks_follow_the_run(
@@ -38,7 +40,38 @@ def test_gpu_tasks_follow_the_run(
     assert (ti.pool, ti.pool_slots) == expected
 
 
+@pytest.mark.parametrize(("default", "expected"), [(0, ("default_pool", 1)), (2, ("gpu", 2))])
+def test_a_run_without_gpus_in_its_conf_gets_the_params_default(
+    default: int, expected: tuple[str, int]
+) -> None:
+    """A scheduled run's conf is empty: the model's default (the Param's) decides."""
+    ti = task_instance("gpu", default_gpus=default)
+    policies.task_instance_mutation_hook(ti, dag_run(DagRunType.SCHEDULED))
+    assert (ti.pool, ti.pool_slots) == expected
+    policies.task_instance_mutation_hook(ti, dag_run(DagRunType.SCHEDULED))  # called again
+    assert (ti.pool, ti.pool_slots) == expected
+
+
 def test_other_tasks_are_left_alone() -> None:
     ti = task_instance("default_pool")
     policies.task_instance_mutation_hook(ti, dag_run(DagRunType.BACKFILL_JOB, {"gpus": 4}))
     assert (ti.pool, ti.pool_slots) == ("default_pool", 1)
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"), [({}, ("gpu", 1)), ({"gpus": 0}, ("default_pool", 1))]
+)
+def test_the_policy_reads_the_default_off_a_real_serialized_train_task(
+    conf: dict[str, Any], expected: tuple[str, int]
+) -> None:
+    """What the scheduler hands the hook: the DAG as the DAG processor serialized it."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    from helmsman import factory
+    from tests.dev_env import REPO
+
+    train, _, _ = factory.model_dags("churn", REPO / "models")  # churn's model.yaml: gpus: 1
+    task = DagSerialization.from_dict(DagSerialization.to_dict(train)).get_task("train")
+    ti = SimpleNamespace(pool=task.pool, pool_slots=task.pool_slots, task=task)
+    policies.task_instance_mutation_hook(ti, dag_run(DagRunType.SCHEDULED, conf))
+    assert (ti.pool, ti.pool_slots) == expected
