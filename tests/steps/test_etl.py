@@ -188,3 +188,22 @@ def test_the_schema_derived_from_the_model_spec_splits_rows_as_the_built_in_one(
         return sorted(zip(frame[ID_COLUMN], checks, strict=True))
 
     assert why(quarantine_from_spec) == why(quarantine)
+
+
+def test_a_write_leaves_another_writers_fresh_temporary_file_alone(tmp_path: Path) -> None:
+    """Backfill runs write overlapping windows at once: one writer must not delete the file
+    another is still writing; a crashed writer's leftover (over an hour old) is cleaned up."""
+    import os
+    import time
+
+    build(tmp_path)
+    folder = tmp_path / "features"
+    working = folder / f".date={DAY}.parquet.tmp-another-writer"
+    crashed = folder / f".date={DAY}.parquet.tmp-crashed-yesterday"
+    working.write_bytes(b"PAR1")
+    crashed.write_bytes(b"PAR1")
+    day_ago = time.time() - 86_400
+    os.utime(crashed, (day_ago, day_ago))
+    build(tmp_path)
+    assert working.exists()
+    assert not crashed.exists()

@@ -7,7 +7,10 @@ Layout under the root (a local path or ``s3://...``):
 
 A file is written under a temporary name in the same folder and then moved over the final
 name, so a reader sees either the old complete file or the new complete file, never a mix;
-a crash leaves at most a stray ``.tmp-*`` file, which the next write of that day removes.
+a crash leaves at most a stray ``.tmp-*`` file, which a later write of that day removes once it
+is older than an hour. A younger one may be another writer's at work: backfill runs write
+overlapping windows side by side, and the last complete file wins (both are the same day's
+rows).
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ def content_hash(frame: pd.DataFrame) -> str:
     return digest.hexdigest()
 
 
+STALE_TEMPORARY = dt.timedelta(hours=1)  # no write of a day's file takes this long
+
+
+def _age(fs: Any, path: str) -> dt.timedelta:
+    """How long ago ``path`` was written; a file whose time the store cannot tell is old."""
+    try:
+        modified: dt.datetime = fs.modified(path)
+    except (NotImplementedError, OSError, KeyError):
+        return dt.timedelta.max
+    if modified.tzinfo is None:
+        modified = modified.replace(tzinfo=dt.UTC)
+    return dt.datetime.now(dt.UTC) - modified
+
+
 @dataclass(frozen=True)
 class DatasetStore:
     root: str
@@ -65,7 +82,8 @@ class DatasetStore:
         fs.makedirs(folder, exist_ok=True)
         stem = path.rsplit("/", 1)[1]
         for stale in fs.glob(f"{folder}/.{stem}.tmp-*"):
-            fs.rm(stale)
+            if _age(fs, stale) > STALE_TEMPORARY:
+                fs.rm(stale)
         temporary = f"{folder}/.{stem}.tmp-{uuid.uuid4().hex}"
         try:
             with fs.open(temporary, "wb") as handle:
