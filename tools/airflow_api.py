@@ -118,7 +118,15 @@ class AirflowApi:
             )
         return str(content)
 
-    def backfill(self, dag_id: str, start: str, end: str, max_active_runs: int = 1) -> int:
+    def backfill(
+        self,
+        dag_id: str,
+        start: str,
+        end: str,
+        max_active_runs: int = 1,
+        conf: dict[str, Any] | None = None,
+    ) -> int:
+        """Create a backfill; up to ``max_active_runs`` of its runs go at once."""
         body = {
             "dag_id": dag_id,
             "from_date": start,
@@ -126,7 +134,7 @@ class AirflowApi:
             "reprocess_behavior": "completed",
             "max_active_runs": max_active_runs,
             "run_backwards": False,
-            "dag_run_conf": {},
+            "dag_run_conf": conf or {},
         }
         # On SQLite the api-server refuses (503) while the scheduler holds the database; it
         # says to try again, so do, for up to a minute.
@@ -139,6 +147,16 @@ class AirflowApi:
                     raise
                 time.sleep(2)
         raise AssertionError("unreachable")
+
+    def wait_for_backfill(self, backfill_id: int, timeout: float = 120) -> None:
+        """Until the scheduler marks the backfill complete (it checks now and then after its
+        last run ends); only then may the DAG get another backfill."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._request("GET", f"/api/v2/backfills/{backfill_id}").get("completed_at"):
+                return
+            time.sleep(1)
+        raise TimeoutError(f"backfill {backfill_id} was not marked complete in {timeout:.0f} s")
 
     def wait(
         self,

@@ -45,6 +45,20 @@ ADMIN_USER = "admin"
 GATEWAY = "helmsman-gateway"  # deploy/serving-gateway.yaml
 # Pools the DAGs use, as a platform team imports them (helm-values/airflow.yaml does the same).
 POOLS_FILE = REPO / "helm-values" / "airflow-pools.json"
+# The LocalExecutor forks this many workers at start (the default 32). Two: a run's task and a
+# backfill's, or a task and the rollout's resumed try; also what bounds backfill runs side by
+# side here (the gpu_backfill pool does on a cluster).
+PARALLELISM = 2
+
+
+BACKFILL_POOL = "gpu_backfill"  # helmsman.policies.BACKFILL_GPU_POOL (tests check they agree)
+
+
+def pool_slots(name: str) -> int:
+    """Slots of the pool ``name`` as the stack (and the chart) imports them."""
+    return int(json.loads(POOLS_FILE.read_text())[name]["slots"])
+
+
 LOCAL_SETTINGS = "from helmsman.policies import task_instance_mutation_hook  # noqa: F401\n"
 COMPONENTS = (
     "localcluster", "prometheus", "mlflow", "api-server", "scheduler", "dag-processor",
@@ -243,9 +257,7 @@ class Stack:
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            # The LocalExecutor forks this many workers at start (the default 32). Two: a run's
-            # task and a backfill's, or a task and the rollout's resumed try.
-            "AIRFLOW__CORE__PARALLELISM": "2",
+            "AIRFLOW__CORE__PARALLELISM": str(PARALLELISM),
             # One api-server process, one DAG parser at a time: a handful of DAG files.
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",

@@ -16,8 +16,8 @@ from tests.dev_env import REPO
 
 @pytest.mark.parametrize(
     "bench",
-    ["localcluster_bench", "parse_bench", "rollout_bench", "scorer_bench", "serving_bench",
-     "stack_bench", "train_bench"],
+    ["backfill_bench", "localcluster_bench", "parse_bench", "rollout_bench", "scorer_bench",
+     "serving_bench", "stack_bench", "train_bench"],
 )  # fmt: skip
 def test_the_benchmark_runs_in_smoke_mode(bench: str) -> None:
     proc = subprocess.run(

@@ -75,3 +75,10 @@ def test_the_policy_reads_the_default_off_a_real_serialized_train_task(
     ti = SimpleNamespace(pool=task.pool, pool_slots=task.pool_slots, task=task)
     policies.task_instance_mutation_hook(ti, dag_run(DagRunType.SCHEDULED, conf))
     assert (ti.pool, ti.pool_slots) == expected
+
+
+def test_the_local_stack_and_the_pools_file_name_the_backfill_pool_the_policy_uses() -> None:
+    from tools import stack
+
+    assert stack.BACKFILL_POOL == policies.BACKFILL_GPU_POOL
+    assert stack.pool_slots(policies.BACKFILL_GPU_POOL) >= stack.PARALLELISM

@@ -1,0 +1,97 @@
+"""Backfills in parallel: an N-day backfill's wall time against one run's, side by side in one run.
+
+Backfill runs never deploy (the fence), so they need not wait for each other: a backfill goes as
+many runs at once as the ``gpu_backfill`` pool has slots (and the executor has workers; on the
+local stack, ``tools.stack.PARALLELISM``). This starts the local stack (localcluster, MLflow,
+Airflow's scheduler and LocalExecutor: the stack `make demo` runs), times one backfill run of
+``train_churn`` alone, then an N-day backfill of later days with the backfill's
+``max_active_runs`` at that concurrency C, and prints
+
+    ratio = N-day wall / (one run x N / C)          goal <= 1.3
+
+1.0 is perfect overlap; every run must succeed and none may deploy. ``--smoke`` backfills
+2 days (what `make test` runs, so the bench cannot rot).
+
+    .venv/bin/python -m bench.backfill_bench [--days 30] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO)]
+
+from tools import demo  # noqa: E402 - needs the path set above
+from tools.airflow_api import AirflowApi  # noqa: E402
+from tools.stack import BACKFILL_POOL, PARALLELISM, Ports, Settings, Stack, pool_slots  # noqa: E402
+
+GOAL = 1.3
+DAG = "train_churn"
+# Small, fast runs: the bench measures how runs overlap, not how long training takes.
+CONF = {"window_days": 2, "epochs": 2, "hidden": "16", "gpus": 1, "deploy": "auto"}
+FIRST = dt.date(2026, 4, 1)
+
+
+def backfill(api: AirflowApi, first: dt.date, days: int, at_once: int) -> tuple[float, list[Any]]:
+    """Backfill ``days`` days from ``first``, ``at_once`` runs at a time; (wall s, its runs)."""
+    last = first + dt.timedelta(days=days - 1)
+    started = time.monotonic()
+    backfill_id = api.backfill(DAG, f"{first}T00:00:00Z", f"{last}T23:59:59Z",
+                               max_active_runs=at_once, conf=CONF)  # fmt: skip
+    deadline = started + 3600
+    while time.monotonic() < deadline:
+        runs = [r for r in api.runs(DAG) if r["run_type"] == "backfill"
+                and str(first) <= r["data_interval_start"][:10] <= str(last)]  # fmt: skip
+        if len(runs) == days and all(r["state"] in ("success", "failed") for r in runs):
+            wall = time.monotonic() - started
+            api.wait_for_backfill(backfill_id)  # the next backfill may start only after
+            return wall, runs
+        time.sleep(0.5)
+    raise SystemExit(f"the backfill of {days} days did not finish in an hour")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--smoke", action="store_true", help="a 2-day backfill: does it run")
+    args = parser.parse_args(argv)
+    days = 2 if args.smoke else args.days
+    at_once = min(pool_slots(BACKFILL_POOL), PARALLELISM)
+    root = REPO / ".state" / f"backfill-bench-{uuid.uuid4().hex[:8]}"
+    stack = Stack(root, Ports.free(), Settings(rows_per_day=2000))
+    try:
+        stack.up(say=lambda message: None)
+        api = demo.api_for(stack)
+        api.wait_for_dag(DAG)
+        api.unpause(DAG)
+        one, alone = backfill(api, FIRST, 1, 1)
+        wall, runs = backfill(api, FIRST + dt.timedelta(days=1), days, at_once)
+        failed = [r["run_id"] for r in [*alone, *runs] if r["state"] != "success"]
+        served = demo.serving(stack).get("served_version")
+        ideal = one * days / at_once
+        ratio = wall / ideal
+        print(f"\nbackfill bench{' (smoke)' if args.smoke else ''}: {DAG}, conf {CONF}")
+        print(f"  one run alone               {one:7.1f} s")
+        print(
+            f"  {days:3d} days, {at_once} at once        {wall:7.1f} s "
+            f"({wall / days:.1f} s a run; {days} in a row would take about {one * days:.0f} s)"
+        )
+        print(f"  ratio to one run x {days} / {at_once}  {ratio:7.2f}   goal <= {GOAL}  "
+              f"{'met' if ratio <= GOAL else 'NOT met'}")  # fmt: skip
+        print(f"  runs failed: {len(failed)}; served version after the backfills: {served}")
+        return 1 if failed or served else 0
+    finally:
+        stack.down()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
