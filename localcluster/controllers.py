@@ -470,17 +470,29 @@ class Controllers:
             if match_label_selector({"matchLabels": selector}, p["metadata"].get("labels") or {})
             and p.get("status", {}).get("podIP")
         ]
-        ready = [p for p in pods if pod_ready(p)]
+        # publishNotReadyAddresses: every live pod is an address (a rendezvous needs its peers'
+        # names before any of them is ready).
+        publish_all = bool(service["spec"].get("publishNotReadyAddresses"))
+        ready = [
+            p
+            for p in pods
+            if pod_ready(p)
+            or (
+                publish_all
+                and not p["metadata"].get("deletionTimestamp")
+                and p.get("status", {}).get("phase") not in ("Succeeded", "Failed")
+            )
+        ]
         not_ready = [
             p
             for p in pods
-            if not pod_ready(p)
+            if p not in ready
             and not p["metadata"].get("deletionTimestamp")
             and p.get("status", {}).get("phase") == "Running"
         ]
 
         def address(p: Obj) -> dict[str, Any]:
-            return {
+            found = {
                 "ip": p["status"]["podIP"],
                 "nodeName": p["spec"].get("nodeName"),
                 "targetRef": {
@@ -490,6 +502,10 @@ class Controllers:
                     "uid": p["metadata"]["uid"],
                 },
             }
+            # A pod whose subdomain names this Service gets a DNS name under it.
+            if p["spec"].get("hostname") and p["spec"].get("subdomain") == name:
+                found["hostname"] = p["spec"]["hostname"]
+            return found
 
         ports = []
         for port in service["spec"].get("ports", []):

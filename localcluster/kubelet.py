@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shlex
 import shutil
 import signal
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 
 from localcluster import errors, events, metrics, podlogs, volumes
 from localcluster.config import Config, Runtime
+from localcluster.dns import ClusterDns
 from localcluster.environment import environment, expand, resolve
 from localcluster.probes import Prober
 from localcluster.quantity import parse as parse_quantity
@@ -46,6 +48,23 @@ LAUNCHER = [sys.executable, "-S", str(Path(__file__).with_name("launch.py"))]
 # the command, unlike an ignored one.
 UNSHARE = ["--fork", "--pid", "--mount-proc", "--kill-child", "--"]
 INIT = ["/bin/sh", "-c", 'trap : INT TERM HUP QUIT USR1 USR2; "$@"; exit $?', "sh"]
+
+
+def init(hosts: Path) -> list[str]:
+    """INIT, binding the namespace's cluster-DNS hosts file (localcluster.dns) read-only over
+    ``/etc/hosts`` first (the container's mount namespace is unshare's, private). A stop signal
+    that arrives while it mounts (the command cannot have seen it) ends the container before
+    its command starts, with the status a SIGTERM'd process has."""
+    quoted = shlex.quote(str(hosts))
+    mount = (
+        "trap 'stop=1' INT TERM QUIT; trap : HUP USR1 USR2; "
+        f"mount --bind {quoted} /etc/hosts && mount -o remount,bind,ro /etc/hosts"
+        " || echo 'localcluster: cluster DNS unavailable: cannot bind /etc/hosts' >&2; "
+        '[ -z "$stop" ] || exit 143; '
+    )
+    return [INIT[0], INIT[1], mount + INIT[2], *INIT[3:]]
+
+
 COMPONENT = "kubelet"
 MAX_BACKOFF = 300.0
 
@@ -402,14 +421,18 @@ class PodWorker:
             raise FileNotFoundError(f'exec: "{argv[0]}": executable file not found in $PATH')
         cwd = spec.get("workingDir") or runtime.working_dir or str(self.dir)
         mounts = volumes.mounts(self.store, pod, spec, self.dir, self.kubelet.state_dir)
+        hosts = None
         if self.kubelet.unshare is not None:
-            argv = [self.kubelet.unshare, *UNSHARE, *INIT, *argv]
+            hosts = self.kubelet.dns.hosts_file(self.ns)
+            argv = [self.kubelet.unshare, *UNSHARE, *init(hosts), *argv]
         if mounts:
             launcher = [*LAUNCHER]
             for source, target, read_only in mounts:
                 launcher += ["--mount", f"{source}:{target}" + (":ro" if read_only else "")]
             for path in volumes.runtime_paths(runtime, env, cwd, self.dir):
                 launcher += ["--keep", path]
+            if hosts is not None:  # a volume over its folder must not hide it from the init
+                launcher += ["--keep", str(hosts.parent)]
             argv = [*launcher, "--", *argv]
         else:
             Path(cwd).mkdir(parents=True, exist_ok=True)
@@ -478,6 +501,7 @@ class Kubelet:
         self, store: Store, config: Config, state_dir: Path, api_address: tuple[str, int]
     ) -> None:
         self.store, self.config, self.state_dir = store, config, state_dir
+        self.dns = ClusterDns(store, state_dir / "dns")
         self.api_address = api_address
         self.nodes = {n.name for n in config.nodes}
         self.workers: dict[str, PodWorker] = {}
@@ -561,6 +585,7 @@ class Kubelet:
 
     async def run(self) -> None:
         self._background(self._sample_forever())
+        self._background(self.dns.run())
         watch, replay = self.store.watch(PODS, None, "0")
         try:
             for event in replay:
