@@ -34,13 +34,17 @@ class Cluster:
     def apps(self) -> client.AppsV1Api:
         return client.AppsV1Api(self.api)
 
+    @property
+    def batch(self) -> client.BatchV1Api:
+        return client.BatchV1Api(self.api)
 
-def start_cluster(root: Path, settings: dict[str, Any]) -> Cluster:
+
+def start_cluster(root: Path, settings: dict[str, Any], audit_log: Path | None = None) -> Cluster:
     root.mkdir(parents=True, exist_ok=True)
     config_file = root / "config.yaml"
     config_file.write_text(yaml.safe_dump(settings))
     kubeconfig = root / "kubeconfig"
-    server = localcluster(root, free_port(), config_file)
+    server = localcluster(root, free_port(), config_file, audit_log)
     server.start(timeout=60)
     api = config.new_client_from_config(config_file=str(kubeconfig))
     return Cluster(server, kubeconfig, root / "state", api)

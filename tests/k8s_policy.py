@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import functools
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate.utils as kv
+import yaml
 
 KUBERNETES_VERSION = "1.32"
 ALLOWED_VOLUMES = {
@@ -123,3 +125,38 @@ def restricted_violations(pod_spec: dict[str, Any]) -> list[str]:
             if port.get("hostPort"):
                 problems.append(f"container {name}: hostPort")
     return problems
+
+
+@dataclass(frozen=True)
+class RoleCheck:
+    """What clients did, read off an audit log, against a Role."""
+
+    made: set[tuple[str, str, str, str]]  # (group, resource, verb, namespace)
+    outside: list[tuple[str, ...]]  # calls outside the Role's namespace
+    denied: list[tuple[str, ...]]  # (group, resource, verb) the Role does not allow
+    unused: list[tuple[str, ...]]  # what the Role allows and nobody did
+
+
+def role_check(role_file: Path, audit_log: Path, ignore_agents: tuple[str, ...]) -> RoleCheck:
+    """The calls of every client but ``ignore_agents`` in ``audit_log``, against the Role in
+    ``role_file``."""
+    role = next(d for d in yaml.safe_load_all(role_file.read_text()) if d["kind"] == "Role")
+    allowed = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    calls = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    made = {
+        (c["apiGroup"], c["resource"], c["verb"], c["namespace"])
+        for c in calls
+        if not c["userAgent"].startswith(ignore_agents)
+    }
+    return RoleCheck(
+        made,
+        outside=sorted(c for c in made if c[3] != role["metadata"]["namespace"]),
+        denied=sorted(c[:3] for c in made if c[:3] not in allowed),
+        unused=sorted(allowed - {c[:3] for c in made}),
+    )

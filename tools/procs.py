@@ -127,8 +127,11 @@ def port_taken(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def localcluster(root: Path, port: int, config_file: Path | None = None) -> Server:
-    """A ``python -m localcluster serve`` process with its state and kubeconfig under root."""
+def localcluster(
+    root: Path, port: int, config_file: Path | None = None, audit_log: Path | None = None
+) -> Server:
+    """A ``python -m localcluster serve`` process with its state and kubeconfig under root
+    (and an audit log of every API call, when given)."""
     import sys
 
     repo = Path(__file__).resolve().parent.parent
@@ -148,6 +151,8 @@ def localcluster(root: Path, port: int, config_file: Path | None = None) -> Serv
     ]
     if config_file is not None:
         cmd += ["--config", str(config_file)]
+    if audit_log is not None:
+        cmd += ["--audit-log", str(audit_log)]
     server = Server(
         "localcluster", cmd, f"http://127.0.0.1:{port}/readyz", root / "localcluster.log"
     )

@@ -20,7 +20,7 @@ from typing import Any
 from airflow.sdk import DAG, Param, task
 
 from helmsman import deploy, tasks
-from helmsman.pods import Platform, pod_task
+from helmsman.pods import MAX_NODES, Platform, job_task, pod_task
 from helmsman.serving.analysis import Thresholds
 from helmsman_steps import contract, spec
 from helmsman_steps.spec import ModelSpec, ModelSpecError
@@ -174,6 +174,11 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             description="Days of data to train on, ending at the data end (1 to 90).",
         ),
         **_trainer_params(model),
+        **({"nodes": Param(
+            model.nodes, title="Nodes", type="integer", minimum=1, maximum=MAX_NODES,
+            description=f"Training pods that train as one model, each with the GPUs above (1 "
+            f"to {MAX_NODES}; torchrun across the pods of an Indexed Job).",
+        )} if model.nodes > 1 else {}),
         "gpus": Param(
             model.gpus, title="GPUs", type="integer", minimum=0, maximum=most_gpus,
             description=f"GPUs for the training pod (0 to {most_gpus}; 0: train on CPU, holding no "
@@ -263,15 +268,19 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
                 "--batch-size",
                 "{{ params.batch_size }}",
             ]
-        train = pod_task(
-            "train", "train",
-            [*interval, "--model-name", name, "--window-days", "{{ params.window_days }}",
-             *knobs],
-            gpus="{{ params.gpus }}",
-            # The cluster policy sets them from the run's conf; a CPU trainer holds none.
-            gpu_slots=max(model.gpus, 1) if model.trainer.kind in contract.GPU_TRAINERS else 0,
-            platform=platform, model_spec=model_spec,
-        )  # fmt: skip
+        train_args = [*interval, "--model-name", name, "--window-days",
+                      "{{ params.window_days }}", *knobs]  # fmt: skip
+        # The cluster policy sets the slots from the run's conf; a CPU trainer holds none.
+        slots = max(model.gpus, 1) * model.nodes if model.trainer.kind in contract.GPU_TRAINERS \
+            else 0  # fmt: skip
+        if model.nodes > 1:
+            train: Any = job_task(
+                "train", "train", train_args, nodes="{{ params.nodes }}", gpus="{{ params.gpus }}",
+                gpu_slots=slots, platform=platform, model_spec=model_spec,
+            )  # fmt: skip
+        else:
+            train = pod_task("train", "train", train_args, gpus="{{ params.gpus }}",
+                             gpu_slots=slots, platform=platform, model_spec=model_spec)  # fmt: skip
         evaluate = pod_task(
             "evaluate", "evaluate",
             [*interval, "--model-name", name, "--run-key", contract.run_key_template("train"),

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
 from helmsman.serving.objects import GatewayRef
@@ -162,6 +163,130 @@ class HelmsmanPodOperator(KubernetesPodOperator):
         return pod
 
 
+RENDEZVOUS_PORT = 29500  # torchrun's default master port
+MAX_NODES = 8
+
+
+def node_launcher(nodes: int, processes: int, master: str) -> list[str]:
+    """The command of each pod of a multi-node Job: torchrun's static rendezvous at rank 0's
+    stable name, this pod's node rank from the Job's completion index (Kubernetes expands
+    ``$(JOB_COMPLETION_INDEX)`` from the environment the Job controller gives the pod)."""
+    return ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={processes}",
+            "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={master}",
+            f"--master-port={RENDEZVOUS_PORT}", "-m", "helmsman_steps", "--"]  # fmt: skip
+
+
+class HelmsmanJobOperator(KubernetesJobOperator, HelmsmanPodOperator):
+    """The provider's KubernetesJobOperator, running a step on ``nodes`` pods that train as one.
+
+    The Job is Indexed (``completions = parallelism = nodes``, no pod retries: a lost node fails
+    the Job, and the task's retry resumes from the last checkpoint). Its pods get hostnames
+    ``<job>-<index>`` under a headless Service named after the Job (``subdomain``), created
+    before the Job and deleted after it (owned by the Job too, so the garbage collector removes
+    it if this task cannot), so every node finds rank 0 at ``<job>-0.<job>`` for torchrun's
+    rendezvous. Each pod is the pod factory's, with ``gpus`` GPUs and one process per GPU (one
+    on CPU).
+    """
+
+    template_fields = (*KubernetesJobOperator.template_fields, "gpus", "nodes")
+
+    def __init__(self, *, nodes: int | str, **kwargs: Any) -> None:
+        kwargs.setdefault("wait_until_job_complete", True)
+        kwargs.setdefault("backoff_limit", 0)
+        kwargs.setdefault("completion_mode", "Indexed")
+        kwargs.setdefault("ttl_seconds_after_finished", 3600)
+        super().__init__(**kwargs)
+        self.nodes = nodes
+        self._rendezvous: tuple[str, str] | None = None
+
+    def node_count(self) -> int:
+        try:
+            count = int(self.nodes)
+        except (TypeError, ValueError):
+            raise ValueError(f"nodes must be a whole number, got {self.nodes!r}") from None
+        if not 1 <= count <= MAX_NODES:
+            raise ValueError(f"nodes must be 1 to {MAX_NODES}, got {count}")
+        return count
+
+    def execute(self, context: Any) -> Any:
+        # Counts first: a bad value fails before anything is created.
+        self.parallelism = self.completions = self.node_count()
+        try:
+            return super().execute(context)
+        except BaseException:
+            self._delete_job()  # no node of a failed try is left waiting for its peers
+            raise
+        finally:
+            self._delete_rendezvous()
+
+    def _delete_job(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        job = getattr(self, "job", None)
+        if job is None:
+            return
+        try:
+            self.hook.batch_v1_client.delete_namespaced_job(
+                job.metadata.name, job.metadata.namespace, propagation_policy="Background"
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                self.log.warning("could not delete Job %s: %s", job.metadata.name, exc)
+
+    def build_job_request_obj(self, context: Any = None) -> Any:
+        job = super().build_job_request_obj(context)
+        name, nodes = job.metadata.name, self.node_count()
+        job.spec.completions = job.spec.parallelism = nodes
+        spec = job.spec.template.spec
+        spec.subdomain = name
+        processes = max(self.gpu_count(), 1)
+        spec.containers[0].command = node_launcher(nodes, processes, f"{name}-0.{name}")
+        return job
+
+    def create_job(self, job_request_obj: Any) -> Any:
+        from kubernetes.client import models as k8s
+
+        name, namespace = job_request_obj.metadata.name, job_request_obj.metadata.namespace
+        core = self.hook.core_v1_client
+        service = k8s.V1Service(
+            metadata=k8s.V1ObjectMeta(name=name, labels=dict(self.labels or {})),
+            spec=k8s.V1ServiceSpec(
+                cluster_ip="None",
+                selector={"batch.kubernetes.io/job-name": name},
+                # The nodes look each other up before any is Ready.
+                publish_not_ready_addresses=True,
+                ports=[k8s.V1ServicePort(name="rendezvous", port=RENDEZVOUS_PORT)],
+            ),
+        )
+        core.create_namespaced_service(namespace, service)
+        self._rendezvous = (namespace, name)
+        job = self.hook.create_job(job=job_request_obj)  # the created Job: it has its uid
+        owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name,
+                 "uid": job.metadata.uid, "blockOwnerDeletion": False}  # fmt: skip
+        core.patch_namespaced_service(name, namespace,
+                                      {"metadata": {"ownerReferences": [owner]}})  # fmt: skip
+        return job
+
+    def on_kill(self) -> None:
+        try:
+            super().on_kill()
+        finally:
+            self._delete_rendezvous()
+
+    def _delete_rendezvous(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        if self._rendezvous is None:
+            return
+        namespace, name = self._rendezvous
+        try:
+            self.hook.core_v1_client.delete_namespaced_service(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                self.log.warning("could not delete the rendezvous Service %s: %s", name, exc)
+        self._rendezvous = None
+
+
 def pod_task(
     task_id: str,
     stage: str,
@@ -183,6 +308,49 @@ def pod_task(
     number, else 1) is what the task holds of the GPU pool unless the cluster policy sets it
     from the run's conf.
     """
+    kwargs = _pod_kwargs(
+        task_id, stage, arguments, gpus=gpus, gpu_slots=gpu_slots, platform=platform,
+        deferrable=deferrable, model_spec=model_spec,
+    )  # fmt: skip
+    kwargs.update(operator_kwargs)
+    return HelmsmanPodOperator(**kwargs)
+
+
+def job_task(
+    task_id: str,
+    stage: str,
+    arguments: list[str],
+    *,
+    nodes: int | str,
+    gpus: int | str = 0,
+    gpu_slots: int | None = None,
+    platform: Platform | None = None,
+    model_spec: str | None = None,
+    **operator_kwargs: Any,
+) -> HelmsmanJobOperator:
+    """The step on ``nodes`` pods at once: an Indexed Job through the provider's
+    KubernetesJobOperator, each pod the pod factory's (``pod_task``'s) with ``gpus`` GPUs, its
+    step under torchrun across the nodes (``HelmsmanJobOperator``). ``nodes`` and ``gpus`` may
+    be templates (DAG Params)."""
+    kwargs = _pod_kwargs(task_id, stage, arguments, gpus=gpus, gpu_slots=gpu_slots,
+                         platform=platform, deferrable=False, model_spec=model_spec)  # fmt: skip
+    for pod_only in ("durable", "on_finish_action", "deferrable"):
+        kwargs.pop(pod_only)
+    kwargs.update(operator_kwargs)
+    return HelmsmanJobOperator(nodes=nodes, **kwargs)
+
+
+def _pod_kwargs(
+    task_id: str,
+    stage: str,
+    arguments: list[str],
+    *,
+    gpus: int | str,
+    gpu_slots: int | None,
+    platform: Platform | None,
+    deferrable: bool | None,
+    model_spec: str | None,
+) -> dict[str, Any]:
     from kubernetes.client import models as k8s
 
     platform = platform or Platform()
@@ -250,8 +418,7 @@ def pod_task(
         "termination_grace_period": 30,
         **gpu_kwargs,
     }
-    kwargs.update(operator_kwargs)
-    return HelmsmanPodOperator(**kwargs)
+    return kwargs
 
 
 def run_key(stage: str) -> str:

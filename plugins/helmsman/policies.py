@@ -6,7 +6,8 @@ run. Airflow calls ``task_instance_mutation_hook`` as it creates a run's task in
 the run at hand, so this is where a GPU task's slots become the GPUs its run asked for (the
 run's conf, else the Param's default), and where backfill runs move to their own pool:
 
-- a scheduled or manual run with ``gpus: N > 0`` holds N slots of the ``gpu`` pool;
+- a scheduled or manual run with ``gpus: N > 0`` holds N slots of the ``gpu`` pool (N times
+  its ``nodes`` for a multi-node model);
 - one with ``gpus: 0`` trains on the CPU and holds no GPU slot (``default_pool``, 1 slot);
 - a backfill run holds ``max(N, 1)`` slots of ``gpu_backfill``: backfills never deploy, so they
   run side by side, as many at once as that pool has slots, and never starve scheduled
@@ -28,6 +29,7 @@ from helmsman.pods import GPU_POOL
 BACKFILL_GPU_POOL = "gpu_backfill"
 CPU_POOL = "default_pool"
 GPU_PARAM = "gpus"
+NODES_PARAM = "nodes"
 
 
 def task_instance_mutation_hook(task_instance: Any, dag_run: Any) -> None:
@@ -46,15 +48,24 @@ def task_instance_mutation_hook(task_instance: Any, dag_run: Any) -> None:
 
 
 def _requested(task_instance: Any, dag_run: Any) -> int | None:
-    """The run's GPU count: its conf's, else the task's Param default; None if neither says."""
+    """The run's GPU count: its conf's, else the task's Param default, times its nodes (a
+    multi-node model's Param; 1 without); None if nothing says."""
+    gpus = _setting(task_instance, dag_run, GPU_PARAM)
+    if gpus is None:
+        return None
+    nodes = _setting(task_instance, dag_run, NODES_PARAM)
+    return gpus * (nodes or 1)
+
+
+def _setting(task_instance: Any, dag_run: Any, name: str) -> int | None:
     conf = getattr(dag_run, "conf", None) or {}
-    if GPU_PARAM in conf:
-        gpus = conf[GPU_PARAM]
+    if name in conf:
+        value = conf[name]
     else:
         try:
-            gpus = task_instance.task.params[GPU_PARAM]
+            value = task_instance.task.params[name]
         except (AttributeError, KeyError, TypeError):  # no task at hand, or no such Param
             return None
-    if isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 0:
-        return gpus
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
     return None

@@ -37,11 +37,11 @@ from typing import Any
 
 import psutil
 import pytest
-import yaml
 from kubernetes import client, config
 
 from helmsman.serving import objects
 from tests.cluster_fixtures import faulty_image
+from tests.k8s_policy import role_check
 from tools.airflow_api import AirflowApi, ApiError
 from tools.stack import REPO, Stack
 from tools.users import Users
@@ -441,30 +441,9 @@ def test_8_a_rollout_task_killed_mid_step_is_resumed_by_its_retry(
 
 
 def test_9_every_kubernetes_call_airflow_made_is_allowed_by_the_role(stack: Stack) -> None:
-    role = next(
-        d
-        for d in yaml.safe_load_all((REPO / "deploy" / "rbac.yaml").read_text())
-        if d["kind"] == "Role"
-    )
-    allowed = {
-        (group, resource, verb)
-        for rule in role["rules"]
-        for group in rule["apiGroups"]
-        for resource in rule["resources"]
-        for verb in rule["verbs"]
-    }
-    calls = [json.loads(line) for line in stack.audit_log.read_text().splitlines()]
-    airflow_calls = {
-        (c["apiGroup"], c["resource"], c["verb"], c["namespace"])
-        for c in calls
-        if not c["userAgent"].startswith(("kubectl", TEST_AGENT))
-    }
-    assert airflow_calls, "the audit log saw no call from Airflow"
-    outside = sorted(c for c in airflow_calls if c[3] != role["metadata"]["namespace"])
-    assert outside == [], f"calls outside the Role's namespace: {outside}"
-    denied = sorted(c[:3] for c in airflow_calls if c[:3] not in allowed)
-    assert denied == [], f"calls the Role does not allow: {denied}"
-    used = {c[:3] for c in airflow_calls}
-    unused = sorted(allowed - used)
-    print("\nRBAC: rules granted but not exercised by the scenarios:", unused)
+    check = role_check(REPO / "deploy" / "rbac.yaml", stack.audit_log, ("kubectl", TEST_AGENT))
+    assert check.made, "the audit log saw no call from Airflow"
+    assert check.outside == [], f"calls outside the Role's namespace: {check.outside}"
+    assert check.denied == [], f"calls the Role does not allow: {check.denied}"
+    print("\nRBAC: rules granted but not exercised by the scenarios:", check.unused)
     print("scenario timings (s):", {k: round(v, 1) for k, v in TIMINGS.items()})

@@ -180,7 +180,12 @@ class ModelSpec(_Strict):
     serving: Serving = Field(default_factory=lambda: Serving())
     schedule: str | None = "0 3 * * *"
     window_days: int = Field(default=7, ge=1, le=90, description="days a run trains on")
-    gpus: int = Field(default=0, ge=0, le=8)
+    gpus: int = Field(default=0, ge=0, le=8, description="GPUs per training pod")
+    nodes: int = Field(
+        default=1, ge=1, le=8,
+        description="training pods that train as one (torchrun across nodes; above 1: an "
+        "Indexed Job)",
+    )  # fmt: skip
 
     @field_validator("schedule")
     @classmethod
@@ -219,6 +224,10 @@ class ModelSpec(_Strict):
             raise ValueError("schema.label.classes: a multiclass label needs three or more")
         if self.gpus and self.trainer.kind not in contract.GPU_TRAINERS:
             raise ValueError(f"gpus: the {self.trainer.kind} trainer runs on CPU; set gpus: 0")
+        if self.nodes > 1 and self.trainer.kind not in contract.GPU_TRAINERS:
+            raise ValueError(
+                f"nodes: the {self.trainer.kind} trainer runs in one process; set nodes: 1"
+            )
         return self
 
     @property
