@@ -22,6 +22,7 @@ Not emulated: search-path expansion of other namespaces' short names, SRV record
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from localcluster.resources import ENDPOINTS, PODS, SERVICES
@@ -62,11 +63,15 @@ class ClusterDns:
         if self._written.get(namespace) == text:
             return
         path = self.folder / f"{namespace}.hosts"
-        # In place: the containers' bind mounts hold this inode.
-        with path.open("a+") as handle:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(text)
+        # In place: the containers' bind mounts hold this inode. The new text goes over the
+        # old before the file is cut to its length, so no lookup sees an empty file.
+        body = text.encode()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # not O_APPEND: writes from offset 0
+        try:
+            os.pwrite(fd, body, 0)
+            os.ftruncate(fd, len(body))
+        finally:
+            os.close(fd)
         self._written[namespace] = text
 
     def render(self, namespace: str) -> str:

@@ -57,7 +57,7 @@ def init(hosts: Path) -> list[str]:
     its command starts, with the status a SIGTERM'd process has."""
     quoted = shlex.quote(str(hosts))
     mount = (
-        "trap 'stop=1' INT TERM QUIT; trap : HUP USR1 USR2; "
+        "stop=; trap 'stop=1' INT TERM QUIT; trap : HUP USR1 USR2; "
         f"mount --bind -o ro {quoted} /etc/hosts"  # util-linux 2.27+: one call, read-only
         " || echo 'localcluster: cluster DNS unavailable: cannot bind /etc/hosts' >&2; "
         '[ -z "$stop" ] || exit 143; '

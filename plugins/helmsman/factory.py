@@ -98,9 +98,10 @@ def load(name: str, models_dir: str | Path) -> ModelSpec:
         raise ModelSpecError(
             f"{shown}: serving.thresholds: unknown {sorted(unknown)}; one of {allowed}"
         )
-    if model.gpus > MAX_GPUS:
+    if model.gpus * model.nodes > MAX_GPUS:
         raise ModelSpecError(
-            f"{shown}: gpus: {model.gpus} is above the {MAX_GPUS} a run may ask for"
+            f"{shown}: gpus: {model.gpus} x nodes: {model.nodes} is above the {MAX_GPUS} GPUs "
+            "a run may ask for"
         )
     return model
 
@@ -240,6 +241,13 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             data_interval_end: dt.datetime | None = None,
             dag_run: Any = None,
         ) -> dict[str, str]:
+            # A run asking for more GPUs than the pool holds would wait for them forever.
+            asked = params.get("gpus", 0) * params.get("nodes", 1)
+            if asked > MAX_GPUS:
+                raise ValueError(
+                    f"gpus x nodes = {asked}: a run may ask for at most {MAX_GPUS} GPUs (the "
+                    "GPU pools' size); lower gpus or nodes"
+                )
             return tasks.plan_interval(
                 data_interval_start=data_interval_start,
                 data_interval_end=data_interval_end,

@@ -114,13 +114,17 @@ def resources(stage: str) -> dict[str, Any]:
     return {"requests": dict(spec["requests"]), "limits": dict(spec["limits"])}
 
 
+STEP_MODULE = ["-m", "helmsman_steps", "--"]  # what torchrun runs, and the end of its options
+# torchrun itself, ending with the step's exit code (a rank's bad input is not retried).
+TORCHRUN = ["python", "-m", "helmsman_steps.torchrun"]
+
+
 def launcher(processes: int) -> list[str]:
     """The command of a pod with more than one GPU: torchrun, one process per GPU (DDP), on a
     rendezvous inside the pod (``--standalone``). The step's arguments follow the ``--``, which
     ends torchrun's own options: its parser would take the step's ``--start`` for an
     abbreviation of its ``--start-method``."""
-    return ["torchrun", "--standalone", f"--nproc-per-node={processes}", "-m", "helmsman_steps",
-            "--"]  # fmt: skip
+    return [*TORCHRUN, "--standalone", f"--nproc-per-node={processes}", *STEP_MODULE]
 
 
 class HelmsmanPodOperator(KubernetesPodOperator):
@@ -164,6 +168,8 @@ class HelmsmanPodOperator(KubernetesPodOperator):
 
 
 RENDEZVOUS_PORT = 29500  # torchrun's default master port
+# KPO's labels of a task instance's pods (sanitized values); a Job carries them too.
+TRY_LABELS = ("dag_id", "task_id", "run_id", "try_number")
 MAX_NODES = 8
 
 
@@ -171,9 +177,9 @@ def node_launcher(nodes: int, processes: int, master: str) -> list[str]:
     """The command of each pod of a multi-node Job: torchrun's static rendezvous at rank 0's
     stable name, this pod's node rank from the Job's completion index (Kubernetes expands
     ``$(JOB_COMPLETION_INDEX)`` from the environment the Job controller gives the pod)."""
-    return ["torchrun", f"--nnodes={nodes}", f"--nproc-per-node={processes}",
+    return [*TORCHRUN, f"--nnodes={nodes}", f"--nproc-per-node={processes}",
             "--node-rank=$(JOB_COMPLETION_INDEX)", f"--master-addr={master}",
-            f"--master-port={RENDEZVOUS_PORT}", "-m", "helmsman_steps", "--"]  # fmt: skip
+            f"--master-port={RENDEZVOUS_PORT}", *STEP_MODULE]  # fmt: skip
 
 
 class HelmsmanJobOperator(KubernetesJobOperator, HelmsmanPodOperator):
@@ -209,34 +215,31 @@ class HelmsmanJobOperator(KubernetesJobOperator, HelmsmanPodOperator):
         return count
 
     def execute(self, context: Any) -> Any:
+        from airflow.sdk.exceptions import TaskDeferred
+
         # Counts first: a bad value fails before anything is created.
         self.parallelism = self.completions = self.node_count()
+        self.job = None
         try:
             return super().execute(context)
+        except TaskDeferred:  # not this operator's mode (deferrable=False); never clean up then
+            raise
         except BaseException:
-            self._delete_job()  # no node of a failed try is left waiting for its peers
+            self._delete_job(self.job)  # no node of a failed try is left waiting for its peers
             raise
         finally:
             self._delete_rendezvous()
-
-    def _delete_job(self) -> None:
-        from kubernetes.client.exceptions import ApiException
-
-        job = getattr(self, "job", None)
-        if job is None:
-            return
-        try:
-            self.hook.batch_v1_client.delete_namespaced_job(
-                job.metadata.name, job.metadata.namespace, propagation_policy="Background"
-            )
-        except ApiException as exc:
-            if exc.status != 404:
-                self.log.warning("could not delete Job %s: %s", job.metadata.name, exc)
 
     def build_job_request_obj(self, context: Any = None) -> Any:
         job = super().build_job_request_obj(context)
         name, nodes = job.metadata.name, self.node_count()
         job.spec.completions = job.spec.parallelism = nodes
+        # The pods' task-instance labels (KPO's) on the Job too: a later try finds this one.
+        template_labels = job.spec.template.metadata.labels or {}
+        job.metadata.labels = {
+            **(job.metadata.labels or {}),
+            **{k: v for k, v in template_labels.items() if k in TRY_LABELS},
+        }
         spec = job.spec.template.spec
         spec.subdomain = name
         processes = max(self.gpu_count(), 1)
@@ -247,6 +250,7 @@ class HelmsmanJobOperator(KubernetesJobOperator, HelmsmanPodOperator):
         from kubernetes.client import models as k8s
 
         name, namespace = job_request_obj.metadata.name, job_request_obj.metadata.namespace
+        self._delete_earlier_tries(job_request_obj)
         core = self.hook.core_v1_client
         service = k8s.V1Service(
             metadata=k8s.V1ObjectMeta(name=name, labels=dict(self.labels or {})),
@@ -260,12 +264,68 @@ class HelmsmanJobOperator(KubernetesJobOperator, HelmsmanPodOperator):
         )
         core.create_namespaced_service(namespace, service)
         self._rendezvous = (namespace, name)
-        job = self.hook.create_job(job=job_request_obj)  # the created Job: it has its uid
+        self.job = job = self.hook.create_job(job=job_request_obj)  # the created Job: its uid
         owner = {"apiVersion": "batch/v1", "kind": "Job", "name": name,
                  "uid": job.metadata.uid, "blockOwnerDeletion": False}  # fmt: skip
         core.patch_namespaced_service(name, namespace,
                                       {"metadata": {"ownerReferences": [owner]}})  # fmt: skip
         return job
+
+    def _delete_earlier_tries(self, job_request_obj: Any) -> None:
+        """An earlier try of this task instance whose worker died left its Job running: its
+        nodes would train beside this try's and write the same MLflow run. Delete it (never a
+        later try's: the try number must be lower)."""
+        labels = job_request_obj.metadata.labels or {}
+        if not all(k in labels for k in TRY_LABELS):
+            return
+        selector = ",".join(f"{k}={labels[k]}" for k in TRY_LABELS if k != "try_number")
+        mine = int(labels["try_number"])
+        listed = self.hook.batch_v1_client.list_namespaced_job(
+            job_request_obj.metadata.namespace, label_selector=selector
+        )
+        for job in listed.items:
+            theirs = (job.metadata.labels or {}).get("try_number", "")
+            if theirs.isdigit() and int(theirs) < mine:
+                self.log.warning("deleting Job %s of try %s", job.metadata.name, theirs)
+                self._delete_job(job)
+
+    def get_pods(self, pod_request_obj: Any, context: Any, *, exclude_checked: bool = True) -> Any:
+        """The Job's pods, once the Job controller has made them all (it makes them after the
+        Job, in its own time; the provider's lookup does not wait)."""
+        import time
+
+        deadline = time.monotonic() + self.startup_timeout_seconds
+        selector = self._build_find_pod_label_selector(context, exclude_checked=exclude_checked)
+        if self.job is not None:  # this try's Job's pods, not an earlier try's
+            selector += f",batch.kubernetes.io/job-name={self.job.metadata.name}"
+        while True:
+            pods = self.client.list_namespaced_pod(
+                pod_request_obj.metadata.namespace, label_selector=selector
+            ).items
+            if len(pods) >= self.parallelism or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        if len(pods) < self.parallelism:
+            raise RuntimeError(
+                f"the Job made {len(pods)} of its {self.parallelism} pods in "
+                f"{self.startup_timeout_seconds} s (labels {selector})"
+            )
+        for pod in pods:
+            self.log_matching_pod(pod=pod, context=context)
+        return pods
+
+    def _delete_job(self, job: Any) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        if job is None:
+            return
+        try:
+            self.hook.batch_v1_client.delete_namespaced_job(
+                job.metadata.name, job.metadata.namespace, propagation_policy="Background"
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                self.log.warning("could not delete Job %s: %s", job.metadata.name, exc)
 
     def on_kill(self) -> None:
         try:
@@ -334,8 +394,9 @@ def job_task(
     be templates (DAG Params)."""
     kwargs = _pod_kwargs(task_id, stage, arguments, gpus=gpus, gpu_slots=gpu_slots,
                          platform=platform, deferrable=False, model_spec=model_spec)  # fmt: skip
-    for pod_only in ("durable", "on_finish_action", "deferrable"):
-        kwargs.pop(pod_only)
+    # A Job is not re-attached (a later try deletes an earlier try's Job instead); it is
+    # followed by the worker (the provider defers only while waiting for the whole Job).
+    kwargs.pop("durable")
     kwargs.update(operator_kwargs)
     return HelmsmanJobOperator(nodes=nodes, **kwargs)
 

@@ -53,7 +53,8 @@ def _requested(task_instance: Any, dag_run: Any) -> int | None:
     gpus = _setting(task_instance, dag_run, GPU_PARAM)
     if gpus is None:
         return None
-    nodes = _setting(task_instance, dag_run, NODES_PARAM)
+    params = getattr(getattr(task_instance, "task", None), "params", None) or {}
+    nodes = _setting(task_instance, dag_run, NODES_PARAM) if NODES_PARAM in params else 1
     return gpus * (nodes or 1)
 
 

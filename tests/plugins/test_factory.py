@@ -88,7 +88,12 @@ def test_a_broken_model_is_an_import_error_of_its_own_file_only(
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"gpus": 6}, "gpus: 6 is above the 4 a run may ask for"),
+        ({"gpus": 6}, "gpus: 6 x nodes: 1 is above the 4 GPUs a run may ask for"),
+        ({"gpus": 2, "nodes": 3}, "gpus: 2 x nodes: 3 is above the 4 GPUs a run may ask for"),
+        (
+            {"trainer": {"kind": "sklearn"}, "gpus": 0, "nodes": 2},
+            "nodes: the sklearn trainer runs in one process; set nodes: 1",
+        ),
         ({"features": "features.py:derive"}, "features: 'features.py:derive': no features.py in"),
         (
             {"trainer": {"kind": "custom", "entrypoint": "fit.py:train"}, "gpus": 0},

@@ -16,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -53,11 +52,11 @@ print("RESULT " + json.dumps({"run": str(run.state), "tasks": states}))
 
 
 @pytest.fixture(scope="module")
-def datasets() -> Iterator[Path]:
-    # Not under /tmp: the pod factory's pods have an emptyDir there, which would hide it.
-    folder = REPO / ".state" / f"multinode-{uuid.uuid4().hex[:8]}"
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+def datasets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # It must exist before the pods start: the pod factory's pods have an emptyDir at /tmp,
+    # and localcluster keeps visible under it only the folders a pod's environment names that
+    # exist (the ETL pod would write into its emptyDir otherwise).
+    return tmp_path_factory.mktemp("datasets-multinode")
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +143,7 @@ def test_two_nodes_train_one_model_through_the_job_operator(audited: Cluster, tr
     )  # fmt: skip
     command = job.spec.template.spec.containers[0].command
     name = job.metadata.name
-    assert command[:2] == ["torchrun", "--nnodes=2"]
+    assert command[:4] == ["python", "-m", "helmsman_steps.torchrun", "--nnodes=2"]
     assert f"--master-addr={name}-0.{name}" in command
     assert job.spec.template.spec.subdomain == name
     # The rendezvous Service went with the task.

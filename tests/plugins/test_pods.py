@@ -12,6 +12,8 @@ from kubernetes.client import ApiClient
 from helmsman import pods
 from tests.k8s_policy import restricted_violations, schema_errors
 
+TORCHRUN = ["python", "-m", "helmsman_steps.torchrun"]
+
 
 def built(**kwargs: Any) -> dict[str, Any]:
     operator = pods.pod_task(
@@ -57,8 +59,8 @@ def test_gpu_pods_ask_for_gpus_tolerate_and_select_gpu_nodes() -> None:
 @pytest.mark.parametrize(("gpus", "command"), [
     (0, ["helmsman-step"]),
     (1, ["helmsman-step"]),
-    (2, ["torchrun", "--standalone", "--nproc-per-node=2", "-m", "helmsman_steps", "--"]),
-    (4, ["torchrun", "--standalone", "--nproc-per-node=4", "-m", "helmsman_steps", "--"]),
+    (2, [*TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "helmsman_steps", "--"]),
+    (4, [*TORCHRUN, "--standalone", "--nproc-per-node=4", "-m", "helmsman_steps", "--"]),
 ])  # fmt: skip
 def test_a_pod_with_several_gpus_runs_one_training_process_per_gpu(
     gpus: int, command: list[str]

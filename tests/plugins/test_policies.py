@@ -3,6 +3,7 @@ writes (tests/e2e checks the real scheduler applies it: backfill tasks land in t
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -59,18 +60,32 @@ def test_other_tasks_are_left_alone() -> None:
 
 
 @pytest.mark.parametrize(
-    ("conf", "expected"), [({}, ("gpu", 1)), ({"gpus": 0}, ("default_pool", 1))]
+    ("model", "conf", "expected"),
+    [
+        ({"gpus": 0}, {}, ("default_pool", 1)),  # parsed into the GPU pool; the Param says 0
+        ({"gpus": 2}, {}, ("gpu", 2)),
+        ({"gpus": 2}, {"gpus": 0}, ("default_pool", 1)),
+        ({"gpus": 1, "nodes": 2}, {}, ("gpu", 2)),  # one GPU on each of two nodes
+        ({"gpus": 2, "nodes": 2}, {"nodes": 1}, ("gpu", 2)),
+        ({"gpus": 1}, {"nodes": 3}, ("gpu", 1)),  # a single-pod model has no nodes to count
+    ],
 )
-def test_the_policy_reads_the_default_off_a_real_serialized_train_task(
-    conf: dict[str, Any], expected: tuple[str, int]
+def test_the_policy_reads_the_run_off_a_real_serialized_train_task(
+    model: dict[str, int], conf: dict[str, Any], expected: tuple[str, int], tmp_path: Path
 ) -> None:
     """What the scheduler hands the hook: the DAG as the DAG processor serialized it."""
+    import shutil
+
+    import yaml
     from airflow.serialization.serialized_objects import DagSerialization
 
     from helmsman import factory
     from tests.dev_env import REPO
 
-    train, _, _ = factory.model_dags("churn", REPO / "models")  # churn's model.yaml: gpus: 1
+    shutil.copytree(REPO / "models" / "churn", tmp_path / "churn")
+    spec = yaml.safe_load((tmp_path / "churn" / "model.yaml").read_text())
+    (tmp_path / "churn" / "model.yaml").write_text(yaml.safe_dump({**spec, **model}))
+    train, _, _ = factory.model_dags("churn", tmp_path)
     task = DagSerialization.from_dict(DagSerialization.to_dict(train)).get_task("train")
     ti = SimpleNamespace(pool=task.pool, pool_slots=task.pool_slots, task=task)
     policies.task_instance_mutation_hook(ti, dag_run(DagRunType.SCHEDULED, conf))

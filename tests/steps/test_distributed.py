@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,9 +29,10 @@ ARGS = ["train", "--start", "2026-03-03", "--end", "2026-03-04", "--epochs", "3"
 def torchrun(
     env: dict[str, str], processes: int, *args: str, extra_env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """``torchrun --standalone --nproc-per-node=N -m helmsman_steps -- ARGS``, as the train pod
-    runs it when it has N GPUs."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    """torchrun (through ``helmsman_steps.torchrun``, which keeps the step's exit codes) with
+    ``--standalone --nproc-per-node=N -m helmsman_steps -- ARGS``, as the train pod runs it when
+    it has N GPUs."""
+    launcher = [sys.executable, "-m", "helmsman_steps.torchrun", "--standalone",
                 f"--nproc-per-node={processes}", "-m", "helmsman_steps", "--"]  # fmt: skip
     return subprocess.run(
         [*launcher, *args],
@@ -59,7 +61,8 @@ def held_out(dataset: str) -> dict[str, object]:
 
 def version_of(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return str(json.loads(proc.stdout.strip().splitlines()[-1])["model_version"])
+    (result,) = proc.stdout.strip().splitlines()  # rank 0's result, the only line on stdout
+    return str(json.loads(result)["model_version"])
 
 
 def test_two_processes_train_the_model_one_process_trains(
@@ -101,6 +104,16 @@ def test_a_rank_killed_mid_epoch_resumes_from_rank_0s_checkpoint(
     a, b = scores("churn-ddp-resume", version, held_out), scores("churn-ddp-resume", straight,
                                                                   held_out)  # fmt: skip
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+
+
+def test_bad_input_in_a_rank_fails_the_launch_as_bad_input(
+    step_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Exit 2 (not retried) survives torchrun, which ends with 1 whenever a worker fails."""
+    args = [*ARGS, "--dataset-uri", str(tmp_path), "--model-name", "churn-ddp-bad"]
+    proc = torchrun(step_env, 2, *args, "--run-key", "ddp-bad/a")
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "no dataset partition for 2026-03-02" in proc.stderr
 
 
 @pytest.mark.parametrize(("rows", "batch", "world"), [(10, 4, 2), (9, 3, 4), (1000, 256, 3)])

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from helmsman_steps import contract, logs
+from helmsman_steps import contract, exitcodes, logs
 from helmsman_steps.exitcodes import BadInputError, ExitCode
 
 if TYPE_CHECKING:
@@ -252,7 +252,10 @@ def train(
         _store(dataset_uri, declared), start.date(), end.date(), model_name, key, config, lineage,
         experiment, _canonical(declared),
     )  # fmt: skip
-    _emit(result)
+    from helmsman_steps import fit
+
+    if fit.World.from_env().leader:  # stdout is the one JSON result: rank 0's
+        _emit(result)
 
 
 @app.command()
@@ -431,6 +434,7 @@ def main() -> None:
         app()
     except BadInputError as exc:
         logs.get("helmsman_steps").error("bad input", error=str(exc))
+        exitcodes.record_bad_input()
         sys.exit(ExitCode.BAD_INPUT)
     except Exception:
         logs.get("helmsman_steps").exception("internal failure")

@@ -8,6 +8,12 @@ person triaging a failed task know where to look before reading the log.
 from __future__ import annotations
 
 import enum
+import os
+from pathlib import Path
+
+# Set by helmsman_steps.torchrun for its workers: a folder where a worker that exits with bad
+# input leaves a mark, so the launcher can end with BAD_INPUT whichever worker it saw fail first.
+MARK_DIR_ENV = "HELMSMAN_EXIT_MARKS"
 
 
 class ExitCode(enum.IntEnum):
@@ -20,3 +26,14 @@ class ExitCode(enum.IntEnum):
 
 class BadInputError(Exception):
     """Raised for input a person must fix; the CLI maps it to ExitCode.BAD_INPUT."""
+
+
+def record_bad_input() -> None:
+    """Leave the bad-input mark for a launcher that asked for it (MARK_DIR_ENV)."""
+    folder = os.environ.get(MARK_DIR_ENV)
+    if folder:
+        (Path(folder) / f"bad-input-{os.getpid()}").touch()
+
+
+def bad_input_recorded(folder: str) -> bool:
+    return any(Path(folder).glob("bad-input-*"))

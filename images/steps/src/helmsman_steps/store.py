@@ -15,6 +15,7 @@ rows).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -48,6 +49,8 @@ def _age(fs: Any, path: str) -> dt.timedelta:
     """How long ago ``path`` was written; a file whose time the store cannot tell is old."""
     try:
         modified: dt.datetime = fs.modified(path)
+    except FileNotFoundError:
+        raise
     except (NotImplementedError, OSError, KeyError):
         return dt.timedelta.max
     if modified.tzinfo is None:
@@ -82,8 +85,10 @@ class DatasetStore:
         fs.makedirs(folder, exist_ok=True)
         stem = path.rsplit("/", 1)[1]
         for stale in fs.glob(f"{folder}/.{stem}.tmp-*"):
-            if _age(fs, stale) > STALE_TEMPORARY:
-                fs.rm(stale)
+            # Another writer may move or remove its own file between the glob and here.
+            with contextlib.suppress(FileNotFoundError):
+                if _age(fs, stale) > STALE_TEMPORARY:
+                    fs.rm(stale)
         temporary = f"{folder}/.{stem}.tmp-{uuid.uuid4().hex}"
         try:
             with fs.open(temporary, "wb") as handle:
