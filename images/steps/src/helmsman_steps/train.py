@@ -211,8 +211,8 @@ def _lead(
             mlflow.log_params({
                 **asdict(config), "device": device.type, "processes": world.size,
                 "days": f"{days[0]}..{days[-1]}",
-                "train_rows": int((rows.bucket > VALIDATION_BUCKET).sum()),
-                "validation_rows": int((rows.bucket == VALIDATION_BUCKET).sum()),
+                "train_rows": int(rows.train_rows.sum()),
+                "validation_rows": int(rows.val_rows.sum()),
                 "dataset_hash": rows.dataset_hash,
             })  # fmt: skip
 
@@ -230,7 +230,7 @@ def _lead(
         exported = export(trained.net, mean, scale, info.featurizer.input_names())
         # The ONNX graph must reproduce the native model on rows it never trained on.
         graph = onnx_model.from_mlp(exported)
-        val_rows = rows.bucket == VALIDATION_BUCKET
+        val_rows = rows.val_rows
         parity_rows = rows.x[val_rows][:PARITY_ROWS]
         parity = onnx_model.check_parity(graph, exported.predict_matrix(parity_rows), parity_rows)
         mlflow.log_metrics({"onnx_max_abs_diff": parity, "onnx_parity_rows": len(parity_rows)})
@@ -267,7 +267,7 @@ def _fit_mlp(
 ) -> tuple[fit.Trained, npt.NDArray[np.float32], Any]:  # fmt: skip
     import torch
 
-    train_rows, val_rows = rows.bucket > VALIDATION_BUCKET, rows.bucket == VALIDATION_BUCKET
+    train_rows, val_rows = rows.train_rows, rows.val_rows
     mean = rows.x[train_rows].mean(axis=0)
     scale = rows.x[train_rows].std(axis=0) + 1e-6
     torch.manual_seed(config.seed)
@@ -391,6 +391,14 @@ class _Split:
     bucket: npt.NDArray[np.int64]
     days: list[dt.date]
     dataset_hash: str
+
+    @property
+    def train_rows(self) -> npt.NDArray[np.bool_]:
+        return self.bucket > VALIDATION_BUCKET
+
+    @property
+    def val_rows(self) -> npt.NDArray[np.bool_]:
+        return np.equal(self.bucket, VALIDATION_BUCKET)
 
 
 def sklearn_estimator(info: ModelInfo, seed: int) -> Any:
@@ -566,7 +574,7 @@ class _CustomTrainer:
 
 
 def _training_data(split: _Split, info: ModelInfo, config: TrainConfig) -> TrainingData:
-    train_rows, val_rows = split.bucket > VALIDATION_BUCKET, split.bucket == VALIDATION_BUCKET
+    train_rows, val_rows = split.train_rows, split.val_rows
     return TrainingData(split.x[train_rows], split.y[train_rows], split.x[val_rows],
                         split.y[val_rows], info.featurizer.input_names(), info.task,
                         info.trainer_params, config.seed)  # fmt: skip
@@ -585,7 +593,7 @@ def _train_fitted(
     validation bucket, check its ONNX graph against it and register the version."""
     import mlflow
 
-    train_rows, val_rows = split.bucket > VALIDATION_BUCKET, split.bucket == VALIDATION_BUCKET
+    train_rows, val_rows = split.train_rows, split.val_rows
     if train_rows.sum() < 2 or val_rows.sum() < 1:
         raise BadInputError(
             f"{len(split.x)} rows in {split.days[0]}..{split.days[-1]} leave too few to train "
