@@ -13,6 +13,7 @@ from typing import Final
 # MLflow experiments, one per stage that logs runs.
 ETL_EXPERIMENT: Final = "helmsman-etl"
 TRAINING_EXPERIMENT: Final = "helmsman-training"
+MONITORING_EXPERIMENT: Final = "helmsman-monitoring"
 
 # Trainers that may use GPUs and run in several processes (torchrun); the others are CPU-only,
 # one process.
@@ -40,12 +41,24 @@ ROLLOUT_FIGURES_TAG: Final = "helmsman.rollout_figures"
 DEPLOYMENT_TAG: Final = "helmsman.deployment"
 DEPLOYED_BY_TAG: Final = "helmsman.deployed_by"
 PROMOTED_BY_TAG: Final = "helmsman.promoted_by"
+# On a monitor run: its verdict (ok / breach), the breaches as JSON, the version it judged.
+MONITOR_VERDICT_TAG: Final = "helmsman.monitor_verdict"
+MONITOR_BREACHES_TAG: Final = "helmsman.monitor_breaches"
 
 # The model's validated spec (models/<name>/model.yaml as JSON): the DAG hands it to the pods in
 # this variable, and training stores it with the model version, so that a version carries the
 # schema it was trained on wherever it is served or rolled back to.
 MODEL_SPEC_ENV: Final = "HELMSMAN_MODEL_SPEC"
 MODEL_SPEC_FILE: Final = "model_spec.json"
+
+# Requests the platform itself sends to a server (the rollout's golden-set and probe-load
+# checks) carry this header: the server answers them but keeps them out of its inference log,
+# so the model's monitor judges users' traffic only.
+VERIFY_HEADER: Final = "x-helmsman-verify"
+# The inference log (the servers' sampled requests) and what the monitor compares it with: the
+# training data's profile, stored with the model version's run.
+REFERENCE_PROFILE_ARTIFACT: Final = "monitoring/reference_profile.json"
+MONITOR_REPORT_ARTIFACT: Final = "monitor/report.json"  # a monitor run's judgement, whole
 
 # The ONNX graph's metadata property naming its input columns, in order.
 ONNX_INPUTS_PROP: Final = "helmsman.inputs"

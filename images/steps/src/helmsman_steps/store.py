@@ -4,6 +4,9 @@ Layout under the root (a local path or ``s3://...``):
   features/date=YYYY-MM-DD.parquet    validated rows with derived features (what training reads)
   quarantine/date=YYYY-MM-DD.parquet  rows that failed validation, with the reasons
   reports/date=YYYY-MM-DD.json        counts, bad-row share, content hash
+  inference/hour=YYYY-MM-DDTHH/part-*.parquet
+                                      the serving servers' inference log: sampled requests, the
+                                      features as received and the prediction (inference_log.py)
 
 A file is written under a temporary name in the same folder and then moved over the final
 name, so a reader sees either the old complete file or the new complete file, never a mix;
@@ -115,6 +118,29 @@ class DatasetStore:
         with self.fs.open(self._path("reports", day, "json"), "rb") as handle:
             report: dict[str, Any] = json.load(handle)
         return report
+
+    def write_inference(self, hour: str, table: Any) -> str:
+        """Write one batch of the inference log (a pyarrow Table) as a new file of ``hour``
+        (``YYYY-MM-DDTHH``, UTC); files are never rewritten, so servers write side by side."""
+        import pyarrow.parquet as pq
+
+        stamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
+        path = f"{self._location[1]}/inference/hour={hour}/{name}"
+        self._write_atomically(path, lambda f: pq.write_table(table, f))
+        return path
+
+    def inference_files(self, start: dt.datetime, end: dt.datetime) -> list[str]:
+        """The inference log's files of the hours that overlap [start, end), oldest first (a
+        window that starts mid-hour reads that hour's files; the reader filters by time)."""
+        fs, base = self.fs, self._location[1]
+        hour = start.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        files: list[str] = []
+        while hour < end:
+            folder = f"{base}/inference/hour={hour:%Y-%m-%dT%H}"
+            files += sorted(p for p in fs.glob(f"{folder}/part-*.parquet"))
+            hour += dt.timedelta(hours=1)
+        return files
 
     def read_features(self, days: Iterable[dt.date]) -> pd.DataFrame:
         """The features of the given days, in day order; every day must have been built."""
