@@ -5,4 +5,4 @@ from pathlib import Path
 
 from helmsman.factory import model_dags
 
-train, rollback, scale = model_dags("diabetes", Path(__file__).parents[1] / "models")
+train, rollback, scale, monitor = model_dags("diabetes", Path(__file__).parents[1] / "models")

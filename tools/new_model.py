@@ -100,7 +100,7 @@ from pathlib import Path
 
 from helmsman.factory import model_dags
 
-train, rollback, scale = model_dags("{name}", Path(__file__).parents[1] / "models")
+train, rollback, scale, monitor = model_dags("{name}", Path(__file__).parents[1] / "models")
 '''
 
 

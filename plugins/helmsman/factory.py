@@ -1,4 +1,5 @@
-"""A model's DAGs, built from its folder: ``train_<name>``, ``rollback_<name>``, ``scale_<name>``.
+"""A model's DAGs, built from its folder: ``train_<name>``, ``monitor_<name>``,
+``rollback_<name>``, ``scale_<name>``.
 
 ``models/<name>/model.yaml`` (``helmsman_steps.spec``) declares the model; this module turns it
 into the DAGs every model gets, the way astronomer-cosmos turns a dbt project into a DAG. A DAG
@@ -17,12 +18,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
 from helmsman import deploy, tasks
 from helmsman.pods import MAX_NODES, Platform, job_task, pod_task
 from helmsman.serving.analysis import Thresholds
 from helmsman_steps import contract, spec
+from helmsman_steps.exitcodes import ExitCode
 from helmsman_steps.spec import ModelSpec, ModelSpecError
 
 MAX_GPUS = 4  # the most one training run may ask for (the GPU pools hold at least this)
@@ -108,12 +110,29 @@ def load(name: str, models_dir: str | Path) -> ModelSpec:
 
 def model_dags(
     name: str, models_dir: str | Path, platform: Platform | None = None
-) -> tuple[DAG, DAG, DAG]:
-    """The three DAGs of model ``name`` (``models_dir/name/model.yaml``): training, rollback,
-    scale."""
+) -> tuple[DAG, DAG, DAG, DAG]:
+    """The four DAGs of model ``name`` (``models_dir/name/model.yaml``): training, rollback,
+    scale and monitoring."""
     model = load(name, models_dir)
     platform = platform or Platform()
-    return training_dag(model, platform), rollback_dag(model, platform), scale_dag(model, platform)
+    return (training_dag(model, platform), rollback_dag(model, platform),
+            scale_dag(model, platform), monitor_dag(model, platform))  # fmt: skip
+
+
+def drift_asset(name: str) -> Asset:
+    """What a monitoring breach updates and a model's training is scheduled on (with its cron)."""
+    return Asset(name=f"{name}_drift", uri=contract.drift_asset_uri(name), group="helmsman")
+
+
+def _training_schedule(model: ModelSpec) -> Any:
+    """The cron of model.yaml, or a breach of the model's monitoring (its drift asset) when
+    ``monitoring.retrain`` is on: Airflow's asset-or-time schedule."""
+    if not model.monitoring.retrain:
+        return model.schedule
+    if model.schedule is None:
+        return [drift_asset(model.name)]
+    cron = CronTriggerTimetable(model.schedule, timezone="UTC")
+    return AssetOrTimeSchedule(timetable=cron, assets=drift_asset(model.name))
 
 
 def _default_args() -> dict[str, Any]:
@@ -225,7 +244,7 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
         dag_id=f"train_{name}",
         description=f"Daily training of the {name} model on Kubernetes, rolled out gated.",
         doc_md=doc,
-        schedule=model.schedule,
+        schedule=_training_schedule(model),
         start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         catchup=False,
         max_active_runs=1,
@@ -240,6 +259,7 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             data_interval_start: dt.datetime | None = None,
             data_interval_end: dt.datetime | None = None,
             dag_run: Any = None,
+            triggering_asset_events: Any = None,
         ) -> dict[str, str]:
             # A run asking for more GPUs than the pool holds would wait for them forever.
             asked = params.get("gpus", 0) * params.get("nodes", 1)
@@ -252,7 +272,7 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
                 data_interval_start=data_interval_start,
                 data_interval_end=data_interval_end,
                 run_after=dag_run.run_after,
-                data_end=params["data_end"],
+                data_end=params["data_end"] or tasks.drift_data_end(triggering_asset_events),
                 window_days=params["window_days"],
             )
 
@@ -420,4 +440,72 @@ every rollout), so the count holds until load asks for more.
             return deploy.scale(model.instance, params["replicas"], platform)
 
         scale()
+    return dag
+
+
+MONITOR_DOC = """
+### Watch the served `{name}` model; a breach starts its training
+
+Every {schedule}: `monitor` (pod) judges the last {hours} hour(s) of the inference log that
+`{instance}` writes (a {sample} sample of its requests) against the reference profile
+`@champion` was trained with: per-feature drift (PSI over the training deciles or categories,
+with a Kolmogorov-Smirnov test for numbers), prediction drift and the live missing and unseen
+shares. Its MLflow run (experiment `{experiment}`) holds the figures, `monitor/report.json`
+and `monitor/drift.png`; the task log's last line says what changed.
+
+`alarm` (worker) turns a breach into an event of the `{asset}` asset, whose extra names each
+breach and its figure; `train_{name}` is scheduled on it (and its cron). A breach within
+{cooldown} h of the last one that started training starts none (the cool-down).
+
+**Triage.** `monitor` skipped: nothing to judge (no traffic logged in the window, fewer than
+{min_rows} rows, no reference profile, an unreadable file): the reason is its log's last line.
+`alarm` skipped: no breach, the cool-down, or `monitoring.retrain: false`.
+"""
+
+
+# The judged window's end: the run's data interval end (a manual run's: when it runs).
+END = "{{ (data_interval_end or dag_run.run_after).strftime('%Y-%m-%dT%H:%M:%S') }}"
+
+
+def monitor_dag(model: ModelSpec, platform: Platform) -> DAG:
+    name, settings = model.name, model.monitoring
+    asset = drift_asset(name)
+    with DAG(
+        dag_id=f"monitor_{name}",
+        schedule=settings.schedule,
+        description=f"Drift and data quality of what {model.instance} serves; a breach retrains.",
+        doc_md=MONITOR_DOC.format(
+            name=name,
+            schedule=settings.schedule,
+            hours=settings.window_hours,
+            instance=model.instance,
+            sample="10%",
+            experiment=contract.MONITORING_EXPERIMENT,
+            asset=asset.uri,
+            cooldown=settings.cooldown_hours,
+            min_rows=settings.min_rows,
+        ),
+        tags=["helmsman", "monitoring", f"model:{name}"],
+        **_ops_args(),
+    ) as dag:
+        judge = pod_task(
+            "monitor", "monitor",
+            ["--model-name", name, "--window-hours", str(settings.window_hours), "--end", END],
+            platform=platform, model_spec=spec.to_json(model),
+            # Nothing to judge is a skipped task, not a failed one (and no alarm).
+            skip_on_exit_code=[ExitCode.SKIPPED],
+        )  # fmt: skip
+
+        @task(outlets=[asset])
+        def alarm(dag_run: Any = None, outlet_events: Any = None) -> dict[str, Any]:
+            extra = tasks.alarm(
+                model_name=name,
+                monitor_run_key=contract.run_key(dag_run.dag_id, dag_run.run_id, "monitor"),
+                retrain=settings.retrain,
+                cooldown=dt.timedelta(hours=settings.cooldown_hours),
+            )
+            outlet_events[asset].extra = extra
+            return extra
+
+        judge >> alarm()
     return dag

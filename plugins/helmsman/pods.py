@@ -27,6 +27,7 @@ TAG = "0.1.0"
 STAGE_IMAGES = {
     "etl": "helmsman-pipeline",
     "evaluate": "helmsman-pipeline",
+    "monitor": "helmsman-pipeline",
     "train": "helmsman-train",
     "serve": "helmsman-serve",
 }
@@ -36,6 +37,7 @@ STAGE_IMAGES = {
 STAGE_RESOURCES = {
     "etl": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
     "evaluate": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
+    "monitor": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "1Gi"}},
     "train": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "2Gi"}},
 }
 GPU_RESOURCE = "nvidia.com/gpu"

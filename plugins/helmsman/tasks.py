@@ -7,6 +7,7 @@ functions testable without a scheduler.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -99,3 +100,81 @@ def decide(
         "evaluation": version.decision,
         "champion": champion.version if champion else None,
     }
+
+
+def drift_data_end(triggering_asset_events: Any) -> str | None:
+    """The data end of a training run a monitoring breach started: the day after the breached
+    window's last day, so that training includes the traffic that drifted. None for a run the
+    cron or a person started."""
+    events = [e for found in (triggering_asset_events or {}).values() for e in found]
+    ends = [e.extra["window_end"] for e in events if (e.extra or {}).get("window_end")]
+    if not ends:
+        return None
+    last = max(dt.datetime.fromisoformat(end) for end in ends)
+    day = (last - dt.timedelta(microseconds=1)).date() + dt.timedelta(days=1)
+    log.info("started by a monitoring breach (window ending %s): training up to %s", last, day)
+    return day.isoformat()
+
+
+def alarm(
+    *, model_name: str, monitor_run_key: str, retrain: bool, cooldown: dt.timedelta
+) -> dict[str, Any]:
+    """What the monitor pod recorded for this run, as the extra of the model's drift asset
+    event; AirflowSkipException (no event) when there was no breach, retraining is off, or a
+    breach started training less than ``cooldown`` ago (a storm of breaches starts one run)."""
+    from airflow.exceptions import AirflowSkipException
+
+    from helmsman_steps import registry
+
+    models.configure()
+    run = registry.find_run(contract.MONITORING_EXPERIMENT, monitor_run_key)
+    if run is None:
+        raise LookupError(f"no monitor run {monitor_run_key!r}; did the monitor task run?")
+    tags = run.data.tags
+    window = tags.get(contract.MONITOR_WINDOW_TAG, "")
+    if tags.get(contract.MONITOR_VERDICT_TAG) != "breach":
+        raise AirflowSkipException(f"{model_name}: no breach in {window}")
+    start, _, end = window.partition("..")
+    extra = {
+        "model": model_name,
+        "version": tags.get(contract.MODEL_VERSION_TAG),
+        "window_start": start,
+        "window_end": end,
+        "breaches": json.loads(tags.get(contract.MONITOR_BREACHES_TAG) or "[]"),
+        "mlflow_run_id": run.info.run_id,
+    }
+    said = "; ".join(f"{b['what']} {b['measure']} {b['value']:.3g}" for b in extra["breaches"])
+    if not retrain:
+        raise AirflowSkipException(f"{model_name}: breach ({said}); monitoring.retrain is off")
+    last = _last_retrain(model_name, exclude=run.info.run_id)
+    now = dt.datetime.now(dt.UTC)
+    if last is not None and now - last < cooldown:
+        raise AirflowSkipException(
+            f"{model_name}: breach ({said}), but a breach started training at "
+            f"{last:%Y-%m-%d %H:%M} UTC, within the {cooldown} cool-down"
+        )
+    registry.client().set_tag(run.info.run_id, contract.MONITOR_RETRAIN_TAG, "requested")
+    log.warning("%s: breach in %s (%s): training starts", model_name, window, said)
+    return extra
+
+
+def _last_retrain(model_name: str, exclude: str) -> dt.datetime | None:
+    """When a breach of ``model_name`` last started training (another monitor run than
+    ``exclude``: a retry of this alarm is not its own cool-down)."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(contract.MONITORING_EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment.experiment_id],
+        filter_string=f"tags.`{contract.MONITOR_RETRAIN_TAG}` = 'requested' and "
+        f"tags.`{contract.MODEL_NAME_TAG}` = '{model_name}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=2,
+        output_format="list",
+    )
+    for found in runs:
+        if found.info.run_id != exclude:
+            return dt.datetime.fromtimestamp(found.info.start_time / 1000, dt.UTC)
+    return None

@@ -217,7 +217,11 @@ def test_kubectl_applies_everything_and_the_serving_deployment_becomes_available
     secret = {"apiVersion": "v1", "kind": "Secret",
               "metadata": {"name": "helmsman-mlflow", "namespace": "ml"},
               "stringData": {"MLFLOW_TRACKING_URI": mlflow_server}}  # fmt: skip
-    stack = yaml.safe_dump_all([secret, *serving_objects(champion.version, champion.model_name)])
+    settings = {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "helmsman-settings", "namespace": "ml"},
+                "data": {"HELMSMAN_DATASET_URI": champion.dataset_uri}}  # fmt: skip
+    served = serving_objects(champion.version, champion.model_name)
+    stack = yaml.safe_dump_all([secret, settings, *served])
     kubectl(cluster, "apply", "-f", "-", stdin=stack)
     status = kubectl(cluster, "-n", "ml", "rollout", "status", "deployment/churn-serving-blue",
                      "--timeout=120s")  # fmt: skip

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from helmsman.factory import model_dags
 
-train, rollback, scale = model_dags("{name}", Path(__file__).parents[1] / "models")
+train, rollback, scale, monitor = model_dags("{name}", Path(__file__).parents[1] / "models")
 '''
 
 
@@ -42,7 +42,7 @@ def add_model(root: Path, name: str, **changes: Any) -> Path:
     return dag_file
 
 
-def test_each_model_folder_becomes_its_three_dags_with_its_own_params(
+def test_each_model_folder_becomes_its_four_dags_with_its_own_params(
     tmp_path: Path, dev_env: dict[str, str]
 ) -> None:
     files = [
@@ -50,18 +50,25 @@ def test_each_model_folder_becomes_its_three_dags_with_its_own_params(
         add_model(tmp_path, "fraud", gpus=0, schedule="@hourly",
                   serving={"replicas": 5, "strategy": "blue-green", "canary_steps": [10, 50]},
                   trainer={"kind": "mlp", "params": {"epochs": 3, "hidden": "128"}},
-                  evaluation={"metric": "roc_auc", "floor": 0.7, "min_improvement": 0.01}),
+                  evaluation={"metric": "roc_auc", "floor": 0.7, "min_improvement": 0.01},
+                  monitoring={"schedule": "*/30 * * * *", "window_hours": 2, "retrain": False}),
     ]  # fmt: skip
     reports = [parse_report(f, dev_env, tmp_path) for f in files]
     assert [r["import_errors"] for r in reports] == [{}, {}]
     churn, fraud = ({d["dag_id"]: d for d in r["dags"]} for r in reports)
-    assert sorted(churn) == ["rollback_churn", "scale_churn", "train_churn"]
-    assert sorted(fraud) == ["rollback_fraud", "scale_fraud", "train_fraud"]
+    assert sorted(churn) == ["monitor_churn", "rollback_churn", "scale_churn", "train_churn"]
+    assert sorted(fraud) == ["monitor_fraud", "rollback_fraud", "scale_fraud", "train_fraud"]
     train = fraud["train_fraud"]["params"]
     assert (train["epochs"], train["hidden"], train["gpus"], train["replicas"]) == (3, "128", 0, 5)
     assert (train["strategy"], train["canary_steps"]) == ("blue-green", "10,50")
     assert train["min_improvement"] == 0.01
-    assert fraud["train_fraud"]["schedule"] == "@hourly"
+    assert fraud["train_fraud"]["schedule"] == "@hourly"  # retrain off: the cron alone
+    assert fraud["monitor_fraud"]["schedule"] == "*/30 * * * *"
+    assert fraud["monitor_fraud"]["tasks"] == ["alarm", "monitor"]
+    # A breach of churn's monitoring (its drift asset) or its cron starts its training.
+    assert churn["train_churn"]["schedule"].startswith("AssetOrTimeSchedule(")
+    assert "helmsman://churn/drift" in churn["train_churn"]["schedule"]
+    assert CHURN["schedule"] in churn["train_churn"]["schedule"]
     assert fraud["scale_fraud"]["params"] == {"replicas": 5}
     assert fraud["rollback_fraud"]["params"]["strategy"] == "blue-green"
     assert churn["train_churn"]["params"]["epochs"] == CHURN["trainer"]["params"]["epochs"]
@@ -79,7 +86,7 @@ def test_a_broken_model_is_an_import_error_of_its_own_file_only(
     good_report = parse_report(good, dev_env, tmp_path)
     broken_report = parse_report(broken, dev_env, tmp_path)
     assert good_report["import_errors"] == {}
-    assert len(good_report["dags"]) == 3
+    assert len(good_report["dags"]) == 4
     assert broken_report["dags"] == []
     (error,) = broken_report["import_errors"].values()
     assert "models/fraud/model.yaml: evaluation.metric: Input should be 'roc_auc'" in error
@@ -144,7 +151,7 @@ def test_every_pipeline_pod_of_a_model_gets_its_spec() -> None:
 def test_a_gradient_boosting_regression_gets_its_own_form_and_pod_arguments() -> None:
     """The diabetes model: no MLP knobs in its form or its train pod, no GPUs to ask for, its
     window and metric in the defaults, and evaluation told the window it judges on."""
-    train, _, _ = factory.model_dags("diabetes", REPO / "models")
+    train, _, _, _ = factory.model_dags("diabetes", REPO / "models")
     params = train.params
     assert not {"epochs", "learning_rate", "hidden", "batch_size"} & set(params)
     assert params["window_days"] == 14

@@ -37,7 +37,7 @@ DAG_FILE = """
 # Airflow DAGs of one model (the DagBag's safe mode reads files that name airflow and dag).
 from pathlib import Path
 from helmsman.factory import model_dags
-train, rollback, scale = model_dags("{name}", Path("{models}"))
+train, rollback, scale, monitor = model_dags("{name}", Path("{models}"))
 """
 # Up to the train task: what follows it (evaluation, the rollout) is marked done, not run.
 RUNNER = """

@@ -85,7 +85,7 @@ def test_the_policy_reads_the_run_off_a_real_serialized_train_task(
     shutil.copytree(REPO / "models" / "churn", tmp_path / "churn")
     spec = yaml.safe_load((tmp_path / "churn" / "model.yaml").read_text())
     (tmp_path / "churn" / "model.yaml").write_text(yaml.safe_dump({**spec, **model}))
-    train, _, _ = factory.model_dags("churn", tmp_path)
+    train, _, _, _ = factory.model_dags("churn", tmp_path)
     task = DagSerialization.from_dict(DagSerialization.to_dict(train)).get_task("train")
     ti = SimpleNamespace(pool=task.pool, pool_slots=task.pool_slots, task=task)
     policies.task_instance_mutation_hook(ti, dag_run(DagRunType.SCHEDULED, conf))

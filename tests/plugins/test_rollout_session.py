@@ -77,6 +77,11 @@ def env(
     cluster.core.create_namespaced_secret(
         NS, {"metadata": {"name": "helmsman-mlflow"}, "data": secret}
     )
+    # Where the serving pods write their inference log.
+    settings = {"HELMSMAN_DATASET_URI": str(root / "datasets")}
+    cluster.core.create_namespaced_config_map(
+        NS, {"metadata": {"name": "helmsman-settings"}, "data": settings}
+    )
     gateway = yaml.safe_load((REPO / "deploy" / "serving-gateway.yaml").read_text())
     custom = client.CustomObjectsApi(cluster.api)
     custom.create_namespaced_custom_object(GROUP, VERSION, NS, "gateways", gateway)

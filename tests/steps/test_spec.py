@@ -101,6 +101,11 @@ BAD = [
     ("serving", {"thresholds": {"max p99": 1}}, "should match pattern"),
     ("schedule", "every day", "not a cron expression"),
     ("schedule", "@fortnightly", "unknown preset"),
+    ("monitoring", {"schedule": "hourly"}, "not a cron expression"),
+    ("monitoring", {"psi": 0}, "greater than 0"),
+    ("monitoring", {"ks_pvalue": 1}, "less than 1"),
+    ("monitoring", {"window_hours": 0}, "greater than or equal to 1"),
+    ("monitoring", {"drift": 0.2}, "unknown field"),
     ("gpus", -1, "greater than or equal to 0"),
     ("gpus", 2, "runs on CPU; set gpus: 0"),
     ("colour", "blue", "unknown field"),
@@ -131,6 +136,8 @@ def test_a_valid_spec_loads_with_its_defaults(tmp_path: Path) -> None:
     assert model.instance == "prices-serving"
     assert model.gpus == 0
     assert model.schedule == "0 3 * * *"
+    assert (model.monitoring.schedule, model.monitoring.psi) == ("@hourly", 0.2)
+    assert model.monitoring.retrain
 
 
 def test_the_folder_name_must_be_the_model_name(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from helmsman_steps import contract, exitcodes, logs
-from helmsman_steps.exitcodes import BadInputError, ExitCode
+from helmsman_steps.exitcodes import BadInputError, ExitCode, Skipped
 
 if TYPE_CHECKING:
     from helmsman_steps.spec import ModelSpec
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     name="helmsman-step",
-    help="Helmsman pipeline stages: etl, train, evaluate, serve.",
+    help="Helmsman pipeline stages: etl, train, evaluate, serve, monitor.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -333,6 +333,56 @@ def evaluate(
     _emit(decision)
 
 
+@app.command()
+def monitor(
+    model_name: ModelName,
+    dataset_uri: DatasetUri,
+    end: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            formats=_DATE_FORMATS,
+            help="End of the judged window (exclusive; the DAG passes its data "
+            "interval's end). Default: the current hour's start, UTC.",
+        ),
+    ] = None,
+    window_hours: Annotated[
+        int,
+        typer.Option(
+            min=0, max=168, help="Hours of traffic judged, ending at --end (0: the spec's)."
+        ),
+    ] = 0,
+    run_key: RunKey = "",
+    model_spec: ModelSpecJson = "",
+) -> None:
+    """Judge a window of the champion's inference log against its training data's profile:
+    per-column and prediction drift, data quality; recorded in MLflow. Exit 3 (skipped) when
+    there is nothing to judge: no champion, no profile, too little traffic, an unreadable file."""
+    from helmsman_steps import monitor as stage
+    from helmsman_steps.modelinfo import ModelInfo
+    from helmsman_steps.store import DatasetStore
+
+    declared = _spec(model_spec)
+    settings = declared.monitoring if declared else None
+    hours = window_hours or (settings.window_hours if settings else 1)
+    if end is None:
+        end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    elif end.tzinfo is None:
+        end = end.replace(tzinfo=dt.UTC)
+    if end > dt.datetime.now(dt.UTC) + dt.timedelta(minutes=5):
+        raise BadInputError(f"--end {end:%Y-%m-%dT%H:%M}Z is in the future: no traffic there yet")
+    start = end - dt.timedelta(hours=hours)
+    thresholds = stage.thresholds_of(
+        settings.model_dump(include=set(stage.Thresholds.__dataclass_fields__))
+        if settings
+        else None
+    )
+    info = ModelInfo.of(declared, model_name)
+    key = run_key or contract.run_key("local", f"monitor_{end:%Y%m%dT%H}", "monitor")
+    # Where the server writes the model's inference log: the model's folder, spec or not.
+    store = DatasetStore(f"{dataset_uri.rstrip('/')}/{model_name}")
+    _emit(stage.run(store, info, start, end, thresholds, key))
+
+
 @app.command("sample-data")
 def sample_data(
     name: Annotated[str, typer.Argument(help="The packaged dataset: diabetes or wine.")],
@@ -414,12 +464,29 @@ def serve(
             help="Micro-batching: a batch that reaches this many rows is scored at once.",
         ),
     ] = 64,
+    log_sample: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            max=1,
+            envvar="HELMSMAN_LOG_SAMPLE",
+            help="Inference log: the share of scored requests (0 to 1; 0: off) written, off the "
+            "request path, to the model's folder of the dataset store, for its monitor.",
+        ),
+    ] = 0,
+    dataset_uri: Annotated[
+        str,
+        typer.Option(
+            envvar="HELMSMAN_DATASET_URI",
+            help="Root of the dataset store (a path or fsspec URL): where the inference log goes.",
+        ),
+    ] = "",
 ) -> None:
     """Serve one model version over HTTP until SIGTERM."""
     from helmsman_steps import serve as stage
 
     code = stage.serve(model_uri, host, port, graceful_seconds, drain_seconds,
-                       batch_window_ms, batch_max_rows)  # fmt: skip
+                       batch_window_ms, batch_max_rows, log_sample, dataset_uri)  # fmt: skip
     if code:
         raise typer.Exit(code)
 
@@ -432,6 +499,9 @@ def main() -> None:
     """
     try:
         app()
+    except Skipped as exc:
+        logs.get("helmsman_steps").warning("skipped: nothing to judge", reason=str(exc))
+        sys.exit(ExitCode.SKIPPED)
     except BadInputError as exc:
         logs.get("helmsman_steps").error("bad input", error=str(exc))
         exitcodes.record_bad_input()

@@ -44,6 +44,9 @@ PROMOTED_BY_TAG: Final = "helmsman.promoted_by"
 # On a monitor run: its verdict (ok / breach), the breaches as JSON, the version it judged.
 MONITOR_VERDICT_TAG: Final = "helmsman.monitor_verdict"
 MONITOR_BREACHES_TAG: Final = "helmsman.monitor_breaches"
+MONITOR_WINDOW_TAG: Final = "helmsman.monitor_window"  # START..END, ISO, UTC
+# On a monitor run whose breach started a training run (the alarm's cool-down reads it).
+MONITOR_RETRAIN_TAG: Final = "helmsman.monitor_retrain"
 
 # The model's validated spec (models/<name>/model.yaml as JSON): the DAG hands it to the pods in
 # this variable, and training stores it with the model version, so that a version carries the
@@ -91,3 +94,8 @@ def run_key_template(stage: str) -> str:
 def local_run_key(start: str, end: str, stage: str) -> str:
     """The key of a stage run by hand, outside Airflow: ``local/START_END/STAGE``."""
     return run_key("local", f"{start}_{end}", stage)
+
+
+def drift_asset_uri(model_name: str) -> str:
+    """The Airflow asset a monitoring breach of ``model_name`` updates."""
+    return f"helmsman://{model_name}/drift"

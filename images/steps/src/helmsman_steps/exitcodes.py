@@ -22,6 +22,13 @@ class ExitCode(enum.IntEnum):
     INTERNAL = 1
     # The input is wrong (bad options, data that fails validation): fix the input, not the code.
     BAD_INPUT = 2
+    # Nothing to do, and nothing wrong (a monitor with no traffic to judge): the task is skipped.
+    SKIPPED = 3
+
+
+class Skipped(Exception):  # an outcome, not an error
+    """Nothing to do and nothing wrong (a monitor with no traffic to judge); the CLI maps it to
+    ExitCode.SKIPPED, which the task turns into "skipped"."""
 
 
 class BadInputError(Exception):

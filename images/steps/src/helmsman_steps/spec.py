@@ -166,6 +166,47 @@ class Serving(_Strict):
         return steps
 
 
+class Monitoring(_Strict):
+    """How the served model is watched (the ``monitor_<name>`` DAG) and when a window of its
+    traffic breaches: a breach emits the model's ``drift`` asset event, which starts a training
+    run (helmsman_steps.monitor documents each measure)."""
+
+    schedule: str = "@hourly"
+    window_hours: int = Field(default=1, ge=1, le=168, description="hours of traffic judged")
+    # A column drifts when its PSI reaches `psi` and (a number) the KS test's p-value is below
+    # `ks_pvalue`. 0.2 is the usual "significant shift" line of PSI.
+    psi: float = Field(default=0.2, gt=0, le=10)
+    ks_pvalue: float = Field(default=0.001, gt=0, lt=1)
+    prediction_psi: float = Field(default=0.2, gt=0, le=10)
+    missing_increase: float = Field(default=0.05, gt=0, le=1)
+    unseen_share: float = Field(default=0.05, gt=0, le=1)
+    min_rows: int = Field(default=200, ge=1, description="a thinner window is not judged")
+    performance_drop: float = Field(default=0.05, gt=0, le=1)
+    # After a breach starts a training run, further breaches within this many hours start none.
+    cooldown_hours: float = Field(default=6, ge=0, le=168)
+    retrain: bool = Field(default=True, description="a breach starts a training run")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, schedule: str) -> str:
+        return _cron_or_preset(schedule)
+
+
+def _cron_or_preset(schedule: str) -> str:
+    if schedule.startswith("@"):
+        presets = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly")
+        if schedule not in presets:
+            raise ValueError(f"unknown preset {schedule!r}; one of {presets} or cron")
+        return schedule
+    try:
+        from croniter import croniter  # Airflow's dependency
+    except ImportError:  # in a pod: the DAG processor validated the schedule already
+        return schedule
+    if not croniter.is_valid(schedule):
+        raise ValueError(f"{schedule!r} is not a cron expression (e.g. '0 3 * * *')")
+    return schedule
+
+
 class ModelSpec(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
@@ -178,6 +219,7 @@ class ModelSpec(_Strict):
     trainer: Trainer
     evaluation: Evaluation
     serving: Serving = Field(default_factory=lambda: Serving())
+    monitoring: Monitoring = Field(default_factory=lambda: Monitoring())
     schedule: str | None = "0 3 * * *"
     window_days: int = Field(default=7, ge=1, le=90, description="days a run trains on")
     gpus: int = Field(default=0, ge=0, le=8, description="GPUs per training pod")
@@ -190,19 +232,7 @@ class ModelSpec(_Strict):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, schedule: str | None) -> str | None:
-        if schedule is None or schedule.startswith("@"):
-            presets = ("@once", "@hourly", "@daily", "@weekly", "@monthly", "@yearly", None)
-            if schedule not in presets:
-                raise ValueError(f"unknown preset {schedule!r}; one of {presets[:-1]} or cron")
-            return schedule
-        try:
-            from croniter import croniter  # Airflow's dependency
-        except ImportError:  # in a pod: the DAG processor validated the schedule already
-            return schedule
-
-        if not croniter.is_valid(schedule):
-            raise ValueError(f"{schedule!r} is not a cron expression (e.g. '0 3 * * *')")
-        return schedule
+        return None if schedule is None else _cron_or_preset(schedule)
 
     @model_validator(mode="after")
     def _task_fits(self) -> ModelSpec:

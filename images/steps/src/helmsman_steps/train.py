@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from helmsman_steps import contract, fit, logs, onnx_model, registry
+from helmsman_steps import contract, fit, logs, monitor, onnx_model, registry
 from helmsman_steps.custom import Fitted, TrainingData
 from helmsman_steps.exitcodes import BadInputError
 from helmsman_steps.model import FILENAME, NumpyModel
@@ -173,7 +173,24 @@ def _read(store: DatasetStore, days: list[dt.date], info: ModelInfo) -> _Split:
     reports = [store.read_report(d) for d in days]
     x = info.featurizer.to_matrix({c: frame[c].to_numpy() for c in frame.columns})
     y = info.target(frame[info.label].to_numpy())
-    return _Split(x, y, buckets(frame[info.id_column]), days, registry.dataset_hash(reports))
+    # The rows the reference profile describes: a seeded sample, the same on every try.
+    rng = np.random.default_rng(0)
+    profiled = np.sort(rng.choice(len(frame), min(len(frame), monitor.PROFILE_ROWS), replace=False))
+    raw = frame.iloc[profiled][list(info.raw_columns)].reset_index(drop=True)
+    return _Split(x, y, buckets(frame[info.id_column]), days, registry.dataset_hash(reports),
+                  profiled, raw)  # fmt: skip
+
+
+def _log_reference_profile(split: _Split, info: ModelInfo, graph: onnx.ModelProto) -> None:
+    """What the monitor judges live traffic against: the training rows' raw columns and the
+    registered graph's predictions on them (``monitor.reference_profile``)."""
+    import mlflow
+
+    scores = onnx_model.predict(graph, split.x[split.profiled])
+    if info.task != "multiclass":
+        scores = scores.reshape(len(scores), -1)[:, -1]
+    profile = monitor.reference_profile(split.raw, scores, info)
+    mlflow.log_dict(profile, contract.REFERENCE_PROFILE_ARTIFACT)
 
 
 def _lead(
@@ -234,6 +251,7 @@ def _lead(
         parity_rows = rows.x[val_rows][:PARITY_ROWS]
         parity = onnx_model.check_parity(graph, exported.predict_matrix(parity_rows), parity_rows)
         mlflow.log_metrics({"onnx_max_abs_diff": parity, "onnx_parity_rows": len(parity_rows)})
+        _log_reference_profile(rows, info, graph)
         version = _log_and_register(
             trained.net, exported, graph, mean, scale, rows.x[:5], model_name, lineage, run_key,
             rows.dataset_hash, model_spec,
@@ -391,6 +409,8 @@ class _Split:
     bucket: npt.NDArray[np.int64]
     days: list[dt.date]
     dataset_hash: str
+    profiled: npt.NDArray[np.int64]  # the rows of the reference profile
+    raw: pd.DataFrame  # their raw columns
 
     @property
     def train_rows(self) -> npt.NDArray[np.bool_]:
@@ -624,6 +644,7 @@ def _train_fitted(
     parity_rows = x_val[:PARITY_ROWS]
     parity = onnx_model.check_parity(graph, trainer.predict(parity_rows), parity_rows)
     mlflow.log_metrics({"onnx_max_abs_diff": parity, "onnx_parity_rows": len(parity_rows)})
+    _log_reference_profile(split, info, graph)
     with tempfile.TemporaryDirectory() as tmp:
         extra = _extra_files(Path(tmp), graph, inputs, model_spec)
         logged = trainer.log(graph, split.x[:5], extra, model_name)

@@ -1,0 +1,417 @@
+"""Model monitoring: the reference profile training records, and a window of the inference log
+judged against it.
+
+**Reference profile** (``reference_profile``), stored with the model version's training run
+(``contract.REFERENCE_PROFILE_ARTIFACT``): for each raw column the training data's missing
+share and either its category shares or its deciles (the bin edges) with each bin's share and
+a sample of values; the same for the model's predictions on those rows (a multiclass model's
+predicted class shares).
+
+**Judgement** (``judge``): the live rows of one window, served by that version, against its
+profile, with scipy's statistics rather than hand-written ones:
+
+- per column, the population stability index over the profile's bins (``scipy.special.
+  rel_entr`` both ways), the Jensen-Shannon distance of the same shares, and for a number the
+  two-sample Kolmogorov-Smirnov test against the profile's sample (``scipy.stats.ks_2samp``);
+  a column *drifts* when its PSI reaches ``psi`` and, for a number, the KS test also rejects
+  "same distribution" at ``ks_pvalue`` (PSI alone over-reacts to small windows, KS alone to
+  large ones);
+- the predictions the same way (``prediction_psi``);
+- data quality: the missing share of each column against training's, and the share of values
+  training never saw (a category absent from the training data, a number outside the declared
+  range; the server's validation keeps both rare).
+
+A window with fewer than ``min_rows`` rows is not judged (``Skipped``): a thin window would
+raise false alarms.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from helmsman_steps import inference_log, logs
+
+# Nothing to judge (no traffic, no profile, a file that cannot be read): the monitor run is
+# skipped, not failed, and raises no alarm.
+from helmsman_steps.exitcodes import BadInputError, Skipped
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from helmsman_steps.modelinfo import ModelInfo
+    from helmsman_steps.store import DatasetStore
+
+log = logs.get(__name__)
+
+PROFILE_FORMAT = 1
+PROFILE_ROWS = 20_000  # training rows profiled (a seeded sample of the window)
+SAMPLE_VALUES = 2_000  # values kept per number for the KS test
+BINS = 10  # deciles
+EPSILON = 1e-4  # an empty bin's share, so that PSI stays finite
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """When a window breaches (``model.yaml``'s ``monitoring``; documented there)."""
+
+    psi: float = 0.2
+    ks_pvalue: float = 0.001
+    prediction_psi: float = 0.2
+    missing_increase: float = 0.05
+    unseen_share: float = 0.05
+    min_rows: int = 200
+    performance_drop: float = 0.05
+
+
+# -- the reference profile ----------------------------------------------------------------
+def _numbers_profile(values: np.ndarray, rng: np.random.Generator) -> dict[str, Any]:
+    edges = np.unique(np.quantile(values, np.linspace(0, 1, BINS + 1))[1:-1])
+    shares = _shares(values, edges)
+    sample = rng.choice(values, min(SAMPLE_VALUES, len(values)), replace=False)
+    return {"edges": edges.tolist(), "shares": shares.tolist(), "sample": sample.tolist(),
+            "low": float(values.min()), "high": float(values.max())}  # fmt: skip
+
+
+def _shares(values: np.ndarray, edges: np.ndarray | list[float]) -> np.ndarray:
+    """The share of ``values`` in each bin: (-inf, e0), [e0, e1), ..., [e_last, inf)."""
+    counts = np.bincount(np.searchsorted(np.asarray(edges), values, side="right"),
+                         minlength=len(edges) + 1)  # fmt: skip
+    return counts / max(len(values), 1)
+
+
+def _categories_profile(values: pd.Series) -> dict[str, Any]:
+    shares = values.astype(str).value_counts(normalize=True).sort_index()
+    return {"shares": {str(k): float(v) for k, v in shares.items()}}
+
+
+def reference_profile(
+    frame: pd.DataFrame, scores: np.ndarray, info: ModelInfo, seed: int = 0
+) -> dict[str, Any]:
+    """The profile of training rows ``frame`` (raw columns) and the model's ``scores`` on them."""
+    rng = np.random.default_rng(seed)
+    columns: dict[str, Any] = {}
+    for name, column in info.raw_columns.items():
+        values = frame[name]
+        present = values.dropna()
+        missing = float(1 - len(present) / max(len(values), 1))
+        entry: dict[str, Any] = {"type": column["type"], "missing": missing}
+        if len(present) == 0:
+            entry["empty"] = True
+        elif column["type"] == "category":
+            entry |= _categories_profile(present)
+        else:
+            entry |= _numbers_profile(present.to_numpy(dtype=np.float64), rng)
+        columns[name] = entry
+    observed = np.asarray(info.observed(np.asarray(scores)), dtype=np.float64)
+    if info.task == "multiclass":
+        import pandas as pd
+
+        prediction = {"type": "category", **_categories_profile(pd.Series(observed.astype(int)))}
+    else:
+        prediction = {"type": "float", **_numbers_profile(observed, rng)}
+    return {"format": PROFILE_FORMAT, "model": info.name, "task": info.task,
+            "rows": len(frame), "columns": columns, "prediction": prediction}  # fmt: skip
+
+
+# -- judging a window ---------------------------------------------------------------------
+@dataclass
+class ColumnDrift:
+    psi: float
+    js: float
+    ks_statistic: float | None = None
+    ks_pvalue: float | None = None
+    missing: float = 0.0
+    missing_reference: float = 0.0
+    unseen: float = 0.0
+    drifted: bool = False
+
+
+@dataclass
+class Judgement:
+    model: str
+    version: str
+    window_start: str
+    window_end: str
+    rows: int
+    requests: int
+    columns: dict[str, ColumnDrift]
+    prediction: ColumnDrift
+    breaches: list[dict[str, Any]] = field(default_factory=list)
+    performance: dict[str, float] | None = None
+
+    @property
+    def drifted(self) -> list[str]:
+        return [name for name, c in self.columns.items() if c.drifted]
+
+    def summary(self) -> str:
+        """One line: what changed, with its figures (the DAG's task log shows it)."""
+        window = f"{self.window_start}..{self.window_end}"
+        head = f"{self.model} v{self.version}, {self.rows} rows in {window}"
+        if not self.breaches:
+            worst = max(self.columns.items(), key=lambda kv: kv[1].psi)
+            return f"{head}: no breach (highest PSI {worst[0]} {worst[1].psi:.3f})"
+        said = "; ".join(f"{b['kind']} {b['what']} {b['measure']} {b['value']:.3g} "
+                         f"(threshold {b['threshold']:.3g})" for b in self.breaches)  # fmt: skip
+        return f"{head}: BREACH {said}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "drifted": self.drifted, "summary": self.summary()}
+
+
+def _psi_js(expected: np.ndarray, actual: np.ndarray) -> tuple[float, float]:
+    from scipy.spatial.distance import jensenshannon
+    from scipy.special import rel_entr
+
+    e = np.clip(expected, EPSILON, None)
+    a = np.clip(actual, EPSILON, None)
+    e, a = e / e.sum(), a / a.sum()
+    psi = float(np.sum(rel_entr(a, e) + rel_entr(e, a)))
+    return psi, float(jensenshannon(e, a, base=2))
+
+
+def _compare(reference: Mapping[str, Any], values: pd.Series, kind: str,
+             declared: Mapping[str, Any] | None, t: Thresholds) -> ColumnDrift:  # fmt: skip
+    from scipy.stats import ks_2samp
+
+    present = values.dropna()
+    missing = float(1 - len(present) / max(len(values), 1))
+    base = float(reference.get("missing", 0.0))
+    if reference.get("empty") or len(present) == 0:
+        return ColumnDrift(psi=0.0, js=0.0, missing=missing, missing_reference=base)
+    if kind == "category":
+        shares = reference["shares"]
+        live = present.astype(str).value_counts(normalize=True)
+        names = sorted(set(shares) | set(live.index))
+        expected = np.array([shares.get(n, 0.0) for n in names])
+        actual = np.array([float(live.get(n, 0.0)) for n in names])
+        psi, js = _psi_js(expected, actual)
+        unseen = float(sum(live.get(n, 0.0) for n in names if n not in shares))
+        return ColumnDrift(psi, js, missing=missing, missing_reference=base, unseen=unseen,
+                           drifted=psi >= t.psi)  # fmt: skip
+    numbers = present.to_numpy(dtype=np.float64)
+    psi, js = _psi_js(np.asarray(reference["shares"]), _shares(numbers, reference["edges"]))
+    test = ks_2samp(np.asarray(reference["sample"]), numbers)
+    bounds = (declared or {}).get("range")
+    unseen = float(np.mean((numbers < bounds[0]) | (numbers > bounds[1]))) if bounds else 0.0
+    statistic, pvalue = float(test.statistic), float(test.pvalue)
+    return ColumnDrift(psi, js, statistic, pvalue, missing, base, unseen,
+                       drifted=psi >= t.psi and pvalue < t.ks_pvalue)  # fmt: skip
+
+
+def judge(
+    profile: Mapping[str, Any],
+    live: pd.DataFrame,
+    info: ModelInfo,
+    version: str,
+    window: tuple[dt.datetime, dt.datetime],
+    thresholds: Thresholds,
+) -> Judgement:
+    """The window's live rows (``read_window``) against the version's profile."""
+    if profile.get("format") != PROFILE_FORMAT:
+        raise Skipped(
+            f"the reference profile has format {profile.get('format')!r}; this monitor reads "
+            f"format {PROFILE_FORMAT}: retrain the model to record a new one"
+        )
+    rows = len(live)
+    if rows < thresholds.min_rows:
+        raise Skipped(
+            f"{rows} rows served by version {version} in {window[0]:%Y-%m-%d %H:%M}.."
+            f"{window[1]:%H:%M} UTC, fewer than min_rows {thresholds.min_rows}: too few to judge"
+        )
+    columns: dict[str, ColumnDrift] = {}
+    for name, column in info.raw_columns.items():
+        reference = profile["columns"].get(name)
+        if reference is None:
+            raise Skipped(f"the reference profile has no column {name!r}; retrain to record one")
+        columns[name] = _compare(reference, live[name], column["type"], column, thresholds)
+    scores = live[inference_log.PREDICTION]
+    if info.task == "multiclass":
+        import pandas as pd
+
+        scores = pd.Series(np.stack(scores.to_numpy()).argmax(axis=1))
+    prediction = _compare(profile["prediction"], scores, profile["prediction"]["type"], None,
+                          thresholds)  # fmt: skip
+    prediction.drifted = prediction.psi >= thresholds.prediction_psi and (
+        prediction.ks_pvalue is None or prediction.ks_pvalue < thresholds.ks_pvalue
+    )
+    result = Judgement(
+        info.name, version, f"{window[0]:%Y-%m-%dT%H:%M}Z", f"{window[1]:%Y-%m-%dT%H:%M}Z", rows,
+        int(live[inference_log.REQUEST_ID].nunique()), columns, prediction,
+    )  # fmt: skip
+    for name, c in columns.items():
+        if c.drifted:
+            result.breaches.append({"kind": "drift", "what": name, "measure": "psi",
+                                    "value": c.psi, "threshold": thresholds.psi,
+                                    "ks_pvalue": c.ks_pvalue})  # fmt: skip
+        if c.missing - c.missing_reference > thresholds.missing_increase:
+            result.breaches.append({"kind": "drift", "what": name, "measure": "missing share",
+                                    "value": c.missing, "threshold":
+                                    c.missing_reference + thresholds.missing_increase})  # fmt: skip
+        if c.unseen > thresholds.unseen_share:
+            result.breaches.append({"kind": "drift", "what": name, "measure": "unseen share",
+                                    "value": c.unseen,
+                                    "threshold": thresholds.unseen_share})  # fmt: skip
+    if prediction.drifted:
+        result.breaches.append({"kind": "drift", "what": "prediction", "measure": "psi",
+                                "value": prediction.psi,
+                                "threshold": thresholds.prediction_psi})  # fmt: skip
+    return result
+
+
+def read_window(
+    store: DatasetStore, start: dt.datetime, end: dt.datetime, version: str
+) -> pd.DataFrame:
+    """The inference log's rows answered by ``version`` in [start, end); a file that cannot be
+    read is ``Skipped`` with its name (judging what is left could raise a false alarm)."""
+    import pandas as pd
+
+    files = store.inference_files(start, end)
+    if not files:
+        raise Skipped(f"no inference log under {store.root}/inference for "
+                      f"{start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M} UTC: no traffic logged "
+                      "(is the server's --log-sample above 0?)")  # fmt: skip
+    frames = []
+    for path in files:
+        try:
+            with store.fs.open(path, "rb") as handle:
+                frames.append(pd.read_parquet(handle))
+        except Exception as exc:  # pyarrow's errors for a truncated or foreign file vary
+            raise Skipped(f"the inference log file {path} cannot be read ({exc}); move it "
+                          "aside or remove it") from None  # fmt: skip
+    frame = pd.concat(frames, ignore_index=True)
+    stamps = frame[inference_log.TIMESTAMP]
+    inside = (stamps >= pd.Timestamp(start)) & (stamps < pd.Timestamp(end))
+    frame = frame[inside & (frame[inference_log.VERSION] == version)]
+    return frame.reset_index(drop=True)
+
+
+def thresholds_of(settings: Mapping[str, Any] | None) -> Thresholds:
+    known = {f for f in Thresholds.__dataclass_fields__}
+    given = {k: v for k, v in (settings or {}).items() if k in known}
+    unknown = set(settings or {}) - known
+    if unknown:
+        raise BadInputError(
+            f"unknown monitoring thresholds {sorted(unknown)}; one of {sorted(known)}"
+        )
+    return Thresholds(**given)
+
+
+def finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
+# -- the monitor step ---------------------------------------------------------------------
+def run(
+    store: DatasetStore,
+    info: ModelInfo,
+    start: dt.datetime,
+    end: dt.datetime,
+    thresholds: Thresholds,
+    run_key: str,
+) -> dict[str, Any]:
+    """Judge the champion's traffic in [start, end) and record it in MLflow (metrics, the
+    report and its plot, the verdict as tags); ``Skipped`` when there is nothing to judge."""
+    import mlflow
+
+    from helmsman_steps import contract, registry
+
+    champion = registry.champion(info.name)
+    if champion is None:
+        raise Skipped(f"{info.name} has no @champion: nothing is served to watch")
+    folder = contract.REFERENCE_PROFILE_ARTIFACT.rsplit("/", 1)[0]
+    stored = {a.path for a in registry.client().list_artifacts(champion.run_id, folder)}
+    if contract.REFERENCE_PROFILE_ARTIFACT not in stored:
+        raise Skipped(
+            f"version {champion.version} of {info.name} has no reference profile "
+            f"({contract.REFERENCE_PROFILE_ARTIFACT} in run {champion.run_id}): it was trained "
+            "before monitoring; the next training run records one"
+        )
+    profile = mlflow.artifacts.load_dict(
+        f"runs:/{champion.run_id}/{contract.REFERENCE_PROFILE_ARTIFACT}"
+    )
+    live = read_window(store, start, end, champion.version)
+    judgement = judge(profile, live, info, champion.version, (start, end), thresholds)
+    verdict = "breach" if judgement.breaches else "ok"
+    report = judgement.to_dict()
+    window = f"{judgement.window_start}..{judgement.window_end}"
+    tags = {contract.MONITOR_VERDICT_TAG: verdict, contract.MODEL_NAME_TAG: info.name,
+            contract.MODEL_VERSION_TAG: champion.version, contract.MONITOR_WINDOW_TAG: window,
+            contract.MONITOR_BREACHES_TAG: _json(judgement.breaches)[:4000]}  # fmt: skip
+    with registry.get_or_start_run(
+        contract.MONITORING_EXPERIMENT, run_key, f"monitor {info.name} {judgement.window_end}",
+        tags,
+    ) as monitored:  # fmt: skip
+        metrics = {"rows": float(judgement.rows), "requests": float(judgement.requests),
+                   "breaches": float(len(judgement.breaches)),
+                   "prediction_psi": judgement.prediction.psi}  # fmt: skip
+        for name, c in judgement.columns.items():
+            metrics |= {f"psi.{name}": c.psi, f"js.{name}": c.js, f"missing.{name}": c.missing,
+                        f"unseen.{name}": c.unseen}  # fmt: skip
+            if c.ks_pvalue is not None:
+                metrics[f"ks_pvalue.{name}"] = c.ks_pvalue
+        mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
+        mlflow.set_tags(tags)
+        mlflow.log_dict(report, contract.MONITOR_REPORT_ARTIFACT)
+        mlflow.log_figure(plot(profile, live, judgement, info), "monitor/drift.png")
+        report["mlflow_run_id"] = monitored.info.run_id
+    log.info(judgement.summary(), verdict=verdict, drifted=judgement.drifted)
+    return report
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, default=float, sort_keys=True)
+
+
+def plot(profile: Mapping[str, Any], live: pd.DataFrame, judgement: Judgement,
+         info: ModelInfo) -> Any:  # fmt: skip
+    """Training against live, per column and for the predictions: the shares of each bin (or
+    category) side by side, the PSI in each title, drifted ones in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [*info.raw_columns, "prediction"]
+    cols = 3
+    rows = math.ceil(len(names) / cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    for ax, name in zip(axes.flat, names, strict=False):
+        reference = profile["prediction"] if name == "prediction" else profile["columns"][name]
+        drift = judgement.prediction if name == "prediction" else judgement.columns[name]
+        values = live[inference_log.PREDICTION if name == "prediction" else name].dropna()
+        if name == "prediction" and info.task == "multiclass":
+            values = values.map(lambda v: int(np.argmax(v)))
+        if "shares" in reference and isinstance(reference["shares"], dict):
+            labels = sorted(set(reference["shares"]) | set(values.astype(str)))
+            expected = [reference["shares"].get(n, 0.0) for n in labels]
+            counts = values.astype(str).value_counts(normalize=True)
+            actual = [float(counts.get(n, 0.0)) for n in labels]
+        elif "edges" in reference:
+            edges = reference["edges"]
+            labels = [f"<{edges[0]:.3g}", *(f"{e:.3g}+" for e in edges)]
+            expected = list(reference["shares"])
+            actual = _shares(values.to_numpy(dtype=np.float64), edges).tolist()
+        else:
+            continue
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, expected, 0.4, label="training", color="#7f8c8d")
+        ax.bar(x + 0.2, actual, 0.4, label="live", color="#c0392b" if drift.drifted else "#2980b9")
+        ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"{name}  PSI {drift.psi:.3f}" + ("  DRIFT" if drift.drifted else ""),
+                     color="#c0392b" if drift.drifted else "black", fontsize=10)  # fmt: skip
+        ax.set_ylabel("share", fontsize=8)
+    axes.flat[0].legend(fontsize=8)
+    figure.suptitle(f"{info.name} v{judgement.version}: {judgement.rows} live rows "
+                    f"{judgement.window_start}..{judgement.window_end} vs training")  # fmt: skip
+    figure.tight_layout()
+    return figure
