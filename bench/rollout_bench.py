@@ -103,6 +103,11 @@ def run(root: Path, interval: float, rounds: int, small: bool) -> int:
             "metadata": {"name": "helmsman-mlflow"},
             "data": {"MLFLOW_TRACKING_URI": base64.b64encode(uri.encode()).decode()},
         })  # fmt: skip
+        # The platform's settings, which every serving pod reads (here: where its log goes).
+        cluster.core.create_namespaced_config_map(NS, {
+            "metadata": {"name": "helmsman-settings"},
+            "data": {"HELMSMAN_DATASET_URI": str(root / "datasets")},
+        })  # fmt: skip
         custom = client.CustomObjectsApi(cluster.api)
         gateway = yaml.safe_load((REPO / "deploy" / "serving-gateway.yaml").read_text())
         custom.create_namespaced_custom_object(

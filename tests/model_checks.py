@@ -1,5 +1,5 @@
 """What every model folder's own tests check (``models/<name>/test_model.py``, written by
-``make new-model``): its spec builds its three DAGs, and its sample feed goes through the real
+``make new-model``): its spec builds its four DAGs, and its sample feed goes through the real
 steps -- ETL against the declared schema, training with the ONNX parity check, evaluation on
 the declared metric, and the served model answering a row of the sample -- as subprocesses of
 ``helmsman-step``, against an MLflow store of the test's own."""
@@ -23,12 +23,13 @@ STEPS_SRC = REPO / "images" / "steps" / "src"
 
 
 def check_dags(folder: Path) -> None:
-    """The factory builds train_, rollback_ and scale_<name> from the folder."""
+    """The factory builds train_, rollback_, scale_ and monitor_<name> from the folder."""
     from helmsman import factory
 
     name = folder.name
     dags = factory.model_dags(name, folder.parent)
-    assert [d.dag_id for d in dags] == [f"train_{name}", f"rollback_{name}", f"scale_{name}"]
+    kinds = ["train", "rollback", "scale", "monitor"]
+    assert [d.dag_id for d in dags] == [f"{kind}_{name}" for kind in kinds]
     assert {"etl", "train", "evaluate", "rollout"} <= set(dags[0].task_ids)
 
 
