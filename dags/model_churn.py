@@ -1,5 +1,6 @@
 """Airflow DAGs of the churn model, built from models/churn/model.yaml: train_churn (daily
-training with a gated rollout), rollback_churn and scale_churn (operations)."""
+training with a gated rollout), rollback_churn and scale_churn (operations),
+monitor_churn (hourly drift checks; a breach starts train_churn)."""
 
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """Airflow DAGs of the diabetes model, built from models/diabetes/model.yaml: train_diabetes
-(daily training with a gated rollout), rollback_diabetes and scale_diabetes (operations)."""
+(daily training with a gated rollout), rollback_diabetes and scale_diabetes (operations),
+monitor_diabetes (hourly drift checks)."""
 
 from pathlib import Path
 

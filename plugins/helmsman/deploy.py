@@ -176,7 +176,7 @@ class RolloutOperator(BaseOperator):
     # -- helpers ----------------------------------------------------------------------------------
 
     def _decision(self, context: Any) -> dict[str, Any]:
-        from airflow.exceptions import AirflowSkipException
+        from airflow.sdk.exceptions import AirflowSkipException
 
         decision: dict[str, Any] = context["ti"].xcom_pull(task_ids=self.decide_task_id)
         if not decision or not decision.get("deploy"):

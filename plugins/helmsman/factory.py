@@ -20,7 +20,7 @@ from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
-from helmsman import deploy, tasks
+from helmsman import alerts, deploy, tasks
 from helmsman.pods import MAX_NODES, Platform, job_task, pod_task
 from helmsman.serving.analysis import Thresholds
 from helmsman_steps import contract, spec
@@ -249,7 +249,8 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["helmsman", "training", "kubernetes", f"model:{name}"],
-        default_args=_default_args(),
+        # A task that fails for good alerts (a failed rollout: the version was rejected).
+        default_args={**_default_args(), "on_failure_callback": alerts.task_failed(name)},
         params=params,
     ) as dag:
 
@@ -453,13 +454,14 @@ with a Kolmogorov-Smirnov test for numbers), prediction drift and the live missi
 shares. Its MLflow run (experiment `{experiment}`) holds the figures, `monitor/report.json`
 and `monitor/drift.png`; the task log's last line says what changed.
 
-`alarm` (worker) turns a breach into an event of the `{asset}` asset, whose extra names each
-breach and its figure; `train_{name}` is scheduled on it (and its cron). A breach within
-{cooldown} h of the last one that started training starts none (the cool-down).
+`alarm` (worker) reads the verdict; a breach sends an alert (the `helmsman_alerts`
+connection) naming each breach and its figure. `retrain` (worker) turns it into an event of the
+`{asset}` asset, on which `train_{name}` is scheduled (and its cron), unless a breach within
+{cooldown} h already started training (the cool-down) or `monitoring.retrain` is off.
 
 **Triage.** `monitor` skipped: nothing to judge (no traffic logged in the window, fewer than
 {min_rows} rows, no reference profile, an unreadable file): the reason is its log's last line.
-`alarm` skipped: no breach, the cool-down, or `monitoring.retrain: false`.
+`alarm` skipped: no breach. `retrain` skipped: the cool-down, or retraining is off.
 """
 
 
@@ -496,16 +498,22 @@ def monitor_dag(model: ModelSpec, platform: Platform) -> DAG:
             skip_on_exit_code=[ExitCode.SKIPPED],
         )  # fmt: skip
 
-        @task(outlets=[asset])
-        def alarm(dag_run: Any = None, outlet_events: Any = None) -> dict[str, Any]:
-            extra = tasks.alarm(
+        @task(on_success_callback=alerts.breach(name))
+        def alarm(dag_run: Any = None) -> dict[str, Any]:
+            return tasks.alarm(
                 model_name=name,
                 monitor_run_key=contract.run_key(dag_run.dag_id, dag_run.run_id, "monitor"),
                 retrain=settings.retrain,
                 cooldown=dt.timedelta(hours=settings.cooldown_hours),
             )
+
+        @task(outlets=[asset])
+        def retrain(found: Any, outlet_events: Any = None) -> dict[str, Any]:
+            extra = tasks.request_training(found)
             outlet_events[asset].extra = extra
             return extra
 
-        judge >> alarm()
+        found = alarm()
+        judge >> found
+        retrain(found)
     return dag

@@ -119,10 +119,11 @@ def drift_data_end(triggering_asset_events: Any) -> str | None:
 def alarm(
     *, model_name: str, monitor_run_key: str, retrain: bool, cooldown: dt.timedelta
 ) -> dict[str, Any]:
-    """What the monitor pod recorded for this run, as the extra of the model's drift asset
-    event; AirflowSkipException (no event) when there was no breach, retraining is off, or a
-    breach started training less than ``cooldown`` ago (a storm of breaches starts one run)."""
-    from airflow.exceptions import AirflowSkipException
+    """What the monitor pod recorded for this run, when it breached: the window, the version,
+    each breach with its figures, and whether the breach starts training (``retrain``, and no
+    breach started training less than ``cooldown`` ago: a storm of breaches starts one run).
+    AirflowSkipException when there was no breach."""
+    from airflow.sdk.exceptions import AirflowSkipException
 
     from helmsman_steps import registry
 
@@ -135,27 +136,42 @@ def alarm(
     if tags.get(contract.MONITOR_VERDICT_TAG) != "breach":
         raise AirflowSkipException(f"{model_name}: no breach in {window}")
     start, _, end = window.partition("..")
-    extra = {
+    breaches = json.loads(tags.get(contract.MONITOR_BREACHES_TAG) or "[]")
+    last = _last_retrain(model_name, exclude=run.info.run_id)
+    if not retrain:
+        action = "No training: monitoring.retrain is off"
+    elif last is not None and dt.datetime.now(dt.UTC) - last < cooldown:
+        action = (f"No training: a breach started training at {last:%Y-%m-%d %H:%M} UTC, "
+                  f"within the {cooldown} cool-down")  # fmt: skip
+    else:
+        action = f"train_{model_name} starts"
+    said = "; ".join(f"{b['what']} {b['measure']} {b['value']:.3g}" for b in breaches)
+    log.warning("%s: breach in %s (%s). %s", model_name, window, said, action)
+    return {
         "model": model_name,
         "version": tags.get(contract.MODEL_VERSION_TAG),
         "window_start": start,
         "window_end": end,
-        "breaches": json.loads(tags.get(contract.MONITOR_BREACHES_TAG) or "[]"),
+        "breaches": breaches,
         "mlflow_run_id": run.info.run_id,
+        "retrain": action.startswith("train_"),
+        "action": action,
     }
-    said = "; ".join(f"{b['what']} {b['measure']} {b['value']:.3g}" for b in extra["breaches"])
-    if not retrain:
-        raise AirflowSkipException(f"{model_name}: breach ({said}); monitoring.retrain is off")
-    last = _last_retrain(model_name, exclude=run.info.run_id)
-    now = dt.datetime.now(dt.UTC)
-    if last is not None and now - last < cooldown:
-        raise AirflowSkipException(
-            f"{model_name}: breach ({said}), but a breach started training at "
-            f"{last:%Y-%m-%d %H:%M} UTC, within the {cooldown} cool-down"
-        )
-    registry.client().set_tag(run.info.run_id, contract.MONITOR_RETRAIN_TAG, "requested")
-    log.warning("%s: breach in %s (%s): training starts", model_name, window, said)
-    return extra
+
+
+def request_training(found: dict[str, Any]) -> dict[str, Any]:
+    """The drift asset event's extra for a breach that starts training (``alarm``'s answer);
+    AirflowSkipException, and no event, for one that does not. The monitor run is tagged, which
+    is what the next breach's cool-down reads."""
+    from airflow.sdk.exceptions import AirflowSkipException
+
+    from helmsman_steps import registry
+
+    if not found["retrain"]:
+        raise AirflowSkipException(found["action"])
+    models.configure()
+    registry.client().set_tag(found["mlflow_run_id"], contract.MONITOR_RETRAIN_TAG, "requested")
+    return {k: v for k, v in found.items() if k not in ("retrain", "action")}
 
 
 def _last_retrain(model_name: str, exclude: str) -> dt.datetime | None:

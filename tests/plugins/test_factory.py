@@ -64,7 +64,7 @@ def test_each_model_folder_becomes_its_four_dags_with_its_own_params(
     assert train["min_improvement"] == 0.01
     assert fraud["train_fraud"]["schedule"] == "@hourly"  # retrain off: the cron alone
     assert fraud["monitor_fraud"]["schedule"] == "*/30 * * * *"
-    assert fraud["monitor_fraud"]["tasks"] == ["alarm", "monitor"]
+    assert fraud["monitor_fraud"]["tasks"] == ["alarm", "monitor", "retrain"]
     # A breach of churn's monitoring (its drift asset) or its cron starts its training.
     assert churn["train_churn"]["schedule"].startswith("AssetOrTimeSchedule(")
     assert "helmsman://churn/drift" in churn["train_churn"]["schedule"]

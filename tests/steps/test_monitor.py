@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
-from airflow.exceptions import AirflowSkipException
+from airflow.sdk.exceptions import AirflowSkipException
 
 from helmsman import tasks
 from helmsman_steps import contract, etl, inference_log, monitor, onnx_model, registry, sources
@@ -167,8 +167,12 @@ def _post_rows(url: str, rows: pd.DataFrame, per_request: int) -> int:
     return sent
 
 
-def _monitor(env: dict[str, str], root: Path | str, key: str, *extra: str) -> Any:
-    end = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+def _monitor(
+    env: dict[str, str], root: Path | str, key: str, *extra: str, end: dt.datetime | None = None
+) -> Any:
+    """The monitor step over the hour up to ``end`` (a minute from now unless given; a task's
+    retry passes its first try's, as Airflow's data interval does)."""
+    end = end or dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
     return run_step(
         env, "monitor", "--model-name", "churn-test", "--dataset-uri", str(root),
         "--end", f"{end:%Y-%m-%dT%H:%M:%S}", "--window-hours", "1", "--run-key", key, *extra,
@@ -183,7 +187,7 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
     tmp_path: Path,
 ) -> None:
     rows = traffic[list(info.raw_columns)].iloc[:600]
-    reports = {}
+    reports, ends = {}, {}
     for scenario, sent in (("steady", rows), ("shifted", _shift(rows))):
         root = tmp_path / scenario
         logged = ("--log-sample", "1", "--dataset-uri", str(root))
@@ -194,7 +198,8 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
             requests = _post_rows(server.url, sent, 20)  # type: ignore[attr-defined]
         finally:
             server.stop()  # a graceful stop: the log is written
-        done = _monitor(step_env, root, f"test/{scenario}")
+        ends[scenario] = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+        done = _monitor(step_env, root, f"test/{scenario}", end=ends[scenario])
         assert done.returncode == 0, done.stderr
         reports[scenario] = report = json.loads(done.stdout)
         assert (report["rows"], report["requests"]) == (600, requests)
@@ -220,7 +225,7 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
     assert {b["what"] for b in breaches} >= set(SHIFTED)
 
     # The same window again (a task's retry) is the same MLflow run, not a second one.
-    again = _monitor(step_env, tmp_path / "shifted", "test/shifted")
+    again = _monitor(step_env, tmp_path / "shifted", "test/shifted", end=ends["shifted"])
     assert json.loads(again.stdout)["mlflow_run_id"] == shifted["mlflow_run_id"]
 
     # The DAG's alarm: a breach becomes the drift asset event's extra, once per cool-down.
@@ -231,17 +236,23 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
 
     with pytest.raises(AirflowSkipException, match="no breach in"):
         alarm("test/steady")
+    off = alarm("test/shifted", retrain=False)
+    assert (off["retrain"], off["action"]) == (False, "No training: monitoring.retrain is off")
     with pytest.raises(AirflowSkipException, match=r"monitoring\.retrain is off"):
-        alarm("test/shifted", retrain=False)
-    extra = alarm("test/shifted")
+        tasks.request_training(off)
+    found = alarm("test/shifted")
+    assert (found["retrain"], found["action"]) == (True, "train_churn-test starts")
+    extra = tasks.request_training(found)
     assert (extra["window_end"], extra["version"]) == (shifted["window_end"], champion.version)
     assert {b["what"] for b in extra["breaches"]} == {*SHIFTED, "prediction"}
-    assert alarm("test/shifted") == extra  # the alarm's retry is not its own cool-down
+    assert "retrain" not in extra
+    assert alarm("test/shifted")["retrain"]  # the alarm's retry is not its own cool-down
     storm = _monitor(step_env, tmp_path / "shifted", "test/shifted-later")
     assert json.loads(storm.stdout)["breaches"]
-    with pytest.raises(AirflowSkipException, match="within the 6:00:00 cool-down"):
-        alarm("test/shifted-later")
-    assert alarm("test/shifted-later", hours=0)["breaches"]
+    later = alarm("test/shifted-later")
+    assert not later["retrain"]
+    assert "within the 6:00:00 cool-down" in later["action"]
+    assert alarm("test/shifted-later", hours=0)["retrain"]
 
     # The training run the event starts trains on the days up to the window's, included.
     window_day = dt.datetime.fromisoformat(extra["window_end"]) - dt.timedelta(microseconds=1)
