@@ -15,6 +15,7 @@ its pools from ``airflow pools set``.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
@@ -270,9 +272,10 @@ class Stack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
-            # The local stack runs what you trigger (UI, REST, backfills), not the cron schedule:
-            # unpausing the DAG would otherwise start a run for the latest interval at once.
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+            # The scheduler creates the runs of crons and of asset events (a monitoring breach
+            # starts training) as in production; a DAG unpaused here waits for its next cron
+            # slot rather than firing the one it missed (helmsman.factory._cron).
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(kube),
@@ -525,6 +528,20 @@ class Stack:
                          d.as_uri() for d in sorted((REPO / "models").glob("*/sample"))}}},
         ]  # fmt: skip
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
+
+    def inject_shift(self, day: dt.date) -> str:
+        """Shift the churn feed from ``day`` on (the synthetic source's ``shift_from``): pods
+        started from now on read shifted records; returns the source URI now in the settings."""
+        key = "HELMSMAN_SOURCE_URI_CHURN"
+        current = self.kubectl("-n", NAMESPACE, "get", "configmap", "helmsman-settings",
+                               "-o", f"jsonpath={{.data.{key}}}").strip()  # fmt: skip
+        parts = urllib.parse.urlsplit(current)
+        query = dict(urllib.parse.parse_qsl(parts.query))
+        query["shift_from"] = day.isoformat()
+        uri = parts._replace(query=urllib.parse.urlencode(query)).geturl()
+        patch = json.dumps({"data": {key: uri}})
+        self.kubectl("-n", NAMESPACE, "patch", "configmap", "helmsman-settings", "-p", patch)
+        return uri
 
     def airflow(self, *args: str) -> str:
         cmd = [str(BIN / "airflow"), *args]

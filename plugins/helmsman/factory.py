@@ -124,15 +124,22 @@ def drift_asset(name: str) -> Asset:
     return Asset(name=f"{name}_drift", uri=contract.drift_asset_uri(name), group="helmsman")
 
 
+def _cron(schedule: str) -> CronTriggerTimetable:
+    """A cron (or preset) in UTC that waits for its next slot. No DAG here has a start_date, so
+    a DAG deployed or unpaused between two slots runs at the next one, not at once for the one
+    it missed (what ``catchup=False`` with a start_date does): for a training DAG that would be
+    an unplanned train and deploy the moment someone unpauses it."""
+    return CronTriggerTimetable(schedule, timezone="UTC", run_immediately=False)
+
+
 def _training_schedule(model: ModelSpec) -> Any:
     """The cron of model.yaml, or a breach of the model's monitoring (its drift asset) when
     ``monitoring.retrain`` is on: Airflow's asset-or-time schedule."""
     if not model.monitoring.retrain:
-        return model.schedule
+        return None if model.schedule is None else _cron(model.schedule)
     if model.schedule is None:
         return [drift_asset(model.name)]
-    cron = CronTriggerTimetable(model.schedule, timezone="UTC")
-    return AssetOrTimeSchedule(timetable=cron, assets=drift_asset(model.name))
+    return AssetOrTimeSchedule(timetable=_cron(model.schedule), assets=drift_asset(model.name))
 
 
 def _default_args() -> dict[str, Any]:
@@ -245,7 +252,6 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
         description=f"Daily training of the {name} model on Kubernetes, rolled out gated.",
         doc_md=doc,
         schedule=_training_schedule(model),
-        start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         catchup=False,
         max_active_runs=1,
         tags=["helmsman", "training", "kubernetes", f"model:{name}"],
@@ -367,7 +373,6 @@ def _rollout(model: ModelSpec, platform: Platform, **extra: Any) -> deploy.Rollo
 
 def _ops_args() -> dict[str, Any]:
     return {
-        "start_date": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         "catchup": False,
         "max_active_runs": 1,
         "default_args": {"owner": "ml-platform", "retries": 1},
@@ -466,7 +471,7 @@ connection) naming each breach and its figure. `retrain` (worker) turns it into 
 
 
 # The judged window's end: the run's data interval end (a manual run's: when it runs).
-END = "{{ (data_interval_end or dag_run.run_after).strftime('%Y-%m-%dT%H:%M:%S') }}"
+END = "{{ (dag_run.data_interval_end or dag_run.run_after).strftime('%Y-%m-%dT%H:%M:%S') }}"
 
 
 def monitor_dag(model: ModelSpec, platform: Platform) -> DAG:
@@ -474,7 +479,7 @@ def monitor_dag(model: ModelSpec, platform: Platform) -> DAG:
     asset = drift_asset(name)
     with DAG(
         dag_id=f"monitor_{name}",
-        schedule=settings.schedule,
+        schedule=_cron(settings.schedule),
         description=f"Drift and data quality of what {model.instance} serves; a breach retrains.",
         doc_md=MONITOR_DOC.format(
             name=name,

@@ -62,8 +62,11 @@ def test_each_model_folder_becomes_its_four_dags_with_its_own_params(
     assert (train["epochs"], train["hidden"], train["gpus"], train["replicas"]) == (3, "128", 0, 5)
     assert (train["strategy"], train["canary_steps"]) == ("blue-green", "10,50")
     assert train["min_improvement"] == 0.01
-    assert fraud["train_fraud"]["schedule"] == "@hourly"  # retrain off: the cron alone
-    assert fraud["monitor_fraud"]["schedule"] == "*/30 * * * *"
+    # Retrain off: the cron alone (@hourly, as cron).
+    assert fraud["train_fraud"]["schedule"].startswith(
+        "CronTriggerTimetable(expression='0 * * * *'"
+    )
+    assert "expression='*/30 * * * *'" in fraud["monitor_fraud"]["schedule"]
     assert fraud["monitor_fraud"]["tasks"] == ["alarm", "monitor", "retrain"]
     # A breach of churn's monitoring (its drift asset) or its cron starts its training.
     assert churn["train_churn"]["schedule"].startswith("AssetOrTimeSchedule(")
@@ -164,3 +167,42 @@ def test_a_gradient_boosting_regression_gets_its_own_form_and_pod_arguments() ->
     evaluate_args = train.get_task("evaluate").arguments
     assert evaluate_args[evaluate_args.index("--window-days") + 1] == "{{ params.window_days }}"
     assert evaluate_args[evaluate_args.index("--min-primary") + 1] == "75.0"
+
+
+def test_the_monitor_judges_the_hour_up_to_its_run_scheduled_or_manual() -> None:
+    """A scheduled run judges up to its data interval's end; a manual run (Airflow gives it no
+    data interval: the name is undefined in its context) up to when it runs."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    monitor = factory.model_dags("churn", REPO / "models")[3]
+    when = dt.datetime(2026, 12, 2, 1, 41, 20, tzinfo=dt.UTC)
+    hour = when.replace(minute=0, second=0)
+    for interval_end, expected in ((None, "2026-12-02T01:41:20"), (hour, "2026-12-02T01:00:00")):
+        task = copy.deepcopy(monitor.get_task("monitor"))
+        run = SimpleNamespace(data_interval_end=interval_end, run_after=when)
+        context = {"dag_run": run, "dag": monitor, "run_id": "manual_1", "params": {}}
+        task.render_template_fields(context)  # type: ignore[arg-type]
+        assert task.arguments[task.arguments.index("--end") + 1] == expected
+
+
+def test_a_dag_unpaused_between_two_slots_waits_for_the_next_one() -> None:
+    """What the scheduler computes for a DAG with no run yet (its timetable as the scheduler
+    deserializes it): the next slot, never the one already missed."""
+    import datetime as dt
+
+    from airflow.serialization.decoders import decode_timetable
+    from airflow.serialization.encoders import encode_timetable
+    from airflow.timetables.base import TimeRestriction
+
+    train, _, _, monitor = factory.model_dags("churn", REPO / "models")
+    now = dt.datetime.now(dt.UTC)
+    for dag, period in ((train, dt.timedelta(days=1)), (monitor, dt.timedelta(hours=1))):
+        assert dag.start_date is None  # with one, catchup=False fires the missed slot at once
+        timetable = decode_timetable(encode_timetable(dag.timetable))
+        first = timetable.next_dagrun_info(
+            last_automated_data_interval=None,
+            restriction=TimeRestriction(earliest=None, latest=None, catchup=False),
+        )
+        assert first is not None
+        assert now < first.run_after <= now + period, (dag.dag_id, first)
