@@ -15,7 +15,7 @@ RUFF_PATHS ?= dags plugins images localcluster tests tools bench compose
 MYPY_PATHS ?= plugins/helmsman images/steps/src/helmsman_steps localcluster tools
 PYTEST_ARGS ?=
 
-.PHONY: help setup test-tools lock lock-check lint format test demo down backfill new-model clean
+.PHONY: help setup test-tools lock lock-check lint format test demo down backfill drift new-model clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -110,6 +110,9 @@ down: ## Stop every process `make demo` started
 backfill: setup ## Backfill the training DAG on the running demo: make backfill FROM=... TO=...
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD" >&2; exit 2; }
 	$(BIN)/python -m tools.demo backfill --from $(FROM) --to $(TO)
+
+drift: setup ## On the running demo: shifted traffic; the monitor flags it and retraining starts
+	PYTHONPATH=images/steps/src $(BIN)/python -m tools.drift
 
 new-model: setup ## Scaffold a model folder and its DAG file: make new-model NAME=fraud TASK=binary
 	$(BIN)/python -m tools.new_model $(NAME) --task $(TASK)

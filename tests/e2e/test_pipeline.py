@@ -16,7 +16,8 @@ The scenarios build on each other, in order, on one stack (the way a platform li
 7. a canary (the default) and a blue-green rollout of good challengers reach every user with no
    failed request, step by step;
 8. the rollout task's process killed mid-step: the task's retry resumes the rollout and
-   finishes it;
+   finishes it; then the feed shifts, shifted traffic reaches the champion, the monitor flags
+   the shifted features and training starts from the drift asset's event;
 9. every Kubernetes call Airflow made is allowed by the Role in deploy/rbac.yaml.
 
 A steady client sends the champion's golden-set rows through the Gateway during every rollout
@@ -28,6 +29,7 @@ and the pod spec are real; the training pod computes on this machine's CPU).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 import urllib.request
@@ -40,8 +42,11 @@ import pytest
 from kubernetes import client, config
 
 from helmsman.serving import objects
+from helmsman_steps import sources
+from helmsman_steps.store import DatasetStore
 from tests.cluster_fixtures import faulty_image
 from tests.k8s_policy import role_check
+from tools import drift
 from tools.airflow_api import AirflowApi, ApiError
 from tools.stack import REPO, Stack
 from tools.users import Users
@@ -438,6 +443,49 @@ def test_8_a_rollout_task_killed_mid_step_is_resumed_by_its_retry(
     version = airflow.xcom(DAG, run_id, "decide")["version"]
     assert served_version(stack) == version
     assert loop.failures == [], loop.failures[:5]
+
+
+@pytest.mark.timeout(1200)
+def test_8b_a_shift_in_live_traffic_is_flagged_and_retrains_on_the_shifted_day(
+    stack: Stack, airflow: AirflowApi, registry: Any
+) -> None:
+    """The monitoring loop, as `make drift` shows it: the feed shifts from today on, shifted
+    requests reach the champion through the Gateway, ``monitor_churn`` (its KPO pod) flags the
+    shifted features, and ``train_churn`` starts from the drift asset's event and trains on the
+    days up to the window's, today's shifted records included."""
+    today = dt.datetime.now(dt.UTC).date()
+    stack.inject_shift(today)
+    version = champion(registry)
+    since = dt.datetime.now(dt.UTC)
+    started = time.monotonic()
+    # 6,000 rows in 300 requests; a tenth of the requests is logged: about 600 rows.
+    assert drift.send(service_address(stack), drift.shifted_batches(today, 6000)) == 300
+    drift.wait_logged(stack, version, since, 400, timeout=120)
+    said: list[str] = []
+    found = drift.detect_and_retrain(airflow, say=said.append, timeout=900)
+    TIMINGS["drift_to_retrained"] = time.monotonic() - started
+    print("\n" + "\n".join(said))
+
+    assert found.state == "success", said
+    assert found.alarm is not None, said
+    assert found.alarm["version"] == version
+    flagged = {b["what"] for b in found.alarm["breaches"]} - {"prediction"}
+    assert flagged == set(sources.SHIFT), found.alarm["breaches"]
+    assert found.retraining is not None, said
+    assert found.retraining["state"] == "success"
+    # The event chose the window: it ends after the monitored window's day (today).
+    window_end = dt.datetime.fromisoformat(found.alarm["window_end"])
+    plan = airflow.xcom(DAG, found.retraining["dag_run_id"], "plan")
+    assert plan["end"] == str(
+        (window_end - dt.timedelta(microseconds=1)).date() + dt.timedelta(days=1)
+    )
+    # ... so the retraining read today's records from the shifted feed.
+    store = DatasetStore(str(stack.root / "datasets" / MODEL))
+    now, before = (store.read_features([d]) for d in (today, today - dt.timedelta(days=1)))
+    ratio = now["monthly_charges"].median() / before["monthly_charges"].median()
+    print(f"retrained on {plan['window_start']}..{plan['end']}: today's median monthly charges "
+          f"{ratio:.2f}x yesterday's")  # fmt: skip
+    assert ratio > 1.4
 
 
 def test_9_every_kubernetes_call_airflow_made_is_allowed_by_the_role(stack: Stack) -> None:

@@ -31,15 +31,8 @@ WEEK_HOURS = 7 * 24
 ROWS_PER_HOUR = 300
 LIVE_START = dt.datetime.combine(LIVE_FIRST, dt.time(), dt.UTC)
 # The injected shift: pricier plans and more support calls, from mid-hour of the 6th day.
-SHIFTED = ("monthly_charges", "support_calls")
+SHIFTED = tuple(sources.SHIFT)
 SHIFT_AT = LIVE_START + dt.timedelta(days=5, hours=13, minutes=30)
-
-
-def _shift(frame: pd.DataFrame) -> pd.DataFrame:
-    shifted = frame.copy()
-    shifted["monthly_charges"] = (shifted["monthly_charges"] * 1.6).clip(upper=1000)
-    shifted["support_calls"] = (shifted["support_calls"] + 2).clip(upper=50)
-    return shifted
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +121,7 @@ def test_a_week_without_shift_raises_no_alarm_and_a_shift_is_named_within_two_in
         rows = traffic[(stamps >= hour) & (stamps < end)]
         if shift_at is not None:
             late = rows["timestamp"] >= shift_at
-            rows = pd.concat([rows[~late], _shift(rows[late])])
+            rows = pd.concat([rows[~late], sources.shifted(rows[late])])
         live = _live(rows, info, graph, champion.version)
         return monitor.judge(profile, live, info, champion.version, (hour, end), thresholds)
 
@@ -188,7 +181,7 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
 ) -> None:
     rows = traffic[list(info.raw_columns)].iloc[:600]
     reports, ends = {}, {}
-    for scenario, sent in (("steady", rows), ("shifted", _shift(rows))):
+    for scenario, sent in (("steady", rows), ("shifted", sources.shifted(rows))):
         root = tmp_path / scenario
         logged = ("--log-sample", "1", "--dataset-uri", str(root))
         server = model_server(

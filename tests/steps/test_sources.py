@@ -46,12 +46,26 @@ def test_drift_over_a_year() -> None:
     assert late["support_calls"].mean() > early["support_calls"].mean() + 0.4
 
 
+def test_an_injected_shift_moves_charges_and_calls_from_its_day_on() -> None:
+    uri = f"synthetic://churn?rows_per_day=20000&dirty_share=0&shift_from={DAY.isoformat()}"
+    source, plain = sources.from_uri(uri), sources.SyntheticChurn(20_000, dirty_share=0.0)
+    before = DAY - dt.timedelta(days=1)
+    pd.testing.assert_frame_equal(source.read(before), plain.read(before))
+    moved, still = source.read(DAY), plain.read(DAY)
+    ratio = moved["monthly_charges"].median() / still["monthly_charges"].median()
+    assert 1.55 < ratio < 1.65
+    assert moved["support_calls"].mean() - still["support_calls"].mean() == pytest.approx(2, 0.01)
+    pd.testing.assert_series_equal(moved["total_charges"], still["total_charges"])
+    assert moved["churned"].mean() > still["churned"].mean() + 0.1  # the label follows
+
+
 @pytest.mark.parametrize(
     ("uri", "message"),
     [
         ("synthetic://other", "unknown synthetic source 'other'"),
         ("synthetic://churn?rows=5", "unknown synthetic source options: rows"),
         ("synthetic://churn?rows_per_day=many", "bad synthetic source option"),
+        ("synthetic://churn?shift_from=tuesday", "bad synthetic source option"),
         ("", "empty source URI"),
     ],
 )

@@ -4,6 +4,8 @@
   and tests: each day's rows come from a seed derived from that day, so a backfill of any past
   day reproduces it exactly; the relationship between features and label drifts slowly over
   time, and a small share of rows is dirty (out of range, unknown category, missing, duplicate).
+  ``shift_from=YYYY-MM-DD`` injects a sudden shift from that day on (``SHIFT``: a price rise
+  and a wave of support calls), what the monitoring demo and tests must catch.
 - any fsspec URI or local path (``s3://bucket/raw``, ``/data/raw``) -- one file per day named
   ``YYYY-MM-DD.parquet`` (or ``.csv``) under that prefix.
 
@@ -25,6 +27,19 @@ if TYPE_CHECKING:
     import pandas as pd
 
 EPOCH = dt.date(2024, 1, 1)
+# The injected shift (``shift_from``): a price rise and a wave of support calls. Lifetime
+# charges, a sum over past months, do not jump with them; the label follows what customers see.
+SHIFT = {"monthly_charges": ("scale", 1.6), "support_calls": ("add", 2.0)}
+SHIFT_LIMITS = {"monthly_charges": 1000.0, "support_calls": 50.0}
+
+
+def shifted(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with ``SHIFT`` applied (rows as the shifted source would have them)."""
+    out = frame.copy()
+    for column, (how, by) in SHIFT.items():
+        values = out[column] * by if how == "scale" else out[column] + by
+        out[column] = values.clip(upper=SHIFT_LIMITS[column])
+    return out
 
 
 class RawSource(Protocol):
@@ -38,6 +53,7 @@ class SyntheticChurn:
     rows_per_day: int = 50_000
     seed: int = 7
     dirty_share: float = 0.01
+    shift_from: dt.date | None = None
 
     def _rng_for(self, day: dt.date) -> object:
         import numpy as np
@@ -59,6 +75,10 @@ class SyntheticChurn:
         age = rng.normal(42, 13, n).clip(18, 95).round()
         plan = rng.choice(CATEGORIES["plan"], n, p=[0.5, 0.35, 0.15])
         region = rng.choice(CATEGORIES["region"], n)
+        if self.shift_from is not None and day >= self.shift_from:
+            moved = shifted(pd.DataFrame({"monthly_charges": monthly, "support_calls": calls}))
+            monthly = moved["monthly_charges"].to_numpy()
+            calls = moved["support_calls"].to_numpy()
         logit = (
             -1.2
             + (0.55 + 0.1 * drift) * (calls - 1.5)
@@ -207,7 +227,7 @@ def from_uri(uri: str) -> RawSource:
         if parts.netloc != "churn":
             raise BadInputError(f"unknown synthetic source {parts.netloc!r}; use synthetic://churn")
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        unknown = set(query) - {"rows_per_day", "seed", "dirty_share"}
+        unknown = set(query) - {"rows_per_day", "seed", "dirty_share", "shift_from"}
         if unknown:
             raise BadInputError(f"unknown synthetic source options: {', '.join(sorted(unknown))}")
         try:
@@ -215,7 +235,9 @@ def from_uri(uri: str) -> RawSource:
                 rows_per_day=int(query.get("rows_per_day", 50_000)),
                 seed=int(query.get("seed", 7)),
                 dirty_share=float(query.get("dirty_share", 0.01)),
-            )
+                shift_from=(dt.date.fromisoformat(query["shift_from"])
+                            if "shift_from" in query else None),
+            )  # fmt: skip
         except ValueError as exc:
             raise BadInputError(f"bad synthetic source option in {uri!r}: {exc}") from exc
     if not uri:
