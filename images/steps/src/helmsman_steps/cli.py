@@ -146,7 +146,8 @@ def etl(
     source_uri: Annotated[
         str,
         typer.Option(
-            help="Raw records: synthetic://churn?rows_per_day=N&seed=S, or a path/URL prefix "
+            help="Raw records: synthetic://churn?rows_per_day=N&seed=S (&shift_from=YYYY-MM-DD: "
+            "a shift from that day on), or a path/URL prefix "
             "holding YYYY-MM-DD.parquet|csv files. Default: HELMSMAN_SOURCE_URI_<MODEL>, then "
             "the spec's source, then HELMSMAN_SOURCE_URI, then synthetic://churn.",
         ),
