@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.dev_env import airflow_env
+from tests.dev_env import PLUGINS_FOLDER, airflow_env
+
+# Airflow in this process (DAGs built and serialized in tests) loads the project's plugins
+# too: the scheduler deserializes only timetables a plugin registers.
+os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(PLUGINS_FOLDER))
 
 # Shared fixtures: a real MLflow server with a trained champion, and real localcluster
 # processes, for any test module that asks for them.

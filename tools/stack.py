@@ -274,7 +274,7 @@ class Stack:
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
             # The scheduler creates the runs of crons and of asset events (a monitoring breach
             # starts training) as in production; a DAG unpaused here waits for its next cron
-            # slot rather than firing the one it missed (helmsman.factory._cron).
+            # slot rather than firing the one it missed (helmsman.schedules).
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),

@@ -18,10 +18,11 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, Param, task
 
 from helmsman import alerts, deploy, tasks
 from helmsman.pods import MAX_NODES, Platform, job_task, pod_task
+from helmsman.schedules import SlotCron
 from helmsman.serving.analysis import Thresholds
 from helmsman_steps import contract, spec
 from helmsman_steps.exitcodes import ExitCode
@@ -124,22 +125,14 @@ def drift_asset(name: str) -> Asset:
     return Asset(name=f"{name}_drift", uri=contract.drift_asset_uri(name), group="helmsman")
 
 
-def _cron(schedule: str) -> CronTriggerTimetable:
-    """A cron (or preset) in UTC that waits for its next slot. No DAG here has a start_date, so
-    a DAG deployed or unpaused between two slots runs at the next one, not at once for the one
-    it missed (what ``catchup=False`` with a start_date does): for a training DAG that would be
-    an unplanned train and deploy the moment someone unpauses it."""
-    return CronTriggerTimetable(schedule, timezone="UTC", run_immediately=False)
-
-
 def _training_schedule(model: ModelSpec) -> Any:
     """The cron of model.yaml, or a breach of the model's monitoring (its drift asset) when
     ``monitoring.retrain`` is on: Airflow's asset-or-time schedule."""
     if not model.monitoring.retrain:
-        return None if model.schedule is None else _cron(model.schedule)
+        return None if model.schedule is None else SlotCron(model.schedule)
     if model.schedule is None:
         return [drift_asset(model.name)]
-    return AssetOrTimeSchedule(timetable=_cron(model.schedule), assets=drift_asset(model.name))
+    return AssetOrTimeSchedule(timetable=SlotCron(model.schedule), assets=drift_asset(model.name))
 
 
 def _default_args() -> dict[str, Any]:
@@ -479,7 +472,7 @@ def monitor_dag(model: ModelSpec, platform: Platform) -> DAG:
     asset = drift_asset(name)
     with DAG(
         dag_id=f"monitor_{name}",
-        schedule=_cron(settings.schedule),
+        schedule=SlotCron(settings.schedule),
         description=f"Drift and data quality of what {model.instance} serves; a breach retrains.",
         doc_md=MONITOR_DOC.format(
             name=name,

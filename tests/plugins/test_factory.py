@@ -63,9 +63,7 @@ def test_each_model_folder_becomes_its_four_dags_with_its_own_params(
     assert (train["strategy"], train["canary_steps"]) == ("blue-green", "10,50")
     assert train["min_improvement"] == 0.01
     # Retrain off: the cron alone (@hourly, as cron).
-    assert fraud["train_fraud"]["schedule"].startswith(
-        "CronTriggerTimetable(expression='0 * * * *'"
-    )
+    assert fraud["train_fraud"]["schedule"].startswith("SlotCron(expression='0 * * * *'")
     assert "expression='*/30 * * * *'" in fraud["monitor_fraud"]["schedule"]
     assert fraud["monitor_fraud"]["tasks"] == ["alarm", "monitor", "retrain"]
     # A breach of churn's monitoring (its drift asset) or its cron starts its training.
@@ -186,23 +184,38 @@ def test_the_monitor_judges_the_hour_up_to_its_run_scheduled_or_manual() -> None
         assert task.arguments[task.arguments.index("--end") + 1] == expected
 
 
-def test_a_dag_unpaused_between_two_slots_waits_for_the_next_one() -> None:
-    """What the scheduler computes for a DAG with no run yet (its timetable as the scheduler
-    deserializes it): the next slot, never the one already missed."""
+def test_a_missed_slot_is_skipped_after_an_unpause_or_a_backfill_and_a_backfill_gets_its_days() -> (
+    None
+):
+    """What the scheduler computes (the timetables as it deserializes them, through the
+    plugin): no run yet, or a backfill of March as the last automated run, gives the next slot
+    to come, never the one already missed; a backfill's range gets every day in it."""
     import datetime as dt
 
+    import pendulum
     from airflow.serialization.decoders import decode_timetable
     from airflow.serialization.encoders import encode_timetable
-    from airflow.timetables.base import TimeRestriction
+    from airflow.timetables.base import DataInterval, TimeRestriction
 
     train, _, _, monitor = factory.model_dags("churn", REPO / "models")
     now = dt.datetime.now(dt.UTC)
+    march = pendulum.datetime(2026, 3, 8, 3)  # the scheduler's datetimes are pendulum's
+    scheduled = TimeRestriction(earliest=None, latest=None, catchup=False)
+    grace = dt.timedelta(minutes=10)
     for dag, period in ((train, dt.timedelta(days=1)), (monitor, dt.timedelta(hours=1))):
-        assert dag.start_date is None  # with one, catchup=False fires the missed slot at once
+        assert dag.start_date is None
         timetable = decode_timetable(encode_timetable(dag.timetable))
-        first = timetable.next_dagrun_info(
-            last_automated_data_interval=None,
-            restriction=TimeRestriction(earliest=None, latest=None, catchup=False),
-        )
-        assert first is not None
-        assert now < first.run_after <= now + period, (dag.dag_id, first)
+        for last in (None, DataInterval(march, march)):
+            first = timetable.next_dagrun_info(
+                last_automated_data_interval=last, restriction=scheduled
+            )
+            assert first is not None
+            # The next slot, or one that passed within the grace.
+            assert now - grace <= first.run_after <= now + period, (dag.dag_id, last, first)
+    backfill = TimeRestriction(earliest=march, latest=march + dt.timedelta(days=2), catchup=True)
+    timetable, days, last = decode_timetable(encode_timetable(train.timetable)), [], None
+    while (info := timetable.next_dagrun_info(last_automated_data_interval=last,
+                                              restriction=backfill)) is not None:  # fmt: skip
+        days.append(info.run_after.date().isoformat())
+        last = info.data_interval
+    assert days == ["2026-03-08", "2026-03-09", "2026-03-10"]
