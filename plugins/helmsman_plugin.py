@@ -7,4 +7,4 @@ from helmsman.schedules import SlotCron
 
 class HelmsmanPlugin(AirflowPlugin):
     name = "helmsman"
-    timetables = [SlotCron]
+    timetables = [SlotCron]  # noqa: RUF012 - AirflowPlugin reads its registries off the class
