@@ -156,6 +156,9 @@ class Settings:
     # platform's deferrable switch is on (plugins/helmsman/pods.py), so the stack leaves it out
     # by default: a quarter GiB and a few seconds of start-up for nothing otherwise.
     triggerer: bool = False
+    # The DAGs' crons (HELMSMAN_CRON, helmsman.schedules): off for a test stack, whose
+    # scenarios must not meet a cron slot; asset events and triggers run either way.
+    crons: bool = True
 
 
 @dataclass
@@ -276,6 +279,7 @@ class Stack:
             # starts training) as in production; a DAG unpaused here waits for its next cron
             # slot rather than firing the one it missed (helmsman.schedules).
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
+            "HELMSMAN_CRON": "on" if self.settings.crons else "off",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(kube),

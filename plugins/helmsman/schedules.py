@@ -8,6 +8,9 @@ behaves like a cron daemon instead: the next slot to come, or one that passed le
 ``GRACE`` ago (a scheduler or DAG-parse delay is not a missed slot). Backfills, which ask with
 ``catchup=True``, get every slot in their range as usual.
 
+``HELMSMAN_CRON=off`` in the scheduler's environment stops the crons (asset events, manual
+triggers and backfills still run): a test stack whose scenarios must not meet a cron slot.
+
 Registered with Airflow by ``plugins/helmsman_plugin.py`` (a timetable class must be, for the
 scheduler to load the DAGs that use it).
 """
@@ -15,6 +18,7 @@ scheduler to load the DAGs that use it).
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from airflow.timetables.base import DagRunInfo, DataInterval, TimeRestriction
 from airflow.timetables.trigger import CronTriggerTimetable
@@ -46,6 +50,8 @@ class SlotCron(CronTriggerTimetable):
                 last_automated_data_interval=last_automated_data_interval,
                 restriction=restriction,
             )
+        if os.environ.get("HELMSMAN_CRON") == "off":
+            return None
         # The slot that passed less than GRACE ago, else the next one (run_immediately=GRACE).
         start = self._calc_first_run()
         if last_automated_data_interval is not None:

@@ -20,7 +20,8 @@ def stack() -> Iterator[Stack]:
     # Under the repository, not /tmp: pods see the dataset folder by its host path, and every
     # pod mounts its own emptyDir over /tmp.
     root = REPO / ".state" / f"e2e-{uuid.uuid4().hex[:8]}"
-    settings = Settings(rows_per_day=4000, extra_images=faulty_images())
+    # No cron slot fires in the scenarios (a run at 03:00 would deploy in the middle of one).
+    settings = Settings(rows_per_day=4000, extra_images=faulty_images(), crons=False)
     s = Stack(root, Ports.free(), settings)
     try:
         s.up(say=lambda message: None)

@@ -212,6 +212,11 @@ def test_a_missed_slot_is_skipped_after_an_unpause_or_a_backfill_and_a_backfill_
             assert first is not None
             # The next slot, or one that passed within the grace.
             assert now - grace <= first.run_after <= now + period, (dag.dag_id, last, first)
+    # A test stack's switch: no cron slot at all (asset events and backfills run as ever).
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HELMSMAN_CRON", "off")
+        assert timetable.next_dagrun_info(last_automated_data_interval=None,
+                                          restriction=scheduled) is None  # fmt: skip
     backfill = TimeRestriction(earliest=march, latest=march + dt.timedelta(days=2), catchup=True)
     timetable, days, last = decode_timetable(encode_timetable(train.timetable)), [], None
     while (info := timetable.next_dagrun_info(last_automated_data_interval=last,
