@@ -132,7 +132,10 @@ def _training_schedule(model: ModelSpec) -> Any:
         return None if model.schedule is None else SlotCron(model.schedule)
     if model.schedule is None:
         return [drift_asset(model.name)]
-    return AssetOrTimeSchedule(timetable=SlotCron(model.schedule), assets=drift_asset(model.name))
+    # The SDK types its timetable as an SDK one; a plugin-registered core timetable serializes
+    # the same way (airflow.serialization.encoders.encode_timetable).
+    cron: Any = SlotCron(model.schedule)
+    return AssetOrTimeSchedule(timetable=cron, assets=drift_asset(model.name))
 
 
 def _default_args() -> dict[str, Any]:
