@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from helmsman_steps import sources, spec
+from helmsman_steps.exitcodes import Skipped
 from helmsman_steps.monitor import read_window
 from helmsman_steps.store import DatasetStore
 from tools.airflow_api import AirflowApi
@@ -66,7 +67,7 @@ def logged_rows(stack: Stack, version: str, since: dt.datetime) -> int:
     store = DatasetStore(str(stack.root / "datasets" / MODEL))
     try:
         return len(read_window(store, since, dt.datetime.now(dt.UTC), version))
-    except Exception:  # nothing written yet (the monitor's own "no traffic" skip)
+    except Skipped:  # nothing written yet (the monitor's own "no traffic" skip)
         return 0
 
 
@@ -128,7 +129,7 @@ def detect_and_retrain(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tools.demo import ROOT, serving
+    from tools.demo import ROOT, api_for, serving
 
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=20_000, help="shifted rows to send")
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     if stack is None or not stack.running():
         print("drift: no demo stack is running: run `make demo` first", file=sys.stderr)
         return 1
-    api = AirflowApi(stack.airflow_url, "admin", stack.password)
+    api = api_for(stack)
     today = dt.datetime.now(dt.UTC).date()
     print(f"· the churn feed shifts from {today}: {stack.inject_shift(today)}")
     version = str(serving(stack)["served_version"])

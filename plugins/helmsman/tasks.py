@@ -137,7 +137,8 @@ def alarm(
         raise AirflowSkipException(f"{model_name}: no breach in {window}")
     start, _, end = window.partition("..")
     breaches = json.loads(tags.get(contract.MONITOR_BREACHES_TAG) or "[]")
-    last = _last_retrain(model_name, exclude=run.info.run_id)
+    # The last breach that started training: looked up only when this one could start some.
+    last = _last_retrain(model_name, exclude=run.info.run_id) if retrain else None
     if not retrain:
         action = "No training: monitoring.retrain is off"
     elif last is not None and dt.datetime.now(dt.UTC) - last < cooldown:
