@@ -186,6 +186,10 @@ class RolloutOperator(BaseOperator):
 
     def _target(self, context: Any, version: str) -> objects.Target:
         dag_run = context["dag_run"]
+        try:  # the trigger refused it already; a run started another way meets it here
+            self.platform.check_serving_image(self.image)
+        except ValueError as exc:
+            raise AirflowFailException(str(exc)) from None
         return objects.Target(
             name=self.instance,
             namespace=self.platform.namespace,

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, Param, task
+from airflow.sdk.exceptions import AirflowFailException
 
-from helmsman import alerts, deploy, tasks
+from helmsman import alerts, deploy, runconf, tasks
 from helmsman.pods import MAX_NODES, Platform, job_task, pod_task
 from helmsman.schedules import SlotCron
 from helmsman.serving.analysis import Thresholds
@@ -147,13 +148,20 @@ def _default_args() -> dict[str, Any]:
     }
 
 
+# One width from 1 to contract.MAX_WIDTH (4096), and up to contract.MAX_LAYERS of them: the form
+# and the REST API refuse a network that cannot fit a training pod before a run exists.
+_WIDTH = r"(?:[1-9][0-9]{0,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-6])"
+HIDDEN_PATTERN = rf"^{_WIDTH}(?:,{_WIDTH}){{0,{contract.MAX_LAYERS - 1}}}$"
+
+
 def _trainer_params(model: ModelSpec) -> dict[str, Param]:
     """The MLP trainer's knobs, with the model's values as defaults; another trainer takes its
     settings from model.yaml (``trainer.params``), and the form has only its seed."""
     given = model.trainer.params
     seed = Param(
         given.get("seed", given.get("random_state", 42)), title="Seed", type="integer",
-        minimum=0, description="Seed for the trainer's randomness (0 or more).",
+        minimum=0, maximum=contract.MAX_SEED,
+        description=f"Seed for the trainer's randomness (0 to {contract.MAX_SEED}).",
     )  # fmt: skip
     if model.trainer.kind != "mlp":
         return {"seed": seed}
@@ -168,8 +176,9 @@ def _trainer_params(model: ModelSpec) -> dict[str, Param]:
         ),
         "hidden": Param(
             str(given.get("hidden", "64,32")), title="Hidden layers", type="string",
-            pattern=r"^[1-9][0-9]*(,[1-9][0-9]*)*$",
-            description="Hidden layer widths, comma-separated (e.g. 64,32).",
+            pattern=HIDDEN_PATTERN,
+            description=f"Hidden layer widths, comma-separated (e.g. 64,32): up to "
+            f"{contract.MAX_LAYERS} layers of 1 to {contract.MAX_WIDTH} units.",
         ),
         "batch_size": Param(
             given.get("batch_size", 1024), title="Batch size", type="integer", minimum=16,
@@ -228,7 +237,9 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
         ),
         "serving_image": Param(
             None, type=["null", "string"], title="Serving image",
-            description="Serving image override (empty: the release's pinned image).",
+            pattern=platform.serving_image_pattern(),
+            description="Serving image override (empty: the release's pinned image); from "
+            f"{platform.serving_images_text()} only.",
         ),
         "dry_run": Param(
             False, title="Dry run", type="boolean", description="Train and evaluate; never deploy."
@@ -243,6 +254,7 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
         name=name, description=model.description or "one model per day of data", task=model.task,
         trainer=model.trainer.kind, metric=model.evaluation.metric, training=training,
     )  # fmt: skip
+    declared = sorted(params)
     with DAG(
         dag_id=f"train_{name}",
         description=f"Daily training of the {name} model on Kubernetes, rolled out gated.",
@@ -264,13 +276,18 @@ def training_dag(model: ModelSpec, platform: Platform) -> DAG:
             dag_run: Any = None,
             triggering_asset_events: Any = None,
         ) -> dict[str, str]:
+            # The API refused such conf already; a run started another way (the CLI,
+            # dag.test) fails here, at once: no retry can fix its input.
+            found = runconf.problems(dag_run.conf or {}, declared, runconf.today_utc())
             # A run asking for more GPUs than the pool holds would wait for them forever.
             asked = params.get("gpus", 0) * params.get("nodes", 1)
             if asked > MAX_GPUS:
-                raise ValueError(
+                found.append(
                     f"gpus x nodes = {asked}: a run may ask for at most {MAX_GPUS} GPUs (the "
                     "GPU pools' size); lower gpus or nodes"
                 )
+            if found:
+                raise AirflowFailException("; ".join(found))
             return tasks.plan_interval(
                 data_interval_start=data_interval_start,
                 data_interval_end=data_interval_end,

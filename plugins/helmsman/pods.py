@@ -20,6 +20,7 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 
 from helmsman.serving.objects import GatewayRef
 from helmsman_steps import contract
+from helmsman_steps.exitcodes import ExitCode
 
 # Images, pinned in this one place. A release bumps TAG (and the Airflow image it ships in).
 REGISTRY = "ghcr.io/helmsman-ml"
@@ -71,14 +72,76 @@ class Platform:
     prometheus_conn_id: str = "prometheus_default"
     registry: str = REGISTRY
     tag: str = TAG
+    # Where a run's serving_image override may come from: a serving pod gets the MLflow
+    # credentials, so an image from anywhere else is refused at the trigger (the Param's
+    # pattern) and again by the rollout. Each entry is a registry or path prefix ending in "/"
+    # ("ghcr.io/acme/") or one repository ("ghcr.io/acme/serve", any tag or digest of it).
+    serving_images: tuple[str, ...] = (f"{REGISTRY}/",)
+    # Overrides must name a digest (repo@sha256:...), so what passed the gate is what serves
+    # and a re-pushed tag cannot change it.
+    pin_digests: bool = False
 
     def gateway_ref(self) -> GatewayRef | None:
         return GatewayRef(self.gateway) if self.gateway else None
+
+    def serving_image_pattern(self) -> str:
+        """A regular expression (Python's and ECMAScript's alike, for the trigger form) that
+        a permitted serving image override matches in full; the empty string passes (no
+        override)."""
+        if not self.serving_images:
+            return "^$"
+        choices = [
+            _regex_literal(entry) + (r"[^\s@]+" if entry.endswith("/") else r"(?::\w[\w.-]*)?")
+            for entry in self.serving_images
+        ]
+        digest = "@sha256:[0-9a-f]{64}" if self.pin_digests else "(?:@sha256:[0-9a-f]{64})?"
+        return rf"^(?:(?:{'|'.join(choices)}){digest})?$"
+
+    def serving_images_text(self) -> str:
+        allowed = ", ".join(self.serving_images) or "nowhere (no serving_images set)"
+        return allowed + (", pinned by digest (@sha256:...)" if self.pin_digests else "")
+
+    def check_serving_image(self, image: str) -> None:
+        """Raise ValueError, saying what to fix, for an override the settings do not permit."""
+        if image and not re.fullmatch(self.serving_image_pattern(), image):
+            raise ValueError(
+                f"serving_image {image!r} is not permitted: it must come from "
+                f"{self.serving_images_text()} (Platform.serving_images and pin_digests in the "
+                "DAG files' platform settings)"
+            )
 
     def image(self, stage: str) -> str:
         if stage not in STAGE_IMAGES:
             raise ValueError(f"unknown stage {stage!r}; one of {sorted(STAGE_IMAGES)}")
         return f"{self.registry}/{STAGE_IMAGES[stage]}:{self.tag}"
+
+
+def exit_code(pod: Any, container: str) -> int | None:
+    """The exit code of ``container`` of a pod (a V1Pod) that has ended; None otherwise."""
+    statuses = (pod.status.container_statuses if pod is not None and pod.status else None) or []
+    status = next((c for c in statuses if c.name == container), None)
+    terminated = status.state.terminated if status is not None and status.state else None
+    return None if terminated is None else terminated.exit_code
+
+
+def pod_name_of(pod: Any) -> str:
+    return getattr(getattr(pod, "metadata", None), "name", None) or "?"
+
+
+def _bad_input(where: str) -> Exception:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    return AirflowFailException(
+        f"{where} exited {int(ExitCode.BAD_INPUT)}: bad input (its log above says what to fix). "
+        "Not retried: the same input fails the same way."
+    )
+
+
+def _regex_literal(text: str) -> str:
+    """``text`` as a literal in a regular expression both Python and ECMAScript (with the
+    ``u`` flag, as JSON Schema validators in browsers use) read alike: ``re.escape`` also
+    escapes ``-``, which ECMAScript's unicode mode rejects outside a class."""
+    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", text)
 
 
 def pod_name(task_id: str) -> str:
@@ -168,6 +231,19 @@ class HelmsmanPodOperator(KubernetesPodOperator):
             pod.spec.containers[0].command = launcher(count)
         return pod
 
+    def cleanup(
+        self, pod: Any, remote_pod: Any, xcom_result: Any = None, context: Any = None
+    ) -> None:
+        """KPO's cleanup, whose failure is final when the step said its input is bad (exit 2):
+        the same input fails the same way on every retry, so the task fails now and its log
+        ends with why."""
+        try:
+            super().cleanup(pod, remote_pod, xcom_result, context)
+        except Exception as exc:
+            if exit_code(remote_pod, self.base_container_name) != ExitCode.BAD_INPUT:
+                raise
+            raise _bad_input(f"pod {pod_name_of(remote_pod)}") from exc
+
 
 RENDEZVOUS_PORT = 29500  # torchrun's default master port
 # KPO's labels of a task instance's pods (sanitized values); a Job carries them too.
@@ -226,11 +302,42 @@ class HelmsmanJobOperator(KubernetesJobOperator, HelmsmanPodOperator):
             return super().execute(context)
         except TaskDeferred:  # not this operator's mode (deferrable=False); never clean up then
             raise
-        except BaseException:
+        except BaseException as exc:
+            failed = self._bad_input_pod(exc)
             self._delete_job(self.job)  # no node of a failed try is left waiting for its peers
+            if failed:
+                raise _bad_input(f"pod {failed} of the training Job") from exc
             raise
         finally:
             self._delete_rendezvous()
+
+    def _bad_input_pod(self, exc: BaseException) -> str | None:
+        """The name of a pod of this try's Job that exited with bad input, if the task failed
+        (not interrupted) and one did."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        if (
+            self.job is None
+            or not isinstance(exc, Exception)
+            or isinstance(exc, AirflowFailException)
+        ):
+            return None
+        try:
+            pods = self.client.list_namespaced_pod(
+                self.job.metadata.namespace,
+                label_selector=f"batch.kubernetes.io/job-name={self.job.metadata.name}",
+            ).items
+        except Exception:  # the API is failing too: fall back to the retryable failure
+            self.log.exception("could not read the Job's pods' exit codes")
+            return None
+        return next(
+            (
+                pod_name_of(p)
+                for p in pods
+                if exit_code(p, self.base_container_name) == ExitCode.BAD_INPUT
+            ),
+            None,
+        )
 
     def build_job_request_obj(self, context: Any = None) -> Any:
         job = super().build_job_request_obj(context)

@@ -131,6 +131,7 @@ def golden_inputs(registry: Any, version: str, tmp: Path) -> list[dict[str, Any]
 
 
 def test_1_invalid_params_are_refused_with_400_and_start_nothing(airflow: AirflowApi) -> None:
+    tomorrow = dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)
     for conf, field in (
         ({"epochs": 0}, "epochs"),
         ({"strategy": "sideways"}, "strategy"),
@@ -138,11 +139,24 @@ def test_1_invalid_params_are_refused_with_400_and_start_nothing(airflow: Airflo
         ({"gpus": 9}, "gpus"),
         ({"canary_steps": "5,,25"}, "canary_steps"),
         ({"analysis_interval": 1}, "analysis_interval"),
+        # Beyond what a training pod can run, or from a registry no one vetted.
+        ({"seed": 10**30}, "seed"),
+        ({"hidden": "64," + "9" * 40}, "hidden"),
+        ({"serving_image": "docker.io/someone/serve:latest"}, "serving_image"),
+        # What no schema says: a misspelt key, and a day with no data yet (Helmsman's check).
+        ({"epoch": 3}, "unknown conf keys ['epoch']"),
+        ({"data_end": str(tomorrow)}, f"data_end: {tomorrow} is in the future"),
     ):
         with pytest.raises(ApiError) as refused:
             airflow.trigger(DAG, conf)
         assert refused.value.status == 400, conf
         assert field in refused.value.detail, refused.value.detail
+    # Someone Airflow would not let trigger gets Airflow's own answer, not the DAG's Params.
+    stranger = AirflowApi(airflow.base_url, "nobody", "wrong", _token="not-a-token")  # noqa: S106
+    with pytest.raises(ApiError) as refused:
+        stranger.trigger(DAG, {"epoch": 3})
+    assert refused.value.status in (401, 403), refused.value
+    assert "epochs" not in refused.value.detail
     assert airflow.runs(DAG) == []
 
 

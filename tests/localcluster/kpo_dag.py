@@ -1,5 +1,7 @@
 """A probe DAG for the KubernetesPodOperator tests: one pod that succeeds, one that fails, one
-that pushes an XCom (read back through pods/exec) to a task that checks it.
+that pushes an XCom (read back through pods/exec) to a task that checks it, and Helmsman's pod
+operator with retries whose step exits with bad input (2: not retried) or an internal failure
+(1: retried).
 
 ``KPO_DEFERRABLE=1`` builds the same tasks in deferrable mode. Run with ``dag.test()`` by
 tests/localcluster/test_kpo.py; not a product DAG, so it lives beside its test.
@@ -11,6 +13,8 @@ import os
 from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.sdk import DAG, task
+
+from helmsman.pods import HelmsmanPodOperator
 
 SCRIPT = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(0.3)\n"
 PUSH = (
@@ -86,3 +90,22 @@ with DAG(dag_id="kpo_probe", schedule=None, start_date=dt.datetime(2026, 1, 1)) 
             raise ValueError(f"unexpected XComs: {values!r}")
 
     receives_three(job_of_three.output)
+
+    # Helmsman's operator: bad input (exit 2) fails for good at once; an internal failure
+    # (exit 1) gets its retry.
+    for task_id, code in (("bad_input", 2), ("internal_failure", 1)):
+        HelmsmanPodOperator(
+            task_id=task_id,
+            name=task_id.replace("_", "-"),
+            namespace="default",
+            image="python:3.11-slim",
+            cmds=["python", "-c", f"print('exiting {code}', flush=True); raise SystemExit({code})"],
+            kubernetes_conn_id="kubernetes_default",
+            get_logs=True,
+            on_finish_action="delete_pod",
+            startup_timeout_seconds=60,
+            poll_interval=1,
+            deferrable=deferrable,
+            retries=1,
+            retry_delay=dt.timedelta(seconds=1),
+        )

@@ -3,7 +3,8 @@
 Each mode runs the probe DAG (tests/localcluster/kpo_dag.py) in a fresh Python process with a
 migrated SQLite metadata DB: a pod that succeeds and one that exits 4, logs streamed into the
 task log, a pod whose XCom (do_xcom_push, read through pods/exec from KPO's sidecar) reaches
-the next task, and nothing left behind afterwards.
+the next task, Helmsman's operator failing bad input (exit 2) for good and retrying the rest,
+and nothing left behind afterwards.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from tests.dev_env import REPO
 
 RUNNER = """
 import sys
-sys.path.insert(0, sys.argv[1])
+sys.path[:0] = sys.argv[1:]
 from kpo_dag import dag
 run = dag.test()
 states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-print("RESULT " + __import__("json").dumps({"run": str(run.state), "tasks": states}))
+tries = {ti.task_id: ti.try_number for ti in run.get_task_instances()}
+result = {"run": str(run.state), "tasks": states, "tries": tries}
+print("RESULT " + __import__("json").dumps(result))
 """
 
 
@@ -60,7 +63,14 @@ def test_kpo_runs_pods_to_success_and_failure(
     cluster: Cluster, airflow_env: dict[str, str], deferrable: bool
 ) -> None:
     proc = subprocess.run(
-        [sys.executable, "-c", RUNNER, str(Path(__file__).parent)],
+        [
+            sys.executable,
+            "-c",
+            RUNNER,
+            str(Path(__file__).parent),
+            str(REPO / "plugins"),
+            str(REPO / "images" / "steps" / "src"),
+        ],
         env={**airflow_env, "KPO_DEFERRABLE": "1" if deferrable else "0"},
         cwd=REPO,
         capture_output=True,
@@ -79,7 +89,13 @@ def test_kpo_runs_pods_to_success_and_failure(
         "receives": "success",
         "job_of_three": "success",
         "receives_three": "success",
+        "bad_input": "failed",
+        "internal_failure": "failed",
     }, output[-6000:]
+    # Both have a retry; only the internal failure used it.
+    assert (result["tries"]["bad_input"], result["tries"]["internal_failure"]) == (1, 2), result
+    assert "exited 2: bad input" in output, output[-6000:]
+    assert "Not retried" in output, output[-6000:]
     # The container's lines reached the task log, prefixed with the container name as KPO does
     # ("[base] line 0" streamed in sync mode, "[base] logs: line 0" after the trigger returns).
     for i in range(3):

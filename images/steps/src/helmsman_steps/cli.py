@@ -242,6 +242,13 @@ def train(
         raise BadInputError(f"--hidden must be comma-separated integers, got {hidden!r}") from exc
     if not widths or min(widths) < 1:
         raise BadInputError(f"--hidden needs at least one positive width, got {hidden!r}")
+    if len(widths) > contract.MAX_LAYERS or max(widths) > contract.MAX_WIDTH:
+        raise BadInputError(
+            f"--hidden {hidden!r}: at most {contract.MAX_LAYERS} layers of at most "
+            f"{contract.MAX_WIDTH} units each"
+        )
+    if not 0 <= seed <= contract.MAX_SEED:
+        raise BadInputError(f"--seed {seed}: give 0 to {contract.MAX_SEED}")
     config = stage.TrainConfig(epochs, batch_size, learning_rate, 1e-4, widths, seed, window_days,
                                amp, compile_network)  # fmt: skip
     declared = _spec(model_spec)

@@ -19,6 +19,13 @@ MONITORING_EXPERIMENT: Final = "helmsman-monitoring"
 # one process.
 GPU_TRAINERS: Final = ("mlp", "custom")
 
+# Bounds of the MLP trainer's knobs, the same in the trigger form and in the step: a seed numpy
+# and scikit-learn accept (below 2**32), and networks that fit a training pod (a 40-digit width
+# would fail to allocate after a pod was scheduled).
+MAX_SEED: Final = 2**32 - 1
+MAX_LAYERS: Final = 8
+MAX_WIDTH: Final = 4096
+
 # Registered model aliases: what serves, and what served before the last promotion.
 CHAMPION: Final = "champion"
 PREVIOUS_CHAMPION: Final = "previous-champion"

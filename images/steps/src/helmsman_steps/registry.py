@@ -163,7 +163,14 @@ def download_serving_model(model: ResolvedModel, destination: str) -> str:
     wanted = next(
         (f"extra_files/{name}" for name in (ONNX_FILENAME, FILENAME)
          if f"extra_files/{name}" in present),
-        f"extra_files/{FILENAME}",
+        None,
     )  # fmt: skip
+    if wanted is None:  # the store answered, and the files are gone: no retry brings them back
+        raise BadInputError(
+            f"version {model.version} of model {model.name} has no serving artifact "
+            f"(extra_files/{ONNX_FILENAME} or extra_files/{FILENAME}; training run "
+            f"{model.run_id}): its files were deleted from the artifact store. Roll back to a "
+            "version that has them, or train a new one"
+        )
     path: str = repo.download_artifacts(wanted, dst_path=destination)  # type: ignore[no-untyped-call]
     return path

@@ -142,6 +142,18 @@ class DatasetStore:
             hour += dt.timedelta(hours=1)
         return files
 
+    def _read_partition(self, path: str, day: dt.date) -> pd.DataFrame:
+        """One day's features; BadInputError naming the file when it is not valid Parquet (a
+        truncated or overwritten partition): the file must be rebuilt, retrying cannot help."""
+        import pandas as pd
+        import pyarrow as pa
+
+        try:
+            with self.fs.open(path, "rb") as handle:
+                return pd.read_parquet(handle)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, EOFError) as exc:
+            raise _unreadable(path, day, exc) from None
+
     def read_features(self, days: Iterable[dt.date]) -> pd.DataFrame:
         """The features of the given days, in day order; every day must have been built."""
         import pandas as pd
@@ -152,8 +164,7 @@ class DatasetStore:
             if not fs.exists(path):
                 missing.append(day.isoformat())
                 continue
-            with fs.open(path, "rb") as handle:
-                frames.append(pd.read_parquet(handle))
+            frames.append(self._read_partition(path, day))
         if missing:
             raise BadInputError(
                 f"no dataset partition for {', '.join(missing)} under {self.root}: "
@@ -162,6 +173,14 @@ class DatasetStore:
         if not frames:
             raise BadInputError("the requested window holds no days")
         return pd.concat(frames, ignore_index=True)
+
+
+def _unreadable(path: str, day: dt.date, error: Exception) -> BadInputError:
+    return BadInputError(
+        f"dataset partition {path} ({day}) is unreadable ({type(error).__name__}: {error}): "
+        f"rebuild it with `helmsman-step etl --start {day} --end {day + dt.timedelta(days=1)}` "
+        "(or clear the run's etl task), which rewrites the day whole"
+    )
 
 
 def days_in(start: dt.date, end: dt.date) -> list[dt.date]:

@@ -1,0 +1,81 @@
+"""Input a person must fix ends the step with exit 2 (bad input, never retried) and a message
+that names what to fix: a truncated dataset partition (the file), a model version whose files
+were deleted from the artifact store (the version), knobs beyond what a training pod can run.
+
+Real parts throughout: the step's command line in a subprocess, a real MLflow server (its
+artifacts deleted through MLflow's own artifact API, as an operator cleaning up would)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.mlflow_fixtures import DAYS, FIRST_DAY, run_step
+
+LAST_DAY = FIRST_DAY + dt.timedelta(days=DAYS - 1)
+INTERVAL = ["--start", str(LAST_DAY), "--end", str(LAST_DAY + dt.timedelta(days=1))]
+
+
+def test_a_truncated_partition_is_bad_input_naming_the_file_and_the_fix(
+    dataset: str, step_env: dict[str, str], tmp_path: Path
+) -> None:
+    from helmsman_steps.store import DatasetStore
+
+    root = tmp_path / "datasets"
+    shutil.copytree(dataset, root)  # the session's dataset stays whole
+    path = Path(DatasetStore(str(root)).features_path(LAST_DAY))
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # a copy cut off half way
+
+    proc = run_step(step_env, "train", *INTERVAL, "--dataset-uri", str(root),
+                    "--window-days", "1", "--model-name", "churn-truncated")  # fmt: skip
+
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"dataset partition {path} ({LAST_DAY}) is unreadable" in proc.stderr
+    assert f"helmsman-step etl --start {LAST_DAY} --end" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("knob", "message"),
+    [
+        (["--hidden", "64,5000"], "at most 8 layers of at most 4096 units each"),
+        (["--hidden", ",".join(["8"] * 9)], "at most 8 layers"),
+        (["--seed", str(2**32)], f"--seed {2**32}: give 0 to {2**32 - 1}"),
+    ],
+    ids=["wide", "deep", "seed"],
+)
+def test_knobs_beyond_a_training_pod_are_bad_input(
+    step_env: dict[str, str], tmp_path: Path, knob: list[str], message: str
+) -> None:
+    proc = run_step(step_env, "train", *INTERVAL, "--dataset-uri", str(tmp_path),
+                    "--model-name", "churn-knobs", *knob)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert message in proc.stderr
+
+
+def test_a_version_whose_files_were_deleted_is_bad_input_naming_the_version(
+    dataset: str, step_env: dict[str, str]
+) -> None:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from helmsman_steps import registry, train
+    from helmsman_steps.store import DatasetStore
+
+    end = LAST_DAY + dt.timedelta(days=1)
+    trained = train.run(
+        DatasetStore(dataset), LAST_DAY, end, "churn-gone", "bad-input/gone",
+        train.TrainConfig(epochs=1, window_days=1), registry.Lineage(dag_id="tests"),
+    )  # fmt: skip
+    version = trained.model_version
+    where = registry.client().get_model_version_download_uri("churn-gone", version)
+    get_artifact_repository(where).delete_artifacts("extra_files")
+
+    proc = run_step(step_env, "evaluate", *INTERVAL, "--dataset-uri", dataset,
+                    "--model-name", "churn-gone", "--challenger-version", version)  # fmt: skip
+
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"version {version} of model churn-gone has no serving artifact" in proc.stderr
+    assert "internal failure" not in proc.stderr
