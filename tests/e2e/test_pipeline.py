@@ -253,6 +253,32 @@ def test_2c_a_multiclass_model_deploys_and_answers_a_probability_per_class(
     assert max(range(3), key=probabilities.__getitem__) == 0  # wine 1 of the study: cultivar 1
 
 
+def test_2d_every_port_the_stack_and_its_pods_listen_on_is_on_loopback(stack: Stack) -> None:
+    """Nothing the local stack runs is reachable from another machine: every listening socket
+    of every component and of every pod process it started (serving pods included, three
+    models serve by now) is bound to a loopback address, never a wildcard."""
+    import ipaddress
+
+    listening: dict[str, set[str]] = {}
+    for name, pid in stack.pids.items():
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            try:
+                sockets = proc.net_connections(kind="inet")
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            for sock in sockets:
+                if sock.status == psutil.CONN_LISTEN:
+                    listening.setdefault(f"{name}/{proc.name()}", set()).add(sock.laddr.ip)
+    assert {"api-server", "mlflow", "localcluster"} <= {k.split("/")[0] for k in listening}
+    pods = {ip for where, ips in listening.items() if where.startswith("localcluster/")
+            for ip in ips if ip != "127.0.0.1"}  # fmt: skip
+    assert pods, f"no pod's own address among {listening}"  # the pods were looked at
+    exposed = {where: ips for where, ips in listening.items()
+               if not all(ipaddress.ip_address(ip).is_loopback for ip in ips)}  # fmt: skip
+    assert exposed == {}, listening
+
+
 def test_3_a_worse_challenger_is_recorded_and_not_deployed(
     airflow: AirflowApi, stack: Stack, k8s: client.ApiClient, registry: Any
 ) -> None:
