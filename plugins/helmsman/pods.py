@@ -194,13 +194,71 @@ def launcher(processes: int) -> list[str]:
 
 class HelmsmanPodOperator(KubernetesPodOperator):
     """KPO whose GPU count is rendered at run time (``gpus`` may be ``"{{ params.gpus }}"``); a
-    pod with N > 1 GPUs runs its step under torchrun in N processes (``launcher``)."""
+    pod with N > 1 GPUs runs its step under torchrun in N processes (``launcher``).
+
+    A pod belongs to one try at a time. A try that re-attaches to an earlier try's running pod
+    (its worker died, or the scheduler lost track of it) relabels the pod with its own try
+    number; a try deletes a pod only while the pod's label still names it. So a worker that
+    outlived its try (a zombie after a scheduler restart) cannot delete the pod that a later
+    try is following, whether it is killed or sees the pod end."""
 
     template_fields = (*KubernetesPodOperator.template_fields, "gpus")
+    TRY_LABEL = "try_number"  # KPO's own label of the try that created the pod
 
     def __init__(self, *, gpus: int | str = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.gpus = gpus
+        self._try: int | None = None  # the try this instance runs (set once it has a context)
+
+    def get_or_create_pod(self, pod_request_obj: Any, context: Any) -> Any:
+        self._try = int(context["ti"].try_number)
+        pod = super().get_or_create_pod(pod_request_obj, context)
+        theirs = (pod.metadata.labels or {}).get(self.TRY_LABEL)
+        if pod is not pod_request_obj and theirs != str(self._try):
+            self.client.patch_namespaced_pod(
+                pod.metadata.name, pod.metadata.namespace,
+                {"metadata": {"labels": {self.TRY_LABEL: str(self._try)}}},
+            )  # fmt: skip
+            self.log.info(
+                "re-attached to pod %s of try %s: it is try %s's now (an earlier try's worker, "
+                "if still alive, leaves it alone)", pod.metadata.name, theirs, self._try,
+            )  # fmt: skip
+        return pod
+
+    def trigger_reentry(self, context: Any, event: dict[str, Any]) -> Any:
+        self._try = int(context["ti"].try_number)
+        return super().trigger_reentry(context, event)
+
+    def owned_by_later_try(self, pod: Any) -> bool:
+        """Whether a later try has claimed ``pod`` (read afresh): then this try must not touch
+        it. False when this try's number is unknown or the pod is gone."""
+        from kubernetes.client.exceptions import ApiException
+
+        if self._try is None or pod is None:
+            return False
+        try:
+            now = self.client.read_namespaced_pod(pod.metadata.name, pod.metadata.namespace)
+        except ApiException:
+            return False  # gone, or unreadable: the deletion that follows says which
+        theirs = (now.metadata.labels or {}).get(self.TRY_LABEL, "")
+        if theirs.isdigit() and int(theirs) > self._try:
+            self.log.warning(
+                "not deleting pod %s: try %s re-attached to it (this is try %s)",
+                pod.metadata.name, theirs, self._try,
+            )  # fmt: skip
+            return True
+        return False
+
+    def process_pod_deletion(self, pod: Any, *, reraise: bool = True) -> bool:
+        if self.owned_by_later_try(pod):
+            return False
+        return bool(super().process_pod_deletion(pod, reraise=reraise))
+
+    def on_kill(self) -> None:
+        if self.owned_by_later_try(self.pod):
+            self._killed = True  # as KPO's own on_kill: cleanup leaves the pod alone too
+            return
+        super().on_kill()
 
     def gpu_count(self) -> int:
         try:
