@@ -110,6 +110,27 @@ def stop_group(pid: int, grace: float = 10) -> None:
         time.sleep(0.1)
 
 
+def stop_left_behind(pgid: int, grace: float = 10) -> int:
+    """Stop the process group ``pgid`` whose leader died, and every group its members started
+    (a LocalExecutor worker puts each task's process in a group of its own); return how many
+    of the group's processes were still running. What a killed scheduler leaves behind: its
+    workers, which would go on following (and deleting) pods a new scheduler's tries own."""
+    import psutil  # type: ignore[import-untyped]
+
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc)
+    groups, ours = {pgid}, os.getpgid(0)
+    for member in members:
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            groups.update(os.getpgid(child.pid) for child in member.children(recursive=True))
+    for group in sorted(groups - {ours}):
+        stop_group(group, grace)
+    return len(members)
+
+
 def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

@@ -35,7 +35,15 @@ from typing import Any
 import yaml
 
 from tools import prometheus
-from tools.procs import Server, alive, free_port, group_alive, port_taken, stop_group
+from tools.procs import (
+    Server,
+    alive,
+    free_port,
+    group_alive,
+    port_taken,
+    stop_group,
+    stop_left_behind,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -317,6 +325,13 @@ class Stack:
             self._check_ports()
             self.pids = {}
         running = set(self.running())
+        # A component that died may have left its group running (a killed scheduler's
+        # workers): stop it before a new one starts, so no old try works beside a new one.
+        live = {self.pids[name] for name in running}
+        for group in self.groups:
+            if group not in live and group_alive(group):
+                left = stop_left_behind(group)
+                say(f"stopped {left} process(es) a dead component left behind (group {group})")
         try:
             self._start(running, say)
         except BaseException:
