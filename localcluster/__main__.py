@@ -91,8 +91,11 @@ async def serve(args: argparse.Namespace) -> int:
     api = ApiServer(store)
     if args.audit_log:
         api.audit = _audit_writer(Path(args.audit_log))
-    faults = FaultInjector(store)
-    faults.install(api.app)
+    # Breaking things on purpose is for reliability tests: without --faults the endpoint
+    # does not exist, so no local process can drive it.
+    faults = FaultInjector(store) if args.faults else None
+    if faults is not None:
+        faults.install(api.app)
     install_prometheus_sd(api.app, store)
     runner = web.AppRunner(api.app, handle_signals=False, access_log=None)
     await runner.setup()
@@ -103,7 +106,8 @@ async def serve(args: argparse.Namespace) -> int:
 
     kubelet = Kubelet(store, cfg, state, (args.host, port))
     api.logs = kubelet
-    faults.kubelet, kubelet.faults = kubelet, faults
+    if faults is not None:
+        faults.kubelet, kubelet.faults = kubelet, faults
     kubelet.register_nodes()
     scheduler = Scheduler(store)
     controllers = Controllers(store, cfg.restart_backoff_seconds)
@@ -171,6 +175,11 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=10,
         help="on shutdown, how long pods get between SIGTERM and SIGKILL",
+    )
+    run.add_argument(
+        "--faults",
+        action="store_true",
+        help="serve the fault-injection endpoint (/localcluster/faults), for reliability tests",
     )
     run.add_argument(
         "--audit-log",

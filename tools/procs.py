@@ -149,10 +149,15 @@ def port_taken(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def localcluster(
-    root: Path, port: int, config_file: Path | None = None, audit_log: Path | None = None
+    root: Path,
+    port: int,
+    config_file: Path | None = None,
+    audit_log: Path | None = None,
+    faults: bool = True,
 ) -> Server:
     """A ``python -m localcluster serve`` process with its state and kubeconfig under root
-    (and an audit log of every API call, when given)."""
+    (and an audit log of every API call, when given); for tests and benchmarks, so with the
+    fault-injection endpoint unless ``faults`` is False."""
     import sys
 
     repo = Path(__file__).resolve().parent.parent
@@ -174,6 +179,8 @@ def localcluster(
         cmd += ["--config", str(config_file)]
     if audit_log is not None:
         cmd += ["--audit-log", str(audit_log)]
+    if faults:
+        cmd.append("--faults")
     server = Server(
         "localcluster", cmd, f"http://127.0.0.1:{port}/readyz", root / "localcluster.log"
     )

@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,6 +278,10 @@ def test_2d_every_port_the_stack_and_its_pods_listen_on_is_on_loopback(stack: St
     exposed = {where: ips for where, ips in listening.items()
                if not all(ipaddress.ip_address(ip).is_loopback for ip in ips)}  # fmt: skip
     assert exposed == {}, listening
+    # Nor can a local process break the stack's cluster on purpose: no fault endpoint.
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{stack.cluster_url}/localcluster/faults", timeout=10)  # noqa: S310
+    assert missing.value.code == 404
 
 
 def test_3_a_worse_challenger_is_recorded_and_not_deployed(

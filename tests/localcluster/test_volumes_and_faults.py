@@ -315,3 +315,26 @@ def test_a_folder_the_environment_names_stays_visible_under_a_volume(
     )
     assert finished(cluster, "env-folder") == "Succeeded", log_of(cluster, "env-folder")
     assert log_of(cluster, "env-folder") == "rows\nfiles\n"
+
+
+def test_without_the_faults_flag_no_one_can_break_the_cluster(tmp_path: Path) -> None:
+    """The local stack starts localcluster without ``--faults``: the endpoint does not exist
+    (404 for reading and for breaking), while the API itself answers."""
+    from tools.procs import free_port, localcluster
+
+    port = free_port()
+    server = localcluster(tmp_path, port, faults=False).start(timeout=60)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for method, body in (("GET", None), ("POST", b'{"action": "api-errors", "share": 1}')):
+            request = urllib.request.Request(  # noqa: S310 - the local test cluster
+                f"{base}/localcluster/faults", data=body, method=method
+            )
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=10)  # noqa: S310 - the local test cluster
+            assert refused.value.code == 404, method
+        with urllib.request.urlopen(f"{base}/api/v1/namespaces", timeout=10) as answer:  # noqa: S310
+            assert answer.status == 200
+    finally:
+        server.stop()
+    assert "--faults" not in " ".join(server.cmd)
