@@ -346,7 +346,7 @@ def choose_version(
     models.configure()
     chosen = models.get(model_name, version)
     if not chosen.decision:
-        raise ValueError(
+        raise AirflowFailException(
             f"version {version} of {model_name} was never evaluated; pick one that was "
             "(its tags carry helmsman.decision)"
         )

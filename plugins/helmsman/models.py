@@ -82,7 +82,20 @@ def _parse_day(value: str) -> dt.datetime | None:
 
 
 def get(model_name: str, version: str) -> Version:
-    mv = _client().get_model_version(model_name, version)
+    """One version; a version (or model) the registry does not have fails the task for good
+    (AirflowFailException: no retry makes it appear), naming both."""
+    from airflow.sdk.exceptions import AirflowFailException
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = _client().get_model_version(model_name, version)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise  # the registry failing: worth a retry
+        raise AirflowFailException(
+            f"model {model_name!r} has no version {version!r} in the registry: give one that "
+            "exists (the model's versions are listed in MLflow)"
+        ) from None
     return Version(mv.name, str(mv.version), mv.run_id, dict(mv.tags or {}))
 
 
