@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -110,25 +111,25 @@ def stop_group(pid: int, grace: float = 10) -> None:
         time.sleep(0.1)
 
 
-def stop_left_behind(pgid: int, grace: float = 10) -> int:
-    """Stop the process group ``pgid`` whose leader died, and every group its members started
-    (a LocalExecutor worker puts each task's process in a group of its own); return how many
-    of the group's processes were still running. What a killed scheduler leaves behind: its
-    workers, which would go on following (and deleting) pods a new scheduler's tries own."""
+def stop_left_behind(sessions: list[int], grace: float = 10) -> int:
+    """Stop what dead components left running: every process still in the session of one of
+    ``sessions`` (each component starts as a session leader, and its workers and their task
+    processes stay in its session even in groups of their own) that runs this interpreter.
+    The leaders named must be dead. Each such process's group is stopped, never the caller's.
+    Returns how many processes were found."""
     import psutil  # type: ignore[import-untyped]
 
-    members = []
+    wanted, interpreter = set(sessions), os.path.realpath(sys.executable)
+    groups: set[int] = set()
+    found = 0
     for proc in psutil.process_iter():
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            if os.getpgid(proc.pid) == pgid:
-                members.append(proc)
-    groups, ours = {pgid}, os.getpgid(0)
-    for member in members:
-        with contextlib.suppress(psutil.Error, ProcessLookupError):
-            groups.update(os.getpgid(child.pid) for child in member.children(recursive=True))
-    for group in sorted(groups - {ours}):
+        with contextlib.suppress(psutil.Error, OSError):
+            if os.getsid(proc.pid) in wanted and os.path.realpath(proc.exe()) == interpreter:
+                groups.add(os.getpgid(proc.pid))
+                found += 1
+    for group in sorted(groups - {os.getpgid(0)}):
         stop_group(group, grace)
-    return len(members)
+    return found
 
 
 def group_alive(pgid: int) -> bool:
@@ -158,7 +159,6 @@ def localcluster(
     """A ``python -m localcluster serve`` process with its state and kubeconfig under root
     (and an audit log of every API call, when given); for tests and benchmarks, so with the
     fault-injection endpoint unless ``faults`` is False."""
-    import sys
 
     repo = Path(__file__).resolve().parent.parent
     cmd = [

@@ -325,13 +325,14 @@ class Stack:
             self._check_ports()
             self.pids = {}
         running = set(self.running())
-        # A component that died may have left its group running (a killed scheduler's
-        # workers): stop it before a new one starts, so no old try works beside a new one.
+        # A component that died may have left processes running (a killed scheduler's
+        # workers and their tasks): stop them before a new one starts, so no old try works
+        # beside a new one. They are still in the dead component's session.
         live = {self.pids[name] for name in running}
-        for group in self.groups:
-            if group not in live and group_alive(group):
-                left = stop_left_behind(group)
-                say(f"stopped {left} process(es) a dead component left behind (group {group})")
+        dead = [pid for pid in self.groups if pid not in live and not alive(pid)]
+        left = stop_left_behind(dead) if dead else 0
+        if left:
+            say(f"stopped {left} process(es) that dead components left behind")
         try:
             self._start(running, say)
         except BaseException:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -107,6 +108,19 @@ def load(name: str, models_dir: str | Path) -> ModelSpec:
             f"{shown}: gpus: {model.gpus} x nodes: {model.nodes} is above the {MAX_GPUS} GPUs "
             "a run may ask for"
         )
+    # The form's defaults come from trainer.params: one outside the Params' bounds would make
+    # every trigger with the defaults a 400 (or the DAG an import error).
+    given = model.trainer.params
+    seed = given.get("seed", given.get("random_state"))
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed <= contract.MAX_SEED):
+        raise ModelSpecError(f"{shown}: trainer.params: seed {seed!r}: 0 to {contract.MAX_SEED}")
+    hidden = given.get("hidden")
+    if model.trainer.kind == "mlp" and hidden is not None \
+            and not re.fullmatch(HIDDEN_PATTERN, str(hidden)):  # fmt: skip
+        raise ModelSpecError(
+            f"{shown}: trainer.params: hidden {hidden!r}: comma-separated widths, up to "
+            f"{contract.MAX_LAYERS} layers of 1 to {contract.MAX_WIDTH} units"
+        )
     return model
 
 
@@ -151,7 +165,9 @@ def _default_args() -> dict[str, Any]:
 # One width from 1 to contract.MAX_WIDTH (4096), and up to contract.MAX_LAYERS of them: the form
 # and the REST API refuse a network that cannot fit a training pod before a run exists.
 _WIDTH = r"(?:[1-9][0-9]{0,2}|[1-3][0-9]{3}|40[0-8][0-9]|409[0-6])"
-HIDDEN_PATTERN = rf"^{_WIDTH}(?:,{_WIDTH}){{0,{contract.MAX_LAYERS - 1}}}$"
+# (?!\n): Airflow's JSON Schema validator searches with Python's re, whose $ also matches
+# before a final newline.
+HIDDEN_PATTERN = rf"^{_WIDTH}(?:,{_WIDTH}){{0,{contract.MAX_LAYERS - 1}}}(?!\n)$"
 
 
 def _trainer_params(model: ModelSpec) -> dict[str, Param]:

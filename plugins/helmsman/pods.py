@@ -76,7 +76,8 @@ class Platform:
     # credentials, so an image from anywhere else is refused at the trigger (the Param's
     # pattern) and again by the rollout. Each entry is a registry or path prefix ending in "/"
     # ("ghcr.io/acme/") or one repository ("ghcr.io/acme/serve", any tag or digest of it).
-    serving_images: tuple[str, ...] = (f"{REGISTRY}/",)
+    # None: the release's own registry (``registry``).
+    serving_images: tuple[str, ...] | None = None
     # Overrides must name a digest (repo@sha256:...), so what passed the gate is what serves
     # and a re-pushed tag cannot change it.
     pin_digests: bool = False
@@ -88,17 +89,25 @@ class Platform:
         """A regular expression (Python's and ECMAScript's alike, for the trigger form) that
         a permitted serving image override matches in full; the empty string passes (no
         override)."""
-        if not self.serving_images:
+        allowed = self.allowed_serving_images()
+        if not allowed:
             return "^$"
+        # ASCII classes, not \w (Unicode in Python, ASCII in ECMAScript): one answer in both.
+        repository, tag = r"[A-Za-z0-9._/-]+", r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?"
         choices = [
-            _regex_literal(entry) + (r"[^\s@]+" if entry.endswith("/") else r"(?::\w[\w.-]*)?")
-            for entry in self.serving_images
+            _regex_literal(entry) + (repository + tag if entry.endswith("/") else tag)
+            for entry in allowed
         ]
         digest = "@sha256:[0-9a-f]{64}" if self.pin_digests else "(?:@sha256:[0-9a-f]{64})?"
-        return rf"^(?:(?:{'|'.join(choices)}){digest})?$"
+        # (?!\n): JSON Schema validators search with Python's re, whose $ also matches before
+        # a final newline.
+        return rf"^(?:(?:{'|'.join(choices)}){digest})?(?!\n)$"
+
+    def allowed_serving_images(self) -> tuple[str, ...]:
+        return (f"{self.registry}/",) if self.serving_images is None else self.serving_images
 
     def serving_images_text(self) -> str:
-        allowed = ", ".join(self.serving_images) or "nowhere (no serving_images set)"
+        allowed = ", ".join(self.allowed_serving_images()) or "nowhere (no serving_images set)"
         return allowed + (", pinned by digest (@sha256:...)" if self.pin_digests else "")
 
     def check_serving_image(self, image: str) -> None:
@@ -215,10 +224,15 @@ class HelmsmanPodOperator(KubernetesPodOperator):
         pod = super().get_or_create_pod(pod_request_obj, context)
         theirs = (pod.metadata.labels or {}).get(self.TRY_LABEL)
         if pod is not pod_request_obj and theirs != str(self._try):
-            self.client.patch_namespaced_pod(
-                pod.metadata.name, pod.metadata.namespace,
-                {"metadata": {"labels": {self.TRY_LABEL: str(self._try)}}},
-            )  # fmt: skip
+            try:
+                self.client.patch_namespaced_pod(
+                    pod.metadata.name, pod.metadata.namespace,
+                    {"metadata": {"labels": {self.TRY_LABEL: str(self._try)}}},
+                )  # fmt: skip
+            except Exception:  # following the pod matters more than the claim: go on unclaimed
+                self.log.warning("could not claim pod %s for try %s", pod.metadata.name,
+                                 self._try, exc_info=True)  # fmt: skip
+                return pod
             self.log.info(
                 "re-attached to pod %s of try %s: it is try %s's now (an earlier try's worker, "
                 "if still alive, leaves it alone)", pod.metadata.name, theirs, self._try,
@@ -232,14 +246,12 @@ class HelmsmanPodOperator(KubernetesPodOperator):
     def owned_by_later_try(self, pod: Any) -> bool:
         """Whether a later try has claimed ``pod`` (read afresh): then this try must not touch
         it. False when this try's number is unknown or the pod is gone."""
-        from kubernetes.client.exceptions import ApiException
-
         if self._try is None or pod is None:
             return False
         try:
             now = self.client.read_namespaced_pod(pod.metadata.name, pod.metadata.namespace)
-        except ApiException:
-            return False  # gone, or unreadable: the deletion that follows says which
+        except Exception:  # gone, or unreadable: KPO's deletion that follows says which
+            return False
         theirs = (now.metadata.labels or {}).get(self.TRY_LABEL, "")
         if theirs.isdigit() and int(theirs) > self._try:
             self.log.warning(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import re
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 DATE_PARAMS = ("data_end",)
 TAG = "helmsman"  # the tag every Helmsman DAG carries; the middleware judges only those
 _TRIGGER_PATH = re.compile(r"^/api/v2/dags/(?P<dag_id>[^/]+)/dagRuns/?$")
+log = logging.getLogger(__name__)
 
 
 class ConfError(ValueError):
@@ -70,15 +72,17 @@ class ConfCheckMiddleware:
     whose conf fails ``problems`` gets 400 before Airflow creates a run.
 
     The body is read here and handed on unchanged. Callers Airflow would refuse (no or a bad
-    token, no permission to trigger this DAG) are passed through untouched, so Airflow answers
-    them itself and nothing about the DAG's Params reaches them."""
+    token, no permission to trigger this DAG, another team's DAG) are passed through untouched,
+    so Airflow answers them itself and nothing about the DAG's Params reaches them. If the
+    check itself fails (the database, the auth manager), the request goes on unchecked: the
+    run's ``plan`` task applies the same rules."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        match = _TRIGGER_PATH.match(scope.get("path", "")) if scope["type"] == "http" else None
-        if match is None or scope.get("method") != "POST":
+        match = _trigger_of(scope)
+        if match is None:
             await self.app(scope, receive, send)
             return
         body, messages = await _read_body(receive)
@@ -90,13 +94,17 @@ class ConfCheckMiddleware:
             except StopIteration:
                 return await receive()
 
-        found = await self._problems(scope, match["dag_id"], body)
+        try:
+            found = await self._problems(scope, match, body)
+        except Exception:  # never turn a trigger Airflow would take into a 500
+            log.warning("could not check the conf of a trigger of %s", match, exc_info=True)
+            found = []
         if not found:
             await self.app(scope, replayed, send)
             return
         from starlette.responses import JSONResponse
 
-        detail = f"conf of {match['dag_id']}: " + "; ".join(found)
+        detail = f"conf of {match}: " + "; ".join(found)
         await JSONResponse({"detail": detail}, status_code=400)(scope, replayed, send)
 
     async def _problems(self, scope: dict[str, Any], dag_id: str, body: bytes) -> list[str]:
@@ -106,14 +114,23 @@ class ConfCheckMiddleware:
             return []  # not a JSON object: Airflow's own validation answers it
         if not isinstance(conf, dict) or not conf:
             return []
-        if not await _may_trigger(scope, dag_id):
-            return []
         from anyio import to_thread
 
         declared = await to_thread.run_sync(_declared_params, dag_id)
-        if declared is None:
+        if declared is None or not await _may_trigger(scope, dag_id):
             return []
         return problems(conf, declared, today_utc())
+
+
+def _trigger_of(scope: dict[str, Any]) -> str | None:
+    """The DAG id of a trigger request (under any ``root_path`` Airflow is served at)."""
+    if scope["type"] != "http" or scope.get("method") != "POST":
+        return None
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    match = _TRIGGER_PATH.match(path)
+    return None if match is None else match["dag_id"]
 
 
 async def _read_body(receive: Any) -> tuple[bytes, list[dict[str, Any]]]:
@@ -130,42 +147,55 @@ async def _read_body(receive: Any) -> tuple[bytes, list[dict[str, Any]]]:
 
 
 async def _may_trigger(scope: dict[str, Any], dag_id: str) -> bool:
-    """Whether Airflow would let this caller trigger ``dag_id`` (its own auth manager says)."""
+    """Whether Airflow would let this caller trigger ``dag_id``: its token resolved and its
+    auth manager asked, with the DAG's team, as the trigger route itself does."""
     from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
     from airflow.api_fastapi.auth.managers.models.resource_details import (
         DagAccessEntity,
         DagDetails,
     )
     from airflow.api_fastapi.core_api.security import resolve_user_from_token
+    from airflow.models.dag import DagModel  # noqa: TID251 - API-server side: its ORM, no SDK twin
+    from anyio import to_thread
     from fastapi import HTTPException
     from starlette.requests import Request
 
     request = Request(scope)
-    header = request.headers.get("authorization", "")
-    token = header[7:] if header.lower().startswith("bearer ") else None
-    if token is None:
-        from airflow.api_fastapi.auth.managers.base_auth_manager import COOKIE_NAME_JWT_TOKEN
-
-        token = request.cookies.get(COOKIE_NAME_JWT_TOKEN)
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    token = (
+        credentials if scheme.lower() == "bearer" else request.cookies.get(COOKIE_NAME_JWT_TOKEN)
+    )
     try:
         user = await resolve_user_from_token(token)
     except HTTPException:
         return False
-    return bool(
-        get_auth_manager().is_authorized_dag(
-            method="POST",
-            access_entity=DagAccessEntity.RUN,
-            details=DagDetails(id=dag_id),
-            user=user,
+    team = await to_thread.run_sync(DagModel.get_team_name, dag_id)
+    details = DagDetails(id=dag_id, team_name=team)
+
+    def authorized() -> bool:
+        return bool(
+            get_auth_manager().is_authorized_dag(
+                method="POST", access_entity=DagAccessEntity.RUN, details=details, user=user
+            )
         )
-    )
+
+    return await to_thread.run_sync(authorized)
 
 
 def _declared_params(dag_id: str) -> list[str] | None:
-    """The Params of a Helmsman DAG's latest version; None for any other DAG (or none)."""
+    """The Params of a Helmsman DAG's latest version; None for any other DAG (or none). The
+    tag is looked up first, so other DAGs' triggers cost one small query."""
+    from airflow.models.dag import DagTag  # noqa: TID251 - API-server side: its ORM, no SDK twin
     from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
 
-    dag = SerializedDagModel.get_dag(dag_id)
-    if dag is None or TAG not in (dag.tags or ()):
+    with create_session() as session:
+        tagged = session.scalar(
+            select(DagTag.dag_id).where(DagTag.dag_id == dag_id, DagTag.name == TAG).limit(1)
+        )
+    if tagged is None:
         return None
-    return list(dag.params)
+    dag = SerializedDagModel.get_dag(dag_id)
+    return None if dag is None else list(dag.params)

@@ -121,6 +121,8 @@ def test_a_broken_model_is_an_import_error_of_its_own_file_only(
             "trainer.kind: the mlp trainer trains binary models, not regression; use sklearn or",
         ),
         ({"serving": {"thresholds": {"max_p95_ms": 9}}}, "unknown ['max_p95_ms']; one of"),
+        ({"trainer": {"params": {"hidden": "64,5000"}}}, "hidden '64,5000': comma-separated"),
+        ({"trainer": {"params": {"seed": 2**32}}}, f"seed {2**32}: 0 to {2**32 - 1}"),
     ],
 )
 def test_what_the_pipeline_cannot_run_is_refused_with_the_field(

@@ -62,6 +62,8 @@ def test_the_hidden_pattern_takes_exactly_the_widths_and_depths_the_step_takes()
     assert not pattern.fullmatch(",".join(["8"] * (contract.MAX_LAYERS + 1)))
     for bad in ("", "64,,32", "064", "64,", " 64", "1" * 40):
         assert not pattern.fullmatch(bad), bad
+    # Airflow's validator searches (re.search), where $ also matches before a final newline.
+    assert not pattern.search("64,32\n")
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +80,8 @@ def train_params() -> object:
         ("hidden", "4096,8", "64,5000"),
         ("serving_image", f"{REGISTRY}/helmsman-serve:0.2.0", "docker.io/someone/serve:latest"),
         ("serving_image", None, f"{REGISTRY}-evil/helmsman-serve:0.1.0"),
+        ("serving_image", f"{REGISTRY}/serve:1", f"{REGISTRY}/serve:1\n"),
+        ("hidden", "64,32", "64,32\n"),
     ],
 )
 def test_airflow_validates_the_bounds_of_the_form(
@@ -104,6 +108,7 @@ IMAGES = [
     f"registry.acme.internal:5000/ml/team-a/serve{DIGEST}",
     "registry.acme.internal:5000/ml/serve:1",
     f"{REGISTRY}/a b",
+    f"{REGISTRY}/sérve:1",  # \w would take it in Python and not in the browser
 ]
 PINNED = Platform(
     serving_images=("ghcr.io/acme/serve", "registry.acme.internal:5000/ml/"), pin_digests=True
@@ -145,6 +150,30 @@ def test_serving_images_come_only_from_the_permitted_places(
         capture_output=True, text=True, check=True, timeout=30,
     )  # fmt: skip
     assert json.loads(ran.stdout) == allowed
+
+
+def test_by_default_overrides_come_from_the_platforms_own_registry() -> None:
+    corp = Platform(registry="registry.corp.example/ml")
+    corp.check_serving_image("registry.corp.example/ml/helmsman-serve:0.2.0")
+    with pytest.raises(ValueError, match=r"registry\.corp\.example/ml/"):
+        corp.check_serving_image(f"{REGISTRY}/helmsman-serve:0.1.0")
+
+
+@pytest.mark.parametrize(
+    ("path", "root_path", "dag_id"),
+    [
+        ("/api/v2/dags/train_churn/dagRuns", "", "train_churn"),
+        ("/airflow/api/v2/dags/train_churn/dagRuns", "/airflow", "train_churn"),  # a sub-path
+        ("/api/v2/dags/train_churn/dagRuns/manual__1", "", None),
+        ("/api/v2/dags/train_churn", "", None),
+    ],
+)
+def test_the_middleware_knows_a_trigger_under_any_root_path(
+    path: str, root_path: str, dag_id: str | None
+) -> None:
+    scope = {"type": "http", "method": "POST", "path": path, "root_path": root_path}
+    assert runconf._trigger_of(scope) == dag_id
+    assert runconf._trigger_of({**scope, "method": "GET"}) is None
 
 
 def test_the_rollout_refuses_an_image_the_trigger_would_have() -> None:

@@ -202,7 +202,7 @@ def test_a_killed_scheduler_is_restarted_then_down_leaves_no_process_and_no_port
     assert stack.pids["scheduler"] != scheduler.pid
     # ...after stopping what the dead one left: no old worker runs beside the new scheduler.
     assert [pid for pid in workers if running(pid)] == []
-    assert any("a dead component left behind" in line for line in said), said
+    assert any("that dead components left behind" in line for line in said), said
     pids, ports = dict(stack.pids), list(asdict(stack.ports).values())
     gateway = urllib.parse.urlsplit(demo.serving(stack)["service"])
     stopped = demo.down(demo_root)
