@@ -190,8 +190,6 @@ def localcluster(
 
 def mlflow(root: Path, port: int) -> Server:
     """An MLflow tracking server (SQLite backend, local artifacts) with its state under root."""
-    import sys
-
     return Server(
         "mlflow",
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),

@@ -207,7 +207,7 @@ class HelmsmanPodOperator(KubernetesPodOperator):
 
     A pod belongs to one try at a time. A try that re-attaches to an earlier try's running pod
     (its worker died, or the scheduler lost track of it) relabels the pod with its own try
-    number; a try deletes a pod only while the pod's label still names it. So a worker that
+    number; a try never deletes a pod whose label names a later try. So a worker that
     outlived its try (a zombie after a scheduler restart) cannot delete the pod that a later
     try is following, whether it is killed or sees the pod end."""
 

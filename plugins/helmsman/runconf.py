@@ -8,7 +8,7 @@ nothing), and a schema cannot say "not in the future". So:
   of a Helmsman DAG whose conf fails ``problems`` with **400** and the list of what to fix,
   before any run is created. It judges only callers Airflow would let trigger the DAG; anyone
   else gets Airflow's own 401/403.
-- The training DAG's ``plan`` task runs the same check (``check``) for runs started another way
+- The training DAG's ``plan`` task runs the same check (``problems``) for runs started another way
   (``airflow dags trigger``, ``dag.test``) and fails at once, without retries.
 """
 
@@ -26,10 +26,6 @@ DATE_PARAMS = ("data_end",)
 TAG = "helmsman"  # the tag every Helmsman DAG carries; the middleware judges only those
 _TRIGGER_PATH = re.compile(r"^/api/v2/dags/(?P<dag_id>[^/]+)/dagRuns/?$")
 log = logging.getLogger(__name__)
-
-
-class ConfError(ValueError):
-    """A run's conf that can never work; the message lists every problem."""
 
 
 def problems(conf: Mapping[str, Any], declared: Collection[str], today: dt.date) -> list[str]:
@@ -55,12 +51,6 @@ def problems(conf: Mapping[str, Any], declared: Collection[str], today: dt.date)
                 f"today; give {today} or an earlier day"
             )
     return found
-
-
-def check(conf: Mapping[str, Any] | None, declared: Collection[str], today: dt.date) -> None:
-    found = problems(conf or {}, declared, today)
-    if found:
-        raise ConfError("; ".join(found))
 
 
 def today_utc() -> dt.date:

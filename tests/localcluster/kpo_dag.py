@@ -27,21 +27,21 @@ PUSH_HOSTNAME = (
 )
 deferrable = os.environ.get("KPO_DEFERRABLE") == "1"
 
+# What every probe pod shares.
+POD = {
+    "namespace": "default",
+    "image": "python:3.11-slim",
+    "kubernetes_conn_id": "kubernetes_default",
+    "get_logs": True,
+    "on_finish_action": "delete_pod",
+    "startup_timeout_seconds": 60,
+    "poll_interval": 1,
+    "deferrable": deferrable,
+}
+
 with DAG(dag_id="kpo_probe", schedule=None, start_date=dt.datetime(2026, 1, 1)) as dag:
     for task_id, script in (("succeeds", SCRIPT), ("fails", SCRIPT + "raise SystemExit(4)\n")):
-        KubernetesPodOperator(
-            task_id=task_id,
-            name=task_id,
-            namespace="default",
-            image="python:3.11-slim",
-            cmds=["python", "-c", script],
-            kubernetes_conn_id="kubernetes_default",
-            get_logs=True,
-            on_finish_action="delete_pod",
-            startup_timeout_seconds=60,
-            poll_interval=1,
-            deferrable=deferrable,
-        )
+        KubernetesPodOperator(task_id=task_id, name=task_id, cmds=["python", "-c", script], **POD)
 
     # do_xcom_push: KPO adds its alpine sidecar and reads return.json through pods/exec.
     pushes = KubernetesPodOperator(
@@ -97,15 +97,8 @@ with DAG(dag_id="kpo_probe", schedule=None, start_date=dt.datetime(2026, 1, 1)) 
         HelmsmanPodOperator(
             task_id=task_id,
             name=task_id.replace("_", "-"),
-            namespace="default",
-            image="python:3.11-slim",
             cmds=["python", "-c", f"print('exiting {code}', flush=True); raise SystemExit({code})"],
-            kubernetes_conn_id="kubernetes_default",
-            get_logs=True,
-            on_finish_action="delete_pod",
-            startup_timeout_seconds=60,
-            poll_interval=1,
-            deferrable=deferrable,
             retries=1,
             retry_delay=dt.timedelta(seconds=1),
+            **POD,
         )

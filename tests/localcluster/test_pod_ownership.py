@@ -41,6 +41,14 @@ def try_of(number: int, run_id: str) -> tuple[HelmsmanPodOperator, dict[str, Any
     return operator, {"ti": ti, "run_id": run_id, "dag": SimpleNamespace()}
 
 
+def start(cluster: Cluster, operator: HelmsmanPodOperator, context: dict[str, Any]) -> Any:
+    """The try's pod, created through KPO's own get_or_create_pod, once it runs."""
+    created = operator.get_or_create_pod(operator.build_pod_request_obj(context), context)
+    name = created.metadata.name
+    operator.pod = wait_for(f"pod {name} running", lambda: running(cluster, name), timeout=60)
+    return operator.pod
+
+
 def running(cluster: Cluster, name: str) -> Any:
     pod = cluster.core.read_namespaced_pod(name, NS)
     return pod if pod.status.phase == "Running" else None
@@ -53,9 +61,7 @@ def exists(cluster: Cluster, name: str) -> bool:
 @pytest.mark.usefixtures("connection")
 def test_a_zombie_try_cannot_delete_the_pod_a_later_try_reattached_to(cluster: Cluster) -> None:
     first, first_context = try_of(1, "manual__zombie")
-    created = first.get_or_create_pod(first.build_pod_request_obj(first_context), first_context)
-    name = created.metadata.name
-    first.pod = wait_for("try 1's pod running", lambda: running(cluster, name), timeout=60)
+    name = start(cluster, first, first_context).metadata.name
 
     # Try 2 (its worker believes try 1's is dead) finds the running pod and claims it.
     second, second_context = try_of(2, "manual__zombie")
@@ -83,8 +89,6 @@ def test_a_zombie_try_cannot_delete_the_pod_a_later_try_reattached_to(cluster: C
 def test_without_a_later_claim_a_killed_try_deletes_its_own_pod(cluster: Cluster) -> None:
     """The guard changes nothing for the common case: the only try is killed, its pod goes."""
     only, context = try_of(1, "manual__alone")
-    created = only.get_or_create_pod(only.build_pod_request_obj(context), context)
-    name = created.metadata.name
-    only.pod = wait_for("the pod running", lambda: running(cluster, name), timeout=60)
+    name = start(cluster, only, context).metadata.name
     only.on_kill()
     wait_for("the pod deleted", lambda: not exists(cluster, name), timeout=60)
