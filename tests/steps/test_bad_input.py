@@ -1,6 +1,7 @@
 """Input a person must fix ends the step with exit 2 (bad input, never retried) and a message
-that names what to fix: a truncated dataset partition (the file), a model version whose files
-were deleted from the artifact store (the version), knobs beyond what a training pod can run.
+that names what to fix: a truncated or scrambled dataset partition (the file), a model version
+whose files were deleted from the artifact store (the version), knobs beyond what a training
+pod can run.
 
 Real parts throughout: the step's command line in a subprocess, a real MLflow server (its
 artifacts deleted through MLflow's own artifact API, as an operator cleaning up would)."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,16 +21,26 @@ LAST_DAY = FIRST_DAY + dt.timedelta(days=DAYS - 1)
 INTERVAL = ["--start", str(LAST_DAY), "--end", str(LAST_DAY + dt.timedelta(days=1))]
 
 
-def test_a_truncated_partition_is_bad_input_naming_the_file_and_the_fix(
-    dataset: str, step_env: dict[str, str], tmp_path: Path
+def _cut(whole: bytes) -> bytes:
+    return whole[: len(whole) // 2]  # a copy cut off half way
+
+
+def _scrambled_footer(whole: bytes) -> bytes:
+    # Whole length, magic bytes intact, the metadata before them overwritten: pyarrow reports
+    # it as an OSError ("Couldn't deserialize thrift"), as it does a failing disk.
+    return whole[:-60] + b"\xff" * 52 + whole[-8:]
+
+
+@pytest.mark.parametrize("damage", [_cut, _scrambled_footer], ids=["truncated", "scrambled"])
+def test_a_damaged_partition_is_bad_input_naming_the_file_and_the_fix(
+    dataset: str, step_env: dict[str, str], tmp_path: Path, damage: Any
 ) -> None:
     from helmsman_steps.store import DatasetStore
 
     root = tmp_path / "datasets"
     shutil.copytree(dataset, root)  # the session's dataset stays whole
     path = Path(DatasetStore(str(root)).features_path(LAST_DAY))
-    whole = path.read_bytes()
-    path.write_bytes(whole[: len(whole) // 2])  # a copy cut off half way
+    path.write_bytes(damage(path.read_bytes()))
 
     proc = run_step(step_env, "train", *INTERVAL, "--dataset-uri", str(root),
                     "--window-days", "1", "--model-name", "churn-truncated")  # fmt: skip
@@ -36,6 +48,24 @@ def test_a_truncated_partition_is_bad_input_naming_the_file_and_the_fix(
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"dataset partition {path} ({LAST_DAY}) is unreadable" in proc.stderr
     assert f"helmsman-step etl --start {LAST_DAY} --end" in proc.stderr
+
+
+def test_a_partition_that_cannot_be_read_is_not_called_bad_input(
+    dataset: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read that fails (a disk, a network file system) stays an OSError, which the task
+    retries; only bytes that read whole and do not parse are the input's fault. The failing
+    disk is simulated (``fs.open`` raises): one cannot be made here."""
+    from helmsman_steps.store import DatasetStore
+
+    store = DatasetStore(dataset)
+
+    def failing_open(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(store.fs, "open", failing_open)
+    with pytest.raises(OSError, match="Input/output error"):  # BadInputError is no OSError
+        store.read_features([LAST_DAY])
 
 
 @pytest.mark.parametrize(

@@ -153,6 +153,16 @@ class DatasetStore:
                 return pd.read_parquet(handle)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, EOFError) as exc:
             raise _unreadable(path, day, exc) from None
+        except OSError as exc:
+            # pyarrow reports a corrupt footer or page as OSError too ("Couldn't deserialize
+            # thrift", "Corrupt snappy compressed data"), like a failing disk or network. If
+            # the bytes read back whole, it is the content: bad input. If not, let it retry.
+            try:
+                with self.fs.open(path, "rb") as handle:
+                    handle.read()
+            except OSError:
+                raise exc from None
+            raise _unreadable(path, day, exc) from None
 
     def read_features(self, days: Iterable[dt.date]) -> pd.DataFrame:
         """The features of the given days, in day order; every day must have been built."""
