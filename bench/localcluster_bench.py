@@ -3,6 +3,7 @@
 1. API request latency: GET of one ConfigMap from localcluster vs the same JSON from a plain
    aiohttp echo server (the floor for an HTTP round trip in Python), both in their own
    processes, through one keep-alive client, in alternating rounds. Prints p50/p99 and ratios.
+   localcluster's side pays what every client pays it: TLS and the bearer token's check.
 2. Pod start: a trivial pod (``python -c "print('hi')"``) created through the real client,
    timed to Running and to Succeeded (seen through a watch), vs starting the same process
    directly and waiting for it. Goal: create->Succeeded <= 1.5x the direct run.
@@ -24,7 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO)]
 
-from tools.procs import Server, free_port, localcluster  # noqa: E402 - needs the path set above
+from tools.kubeaccess import Access  # noqa: E402 - needs the path set above
+from tools.procs import Server, free_port, localcluster  # noqa: E402
 
 ECHO = """
 import json, sys
@@ -43,16 +45,20 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(int(len(ordered) * q), len(ordered) - 1)]
 
 
-def latencies(url: str, n: int) -> list[float]:
+def latencies(url: str, n: int, access: Access | None = None) -> list[float]:
+    """GET ``url`` n times on one kept-alive connection (over TLS with the token, as every
+    client of localcluster, when ``access`` is given)."""
     import urllib3
 
-    pool = urllib3.PoolManager(maxsize=1)
+    headers = access.headers() if access else {}
+    tls = {"ca_cert_data": access.ca_pem.decode()} if access else {}
+    pool = urllib3.PoolManager(maxsize=1, **tls)
     for _ in range(20):  # warm-up
-        pool.request("GET", url).data  # noqa: B018 - read the body
+        pool.request("GET", url, headers=headers).data  # noqa: B018 - read the body
     out = []
     for _ in range(n):
         started = time.perf_counter()
-        response = pool.request("GET", url)
+        response = pool.request("GET", url, headers=headers)
         response.data  # noqa: B018
         out.append(time.perf_counter() - started)
         if response.status != 200:
@@ -147,13 +153,15 @@ def main() -> int:
             ).start()
             try:
                 api_times: dict[str, list[float]] = {"localcluster": [], "echo": []}
+                access = Access.from_kubeconfig(root / "kubeconfig")
+                path = "/api/v1/namespaces/default/configmaps/bench"
                 urls = {
-                    "localcluster": f"http://127.0.0.1:{port}/api/v1/namespaces/default/configmaps/bench",
-                    "echo": f"http://127.0.0.1:{echo_port}/api/v1/namespaces/default/configmaps/bench",
+                    "localcluster": (access.server + path, access),
+                    "echo": (f"http://127.0.0.1:{echo_port}{path}", None),
                 }
                 for _ in range(args.rounds):
-                    for name, url in urls.items():
-                        api_times[name] += latencies(url, args.requests)
+                    for name, (url, credentials) in urls.items():
+                        api_times[name] += latencies(url, args.requests, credentials)
             finally:
                 echo.stop()
             to_running, to_done = pod_times(root / "kubeconfig", args.pods)

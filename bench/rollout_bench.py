@@ -116,9 +116,7 @@ def run(root: Path, interval: float, rounds: int, small: bool) -> int:
         ip = wait_for("the Gateway's address", lambda: (custom.get_namespaced_custom_object(
             "gateway.networking.k8s.io", "v1", NS, "gateways", "helmsman-gateway"
         ).get("status") or {}).get("addresses"))[0]["value"]  # fmt: skip
-        prom = prometheus.server(
-            root / "prometheus", free_port(), NS, cluster.api.configuration.host
-        )
+        prom = prometheus.server(root / "prometheus", free_port(), NS, cluster.kubeconfig)
         prom.start(timeout=60)
         kube = Kube(cluster.api, NS)
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -16,9 +18,11 @@ from typing import Any
 import yaml
 from aiohttp import web
 
+from localcluster import certs
 from localcluster import config as config_module
 from localcluster.addresses import Reservation
 from localcluster.apiserver import ApiServer
+from localcluster.auth import Authenticator, bootstrap_policy
 from localcluster.autoscaler import Autoscaler
 from localcluster.controllers import Controllers
 from localcluster.faults import FaultInjector
@@ -29,6 +33,7 @@ from localcluster.proxy import ServiceProxy
 from localcluster.resources import NAMESPACES, PRIORITY_CLASSES
 from localcluster.scheduler import Scheduler
 from localcluster.store import Store, ensure
+from localcluster.volumes import Credentials
 
 log = logging.getLogger("localcluster")
 BUILT_IN_PRIORITIES = (
@@ -42,12 +47,19 @@ BUILT_IN_CLASS = {
 SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
-def kubeconfig(server: str) -> dict[str, object]:
+def kubeconfig(server: str, ca_pem: bytes, token: str) -> dict[str, object]:
+    """The cluster admin's kubeconfig: the server, the CA to trust it by, the admin token."""
+    ca_data = base64.b64encode(ca_pem).decode()
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [{"name": "localcluster", "cluster": {"server": server}}],
-        "users": [{"name": "localcluster", "user": {"token": "localcluster"}}],
+        "clusters": [
+            {
+                "name": "localcluster",
+                "cluster": {"server": server, "certificate-authority-data": ca_data},
+            }
+        ],
+        "users": [{"name": "localcluster", "user": {"token": token}}],
         "contexts": [
             {
                 "name": "localcluster",
@@ -85,10 +97,14 @@ async def serve(args: argparse.Namespace) -> int:
         + [
             (PRIORITY_CLASSES, {"metadata": {"name": name}, "value": value, **BUILT_IN_CLASS})
             for name, value in BUILT_IN_PRIORITIES
-        ],
+        ]
+        + bootstrap_policy(),
     )
 
-    api = ApiServer(store)
+    # TLS and a bearer token for every client, as a real cluster: kubectl and client-go send
+    # credentials over TLS only. The CA's key lives in this process's memory alone.
+    serving = certs.make(state / "pki", args.host)
+    api = ApiServer(store, authenticator=Authenticator(store))
     if args.audit_log:
         api.audit = _audit_writer(Path(args.audit_log))
     # Breaking things on purpose is for reliability tests: without --faults the endpoint
@@ -99,12 +115,15 @@ async def serve(args: argparse.Namespace) -> int:
     install_prometheus_sd(api.app, store)
     runner = web.AppRunner(api.app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, args.host, args.port, shutdown_timeout=1)
+    site = web.TCPSite(
+        runner, args.host, args.port, shutdown_timeout=1, ssl_context=serving.server_context()
+    )
     await site.start()
     port = runner.addresses[0][1]
-    server = f"http://{args.host}:{port}"
+    server = f"https://{args.host}:{port}"
 
     kubelet = Kubelet(store, cfg, state, (args.host, port))
+    kubelet.credentials = Credentials(api.authn, serving.ca_pem)
     api.logs = kubelet
     if faults is not None:
         faults.kubelet, kubelet.faults = kubelet, faults
@@ -121,7 +140,12 @@ async def serve(args: argparse.Namespace) -> int:
 
     path = Path(args.kubeconfig)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(kubeconfig(server), sort_keys=False))
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)  # it holds the admin token
+    path.write_text(
+        yaml.safe_dump(kubeconfig(server, serving.ca_pem, api.authn.admin_token), sort_keys=False)
+    )
+    api.ready = True
     print(f"localcluster: serving {server}; kubeconfig {path}", flush=True)
 
     stop = asyncio.Event()

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from localcluster import (
     apply,
+    auth,
     disruption,
     errors,
     patch,
@@ -204,23 +205,35 @@ def body_kind(target: Target) -> tuple[str, str]:
     return SUBRESOURCE_BODIES.get(target.subresource, default)
 
 
-def _verb(method: str, target: Target, watch: bool) -> str:
-    """The RBAC verb of a request, as the real API server's authorizer names it."""
-    if method == "GET":
-        return "watch" if watch else ("get" if target.name else "list")
-    if method == "DELETE":
-        return "delete" if target.name else "deletecollection"
-    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
+def attributes(request: web.Request, target: Target) -> auth.Attributes:
+    """What a resource request does, in RBAC's terms."""
+    watch = _truthy(request.query.get("watch"))
+    return auth.Attributes(
+        verb=auth.resource_verb(request.method, target.name, target.subresource, watch),
+        group=target.kind.group,
+        resource=target.kind.plural,
+        subresource=target.subresource,
+        namespace=target.namespace,
+        name=target.name,
+    )
 
 
-def _audit_record(request: web.Request, target: Target) -> dict[str, Any]:
-    resource = target.kind.plural + (f"/{target.subresource}" if target.subresource else "")
+def is_resource_path(path: str) -> bool:
+    """``/api/v1/PLURAL...`` or ``/apis/GROUP/VERSION/PLURAL...``: authorized as a resource
+    request once parsed; every other path is a non-resource URL."""
+    parts = [p for p in path.split("/") if p]
+    return (len(parts) >= 3 and parts[0] == "api") or (len(parts) >= 4 and parts[0] == "apis")
+
+
+def _audit_record(request: web.Request, attrs: auth.Attributes) -> dict[str, Any]:
+    resource = attrs.resource + (f"/{attrs.subresource}" if attrs.subresource else "")
     return {
-        "verb": _verb(request.method, target, _truthy(request.query.get("watch"))),
-        "apiGroup": target.kind.group,
+        "verb": attrs.verb,
+        "apiGroup": attrs.group,
         "resource": resource,
-        "namespace": target.namespace,
-        "name": target.name,
+        "namespace": attrs.namespace,
+        "name": attrs.name,
+        "user": request["user"].name,
         "userAgent": request.headers.get("User-Agent", ""),
     }
 
@@ -232,17 +245,29 @@ def json_response(body: Any, status: int = 200) -> web.Response:
 
 
 class ApiServer:
-    def __init__(self, store: Store, logs: LogSource | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        logs: LogSource | None = None,
+        authenticator: auth.Authenticator | None = None,
+    ) -> None:
         self.store = store
         self.logs = logs
+        self.authn = authenticator or auth.Authenticator(store)
+        self.authz = auth.Authorizer(store)
+        # False until the server has written its kubeconfig: a client that waited for
+        # /readyz finds credentials that work.
+        self.ready = False
         # Called with one record per resource request (verb, group, resource, namespace,
         # name, user agent), like the real server's audit log; None: no audit.
         self.audit: Callable[[dict[str, Any]], None] | None = None
-        self.app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[self._errors])
+        self.app = web.Application(
+            client_max_size=64 * 1024 * 1024, middlewares=[self._errors, self._authenticate]
+        )
         self.app.router.add_get("/version", self._version)
         self.app.router.add_get("/healthz", self._ok)
         self.app.router.add_get("/livez", self._ok)
-        self.app.router.add_get("/readyz", self._ok)
+        self.app.router.add_get("/readyz", self._ready)
         self.app.router.add_get("/openapi/v3", self._openapi_index)
         self.app.router.add_get("/openapi/v3/{gv:.*}", self._openapi_group_version)
         self.app.router.add_get("/api", self._api_versions)
@@ -262,7 +287,23 @@ class ApiServer:
         except json.JSONDecodeError as exc:
             return json_response(errors.bad_request(f"invalid JSON body: {exc}").status(), 400)
 
+    @web.middleware
+    async def _authenticate(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Every request: who is asking (401 for a bad token); a non-resource URL is
+        authorized here, a resource request once its path is parsed."""
+        user = self.authn.authenticate(request.headers.get("Authorization"))
+        request["user"] = user
+        if not is_resource_path(request.path):
+            self.authz.check(user, auth.Attributes(verb=request.method.lower(), path=request.path))
+        response: web.StreamResponse = await handler(request)
+        return response
+
     async def _ok(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        if not self.ready:
+            return web.Response(status=500, text="readyz check failed: starting")
         return web.Response(text="ok")
 
     async def _version(self, request: web.Request) -> web.Response:
@@ -393,8 +434,10 @@ class ApiServer:
         target = parse_path(parts)
         protobuf.check_accept(request.headers.get("Accept", ""))
         method = request.method
+        attrs = attributes(request, target)
         if self.audit is not None:
-            self.audit(_audit_record(request, target))
+            self.audit(_audit_record(request, attrs))
+        self.authz.check(request["user"], attrs)
         if target.kind.group == "metrics.k8s.io":
             return json_response(self._metrics(request, target))
         if target.name == "":
@@ -414,7 +457,9 @@ class ApiServer:
                 return json_response(listing)
             if method == "POST" and target.kind.kind in reviews.REVIEWS:
                 body = await self._body(request, body_kind(target))
-                answer = reviews.review(target.kind.kind, target.kind.api_version, body)
+                answer = reviews.review(
+                    target.kind.kind, target.kind.api_version, body, request["user"], self.authz
+                )
                 return json_response(answer, 201)
             if method == "POST":
                 dry = dry_run(request.query.getall("dryRun", []), "CreateOptions")
@@ -460,7 +505,7 @@ class ApiServer:
                 return json_response(await self._delete(request, target))
             if method == "POST" and target.subresource == "token":
                 body = await self._body(request, ("authentication.k8s.io/v1", "TokenRequest"))
-                answer = reviews.token(self.store, target.namespace, target.name, body)
+                answer = reviews.token(self.store, self.authn, target.namespace, target.name, body)
                 return json_response(answer, 201)
             if method == "POST" and target.subresource == "eviction":
                 dry = await self._eviction_dry_run(request)

@@ -23,6 +23,7 @@ import asyncio
 import fnmatch
 import json
 import random
+import ssl
 import urllib.request
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -148,18 +149,23 @@ class FaultInjector:
 
 
 class FaultClient:
-    """The admin endpoint from Python: ``FaultClient(server).kill_container(ns, pod)``."""
+    """The admin endpoint from Python: ``FaultClient(server, ...).kill_container(ns, pod)``;
+    the server's CA (``context``) and a token RBAC lets post there (the admin's)."""
 
-    def __init__(self, server: str) -> None:
+    def __init__(self, server: str, context: ssl.SSLContext | None = None, token: str = "") -> None:
         self.url = server.rstrip("/") + PREFIX
+        self.context = context
+        self.headers = {"Content-Type": "application/json"}
+        if token:
+            self.headers["Authorization"] = f"Bearer {token}"
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(  # noqa: S310 - the URL is the cluster's own http address
-            self.url,
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
+        request = urllib.request.Request(  # noqa: S310 - the URL is the cluster's own address
+            self.url, data=json.dumps(body).encode(), headers=self.headers
         )
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback admin
+        with urllib.request.urlopen(  # noqa: S310 - the cluster's own address
+            request, timeout=30, context=self.context
+        ) as response:
             result: dict[str, Any] = json.load(response)
             return result
 

@@ -420,7 +420,9 @@ class PodWorker:
         if "/" not in argv[0]:  # not on the image's PATH: what the runtime answers
             raise FileNotFoundError(f'exec: "{argv[0]}": executable file not found in $PATH')
         cwd = spec.get("workingDir") or runtime.working_dir or str(self.dir)
-        mounts = volumes.mounts(self.store, pod, spec, self.dir, self.kubelet.state_dir)
+        mounts = volumes.mounts(
+            self.store, pod, spec, self.dir, self.kubelet.state_dir, self.kubelet.credentials
+        )
         hosts = None
         if self.kubelet.unshare is not None:
             hosts = self.kubelet.dns.hosts_file(self.ns)
@@ -512,6 +514,8 @@ class Kubelet:
         # needs root and util-linux's unshare. Without them containers are plain process
         # groups (and exec sees the machine).
         self.unshare = shutil.which("unshare") if os.geteuid() == 0 else None
+        # Set by the server: the API's token issuer and CA, for projected volumes.
+        self.credentials: volumes.Credentials | None = None
         self.sampler = metrics.Sampler(window=config.metrics_resolution_seconds)
 
     def _allocate_ip(self) -> str:

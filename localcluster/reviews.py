@@ -1,55 +1,70 @@
 """Requests the real API server answers without storing anything: access and rules reviews
-(``kubectl auth can-i``), ``kubectl auth whoami``, and service account tokens.
-
-localcluster authorizes nothing, so every review says allowed, and says why.
-"""
+(``kubectl auth can-i``), ``kubectl auth whoami``, and service account tokens; each answered
+for the user who asks, by the same RBAC authorizer that guards every request."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
-import secrets
 from typing import Any
 
-from localcluster import errors
+from localcluster import auth, errors
 from localcluster.resources import SERVICE_ACCOUNTS
 from localcluster.store import Obj, Store
 
 REVIEWS = {"SelfSubjectAccessReview", "SelfSubjectRulesReview", "SelfSubjectReview"}
-USER = {"username": "localcluster-admin", "groups": ["system:masters", "system:authenticated"]}
-REASON = "localcluster does not authorize requests: every request is allowed"
 
 
-def review(kind: str, api_version: str, body: Obj) -> Obj:
+def review(
+    kind: str, api_version: str, body: Obj, user: auth.User, authorizer: auth.Authorizer
+) -> Obj:
+    spec = body.get("spec") or {}
     answer: Obj = {
         "kind": kind,
         "apiVersion": api_version,
         "metadata": {"creationTimestamp": None},
-        "spec": body.get("spec") or {},
+        "spec": spec,
     }
     if kind == "SelfSubjectAccessReview":
-        answer["status"] = {"allowed": True, "reason": REASON}
+        decision = authorizer.decide(user, _attributes(spec))
+        answer["status"] = {"allowed": decision.allowed}
+        if decision.reason:
+            answer["status"]["reason"] = decision.reason
     elif kind == "SelfSubjectRulesReview":
+        resource_rules: list[dict[str, Any]] = []
+        other_rules: list[dict[str, Any]] = []
+        for _origin, rule in authorizer.rules(user, spec.get("namespace") or ""):
+            (other_rules if "nonResourceURLs" in rule else resource_rules).append(rule)
         answer["status"] = {
-            "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"]}],
-            "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+            "resourceRules": resource_rules,
+            "nonResourceRules": other_rules,
             "incomplete": False,
         }
     else:
         answer.pop("spec")
-        answer["status"] = {"userInfo": USER}
+        answer["status"] = {"userInfo": user.info()}
     return answer
 
 
-def _segment(data: dict[str, Any]) -> str:
-    raw = json.dumps(data, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+def _attributes(spec: dict[str, Any]) -> auth.Attributes:
+    if "nonResourceAttributes" in spec:
+        other = spec["nonResourceAttributes"]
+        return auth.Attributes(verb=other.get("verb", ""), path=other.get("path", ""))
+    attrs = spec.get("resourceAttributes") or {}
+    return auth.Attributes(
+        verb=attrs.get("verb", ""),
+        group=attrs.get("group", ""),
+        resource=attrs.get("resource", ""),
+        subresource=attrs.get("subresource", ""),
+        namespace=attrs.get("namespace", ""),
+        name=attrs.get("name", ""),
+    )
 
 
-def token(store: Store, namespace: str, name: str, body: Obj) -> Obj:
-    """A TokenRequest answered: a JWT for the account (unsigned in substance: nothing here
-    verifies it), valid for ``expirationSeconds`` (default one hour)."""
+def token(
+    store: Store, authenticator: auth.Authenticator, namespace: str, name: str, body: Obj
+) -> Obj:
+    """A TokenRequest answered: a token for the account that this server honours while the
+    account exists, valid for ``expirationSeconds`` (default one hour)."""
     account = store.find(SERVICE_ACCOUNTS, namespace, name)
     if account is None:
         raise errors.not_found("serviceaccounts", name)
@@ -62,22 +77,8 @@ def token(store: Store, namespace: str, name: str, body: Obj) -> Obj:
         )  # fmt: skip
     issued = dt.datetime.now(dt.UTC).replace(microsecond=0)
     expires = issued + dt.timedelta(seconds=seconds)
-    audiences = spec.get("audiences") or ["https://kubernetes.default.svc"]
-    claims = {
-        "aud": audiences,
-        "exp": int(expires.timestamp()),
-        "iat": int(issued.timestamp()),
-        "iss": "https://kubernetes.default.svc",
-        "sub": f"system:serviceaccount:{namespace}:{name}",
-        "kubernetes.io": {
-            "namespace": namespace,
-            "serviceaccount": {"name": name, "uid": account["metadata"]["uid"]},
-        },
-    }
-    jwt = ".".join(
-        [_segment({"alg": "RS256", "kid": "localcluster"}), _segment(claims),
-         base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()]
-    )  # fmt: skip
+    audiences = spec.get("audiences") or [auth.API_AUDIENCE]
+    jwt = authenticator.issue(namespace, account, audiences, expires)
     return {
         "kind": "TokenRequest",
         "apiVersion": "authentication.k8s.io/v1",

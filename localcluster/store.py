@@ -248,7 +248,14 @@ class Store:
             raise errors.invalid(
                 kind.kind, "", "metadata.name: Required value: name or generateName is required"
             )
-        if not _DNS1123_SUBDOMAIN.match(name) or len(name) > 253:
+        if kind.group == "rbac.authorization.k8s.io":
+            # RBAC names are path segments (system:discovery), not DNS names.
+            if name in (".", "..") or "/" in name or "%" in name:
+                raise errors.invalid(
+                    kind.kind, name, f'metadata.name: Invalid value: "{name}": may not contain '
+                    "'/' or '%' or be '.' or '..'"
+                )  # fmt: skip
+        elif not _DNS1123_SUBDOMAIN.match(name) or len(name) > 253:
             raise errors.invalid(
                 kind.kind,
                 name,

@@ -1,23 +1,54 @@
-"""A pod's volumes on this machine: emptyDir, configMap, secret and persistentVolumeClaim
-folders, where each container mounts them, and what a mount must not hide (the folders the
-container runs from, which a real container has in its own root filesystem)."""
+"""A pod's volumes on this machine: emptyDir, configMap, secret, projected and
+persistentVolumeClaim folders, where each container mounts them, and what a mount must not hide
+(the folders the container runs from, which a real container has in its own root filesystem).
+
+A projected volume's ``serviceAccountToken`` is a token for the pod's service account that the
+API server honours, issued when the container starts (the kubelet does not rotate it: a pod
+that outlives ``expirationSeconds`` must ask again). The root CA publisher is not modelled as
+objects; its ``kube-root-ca.crt`` ConfigMap, when a pod projects it and none was made, is the
+cluster's CA, as on a real cluster.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 from localcluster import environment, errors
+from localcluster.auth import API_AUDIENCE
 from localcluster.config import Runtime
-from localcluster.resources import CONFIGMAPS, PVCS, SECRETS
+from localcluster.resources import CONFIGMAPS, PVCS, SECRETS, SERVICE_ACCOUNTS
 from localcluster.store import Obj, Store
+
+ROOT_CA = "kube-root-ca.crt"
+
+
+class TokenIssuer(Protocol):
+    def issue(
+        self, namespace: str, account: Obj, audiences: list[str], expires: dt.datetime
+    ) -> str: ...
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What projected volumes need from the API server: its token issuer and its CA."""
+
+    issuer: TokenIssuer
+    ca_pem: bytes
 
 
 def mounts(
-    store: Store, pod: Obj, spec: dict[str, Any], pod_dir: Path, state_dir: Path
+    store: Store,
+    pod: Obj,
+    spec: dict[str, Any],
+    pod_dir: Path,
+    state_dir: Path,
+    credentials: Credentials | None = None,
 ) -> list[tuple[str, str, bool]]:
     """(host folder or file, mountPath, read-only) for each of the container's mounts."""
     volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
@@ -26,24 +57,41 @@ def mounts(
         volume = volumes.get(mount["name"])
         if volume is None:
             raise errors.bad_request(f'volume "{mount["name"]}" is not declared in the pod')
-        source = volume_dir(store, pod, volume, pod_dir, state_dir)
+        source = volume_dir(store, pod, volume, pod_dir, state_dir, credentials)
         if mount.get("subPath"):
             source = source / mount["subPath"]
             if not source.exists():
                 source.mkdir(parents=True)
-        read_only = bool(mount.get("readOnly")) or "secret" in volume or "configMap" in volume
+        read_only = bool(mount.get("readOnly")) or any(
+            k in volume for k in ("secret", "configMap", "projected")
+        )
         result.append((str(source), mount["mountPath"], read_only))
     return result
 
 
 def volume_dir(
-    store: Store, pod: Obj, volume: dict[str, Any], pod_dir: Path, state_dir: Path
+    store: Store,
+    pod: Obj,
+    volume: dict[str, Any],
+    pod_dir: Path,
+    state_dir: Path,
+    credentials: Credentials | None = None,
 ) -> Path:
-    """Materialize a volume: emptyDir, configMap, secret or persistentVolumeClaim."""
+    """Materialize a volume: emptyDir, configMap, secret, projected or persistentVolumeClaim."""
     ns = pod["metadata"]["namespace"]
     folder: Path = pod_dir / "volumes" / volume["name"]
     if "emptyDir" in volume:
         folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    if "projected" in volume:
+        projected = volume["projected"]
+        folder.mkdir(parents=True, exist_ok=True)
+        for source in projected.get("sources") or []:
+            for path, text in _projected(store, pod, source, credentials).items():
+                target = folder / path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(text)
+                target.chmod(projected.get("defaultMode", 0o644))
         return folder
     for key, source_kind, decode in (
         ("configMap", CONFIGMAPS, False),
@@ -73,9 +121,54 @@ def volume_dir(
         folder.mkdir(parents=True, exist_ok=True)
         return folder
     raise errors.bad_request(
-        f'volume "{volume["name"]}": only emptyDir, configMap, secret and '
+        f'volume "{volume["name"]}": only emptyDir, configMap, secret, projected and '
         "persistentVolumeClaim volumes are supported by localcluster"
     )
+
+
+def _projected(
+    store: Store, pod: Obj, source: dict[str, Any], credentials: Credentials | None
+) -> dict[str, str]:
+    """One source of a projected volume: {path in the volume: content}."""
+    ns = pod["metadata"]["namespace"]
+    if "serviceAccountToken" in source:
+        wanted = source["serviceAccountToken"]
+        if credentials is None:
+            raise errors.bad_request("this kubelet cannot issue service account tokens")
+        name = pod["spec"].get("serviceAccountName") or "default"
+        account = store.find(SERVICE_ACCOUNTS, ns, name)
+        if account is None:
+            raise errors.bad_request(f'serviceaccount "{name}" not found')
+        seconds = max(int(wanted.get("expirationSeconds") or 3600), 600)
+        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+        audiences = [wanted["audience"]] if wanted.get("audience") else [API_AUDIENCE]
+        return {wanted["path"]: credentials.issuer.issue(ns, account, audiences, expires)}
+    if "downwardAPI" in source:
+        ip = (pod.get("status") or {}).get("podIP", "")
+        return {
+            item["path"]: environment.value_from(store, ns, pod, ip, item) or ""
+            for item in source["downwardAPI"].get("items") or []
+        }
+    for key, kind, decode in (("configMap", CONFIGMAPS, False), ("secret", SECRETS, True)):
+        if key not in source:
+            continue
+        ref = source[key]
+        if (
+            key == "configMap"
+            and ref.get("name") == ROOT_CA
+            and credentials is not None
+            and store.find(CONFIGMAPS, ns, ROOT_CA) is None
+        ):
+            published = {"ca.crt": credentials.ca_pem.decode()}
+            wanted = ref.get("items") or [{"key": "ca.crt", "path": "ca.crt"}]
+            return {i["path"]: published[i["key"]] for i in wanted}
+        data = environment.data_of(store, ns, kind, ref, decode)
+        items = ref.get("items") or [{"key": k, "path": k} for k in data]
+        missing = [i["key"] for i in items if i["key"] not in data]
+        if missing and not ref.get("optional"):
+            raise errors.bad_request(f"{key} {ref['name']} has no key {missing[0]}")
+        return {i["path"]: data[i["key"]] for i in items if i["key"] in data}
+    raise errors.bad_request(f"unsupported projected volume source: {sorted(source)}")
 
 
 def runtime_paths(runtime: Runtime, env: dict[str, str], cwd: str, pod_dir: Path) -> list[str]:

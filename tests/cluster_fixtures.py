@@ -14,6 +14,7 @@ import pytest
 import yaml
 from kubernetes import client, config
 
+from tools.kubeaccess import Access
 from tools.procs import Server, free_port, localcluster
 
 FAST = {"restartBackoffSeconds": 0.5}
@@ -25,6 +26,11 @@ class Cluster:
     kubeconfig: Path
     state_dir: Path
     api: client.ApiClient
+
+    @property
+    def access(self) -> Access:
+        """The admin's credentials, for raw HTTPS clients."""
+        return Access.from_kubeconfig(self.kubeconfig)
 
     @property
     def core(self) -> client.CoreV1Api:

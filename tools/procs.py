@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -35,6 +36,8 @@ class Server:
     log_path: Path
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     proc: subprocess.Popen[bytes] | None = None
+    # An https health URL is trusted by this CA, which the server writes when it starts.
+    ca_file: Path | None = None
 
     def start(self, timeout: float = 90) -> Server:
         if self.log_path.exists():
@@ -50,13 +53,21 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(self.health_url, timeout=2) as response:  # noqa: S310
+                with urllib.request.urlopen(  # noqa: S310 - our own server
+                    self.health_url, timeout=2, context=self._tls()
+                ) as response:
                     if response.status == 200:
                         return self
             except OSError:
                 time.sleep(0.2)
         self.stop()
         raise TimeoutError(f"{self.name} did not answer {self.health_url}:\n{self.log()}")
+
+    def _tls(self) -> ssl.SSLContext | None:
+        if self.ca_file is None:
+            return None
+        # Not there yet: the server has not started; FileNotFoundError is an OSError.
+        return ssl.create_default_context(cafile=str(self.ca_file))
 
     def start_background(self) -> Server:
         """Start without a health URL to poll; the caller checks health its own way."""
@@ -182,8 +193,9 @@ def localcluster(
     if faults:
         cmd.append("--faults")
     server = Server(
-        "localcluster", cmd, f"http://127.0.0.1:{port}/readyz", root / "localcluster.log"
+        "localcluster", cmd, f"https://127.0.0.1:{port}/readyz", root / "localcluster.log"
     )
+    server.ca_file = root / "state" / "pki" / "ca.crt"
     server.env["PYTHONPATH"] = str(repo)
     return server
 

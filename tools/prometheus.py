@@ -16,11 +16,13 @@ annotation), the serving instance and the slot, which is what the rollout's anal
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from tools.kubeaccess import Access
 from tools.procs import Server
 
 BINARY = "prometheus"
@@ -30,13 +32,24 @@ SD_PATH = "/localcluster/v1/prometheus/pods"  # localcluster/promsd.py
 SCRAPE_INTERVAL = "1s"
 
 
-def serving_scrape_job(namespace: str, localcluster_url: str | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Discovery:
+    """localcluster's HTTP SD: its URL, and the CA and token files Prometheus reaches it by."""
+
+    server: str
+    ca_file: Path
+    token_file: Path
+
+
+def serving_scrape_job(namespace: str, localcluster: Discovery | None = None) -> dict[str, Any]:
     """The scrape job for Helmsman's serving pods: Kubernetes discovery on a cluster, or
-    localcluster's HTTP SD (same targets, same meta labels) when its URL is given."""
+    localcluster's HTTP SD (same targets, same meta labels) when it is given."""
     discovery: dict[str, Any] = (
-        {"http_sd_configs": [{"url": f"{localcluster_url}{SD_PATH}?namespace={namespace}",
-                              "refresh_interval": SCRAPE_INTERVAL}]}
-        if localcluster_url
+        {"http_sd_configs": [{"url": f"{localcluster.server}{SD_PATH}?namespace={namespace}",
+                              "refresh_interval": SCRAPE_INTERVAL,
+                              "tls_config": {"ca_file": str(localcluster.ca_file)},
+                              "authorization": {"credentials_file": str(localcluster.token_file)}}]}
+        if localcluster
         else {"kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}]}
     )  # fmt: skip
     meta = "__meta_kubernetes_pod_"
@@ -62,10 +75,10 @@ def serving_scrape_job(namespace: str, localcluster_url: str | None = None) -> d
     }  # fmt: skip
 
 
-def config(namespace: str, localcluster_url: str) -> dict[str, Any]:
+def config(namespace: str, localcluster: Discovery) -> dict[str, Any]:
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "scrape_configs": [serving_scrape_job(namespace, localcluster_url)],
+        "scrape_configs": [serving_scrape_job(namespace, localcluster)],
     }
 
 
@@ -73,11 +86,15 @@ def available() -> bool:
     return shutil.which(BINARY) is not None
 
 
-def server(root: Path, port: int, namespace: str, localcluster_url: str) -> Server:
-    """A Prometheus process with its config, data and log under ``root``."""
+def server(root: Path, port: int, namespace: str, kubeconfig: Path) -> Server:
+    """A Prometheus process with its config, data and log under ``root``, discovering the
+    serving pods of the localcluster that ``kubeconfig`` reaches, with its credentials."""
     root.mkdir(parents=True, exist_ok=True)
+    access = Access.from_kubeconfig(kubeconfig)
+    ca_file, token_file = access.write_credentials(root / "localcluster")
+    sd = Discovery(access.server, ca_file, token_file)
     config_file = root / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config(namespace, localcluster_url), sort_keys=False))
+    config_file.write_text(yaml.safe_dump(config(namespace, sd), sort_keys=False))
     binary = shutil.which(BINARY)
     if binary is None:
         raise RuntimeError(

@@ -53,6 +53,16 @@ NAMESPACE = "ml"
 FILE_FED = ("diabetes", "wine")
 ADMIN_USER = "admin"
 GATEWAY = "helmsman-gateway"  # deploy/serving-gateway.yaml
+# The service accounts the Airflow chart runs workers and the triggerer as, in the chart's
+# namespace; deploy/rbac.yaml binds its Role in ml to them (helm-values/airflow.yaml names them).
+AIRFLOW_IDENTITIES = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "airflow"}},
+    *({"apiVersion": "v1", "kind": "ServiceAccount",
+       "metadata": {"name": name, "namespace": "airflow"}}
+      for name in ("airflow-worker", "airflow-triggerer")),
+]  # fmt: skip
+# A stack lives for days; the token's life is bounded by the cluster process's anyway.
+AIRFLOW_TOKEN_HOURS = 24 * 30
 # Pools the DAGs use, as a platform team imports them (helm-values/airflow.yaml does the same).
 POOLS_FILE = REPO / "helm-values" / "airflow-pools.json"
 # The LocalExecutor forks this many workers at start (the default 32). Two: a run's task and a
@@ -198,7 +208,7 @@ class Stack:
 
     @property
     def cluster_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.cluster}"
+        return f"https://127.0.0.1:{self.ports.cluster}"
 
     def gateway_url(self) -> str | None:
         """Where users reach the served models: the Gateway's address (None: not yet)."""
@@ -217,6 +227,12 @@ class Stack:
     @property
     def kubeconfig(self) -> Path:
         return self.root / "kubeconfig"
+
+    @property
+    def airflow_kubeconfig(self) -> Path:
+        """What Airflow's workers and triggerer reach the cluster as: the ``airflow-worker``
+        service account, allowed what deploy/rbac.yaml's Role allows and nothing else."""
+        return self.root / "airflow" / "kubeconfig"
 
     @property
     def audit_log(self) -> Path:
@@ -261,7 +277,7 @@ class Stack:
         secret = (home / "secret").read_text().strip()
         kube = {
             "conn_type": "kubernetes",
-            "extra": {"kube_config_path": str(self.kubeconfig), "in_cluster": False},
+            "extra": {"kube_config_path": str(self.airflow_kubeconfig), "in_cluster": False},
         }
         env = {
             **inherited_env(),
@@ -349,6 +365,7 @@ class Stack:
             health = f"{self.cluster_url}/readyz"
             cluster = self._launch("localcluster", self._localcluster_cmd(), health,
                                    {"PYTHONPATH": str(REPO)})  # fmt: skip
+            cluster.ca_file = self.root / "cluster" / "pki" / "ca.crt"
         if "mlflow" not in running:
             say("starting MLflow (SQLite backend, local artifacts)")
             # No job runner: its seven consumer processes serve MLflow's server-side GenAI
@@ -372,7 +389,7 @@ class Stack:
             say("starting Prometheus (scrapes the serving pods for the rollout's analysis)")
             try:
                 server = prometheus.server(
-                    self.root / "prometheus", self.ports.prometheus, NAMESPACE, self.cluster_url
+                    self.root / "prometheus", self.ports.prometheus, NAMESPACE, self.kubeconfig
                 )
             except RuntimeError as exc:
                 raise StackError(str(exc)) from None
@@ -528,7 +545,9 @@ class Stack:
     def _setup_cluster(self) -> None:
         """What a platform team applies once: namespace, RBAC, the Secret and the settings."""
         self.kubectl("apply", "-f", str(REPO / "deploy" / "namespace.yaml"))
+        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(AIRFLOW_IDENTITIES))
         self.kubectl("apply", "-f", str(REPO / "deploy" / "rbac.yaml"))
+        self._write_airflow_kubeconfig()
         self.kubectl("apply", "-f", str(REPO / "deploy" / "serving-gateway.yaml"))
         uri = base64.b64encode(f"http://127.0.0.1:{self.ports.mlflow}".encode()).decode()
         s = self.settings
@@ -548,6 +567,22 @@ class Stack:
                          d.as_uri() for d in sorted((REPO / "models").glob("*/sample"))}}},
         ]  # fmt: skip
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
+
+    def _write_airflow_kubeconfig(self) -> None:
+        """A token for Airflow's service account (as the chart's pods get one projected), in a
+        kubeconfig of its own. It dies with this localcluster (its signing key is made at
+        start); a restarted cluster gets a new one here, and the next task reads it."""
+        token = self.kubectl("-n", "airflow", "create", "token", "airflow-worker",
+                             f"--duration={AIRFLOW_TOKEN_HOURS}h").strip()  # fmt: skip
+        config = yaml.safe_load(self.kubeconfig.read_text())
+        config["users"] = [{"name": "airflow-worker", "user": {"token": token}}]
+        for context in config["contexts"]:
+            context["context"]["user"] = "airflow-worker"
+            context["context"]["namespace"] = NAMESPACE
+        path = self.airflow_kubeconfig
+        path.touch(mode=0o600)
+        os.chmod(path, 0o600)
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
 
     def inject_shift(self, day: dt.date) -> str:
         """Shift the churn feed from ``day`` on (the synthetic source's ``shift_from``): pods

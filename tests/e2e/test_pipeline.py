@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -49,6 +50,7 @@ from tests.cluster_fixtures import faulty_image
 from tests.k8s_policy import role_check
 from tools import drift
 from tools.airflow_api import AirflowApi, ApiError
+from tools.kubeaccess import Access
 from tools.stack import REPO, Stack
 from tools.users import Users
 
@@ -280,9 +282,19 @@ def test_2d_every_port_the_stack_and_its_pods_listen_on_is_on_loopback(stack: St
                if not all(ipaddress.ip_address(ip).is_loopback for ip in ips)}  # fmt: skip
     assert exposed == {}, listening
     # Nor can a local process break the stack's cluster on purpose: no fault endpoint.
+    admin = Access.from_kubeconfig(stack.kubeconfig)
     with pytest.raises(urllib.error.HTTPError) as missing:
-        urllib.request.urlopen(f"{stack.cluster_url}/localcluster/faults", timeout=10)  # noqa: S310
+        admin.open("/localcluster/faults")
     assert missing.value.code == 404
+    # ... and the cluster speaks TLS only, to callers with a token.
+    with pytest.raises((ConnectionError, urllib.error.URLError)):  # plain HTTP: closed
+        urllib.request.urlopen(stack.cluster_url.replace("https:", "http:"), timeout=10)  # noqa: S310
+    with pytest.raises(urllib.error.HTTPError) as anonymous:
+        urllib.request.urlopen(  # noqa: S310 - the stack's own cluster
+            f"{stack.cluster_url}/api/v1/namespaces/ml/secrets", timeout=10,
+            context=admin.ssl_context(),
+        )  # fmt: skip
+    assert anonymous.value.code == 403
 
 
 def test_3_a_worse_challenger_is_recorded_and_not_deployed(
@@ -535,8 +547,28 @@ def test_8b_a_shift_in_live_traffic_is_flagged_and_retrains_on_the_shifted_day(
 
 
 def test_9_every_kubernetes_call_airflow_made_is_allowed_by_the_role(stack: Stack) -> None:
-    check = role_check(REPO / "deploy" / "rbac.yaml", stack.audit_log, ("kubectl", TEST_AGENT))
+    ours = ("kubectl", TEST_AGENT)
+    check = role_check(REPO / "deploy" / "rbac.yaml", stack.audit_log, ours)
     assert check.made, "the audit log saw no call from Airflow"
+    # Airflow made every one of them as its service account, which only the Role empowers
+    # (localcluster enforces RBAC: a call outside the Role would have failed the scenario) ...
+    calls = [json.loads(line) for line in stack.audit_log.read_text().splitlines()]
+    assert {c["user"] for c in calls if not c["userAgent"].startswith(ours)} == {
+        "system:serviceaccount:airflow:airflow-worker"
+    }
+    # ... and what the Role does not grant is refused to that identity.
+    for args, refusal in (
+        (("-n", "ml", "get", "secrets"), 'cannot list resource "secrets" in API group ""'),
+        (("-n", "default", "get", "pods"), 'in the namespace "default"'),
+        (("-n", "ml", "delete", "deployment", "x"), 'cannot delete resource "deployments"'),
+    ):
+        done = subprocess.run(
+            ["kubectl", "--kubeconfig", str(stack.airflow_kubeconfig), *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, (args, done.stderr)
+        assert "(Forbidden)" in done.stderr, done.stderr
+        assert refusal in done.stderr, done.stderr
     assert check.outside == [], f"calls outside the Role's namespace: {check.outside}"
     assert check.denied == [], f"calls the Role does not allow: {check.denied}"
     print("\nRBAC: rules granted but not exercised by the scenarios:", check.unused)

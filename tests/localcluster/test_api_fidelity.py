@@ -8,7 +8,6 @@ watch stream, whose events must arrive in the order the real server sends them.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import shutil
 import subprocess
@@ -40,19 +39,21 @@ def list_rv(cluster: Cluster, namespace: str = "default") -> str:
 
 
 class Raw:
-    """Plain HTTP to the API server: status, JSON body, and watch streams line by line."""
+    """Plain HTTPS to the API server, as the admin: status, JSON body, and watch streams line
+    by line."""
 
     def __init__(self, cluster: Cluster) -> None:
-        url = urllib.parse.urlsplit(cluster.api.configuration.host)
-        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.access = cluster.access
 
     def request(
         self, method: str, path: str, body: Any = None, **query: str
     ) -> tuple[int, dict[str, Any]]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn = self.access.connection()
         try:
             data = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if data else {}
+            headers = self.access.headers()
+            if data:
+                headers["Content-Type"] = "application/json"
             conn.request(method, _url(path, query), body=data, headers=headers)
             response = conn.getresponse()
             return response.status, json.loads(response.read() or b"{}")
@@ -61,8 +62,8 @@ class Raw:
 
     def watch(self, path: str, **query: str) -> Iterator[dict[str, Any]]:
         """Start a watch now; its events as they arrive, until the server ends the stream."""
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        conn.request("GET", _url(path, {"watch": "true", **query}))
+        conn = self.access.connection()
+        conn.request("GET", _url(path, {"watch": "true", **query}), headers=self.access.headers())
         response = conn.getresponse()
         if response.status != 200:
             raise AssertionError(f"watch answered {response.status}: {response.read()!r}")

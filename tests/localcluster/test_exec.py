@@ -182,9 +182,9 @@ def test_kubectl_exec(cluster: Cluster, box: str, tmp_path: Path) -> None:
 
 def plain_exec(cluster: Cluster, name: str, query: str) -> tuple[int, str]:
     """An exec request without the WebSocket upgrade: (HTTP status, the Status message)."""
-    url = f"{cluster.api.configuration.host}/api/v1/namespaces/default/pods/{name}/exec?{query}"
+    access = cluster.access
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - loopback
+        with access.open(f"/api/v1/namespaces/default/pods/{name}/exec?{query}") as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())["message"]

@@ -33,7 +33,7 @@ def mount_point() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def faults(cluster: Cluster) -> FaultClient:
-    return FaultClient(cluster.api.configuration.host)
+    return cluster.access.faults()
 
 
 @needs_root
@@ -234,13 +234,13 @@ def test_api_error_faults_hit_the_given_share(
     cluster: Cluster, faults: FaultClient, mode: str, status: int
 ) -> None:
     # A bare HTTP client: the kubernetes client would retry 429s after their Retry-After.
-    url = f"{cluster.api.configuration.host}/api/v1/namespaces/default/configmaps"
+    access = cluster.access
     faults.api_errors(0.5, mode, seed=7)
     codes, retry_after = [], set()
     try:
         for _ in range(40):
             try:
-                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 - loopback
+                with access.open("/api/v1/namespaces/default/configmaps", 5) as response:
                     codes.append(response.status)
             except urllib.error.HTTPError as exc:
                 codes.append(exc.code)
@@ -320,20 +320,18 @@ def test_a_folder_the_environment_names_stays_visible_under_a_volume(
 def test_without_the_faults_flag_no_one_can_break_the_cluster(tmp_path: Path) -> None:
     """The local stack starts localcluster without ``--faults``: the endpoint does not exist
     (404 for reading and for breaking), while the API itself answers."""
+    from tools.kubeaccess import Access
     from tools.procs import free_port, localcluster
 
-    port = free_port()
-    server = localcluster(tmp_path, port, faults=False).start(timeout=60)
+    server = localcluster(tmp_path, free_port(), faults=False).start(timeout=60)
     try:
-        base = f"http://127.0.0.1:{port}"
+        admin = Access.from_kubeconfig(tmp_path / "kubeconfig")
         for method, body in (("GET", None), ("POST", b'{"action": "api-errors", "share": 1}')):
-            request = urllib.request.Request(  # noqa: S310 - the local test cluster
-                f"{base}/localcluster/faults", data=body, method=method
-            )
+            request = admin.request("/localcluster/faults", data=body, method=method)
             with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(request, timeout=10)  # noqa: S310 - the local test cluster
+                admin.open(request)
             assert refused.value.code == 404, method
-        with urllib.request.urlopen(f"{base}/api/v1/namespaces", timeout=10) as answer:  # noqa: S310
+        with admin.open("/api/v1/namespaces") as answer:
             assert answer.status == 200
     finally:
         server.stop()

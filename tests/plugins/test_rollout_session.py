@@ -39,7 +39,6 @@ from helmsman.serving.session import (
 )
 from helmsman.serving.verify import Rejected
 from helmsman_steps import contract
-from localcluster.faults import FaultClient
 from tests.cluster_fixtures import Cluster, faulty_image, faulty_images, start_cluster, wait_for
 from tests.mlflow_fixtures import DAYS, Trained
 from tools import prometheus
@@ -93,7 +92,7 @@ def env(
 
     ip = wait_for("the Gateway's address", address)
     port = free_port()
-    prom = prometheus.server(root / "prometheus", port, NS, cluster.api.configuration.host)
+    prom = prometheus.server(root / "prometheus", port, NS, cluster.kubeconfig)
     prom.start(timeout=60)
     try:
         # Users reach the session champion's model (churn-test) under its route's path.
@@ -413,7 +412,7 @@ def test_7_an_abandoned_rollout_is_taken_out_of_traffic_before_the_next_one_star
 
 
 def test_8_api_errors_in_every_phase_converge_on_one_rollout(env: Env, champion: Trained) -> None:
-    faults = FaultClient(env.cluster.api.configuration.host)
+    faults = env.cluster.access.faults()
     faults.api_errors(0.25, "500", seed=3)
     tries = []
     try:
