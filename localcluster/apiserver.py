@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -206,15 +207,25 @@ def body_kind(target: Target) -> tuple[str, str]:
 
 
 def attributes(request: web.Request, target: Target) -> auth.Attributes:
-    """What a resource request does, in RBAC's terms."""
+    """What a resource request does, in RBAC's terms, as the real RequestInfo reads it: a
+    list or watch selecting one name (``fieldSelector=metadata.name=x``) names it, so
+    ``resourceNames`` rules apply; a namespace's own namespace is its name."""
     watch = _truthy(request.query.get("watch"))
+    verb = auth.resource_verb(request.method, target.name, watch)
+    name = target.name
+    if verb in ("list", "watch"):
+        match = re.fullmatch(r"metadata\.name==?([^,=!]+)", request.query.get("fieldSelector", ""))
+        name = match.group(1) if match else ""
+    namespace = target.namespace
+    if target.kind.plural == "namespaces" and target.kind.group == "":
+        namespace = name
     return auth.Attributes(
-        verb=auth.resource_verb(request.method, target.name, target.subresource, watch),
+        verb=verb,
         group=target.kind.group,
         resource=target.kind.plural,
         subresource=target.subresource,
-        namespace=target.namespace,
-        name=target.name,
+        namespace=namespace,
+        name=name,
     )
 
 
@@ -225,9 +236,11 @@ def is_resource_path(path: str) -> bool:
     return (len(parts) >= 3 and parts[0] == "api") or (len(parts) >= 4 and parts[0] == "apis")
 
 
-def _audit_record(request: web.Request, attrs: auth.Attributes) -> dict[str, Any]:
+def _audit_record(request: web.Request, attrs: auth.Attributes, allowed: bool) -> dict[str, Any]:
     resource = attrs.resource + (f"/{attrs.subresource}" if attrs.subresource else "")
     return {
+        # The real audit's authorization.k8s.io/decision annotation.
+        "decision": "allow" if allowed else "forbid",
         "verb": attrs.verb,
         "apiGroup": attrs.group,
         "resource": resource,
@@ -435,9 +448,11 @@ class ApiServer:
         protobuf.check_accept(request.headers.get("Accept", ""))
         method = request.method
         attrs = attributes(request, target)
+        allowed = self.authz.decide(request["user"], attrs).allowed
         if self.audit is not None:
-            self.audit(_audit_record(request, attrs))
-        self.authz.check(request["user"], attrs)
+            self.audit(_audit_record(request, attrs, allowed))
+        if not allowed:
+            self.authz.check(request["user"], attrs)  # raises the 403
         if target.kind.group == "metrics.k8s.io":
             return json_response(self._metrics(request, target))
         if target.name == "":

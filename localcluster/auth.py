@@ -46,9 +46,6 @@ ADMIN = "localcluster-admin"
 MASTERS = "system:masters"
 AUTHENTICATED = "system:authenticated"
 UNAUTHENTICATED = "system:unauthenticated"
-# Verbs of the subresources that upgrade a GET to a stream: since Kubernetes 1.31 (the
-# AuthorizePodWebsocketUpgradeCreatePermission gate, on by default) they need ``create``.
-STREAMED = {"exec", "attach", "portforward"}
 
 
 @dataclass(frozen=True)
@@ -87,14 +84,19 @@ class Authenticator:
         self._key = secrets.token_bytes(32)
 
     def issue(
-        self, namespace: str, account: Obj, audiences: list[str], expires: dt.datetime
+        self,
+        namespace: str,
+        account: Obj,
+        audiences: list[str],
+        issued: dt.datetime,
+        expires: dt.datetime,
     ) -> str:
         """A signed token for the service account (what TokenRequest answers)."""
         name, uid = account["metadata"]["name"], account["metadata"]["uid"]
         claims = {
             "aud": audiences,
             "exp": int(expires.timestamp()),
-            "iat": int(dt.datetime.now(dt.UTC).timestamp()),
+            "iat": int(issued.timestamp()),
             "iss": ISSUER,
             "sub": f"system:serviceaccount:{namespace}:{name}",
             "kubernetes.io": {
@@ -108,16 +110,19 @@ class Authenticator:
         return f"{header}.{body}.{_b64(signature)}"
 
     def authenticate(self, authorization: str | None) -> User:
-        """The user of an ``Authorization`` header; raises 401 for a token that is not valid."""
-        if not authorization:
+        """The user of an ``Authorization`` header; raises 401 for a token that is not valid.
+        A header that is not a bearer token (Basic, say) is no credential: anonymous, as the
+        real token authenticator passes it on."""
+        parts = (authorization or "").split(" ")
+        if len(parts) < 2 or parts[0].lower() != "bearer" or not parts[1]:
             return ANONYMOUS
-        scheme, _, token = authorization.partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise unauthorized()
-        if hmac.compare_digest(token.encode(), self.admin_token.encode()):
+        try:
+            token = parts[1].encode("ascii")
+        except UnicodeEncodeError:
+            raise unauthorized() from None
+        if hmac.compare_digest(token, self.admin_token.encode()):
             return User(ADMIN, (MASTERS, AUTHENTICATED))
-        user = self._service_account(token)
+        user = self._service_account(token.decode())
         if user is None:
             raise unauthorized()
         return user
@@ -178,12 +183,11 @@ class Attributes:
         return f'{self.verb} resource "{resource}" in API group "{self.group}" {where}'
 
 
-def resource_verb(method: str, name: str, subresource: str, watch: bool) -> str:
-    """The RBAC verb of a resource request, as the real API server's authorizer names it."""
-    if subresource in STREAMED:
-        return "create"
-    if method == "GET":
-        return "watch" if watch else ("get" if name else "list")
+def resource_verb(method: str, name: str, watch: bool) -> str:
+    """The RBAC verb of a resource request, as the real API server's RequestInfo names it
+    (a Kubernetes 1.32 server: a WebSocket exec or port-forward is a GET, so ``get``)."""
+    if method in ("GET", "HEAD"):
+        return "get" if name else ("watch" if watch else "list")
     if method == "DELETE":
         return "delete" if name else "deletecollection"
     return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(method, method.lower())
@@ -211,9 +215,8 @@ def _resource_covered(resources: list[str], resource: str, subresource: str) -> 
         return True
     if not subresource:
         return resource in resources
-    return any(
-        r in resources for r in (f"{resource}/{subresource}", f"{resource}/*", f"*/{subresource}")
-    )
+    # Exact, or ``*/sub`` (RBAC's ResourceMatches: there is no ``pods/*``).
+    return f"{resource}/{subresource}" in resources or f"*/{subresource}" in resources
 
 
 def rule_allows(rule: dict[str, Any], attrs: Attributes) -> bool:
@@ -277,7 +280,7 @@ class Authorizer:
 
     def decide(self, user: User, attrs: Attributes) -> Decision:
         if MASTERS in user.groups:
-            return Decision(True, f'allowed: "{user.name}" is in group "{MASTERS}"')
+            return Decision(True, "")  # the real authorizer gives no reason here either
         for origin, rule in self.rules(user, attrs.namespace):
             if rule_allows(rule, attrs):
                 return Decision(True, f'RBAC: allowed by {origin} to User "{user.name}"')
@@ -292,11 +295,12 @@ class Authorizer:
             raise errors.ApiError(403, "Forbidden", f"forbidden: {message}")
         qualified = f"{attrs.resource}.{attrs.group}" if attrs.group else attrs.resource
         subject = f'{qualified} "{attrs.name}"' if attrs.name else qualified
+        details = {"name": attrs.name, "group": attrs.group, "kind": attrs.resource}
         raise errors.ApiError(
             403,
             "Forbidden",
             f"{subject} is forbidden: {message}",
-            {"name": attrs.name, "group": attrs.group, "kind": attrs.resource},
+            {k: v for k, v in details.items() if v},
         )
 
 

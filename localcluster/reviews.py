@@ -12,6 +12,7 @@ from localcluster.resources import SERVICE_ACCOUNTS
 from localcluster.store import Obj, Store
 
 REVIEWS = {"SelfSubjectAccessReview", "SelfSubjectRulesReview", "SelfSubjectReview"}
+MAX_SECONDS = 2**32  # the real server's bound on a TokenRequest's expirationSeconds
 
 
 def review(
@@ -70,6 +71,11 @@ def token(
         raise errors.not_found("serviceaccounts", name)
     spec = body.get("spec") or {}
     seconds = int(spec.get("expirationSeconds") or 3600)
+    if seconds > MAX_SECONDS:
+        raise errors.invalid(
+            "TokenRequest", name, f"spec.expirationSeconds: Invalid value: may not specify a "
+            f"duration longer than {MAX_SECONDS} seconds"
+        )  # fmt: skip
     if seconds < 600:
         raise errors.invalid(
             "TokenRequest", name, "spec.expirationSeconds: Invalid value: may not specify a "
@@ -78,7 +84,7 @@ def token(
     issued = dt.datetime.now(dt.UTC).replace(microsecond=0)
     expires = issued + dt.timedelta(seconds=seconds)
     audiences = spec.get("audiences") or [auth.API_AUDIENCE]
-    jwt = authenticator.issue(namespace, account, audiences, expires)
+    jwt = authenticator.issue(namespace, account, audiences, issued, expires)
     return {
         "kind": "TokenRequest",
         "apiVersion": "authentication.k8s.io/v1",

@@ -30,7 +30,12 @@ ROOT_CA = "kube-root-ca.crt"
 
 class TokenIssuer(Protocol):
     def issue(
-        self, namespace: str, account: Obj, audiences: list[str], expires: dt.datetime
+        self,
+        namespace: str,
+        account: Obj,
+        audiences: list[str],
+        issued: dt.datetime,
+        expires: dt.datetime,
     ) -> str: ...
 
 
@@ -59,7 +64,7 @@ def mounts(
             raise errors.bad_request(f'volume "{mount["name"]}" is not declared in the pod')
         source = volume_dir(store, pod, volume, pod_dir, state_dir, credentials)
         if mount.get("subPath"):
-            source = source / mount["subPath"]
+            source = inside(source, mount["subPath"])
             if not source.exists():
                 source.mkdir(parents=True)
         read_only = bool(mount.get("readOnly")) or any(
@@ -67,6 +72,15 @@ def mounts(
         )
         result.append((str(source), mount["mountPath"], read_only))
     return result
+
+
+def inside(folder: Path, path: str) -> Path:
+    """``folder / path`` for a relative path that stays inside the folder, as the real API
+    server's validation insists (no absolute path, no ``..``)."""
+    parts = Path(path).parts
+    if not path or Path(path).is_absolute() or ".." in parts:
+        raise errors.bad_request(f'path "{path}": must be relative and may not contain ".."')
+    return folder / path
 
 
 def volume_dir(
@@ -88,7 +102,7 @@ def volume_dir(
         folder.mkdir(parents=True, exist_ok=True)
         for source in projected.get("sources") or []:
             for path, text in _projected(store, pod, source, credentials).items():
-                target = folder / path
+                target = inside(folder, path)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(text)
                 target.chmod(projected.get("defaultMode", 0o644))
@@ -108,7 +122,7 @@ def volume_dir(
             for item in items:
                 if item["key"] not in data:
                     raise errors.bad_request(f"{key} {name} has no key {item['key']}")
-                target = folder / item["path"]
+                target = inside(folder, item["path"])
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(data[item["key"]])
                 target.chmod(item.get("mode", ref.get("defaultMode", 0o644)))
@@ -140,9 +154,11 @@ def _projected(
         if account is None:
             raise errors.bad_request(f'serviceaccount "{name}" not found')
         seconds = max(int(wanted.get("expirationSeconds") or 3600), 600)
-        expires = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+        issued = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        expires = issued + dt.timedelta(seconds=seconds)
         audiences = [wanted["audience"]] if wanted.get("audience") else [API_AUDIENCE]
-        return {wanted["path"]: credentials.issuer.issue(ns, account, audiences, expires)}
+        token = credentials.issuer.issue(ns, account, audiences, issued, expires)
+        return {wanted["path"]: token}
     if "downwardAPI" in source:
         ip = (pod.get("status") or {}).get("podIP", "")
         return {

@@ -149,10 +149,12 @@ def role_check(role_file: Path, audit_log: Path, ignore_agents: tuple[str, ...])
         for verb in rule["verbs"]
     }
     calls = [json.loads(line) for line in audit_log.read_text().splitlines()]
+    # Calls the server refused (an anonymous probe) did nothing; "decision" is the real
+    # audit's authorization.k8s.io/decision.
     made = {
         (c["apiGroup"], c["resource"], c["verb"], c["namespace"])
         for c in calls
-        if not c["userAgent"].startswith(ignore_agents)
+        if not c["userAgent"].startswith(ignore_agents) and c.get("decision") == "allow"
     }
     return RoleCheck(
         made,

@@ -27,6 +27,7 @@ from tools.procs import Server
 
 BINARY = "prometheus"
 SD_PATH = "/localcluster/v1/prometheus/pods"  # localcluster/promsd.py
+CREDENTIALS = "localcluster"  # the folder (under Prometheus' root) of its CA and token files
 # Short, so a rollout step of ten seconds has several samples to judge; a cluster's
 # Prometheus typically scrapes every 15-30 s and the rollout's interval grows with it.
 SCRAPE_INTERVAL = "1s"
@@ -91,7 +92,7 @@ def server(root: Path, port: int, namespace: str, kubeconfig: Path) -> Server:
     serving pods of the localcluster that ``kubeconfig`` reaches, with its credentials."""
     root.mkdir(parents=True, exist_ok=True)
     access = Access.from_kubeconfig(kubeconfig)
-    ca_file, token_file = access.write_credentials(root / "localcluster")
+    ca_file, token_file = access.write_credentials(root / CREDENTIALS)
     sd = Discovery(access.server, ca_file, token_file)
     config_file = root / "prometheus.yml"
     config_file.write_text(yaml.safe_dump(config(namespace, sd), sort_keys=False))

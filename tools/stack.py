@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from tools import prometheus
+from tools.kubeaccess import Access
 from tools.procs import (
     Server,
     alive,
@@ -548,6 +549,11 @@ class Stack:
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(AIRFLOW_IDENTITIES))
         self.kubectl("apply", "-f", str(REPO / "deploy" / "rbac.yaml"))
         self._write_airflow_kubeconfig()
+        # A restarted cluster has a new CA and admin token; a Prometheus still running reads
+        # its discovery credentials from these files on each refresh.
+        Access.from_kubeconfig(self.kubeconfig).write_credentials(
+            self.root / "prometheus" / prometheus.CREDENTIALS
+        )
         self.kubectl("apply", "-f", str(REPO / "deploy" / "serving-gateway.yaml"))
         uri = base64.b64encode(f"http://127.0.0.1:{self.ports.mlflow}".encode()).decode()
         s = self.settings

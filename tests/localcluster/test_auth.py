@@ -103,7 +103,8 @@ def test_anonymous_callers_may_read_health_and_version_only(cluster: Cluster) ->
         'secrets is forbidden: User "system:anonymous" cannot list resource "secrets" in API '
         'group "" in the namespace "default"'
     )
-    # Nor can anyone but the admin drive the fault endpoint (this cluster serves it).
+    # Nor can anyone but the admin reach the fault endpoint (this cluster serves it).
+    assert status(cluster.access, "/localcluster/faults")[0] == 200
     assert status(anonymous, "/localcluster/faults")[0] == 403
 
 
@@ -240,7 +241,7 @@ def test_a_token_dies_with_its_service_account(cluster: Cluster) -> None:
 def test_the_kubeconfig_holds_the_admin_token_for_its_owner_only(cluster: Cluster) -> None:
     assert cluster.kubeconfig.stat().st_mode & 0o077 == 0
     assert cluster.access.token
-    assert cluster.access.token not in cluster.server.log()
+    assert cluster.access.token not in cluster.server.log_path.read_text()
 
 
 IN_POD = """
@@ -299,3 +300,75 @@ def test_a_pod_calls_the_api_with_its_projected_service_account_token(cluster: C
     cluster.core.create_namespaced_pod("default", manifest)
     assert finished(cluster, "in-pod") == "Succeeded", log_of(cluster, "in-pod")
     assert log_of(cluster, "in-pod") == "configmaps 200\nsecrets 403\n"
+
+
+def test_tokens_expire_and_must_be_bearer_tokens() -> None:
+    """The authenticator alone (a store, no server): an expired token is refused, a header
+    that is not a bearer token is anonymous, bytes that are not ASCII are refused."""
+    import datetime as dt
+
+    from localcluster.auth import ANONYMOUS, Authenticator
+    from localcluster.errors import ApiError
+    from localcluster.resources import NAMESPACES, SERVICE_ACCOUNTS
+    from localcluster.store import Store
+
+    store = Store((10, 11))
+    store.create(NAMESPACES, "", {"metadata": {"name": "default"}})
+    account = store.create(SERVICE_ACCOUNTS, "default", {"metadata": {"name": "bot"}})
+    authn = Authenticator(store)
+    now = dt.datetime.now(dt.UTC)
+    audience = ["https://kubernetes.default.svc"]
+    fresh = authn.issue("default", account, audience, now, now + dt.timedelta(minutes=10))
+    stale = authn.issue(
+        "default", account, audience, now - dt.timedelta(hours=2), now - dt.timedelta(seconds=1)
+    )
+    assert authn.authenticate(f"Bearer {fresh}").name == "system:serviceaccount:default:bot"
+    with pytest.raises(ApiError) as refused:
+        authn.authenticate(f"Bearer {stale}")
+    assert refused.value.code == 401
+    assert authn.authenticate("Basic dXNlcjpwYXNz") == ANONYMOUS
+    assert authn.authenticate(None) == ANONYMOUS
+    with pytest.raises(ApiError):
+        authn.authenticate("Bearer caf\udcc3")  # how aiohttp hands over undecodable bytes
+
+
+def test_exec_needs_what_its_websocket_get_is_granted(cluster: Cluster) -> None:
+    """kubectl exec is a WebSocket GET of pods/exec: a 1.32 server authorizes ``get`` on it
+    (``create`` only for the SPDY POST), so a Role with ``get pods/exec`` lets an account exec
+    and one without it is refused."""
+    from tests.localcluster.test_exec import running
+
+    rule = {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}
+    execs = {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get"]}
+    for name, rules in (("execer", [rule, execs]), ("looker", [rule])):
+        apply(
+            cluster,
+            {"apiVersion": "v1", "kind": "ServiceAccount",
+             "metadata": {"name": name, "namespace": "default"}},
+            {"apiVersion": RBAC, "kind": "Role",
+             "metadata": {"name": name, "namespace": "default"}, "rules": rules},
+            {"apiVersion": RBAC, "kind": "RoleBinding",
+             "metadata": {"name": name, "namespace": "default"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+             "subjects": [{"kind": "ServiceAccount", "name": name}]},
+        )  # fmt: skip
+    cluster.core.create_namespaced_pod(
+        "default", pod_manifest("sleeper", "import time; time.sleep(600)")
+    )
+    running(cluster, "sleeper")
+
+    def exec_as(name: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", str(cluster.kubeconfig),
+             "--token", token_for(cluster, "default", name),
+             "exec", "sleeper", "--", "python", "-c", "print('inside')"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    allowed = exec_as("execer")
+    assert (allowed.returncode, allowed.stdout) == (0, "inside\n"), allowed.stderr
+    refused = exec_as("looker")
+    assert refused.returncode == 1
+    assert "Forbidden" in refused.stderr, refused.stderr
+    assert 'resource "pods/exec"' in refused.stderr
+    cluster.core.delete_namespaced_pod("sleeper", "default", grace_period_seconds=0)

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-import yaml
 from google.protobuf import descriptor_pb2, message_factory
 
 from localcluster import protobuf
@@ -441,8 +440,7 @@ def kubectl(cluster: Cluster) -> Callable[..., str]:
 
 def stored(cluster: Cluster, path: str) -> dict[str, Any]:
     """The object at an API path, as the server stores it."""
-    server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
-    with urllib.request.urlopen(server + path, timeout=10) as response:  # noqa: S310 - loopback
+    with cluster.access.open(path) as response:
         found: dict[str, Any] = json.load(response)
         return found
 
@@ -544,18 +542,17 @@ def test_kubectl_create_job_from_a_cronjob(cluster: Cluster, kubectl: Callable[.
     assert (owner["kind"], owner["name"]) == ("CronJob", "nightly")
 
 
-# -- the API server's handling of protobuf, over plain HTTP ----------------------------------
+# -- the API server's handling of protobuf, over raw HTTPS -----------------------------------
 
 
 def call(
     cluster: Cluster, method: str, path: str, body: bytes, headers: dict[str, str] | None = None
 ) -> Any:
     """(status, JSON answer) of one request to the cluster."""
-    server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
-    url = server + path
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})  # noqa: S310
+    access = cluster.access
+    request = access.request(path, data=body, method=method, **(headers or {}))
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+        with access.open(request) as response:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
