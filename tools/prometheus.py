@@ -49,7 +49,9 @@ def serving_scrape_job(namespace: str, localcluster: Discovery | None = None) ->
         {"http_sd_configs": [{"url": f"{localcluster.server}{SD_PATH}?namespace={namespace}",
                               "refresh_interval": SCRAPE_INTERVAL,
                               "tls_config": {"ca_file": str(localcluster.ca_file)},
-                              "authorization": {"credentials_file": str(localcluster.token_file)}}]}
+                              # The type explicitly: Debian's 2.42 sends the bare token without it.
+                              "authorization": {"type": "Bearer",
+                                                "credentials_file": str(localcluster.token_file)}}]}
         if localcluster
         else {"kubernetes_sd_configs": [{"role": "pod", "namespaces": {"names": [namespace]}}]}
     )  # fmt: skip
