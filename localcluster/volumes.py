@@ -16,11 +16,11 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from localcluster import environment, errors
-from localcluster.auth import API_AUDIENCE
+from localcluster.auth import API_AUDIENCE, Authenticator
 from localcluster.config import Runtime
 from localcluster.resources import CONFIGMAPS, PVCS, SECRETS, SERVICE_ACCOUNTS
 from localcluster.store import Obj, Store
@@ -28,22 +28,11 @@ from localcluster.store import Obj, Store
 ROOT_CA = "kube-root-ca.crt"
 
 
-class TokenIssuer(Protocol):
-    def issue(
-        self,
-        namespace: str,
-        account: Obj,
-        audiences: list[str],
-        issued: dt.datetime,
-        expires: dt.datetime,
-    ) -> str: ...
-
-
 @dataclass(frozen=True)
 class Credentials:
     """What projected volumes need from the API server: its token issuer and its CA."""
 
-    issuer: TokenIssuer
+    issuer: Authenticator
     ca_pem: bytes
 
 
