@@ -26,6 +26,8 @@ from localcluster.resources import CONFIGMAPS, PVCS, SECRETS, SERVICE_ACCOUNTS
 from localcluster.store import Obj, Store
 
 ROOT_CA = "kube-root-ca.crt"
+# A volume's files: {path in the volume: (content, mode, or None for the volume's default)}.
+Files = dict[str, tuple[str, int | None]]
 
 
 @dataclass(frozen=True)
@@ -90,31 +92,14 @@ def volume_dir(
         projected = volume["projected"]
         folder.mkdir(parents=True, exist_ok=True)
         for source in projected.get("sources") or []:
-            for path, text in _projected(store, pod, source, credentials).items():
-                target = inside(folder, path)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(text)
-                target.chmod(projected.get("defaultMode", 0o644))
+            files = _projected(store, pod, source, credentials)
+            _write(folder, files, projected.get("defaultMode", 0o644))
         return folder
-    for key, source_kind, decode in (
-        ("configMap", CONFIGMAPS, False),
-        ("secret", SECRETS, True),
-    ):
+    for key in ("configMap", "secret"):
         if key in volume:
-            ref = volume[key]
-            name = ref.get("name") or ref.get("secretName", "")
-            data = environment.data_of(
-                store, ns, source_kind, {"name": name, "optional": ref.get("optional")}, decode
-            )
-            items = ref.get("items") or [{"key": k, "path": k} for k in data]
             folder.mkdir(parents=True, exist_ok=True)
-            for item in items:
-                if item["key"] not in data:
-                    raise errors.bad_request(f"{key} {name} has no key {item['key']}")
-                target = inside(folder, item["path"])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(data[item["key"]])
-                target.chmod(item.get("mode", ref.get("defaultMode", 0o644)))
+            ref = volume[key]
+            _write(folder, _keyed(store, ns, key, ref), ref.get("defaultMode", 0o644))
             return folder
     if "persistentVolumeClaim" in volume:
         claim = volume["persistentVolumeClaim"]["claimName"]
@@ -131,8 +116,8 @@ def volume_dir(
 
 def _projected(
     store: Store, pod: Obj, source: dict[str, Any], credentials: Credentials | None
-) -> dict[str, str]:
-    """One source of a projected volume: {path in the volume: content}."""
+) -> Files:
+    """One source of a projected volume: {path in the volume: (content, mode or None)}."""
     ns = pod["metadata"]["namespace"]
     if "serviceAccountToken" in source:
         wanted = source["serviceAccountToken"]
@@ -147,14 +132,14 @@ def _projected(
         expires = issued + dt.timedelta(seconds=seconds)
         audiences = [wanted["audience"]] if wanted.get("audience") else [API_AUDIENCE]
         token = credentials.issuer.issue(ns, account, audiences, issued, expires)
-        return {wanted["path"]: token}
+        return {wanted["path"]: (token, None)}
     if "downwardAPI" in source:
         ip = (pod.get("status") or {}).get("podIP", "")
         return {
-            item["path"]: environment.value_from(store, ns, pod, ip, item) or ""
+            item["path"]: (environment.value_from(store, ns, pod, ip, item) or "", item.get("mode"))
             for item in source["downwardAPI"].get("items") or []
         }
-    for key, kind, decode in (("configMap", CONFIGMAPS, False), ("secret", SECRETS, True)):
+    for key in ("configMap", "secret"):
         if key not in source:
             continue
         ref = source[key]
@@ -166,14 +151,34 @@ def _projected(
         ):
             published = {"ca.crt": credentials.ca_pem.decode()}
             wanted = ref.get("items") or [{"key": "ca.crt", "path": "ca.crt"}]
-            return {i["path"]: published[i["key"]] for i in wanted}
-        data = environment.data_of(store, ns, kind, ref, decode)
-        items = ref.get("items") or [{"key": k, "path": k} for k in data]
-        missing = [i["key"] for i in items if i["key"] not in data]
-        if missing and not ref.get("optional"):
-            raise errors.bad_request(f"{key} {ref['name']} has no key {missing[0]}")
-        return {i["path"]: data[i["key"]] for i in items if i["key"] in data}
+            return {i["path"]: (published[i["key"]], i.get("mode")) for i in wanted}
+        return _keyed(store, ns, key, ref)
     raise errors.bad_request(f"unsupported projected volume source: {sorted(source)}")
+
+
+def _keyed(store: Store, ns: str, key: str, ref: dict[str, Any]) -> Files:
+    """The files of a configMap or secret (a volume, or a source of a projected one): each
+    item's key's value at the item's path, or every key at its own name. A missing key is an
+    error unless the reference is optional, as the kubelet has it."""
+    name = ref.get("name") or ref.get("secretName", "")
+    kind, decode = (CONFIGMAPS, False) if key == "configMap" else (SECRETS, True)
+    data = environment.data_of(
+        store, ns, kind, {"name": name, "optional": ref.get("optional")}, decode
+    )
+    items = ref.get("items") or [{"key": k, "path": k} for k in data]
+    missing = [i["key"] for i in items if i["key"] not in data]
+    if missing and not ref.get("optional"):
+        raise errors.bad_request(f"{key} {name} has no key {missing[0]}")
+    return {i["path"]: (data[i["key"]], i.get("mode")) for i in items if i["key"] in data}
+
+
+def _write(folder: Path, files: Files, default_mode: int) -> None:
+    """Write ``files`` into ``folder``, each with its own mode or ``default_mode``."""
+    for path, (text, mode) in files.items():
+        target = inside(folder, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+        target.chmod(default_mode if mode is None else mode)
 
 
 def runtime_paths(runtime: Runtime, env: dict[str, str], cwd: str, pod_dir: Path) -> list[str]:

@@ -95,6 +95,66 @@ def test_volumes_appear_at_their_mount_paths(cluster: Cluster, mount_point: str)
 
 
 @needs_root
+def test_items_modes_and_optional_keys_alike_in_a_volume_and_a_projected_one(
+    cluster: Cluster, mount_point: str
+) -> None:
+    """Items pick keys and paths, an item's mode beats the default, and an optional reference
+    to a key that is not there is skipped: the same for a configMap or secret volume as for
+    the same source of a projected volume (one kubelet code path for both)."""
+    cluster.core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "keyed"}, "data": {"a": "alpha", "b": "beta"}}
+    )
+    cluster.core.create_namespaced_secret(
+        "default", {"metadata": {"name": "keyed"}, "data": {"s": base64.b64encode(b"sig").decode()}}
+    )
+    items = [{"key": "a", "path": "sub/a.txt", "mode": 0o400}, {"key": "b", "path": "b.txt"},
+             {"key": "absent", "path": "absent.txt"}]  # fmt: skip
+    config = {"name": "keyed", "items": items, "optional": True}
+    secret_items = [{"key": "s", "path": "s.txt"}]
+    sealed = {"secretName": "keyed", "items": secret_items, "defaultMode": 0o440}
+    sources = [{"configMap": config}, {"secret": {"name": "keyed", "items": secret_items}}]
+    volumes = [
+        {"name": "plain", "configMap": {**config, "defaultMode": 0o440}},
+        {"name": "sealed", "secret": sealed},
+        {"name": "proj", "projected": {"defaultMode": 0o440, "sources": sources}},
+    ]
+    mounts = [{"name": n, "mountPath": f"{mount_point}/{n}"} for n in ("plain", "sealed", "proj")]
+    script = (
+        f"import os\nm = {mount_point!r}\n"
+        "for v in ('plain', 'sealed', 'proj'):\n"
+        "    for root, _, names in sorted(os.walk(m + '/' + v)):\n"
+        "        for n in sorted(names):\n"
+        "            p = os.path.join(root, n)\n"
+        "            print(v, os.path.relpath(p, m + '/' + v), oct(os.stat(p).st_mode & 0o777),"
+        " open(p).read())\n"
+    )
+    cluster.core.create_namespaced_pod(
+        "default",
+        pod_manifest("keyed", script, volumes=volumes, container={"volumeMounts": mounts}),
+    )
+    assert finished(cluster, "keyed") == "Succeeded", log_of(cluster, "keyed")
+    lines = set(log_of(cluster, "keyed").splitlines())
+    for volume in ("plain", "proj"):
+        assert {f"{volume} sub/a.txt 0o400 alpha", f"{volume} b.txt 0o440 beta"} <= lines
+        assert not any(line.startswith(f"{volume} absent") for line in lines)
+    assert {"sealed s.txt 0o440 sig", "proj s.txt 0o440 sig"} <= lines
+    # Not optional: the missing key is a refused pod start, named.
+    required = {"name": "missing", "configMap": {"name": "keyed", "items": items}}
+    cluster.core.create_namespaced_pod(
+        "default",
+        pod_manifest("keyed-required", "print('started')", volumes=[required],
+                     container={"volumeMounts": [{"name": "missing",
+                                                  "mountPath": f"{mount_point}/missing"}]}),
+    )  # fmt: skip
+    wait_for("the missing key's event", lambda: [e for e in events_of(cluster, "keyed-required")
+                                                 if "configMap keyed has no key absent"
+                                                 in (e.message or "")])  # fmt: skip
+    status = cluster.core.read_namespaced_pod("keyed-required", "default").status
+    assert status.container_statuses[0].state.waiting.reason == "CreateContainerConfigError"
+    cluster.core.delete_namespaced_pod("keyed-required", "default", grace_period_seconds=0)
+
+
+@needs_root
 def test_init_containers_run_first_and_in_order(cluster: Cluster, mount_point: str) -> None:
     volumes = [{"name": "shared", "emptyDir": {}}]
     mount = [{"name": "shared", "mountPath": mount_point}]
