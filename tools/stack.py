@@ -62,8 +62,24 @@ AIRFLOW_IDENTITIES = [
        "metadata": {"name": name, "namespace": "airflow"}}
       for name in ("airflow-worker", "airflow-triggerer")),
 ]  # fmt: skip
-# A stack lives for days; the token's life is bounded by the cluster process's anyway.
-AIRFLOW_TOKEN_HOURS = 24 * 30
+# Prometheus' own identity (not the admin's): its discovery of the serving pods and nothing
+# else. On a cluster its kubernetes_sd needs get/list/watch on pods; localcluster serves the
+# same targets at one non-resource URL, which this ClusterRole allows alone.
+PROMETHEUS_IDENTITY = [
+    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "monitoring"}},
+    {"apiVersion": "v1", "kind": "ServiceAccount",
+     "metadata": {"name": "prometheus", "namespace": "monitoring"}},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+     "metadata": {"name": "helmsman-prometheus-discovery"},
+     "rules": [{"nonResourceURLs": [prometheus.SD_PATH], "verbs": ["get"]}]},
+    {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+     "metadata": {"name": "helmsman-prometheus-discovery"},
+     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                 "name": "helmsman-prometheus-discovery"},
+     "subjects": [{"kind": "ServiceAccount", "name": "prometheus", "namespace": "monitoring"}]},
+]  # fmt: skip
+# A stack lives for days; a token's life is bounded by the cluster process's anyway.
+TOKEN_HOURS = 24 * 30
 # Pools the DAGs use, as a platform team imports them (helm-values/airflow.yaml does the same).
 POOLS_FILE = REPO / "helm-values" / "airflow-pools.json"
 # The LocalExecutor forks this many workers at start (the default 32). Two: a run's task and a
@@ -236,6 +252,11 @@ class Stack:
         return self.root / "airflow" / "kubeconfig"
 
     @property
+    def prometheus_kubeconfig(self) -> Path:
+        """What Prometheus discovers the serving pods as: the ``prometheus`` service account."""
+        return self.root / "prometheus" / "kubeconfig"
+
+    @property
     def audit_log(self) -> Path:
         return self.root / "logs" / "cluster-audit.jsonl"
 
@@ -390,8 +411,9 @@ class Stack:
             say("starting Prometheus (scrapes the serving pods for the rollout's analysis)")
             try:
                 server = prometheus.server(
-                    self.root / "prometheus", self.ports.prometheus, NAMESPACE, self.kubeconfig
-                )
+                    self.root / "prometheus", self.ports.prometheus, NAMESPACE,
+                    self.prometheus_kubeconfig,
+                )  # fmt: skip
             except RuntimeError as exc:
                 raise StackError(str(exc)) from None
             waits.append(self._launch("prometheus", server.cmd, server.health_url))
@@ -548,10 +570,12 @@ class Stack:
         self.kubectl("apply", "-f", str(REPO / "deploy" / "namespace.yaml"))
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(AIRFLOW_IDENTITIES))
         self.kubectl("apply", "-f", str(REPO / "deploy" / "rbac.yaml"))
-        self._write_airflow_kubeconfig()
-        # A restarted cluster has a new CA and admin token; a Prometheus still running reads
+        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(PROMETHEUS_IDENTITY))
+        self._write_kubeconfig(self.airflow_kubeconfig, "airflow", "airflow-worker")
+        self._write_kubeconfig(self.prometheus_kubeconfig, "monitoring", "prometheus")
+        # A restarted cluster has a new CA and signing key; a Prometheus still running reads
         # its discovery credentials from these files on each refresh.
-        Access.from_kubeconfig(self.kubeconfig).write_credentials(
+        Access.from_kubeconfig(self.prometheus_kubeconfig).write_credentials(
             self.root / "prometheus" / prometheus.CREDENTIALS
         )
         self.kubectl("apply", "-f", str(REPO / "deploy" / "serving-gateway.yaml"))
@@ -574,18 +598,18 @@ class Stack:
         ]  # fmt: skip
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
 
-    def _write_airflow_kubeconfig(self) -> None:
-        """A token for Airflow's service account (as the chart's pods get one projected), in a
-        kubeconfig of its own. It dies with this localcluster (its signing key is made at
-        start); a restarted cluster gets a new one here, and the next task reads it."""
-        token = self.kubectl("-n", "airflow", "create", "token", "airflow-worker",
-                             f"--duration={AIRFLOW_TOKEN_HOURS}h").strip()  # fmt: skip
+    def _write_kubeconfig(self, path: Path, namespace: str, account: str) -> None:
+        """A token for a service account (as a chart's pods get one projected), in a kubeconfig
+        of its own at ``path``. It dies with this localcluster (its signing key is made at
+        start); a restarted cluster gets a new one here, and its next reader reads it."""
+        token = self.kubectl("-n", namespace, "create", "token", account,
+                             f"--duration={TOKEN_HOURS}h").strip()  # fmt: skip
         config = yaml.safe_load(self.kubeconfig.read_text())
-        config["users"] = [{"name": "airflow-worker", "user": {"token": token}}]
+        config["users"] = [{"name": account, "user": {"token": token}}]
         for context in config["contexts"]:
-            context["context"]["user"] = "airflow-worker"
+            context["context"]["user"] = account
             context["context"]["namespace"] = NAMESPACE
-        path = self.airflow_kubeconfig
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(mode=0o600)
         os.chmod(path, 0o600)
         path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -29,6 +29,8 @@ and the pod spec are real; the training pod computes on this machine's CPU).
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import datetime as dt
 import itertools
 import json
@@ -49,7 +51,7 @@ from helmsman_steps import sources
 from helmsman_steps.store import DatasetStore
 from tests.cluster_fixtures import faulty_image
 from tests.k8s_policy import role_check
-from tools import drift
+from tools import drift, prometheus
 from tools.airflow_api import AirflowApi, ApiError
 from tools.kubeaccess import Access
 from tools.stack import BACKFILL_POOL, PARALLELISM, REPO, Stack, pool_slots
@@ -584,3 +586,27 @@ def test_9_every_kubernetes_call_airflow_made_is_allowed_by_the_role(stack: Stac
     assert check.denied == [], f"calls the Role does not allow: {check.denied}"
     print("\nRBAC: rules granted but not exercised by the scenarios:", check.unused)
     print("scenario timings (s):", {k: round(v, 1) for k, v in TIMINGS.items()})
+
+
+def test_9b_prometheus_discovers_the_serving_pods_as_its_own_account_and_nothing_more(
+    stack: Stack,
+) -> None:
+    """Prometheus scrapes with the ``prometheus`` service account's token, which the cluster
+    allows its discovery URL and nothing else (the rollouts above were judged on its scrapes)."""
+    token = (stack.root / "prometheus" / prometheus.CREDENTIALS / "token").read_text()
+    claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+    assert claims["sub"] == "system:serviceaccount:monitoring:prometheus"
+    access = dataclasses.replace(Access.from_kubeconfig(stack.kubeconfig), token=token)
+    with access.open(f"{prometheus.SD_PATH}?namespace={NS}") as response:
+        groups = json.load(response)
+    assert groups, "no serving pod discovered"
+    assert {g["labels"]["__meta_kubernetes_namespace"] for g in groups} == {NS}
+    for path in (f"/api/v1/namespaces/{NS}/secrets", f"/api/v1/namespaces/{NS}/pods", "/metrics"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            access.open(path).close()
+        assert refused.value.code == 403, path
+    # ... and Prometheus itself, with that token, finds and scrapes them.
+    targets_url = f"{stack.prometheus_url}/api/v1/targets"
+    with urllib.request.urlopen(targets_url, timeout=10) as response:  # noqa: S310 - http
+        targets = json.load(response)["data"]["activeTargets"]
+    assert any(t["health"] == "up" for t in targets), targets
