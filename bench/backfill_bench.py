@@ -32,7 +32,7 @@ sys.path[:0] = [str(REPO)]
 
 from tools import demo  # noqa: E402 - needs the path set above
 from tools.airflow_api import AirflowApi  # noqa: E402
-from tools.stack import BACKFILL_POOL, PARALLELISM, Ports, Settings, Stack, pool_slots  # noqa: E402
+from tools.stack import Ports, Settings, Stack, backfill_runs_at_once  # noqa: E402
 
 GOAL = 1.3
 DAG = "train_churn"
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a 2-day backfill: does it run")
     args = parser.parse_args(argv)
     days = 2 if args.smoke else args.days
-    at_once = min(pool_slots(BACKFILL_POOL), PARALLELISM)
+    at_once = backfill_runs_at_once()
     root = REPO / ".state" / f"backfill-bench-{uuid.uuid4().hex[:8]}"
     stack = Stack(root, Ports.free(), Settings(rows_per_day=2000))
     try:

@@ -32,16 +32,7 @@ from rich.table import Table
 
 from tools.airflow_api import AirflowApi
 from tools.procs import port_taken
-from tools.stack import (
-    BACKFILL_POOL,
-    PARALLELISM,
-    REPO,
-    Ports,
-    Settings,
-    Stack,
-    StackError,
-    pool_slots,
-)
+from tools.stack import REPO, Ports, Settings, Stack, StackError, backfill_runs_at_once
 from tools.users import Users
 
 DAG = "train_churn"
@@ -456,9 +447,7 @@ def backfill(start: str, end: str, root: Path = ROOT) -> list[dict[str, Any]]:
         raise StackError("no demo stack is running: run `make demo` first")
     api = api_for(stack)
     before = serving(stack).get("served_version")
-    # Backfill runs never deploy, so they need not wait for each other: as many at once as the
-    # backfill pool has slots (and the executor has workers).
-    side_by_side = min(pool_slots(BACKFILL_POOL), PARALLELISM)
+    side_by_side = backfill_runs_at_once()
     api.backfill(DAG, f"{start}T00:00:00Z", f"{end}T23:59:59Z", max_active_runs=side_by_side)
     console.print(f"· backfill of {DAG} from {start} to {end} created ({side_by_side} runs at "
                   "once); following it")  # fmt: skip

@@ -96,6 +96,13 @@ def pool_slots(name: str) -> int:
     return int(json.loads(POOLS_FILE.read_text())[name]["slots"])
 
 
+def backfill_runs_at_once() -> int:
+    """How many runs of a backfill go at once on the stack. Backfill runs never deploy, so they
+    need not wait for each other: as many as the backfill pool has slots and the executor has
+    workers."""
+    return min(pool_slots(BACKFILL_POOL), PARALLELISM)
+
+
 LOCAL_SETTINGS = "from helmsman.policies import task_instance_mutation_hook  # noqa: F401\n"
 COMPONENTS = (
     "localcluster", "prometheus", "mlflow", "api-server", "scheduler", "dag-processor",

@@ -54,7 +54,7 @@ from tests.k8s_policy import role_check
 from tools import drift, prometheus
 from tools.airflow_api import AirflowApi, ApiError
 from tools.kubeaccess import Access
-from tools.stack import BACKFILL_POOL, PARALLELISM, REPO, Stack, pool_slots
+from tools.stack import REPO, Stack, backfill_runs_at_once
 from tools.users import Users
 
 DAG = "train_churn"
@@ -394,9 +394,7 @@ def test_6_a_three_day_backfill_records_three_runs_and_deploys_nothing(
     before = champion(registry)
     serving = serving_state(k8s)
     started = time.monotonic()
-    # As many at once as the backfill pool and the executor allow: backfills never deploy, so
-    # they need not wait for each other.
-    at_once = min(pool_slots(BACKFILL_POOL), PARALLELISM)
+    at_once = backfill_runs_at_once()
     assert at_once >= 2
     airflow.backfill(DAG, "2026-03-06T00:00:00Z", "2026-03-08T23:59:59Z", max_active_runs=at_once)
     deadline = time.monotonic() + 900
