@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from localcluster.quantity import parse
@@ -154,6 +155,16 @@ def apply(kind: str, obj: Obj) -> None:
         spec.setdefault("successfulJobsHistoryLimit", 3)
         spec.setdefault("failedJobsHistoryLimit", 1)
         job_spec(spec.setdefault("jobTemplate", {}).setdefault("spec", {}))
+    elif kind == "Secret":
+        # stringData is write-only: the server merges it into data (its keys win) and stores
+        # data alone, so every reader -- env, volumes, kubectl -- sees one map.
+        strings = obj.pop("stringData", None) or {}
+        if strings:
+            obj["data"] = {
+                **(obj.get("data") or {}),
+                **{k: base64.b64encode(str(v).encode()).decode() for k, v in strings.items()},
+            }
+        obj.setdefault("type", "Opaque")
     elif kind == "Namespace":
         obj.setdefault("spec", {}).setdefault("finalizers", ["kubernetes"])
         obj.setdefault("status", {}).setdefault("phase", "Active")

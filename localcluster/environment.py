@@ -68,7 +68,6 @@ def data_of(store: Store, ns: str, kind: Kind, ref: dict[str, Any], decode: bool
     data = dict(obj.get("data") or {})
     if decode:
         data = {k: base64.b64decode(v).decode() for k, v in data.items()}
-        data.update(obj.get("stringData") or {})
     return data
 
 

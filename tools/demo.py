@@ -124,10 +124,9 @@ def api_for(stack: Stack) -> AirflowApi:
 
 def next_day(stack: Stack) -> str:
     """The day after the champion's data: each demo run trains on one more day."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=stack.mlflow_url)
+    client = stack.mlflow_client()
     try:
         champion = client.get_model_version_by_alias(MODEL, "champion")
     except MlflowException:
@@ -210,12 +209,10 @@ def run_pipelines(
 
 
 def champion_version(stack: Stack, model: str = MODEL) -> str | None:
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     try:
-        return str(MlflowClient(tracking_uri=stack.mlflow_url)
-                   .get_model_version_by_alias(model, "champion").version)  # fmt: skip
+        return str(stack.mlflow_client().get_model_version_by_alias(model, "champion").version)
     except MlflowException:
         return None
 
@@ -255,10 +252,9 @@ def champion_rows(stack: Stack, model: str = MODEL) -> list[dict[str, Any]]:
     """The rows of @champion's golden set (real rows of the data it was evaluated on)."""
     import tempfile
 
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    client = MlflowClient(tracking_uri=stack.mlflow_url)
+    client = stack.mlflow_client()
     try:
         run_id = client.get_model_version_by_alias(model, "champion").run_id
         with tempfile.TemporaryDirectory() as tmp:
@@ -272,7 +268,6 @@ def champion_rows(stack: Stack, model: str = MODEL) -> list[dict[str, Any]]:
 def summarize(
     stack: Stack, api: AirflowApi, run_id: str, model: DemoModel = CHURN
 ) -> dict[str, Any]:
-    from mlflow import MlflowClient
 
     dag = model.dag
     tis = api.task_instances(dag, run_id)
@@ -281,7 +276,7 @@ def summarize(
     if tis.get("decide", {}).get("state") != "success":
         return summary
     decision = api.xcom(dag, run_id, "decide")
-    client = MlflowClient(tracking_uri=stack.mlflow_url)
+    client = stack.mlflow_client()
     version = client.get_model_version(model.name, decision["version"])
     experiment = client.get_run(str(version.run_id)).info.experiment_id
     summary |= {
@@ -339,7 +334,8 @@ def report(stack: Stack, outcome: Outcome) -> None:
             console.print(f"  {name:<10} nothing serves {name} yet at {s.get('service')}: "
                           f"{s.get('service_error', 'no answer')}")  # fmt: skip
     console.print(f"  Airflow    {stack.airflow_url}  (login admin / {stack.password})")
-    console.print(f"  MLflow     {stack.mlflow_url}")
+    mlflow_password = stack.mlflow_env()["MLFLOW_TRACKING_PASSWORD"]
+    console.print(f"  MLflow     {stack.mlflow_url}  (login admin / {mlflow_password})")
     console.print(f"  Prometheus {stack.prometheus_url}")
     console.print(f"  kubectl    kubectl --kubeconfig {stack.kubeconfig} -n ml get "
                   "pods,svc,httproutes,gateways")  # fmt: skip

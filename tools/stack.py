@@ -53,6 +53,9 @@ NAMESPACE = "ml"
 # daily files once and points their sources there.
 FILE_FED = ("diabetes", "wine")
 ADMIN_USER = "admin"
+# MLflow runs its basic-auth app: ADMIN_USER is the person's account (the UI); the pipeline's
+# pods and Airflow's tasks sign in as this account, through the MLflow Secret and connection.
+MLFLOW_PIPELINE_USER = "helmsman"
 GATEWAY = "helmsman-gateway"  # deploy/serving-gateway.yaml
 # The service accounts the Airflow chart runs workers and the triggerer as, in the chart's
 # namespace; deploy/rbac.yaml binds its Role in ml to them (helm-values/airflow.yaml names them).
@@ -116,6 +119,13 @@ def inherited_env() -> dict[str, str]:
     own, and a caller's (a test session's MLflow server, say) must not leak into it."""
     prefixes = ("AIRFLOW_", "AIRFLOW__", "MLFLOW_")
     return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to a file only its owner reads (made so before anything is in it)."""
+    path.touch(mode=0o600)
+    os.chmod(path, 0o600)
+    path.write_text(text)
 
 
 class StackError(Exception):
@@ -279,6 +289,28 @@ class Stack:
         data: dict[str, str] = json.loads((self.root / "airflow" / "passwords.json").read_text())
         return data[ADMIN_USER]
 
+    @property
+    def mlflow_credentials_file(self) -> Path:
+        """MLflow's accounts and their passwords (user -> password), readable by its owner only."""
+        return self.root / "mlflow-auth" / "credentials.json"
+
+    def mlflow_env(self, user: str = ADMIN_USER) -> dict[str, str]:
+        """The variables an MLflow client reads to reach this stack's server as ``user``."""
+        passwords: dict[str, str] = json.loads(self.mlflow_credentials_file.read_text())
+        return {
+            "MLFLOW_TRACKING_URI": self.mlflow_url,
+            "MLFLOW_TRACKING_USERNAME": user,
+            "MLFLOW_TRACKING_PASSWORD": passwords[user],
+        }
+
+    def mlflow_client(self) -> Any:
+        """An MLflow client signed in as the admin. MLflow reads credentials from the process's
+        environment only (never from the client), so this sets them there."""
+        from mlflow import MlflowClient
+
+        os.environ.update(self.mlflow_env())
+        return MlflowClient(tracking_uri=self.mlflow_url)
+
     # -- state on disk ------------------------------------------------------------------------
 
     def save(self) -> None:
@@ -336,8 +368,15 @@ class Stack:
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(kube),
+            # helmsman.models.configure hands the login to MLflow's own variables.
             "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps(
-                {"conn_type": "http", "host": "127.0.0.1", "port": self.ports.mlflow}
+                {
+                    "conn_type": "http",
+                    "host": "127.0.0.1",
+                    "port": self.ports.mlflow,
+                    "login": MLFLOW_PIPELINE_USER,
+                    "password": self.mlflow_env(MLFLOW_PIPELINE_USER)["MLFLOW_TRACKING_PASSWORD"],
+                }
             ),
             # The rollout judges each step on what this Prometheus scraped from the pods.
             "AIRFLOW_CONN_PROMETHEUS_DEFAULT": json.dumps(
@@ -396,12 +435,21 @@ class Stack:
                                    {"PYTHONPATH": str(REPO)})  # fmt: skip
             cluster.ca_file = self.root / "cluster" / "pki" / "ca.crt"
         if "mlflow" not in running:
-            say("starting MLflow (SQLite backend, local artifacts)")
-            # No job runner: its seven consumer processes serve MLflow's server-side GenAI
-            # jobs and periodic trace tasks, which tracking and the registry never use.
-            no_jobs = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-            waits.append(self._launch("mlflow", self._mlflow_cmd(), f"{self.mlflow_url}/health",
-                                      no_jobs))  # fmt: skip
+            say("starting MLflow (SQLite backend, local artifacts, basic auth)")
+            auth = self.root / "mlflow-auth"
+            env = {
+                # No job runner: its seven consumer processes serve MLflow's server-side GenAI
+                # jobs and periodic trace tasks, which tracking and the registry never use.
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                "MLFLOW_AUTH_CONFIG_PATH": str(auth / "auth.ini"),
+                # The UI's session and CSRF tokens: stable across restarts.
+                "MLFLOW_FLASK_SERVER_SECRET_KEY": (auth / "secret").read_text().strip(),
+                # The admin's account, made by MLflow on its first start (ignored after).
+                "MLFLOW_AUTH_ADMIN_USERNAME": ADMIN_USER,
+                "MLFLOW_AUTH_ADMIN_PASSWORD": self.mlflow_env()["MLFLOW_TRACKING_PASSWORD"],
+            }
+            mlflow = self._launch("mlflow", self._mlflow_cmd(), f"{self.mlflow_url}/health", env)
+            waits.append(mlflow)
         wanted = [c for c in AIRFLOW_COMPONENTS if c != "triggerer" or self.settings.triggerer]
         airflow = [c for c in wanted if c not in running]
         if airflow:
@@ -426,6 +474,8 @@ class Stack:
             waits.append(self._launch("prometheus", server.cmd, server.health_url))
         for server in waits:
             self._ready(server)
+        if "mlflow" not in running:
+            self._mlflow_accounts()
         self.save()
         if airflow:
             self._wait_airflow_healthy()
@@ -483,6 +533,7 @@ class Stack:
             password = secrets.token_urlsafe(12)
             (home / "passwords.json").write_text(json.dumps({ADMIN_USER: password}))
         (self.root / "datasets").mkdir(exist_ok=True)
+        self._mlflow_auth()
         self._raw_files()
         # Airflow imports airflow_local_settings from $AIRFLOW_HOME/config: the cluster policy.
         (home / "config").mkdir(exist_ok=True)
@@ -566,7 +617,53 @@ class Stack:
             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
             "--artifacts-destination", str(self.root / "mlartifacts"),
             "--workers", "1",  # one uvicorn process serves the demo (the default is four)
+            "--app-name", "basic-auth",  # every call signs in (tools/stack.py: _mlflow_auth)
         ]  # fmt: skip
+
+    def _mlflow_auth(self) -> None:
+        """MLflow's accounts and its auth app's settings, made once per stack folder.
+
+        The admin is made by MLflow itself on its first start (from its environment); the
+        pipeline's account by ``_mlflow_accounts`` once the server answers. Every signed-in
+        account may read every experiment and model (``default_permission``); an account may
+        change what it created (MLflow grants its creator MANAGE), and only the admin manages
+        accounts and grants.
+        """
+        auth = self.root / "mlflow-auth"
+        auth.mkdir(mode=0o700, exist_ok=True)
+        if not self.mlflow_credentials_file.exists():
+            _write_private(self.mlflow_credentials_file, json.dumps(
+                {user: secrets.token_urlsafe(18) for user in (ADMIN_USER, MLFLOW_PIPELINE_USER)}
+            ))  # fmt: skip
+        if not (auth / "secret").exists():
+            _write_private(auth / "secret", secrets.token_urlsafe(32))
+        (auth / "auth.ini").write_text("\n".join([
+            "[mlflow]",
+            "default_permission = READ",
+            f"database_uri = sqlite:///{auth / 'auth.db'}",
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth",
+            # One server process: a checked password is remembered a minute, not hashed
+            # again (PBKDF2) on every call of a training run's metric logging.
+            "auth_cache_ttl_seconds = 60",
+            "",
+        ]))  # fmt: skip
+
+    def _mlflow_accounts(self) -> None:
+        """The pipeline's MLflow account, made by the admin through MLflow's API (once; a
+        restarted server keeps its accounts)."""
+        import requests
+
+        admin = self.mlflow_env(ADMIN_USER)["MLFLOW_TRACKING_PASSWORD"]
+        pipeline = self.mlflow_env(MLFLOW_PIPELINE_USER)["MLFLOW_TRACKING_PASSWORD"]
+        response = requests.post(
+            f"{self.mlflow_url}/api/2.0/mlflow/users/create", auth=(ADMIN_USER, admin),
+            json={"username": MLFLOW_PIPELINE_USER, "password": pipeline}, timeout=30,
+        )  # fmt: skip
+        if not response.ok and "RESOURCE_ALREADY_EXISTS" not in response.text:
+            raise StackError(
+                f"MLflow refused to create the pipeline's account ({response.status_code}); "
+                f"read its log: {self.log('mlflow')}"
+            )
 
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
         cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig), *args]
@@ -586,12 +683,14 @@ class Stack:
             self.root / "prometheus" / prometheus.CREDENTIALS
         )
         self.kubectl("apply", "-f", str(REPO / "deploy" / "serving-gateway.yaml"))
-        uri = base64.b64encode(f"http://127.0.0.1:{self.ports.mlflow}".encode()).decode()
         s = self.settings
         objects = [
+            # The pipeline's MLflow account, as its pods read it (envFrom). As data, not
+            # stringData: kubectl apply keeps what it sent in an annotation, in plain text.
             {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
              "metadata": {"name": "helmsman-mlflow", "namespace": NAMESPACE},
-             "data": {"MLFLOW_TRACKING_URI": uri}},
+             "data": {key: base64.b64encode(value.encode()).decode()
+                      for key, value in self.mlflow_env(MLFLOW_PIPELINE_USER).items()}},
             {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "helmsman-settings", "namespace": NAMESPACE},
              "data": {"HELMSMAN_DATASET_URI": str(self.root / "datasets"),
@@ -617,9 +716,7 @@ class Stack:
             context["context"]["user"] = account
             context["context"]["namespace"] = NAMESPACE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        os.chmod(path, 0o600)
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        _write_private(path, yaml.safe_dump(config, sort_keys=False))
 
     def inject_shift(self, day: dt.date) -> str:
         """Shift the churn feed from ``day`` on (the synthetic source's ``shift_from``): pods

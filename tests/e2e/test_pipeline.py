@@ -18,7 +18,9 @@ The scenarios build on each other, in order, on one stack (the way a platform li
 8. the rollout task's process killed mid-step: the task's retry resumes the rollout and
    finishes it; then the feed shifts, shifted traffic reaches the champion, the monitor flags
    the shifted features and training starts from the drift asset's event;
-9. every Kubernetes call Airflow made is allowed by the Role in deploy/rbac.yaml.
+9. every Kubernetes call Airflow made is allowed by the Role in deploy/rbac.yaml; Prometheus
+   discovers pods as its own account; MLflow signs every call in, the pipeline as its own
+   account, whose password no file of the runs holds.
 
 A steady client sends the champion's golden-set rows through the Gateway during every rollout
 and the test asserts what it saw.
@@ -78,9 +80,7 @@ def k8s(stack: Stack) -> Iterator[client.ApiClient]:
 
 @pytest.fixture(scope="module")
 def registry(stack: Stack) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=stack.mlflow_url)
+    return stack.mlflow_client()
 
 
 def run(airflow: AirflowApi, conf: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:
@@ -608,3 +608,44 @@ def test_9b_prometheus_discovers_the_serving_pods_as_its_own_account_and_nothing
     with urllib.request.urlopen(targets_url, timeout=10) as response:  # noqa: S310 - http
         targets = json.load(response)["data"]["activeTargets"]
     assert any(t["health"] == "up" for t in targets), targets
+
+
+def test_9c_mlflow_signs_every_call_in_and_the_pipeline_is_not_its_admin(stack: Stack) -> None:
+    """The stack's MLflow runs its basic-auth app. Its pods and tasks signed in as the pipeline's
+    account (from the Secret and the connection): the models they registered are its to manage,
+    and its password is in no log."""
+    import requests
+
+    search = f"{stack.mlflow_url}/api/2.0/mlflow/registered-models/search"
+    assert requests.get(search, timeout=10).status_code == 401
+    assert requests.get(search, auth=("helmsman", "guessed"), timeout=10).status_code == 401
+    secret = json.loads(stack.kubectl("-n", NS, "get", "secret", "helmsman-mlflow", "-o", "json"))
+    pod_env = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    user, password = pod_env["MLFLOW_TRACKING_USERNAME"], pod_env["MLFLOW_TRACKING_PASSWORD"]
+    assert user != "admin"
+    pipeline = requests.Session()
+    pipeline.auth = (user, password)
+    assert pipeline.get(search, timeout=10).status_code == 200
+    # Not an admin: it may not make accounts or grant itself more.
+    make_user = f"{stack.mlflow_url}/api/2.0/mlflow/users/create"
+    denied = pipeline.post(make_user, json={"username": "x", "password": "y"}, timeout=10)
+    assert denied.status_code == 403
+    # The train pods registered the models as that account, which therefore manages them.
+    admin = requests.Session()
+    admin.auth = ("admin", stack.mlflow_env()["MLFLOW_TRACKING_PASSWORD"])
+    permission = admin.get(
+        f"{stack.mlflow_url}/api/3.0/mlflow/users/permissions/get",
+        params={"username": user, "resource_type": "registered_model", "resource_id": MODEL},
+        timeout=10,
+    )  # fmt: skip
+    assert permission.ok, permission.text
+    assert permission.json()["permission"] == "MANAGE"
+    # No file the runs above wrote holds it: task and pod logs, Airflow's database (XCom,
+    # rendered templates), the cluster's state, the datasets. Only MLflow's own folder does.
+    secrets_in = stack.mlflow_credentials_file.parent
+    leaked = [
+        path for path in stack.root.rglob("*")
+        if path.is_file() and secrets_in not in path.parents
+        and password.encode() in path.read_bytes()
+    ]  # fmt: skip
+    assert not leaked, leaked

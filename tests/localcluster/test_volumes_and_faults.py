@@ -155,6 +155,28 @@ def test_items_modes_and_optional_keys_alike_in_a_volume_and_a_projected_one(
 
 
 @needs_root
+def test_a_secrets_string_data_is_merged_into_its_data_on_write(cluster: Cluster) -> None:
+    """stringData is write-only, as on a real API server: stored as base64 data (its keys win
+    over data's), so a reader of the object and a pod's environment see one map."""
+    cluster.core.create_namespaced_secret("default", {
+        "metadata": {"name": "string-data"},
+        "data": {"kept": base64.b64encode(b"from-data").decode(),
+                 "both": base64.b64encode(b"old").decode()},
+        "stringData": {"both": "new", "added": "plain text"},
+    })  # fmt: skip
+    stored = cluster.core.read_namespaced_secret("string-data", "default")
+    assert stored.string_data is None
+    assert stored.type == "Opaque"
+    decoded = {k: base64.b64decode(v).decode() for k, v in stored.data.items()}
+    assert decoded == {"kept": "from-data", "both": "new", "added": "plain text"}
+    script = "import os; print(os.environ['both'], os.environ['added'], sep='|')"
+    pod = pod_manifest("string-data", script,
+                       container={"envFrom": [{"secretRef": {"name": "string-data"}}]})  # fmt: skip
+    cluster.core.create_namespaced_pod("default", pod)
+    assert finished(cluster, "string-data") == "Succeeded"
+    assert log_of(cluster, "string-data").strip() == "new|plain text"
+
+
 def test_init_containers_run_first_and_in_order(cluster: Cluster, mount_point: str) -> None:
     volumes = [{"name": "shared", "emptyDir": {}}]
     mount = [{"name": "shared", "mountPath": mount_point}]
