@@ -23,3 +23,12 @@ def dev_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """os.environ plus the development Airflow settings, for subprocesses."""
     airflow_home: Path = tmp_path_factory.mktemp("airflow_home")
     return {**os.environ, **airflow_env(airflow_home)}
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The fault suite's table (tests/faults.py), when this session ran any of its scenarios."""
+    from tests.faults import TABLE, render
+
+    if TABLE:
+        terminalreporter.section("fault suite")
+        terminalreporter.write_line(render(TABLE))

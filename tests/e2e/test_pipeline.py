@@ -52,6 +52,7 @@ from helmsman.serving import objects
 from helmsman_steps import sources
 from helmsman_steps.store import DatasetStore
 from tests.cluster_fixtures import faulty_image
+from tests.faults import record
 from tests.k8s_policy import role_check
 from tools import drift, prometheus
 from tools.airflow_api import AirflowApi, ApiError
@@ -164,6 +165,8 @@ def test_1_invalid_params_are_refused_with_400_and_start_nothing(airflow: Airflo
     assert refused.value.status in (401, 403), refused.value
     assert "epochs" not in refused.value.detail
     assert airflow.runs(DAG) == []
+    record("bad conf (11 kinds: bounds, unknown key, future day, foreign image)", "stack",
+           "400 naming the field; no run started", None, None)  # fmt: skip
 
 
 def test_2_first_run_deploys_and_the_model_answers_through_the_gateway(
@@ -358,6 +361,9 @@ def test_4_a_challenger_served_wrong_is_caught_before_any_user_sees_it(
     assert set(loop.versions()) == {before}  # no user request ever reached the skewed pods
     assert serving_state(k8s) == serving  # the live slot was never touched
     assert live_deployment(k8s).spec.template.spec.containers[0].image != skewed
+    record("challenger served wrong (train/serve skew)", "stack",
+           "caught behind the preview Service, no retry; champion serves", len(loop.failures),
+           0)  # fmt: skip
 
 
 def test_5_a_challenger_wrong_only_on_live_traffic_is_caught_in_the_shadow_step(
@@ -386,6 +392,8 @@ def test_5_a_challenger_wrong_only_on_live_traffic_is_caught_in_the_shadow_step(
     run_artifacts = registry.list_artifacts(registry.get_model_version(MODEL, rejected).run_id,
                                             "rollout")  # fmt: skip
     assert [a.path for a in run_artifacts] == [f"rollout/{DAG}__{run_id}.json"]
+    record("challenger wrong on live traffic only", "stack",
+           "caught in the shadow step; champion serves", len(loop.failures), 0)  # fmt: skip
 
 
 def test_6_a_three_day_backfill_records_three_runs_and_deploys_nothing(
@@ -500,7 +508,9 @@ def test_8_a_rollout_task_killed_mid_step_is_resumed_by_its_retry(
                 killed = [t.pid for t in tasks] or None  # not started yet: look again
             time.sleep(0.5)
         assert killed, "the rollout never reached its 20% step"
+        killed_at = time.monotonic()
         result = airflow.wait(DAG, run_id, timeout=900)
+        recovered = time.monotonic() - killed_at
         time.sleep(1)
     assert result["state"] == "success"
     rollout_ti = airflow.task_instances(DAG, run_id)["rollout"]
@@ -510,6 +520,95 @@ def test_8_a_rollout_task_killed_mid_step_is_resumed_by_its_retry(
     version = airflow.xcom(DAG, run_id, "decide")["version"]
     assert served_version(stack) == version
     assert loop.failures == [], loop.failures[:5]
+    record("rollout task SIGKILLed at its 20% step", "stack",
+           "the retry resumed the rollout from its record and finished it",
+           len(loop.failures), recovered)  # fmt: skip
+
+
+def running_train_pod(stack: Stack, airflow: AirflowApi, run_id: str) -> str:
+    """The name of the run's train pod once it is running (its task's first try)."""
+
+    def pod() -> str | None:
+        if airflow.task_instances(DAG, run_id).get("train", {}).get("state") != "running":
+            return None
+        pods = json.loads(stack.kubectl("-n", NS, "get", "pods", "-o", "json", "-l",
+                                        "app.kubernetes.io/component=train"))["items"]  # fmt: skip
+        running = [p for p in pods if p["status"].get("phase") == "Running"]
+        return str(running[0]["metadata"]["name"]) if running else None
+
+    deadline = time.monotonic() + 300
+    while (name := pod()) is None:
+        assert time.monotonic() < deadline, "the train pod never ran"
+        time.sleep(0.5)
+    time.sleep(2)  # into its training, not its start
+    return name
+
+
+def train_pods(stack: Stack) -> list[str]:
+    out = stack.kubectl("-n", NS, "get", "pods", "-o", "name", "-l",
+                        "app.kubernetes.io/component=train")  # fmt: skip
+    return out.split()
+
+
+# Short runs that record a version and deploy nothing: the faults are in training.
+RECORD_ONLY = {"epochs": 20, "deploy": "never"}
+
+
+@pytest.mark.timeout(600)
+def test_8c_a_scheduler_killed_mid_train_is_restarted_and_the_run_finishes(
+    airflow: AirflowApi, stack: Stack, registry: Any, tmp_path: Path
+) -> None:
+    """The scheduler dies (the OOM killer) while a train pod runs. The stack's restart stops
+    the dead scheduler's workers first, so no old try outlives it and deletes what a new try
+    owns; the killed try ends, its retry trains again, and users never notice."""
+    before = champion(registry)
+    with users(stack, registry, tmp_path) as loop:
+        run_id = airflow.trigger(DAG, {**BASE, **RECORD_ONLY, "data_end": "2026-03-24"})
+        running_train_pod(stack, airflow, run_id)
+        scheduler = psutil.Process(stack.pids["scheduler"])
+        workers = [p.pid for p in scheduler.children(recursive=True)]
+        scheduler.kill()
+        scheduler.wait(10)
+        killed_at = time.monotonic()
+        said: list[str] = []
+        stack.up(say=said.append)
+        result = airflow.wait(DAG, run_id, timeout=600)
+        recovered = time.monotonic() - killed_at
+    assert any("that dead components left behind" in line for line in said), said
+    assert [pid for pid in workers if psutil.pid_exists(pid)] == []
+    states = airflow.task_instances(DAG, run_id)
+    assert result["state"] == "success", states
+    assert states["train"]["try_number"] == 2  # one retry, not a storm
+    assert train_pods(stack) == []  # the killed try's pod went with it; the retry's succeeded
+    assert champion(registry) == before
+    assert loop.failures == [], loop.failures[:5]
+    record("scheduler SIGKILLed mid-train, then restarted", "stack",
+           "old workers stopped; train retried once (after its 60 s delay); run succeeded",
+           len(loop.failures), recovered)  # fmt: skip
+
+
+@pytest.mark.timeout(600)
+def test_8d_a_train_pod_deleted_mid_train_is_replaced_by_the_retry(
+    airflow: AirflowApi, stack: Stack, registry: Any, tmp_path: Path
+) -> None:
+    before = champion(registry)
+    with users(stack, registry, tmp_path) as loop:
+        run_id = airflow.trigger(DAG, {**BASE, **RECORD_ONLY, "data_end": "2026-03-25"})
+        name = running_train_pod(stack, airflow, run_id)
+        stack.kubectl("-n", NS, "delete", "pod", name, "--wait=false")
+        deleted_at = time.monotonic()
+        result = airflow.wait(DAG, run_id, timeout=600)
+        recovered = time.monotonic() - deleted_at
+    states = airflow.task_instances(DAG, run_id)
+    assert result["state"] == "success", states
+    assert states["train"]["try_number"] == 2
+    assert f'pods \\"{name}\\" not found' in airflow.task_log(DAG, run_id, "train", try_number=1)
+    assert train_pods(stack) == []
+    assert champion(registry) == before
+    assert loop.failures == [], loop.failures[:5]
+    record("train pod deleted mid-train", "stack",
+           "the try failed, its retry trained in a new pod; run succeeded", len(loop.failures),
+           recovered)  # fmt: skip
 
 
 @pytest.mark.timeout(1200)

@@ -39,6 +39,7 @@ from helmsman.serving.session import (
 )
 from helmsman.serving.verify import Rejected
 from helmsman_steps import contract
+from tests import faults as table
 from tests.cluster_fixtures import Cluster, faulty_image, faulty_images, start_cluster, wait_for
 from tests.mlflow_fixtures import DAYS, Trained
 from tools import prometheus
@@ -381,6 +382,7 @@ def test_6_a_session_killed_mid_step_is_resumed_by_its_next_try_and_others_wait(
     model, version = champion.model_name, champion.version
     proc = start_session_process(env, model, version, "runs/killed", tmp_path)
     kill_at_step(env, proc, (80, 20, False))
+    killed_at = time.monotonic()
     assert record(env)["phase"] == "step"
     # Another run is refused while the killed one's lock is fresh, and says whose it is.
     with pytest.raises(RolloutBusy, match="runs/killed"):
@@ -392,6 +394,9 @@ def test_6_a_session_killed_mid_step_is_resumed_by_its_next_try_and_others_wait(
     assert users.failures == []
     assert stable_slot(env) == outcome["slot"]
     env.versions["stable"] = version
+    table.record("rollout session SIGKILLed at its 20% step", "session",
+                  "a concurrent run refused; the next try resumed and finished it",
+                  len(users.failures), time.monotonic() - killed_at)  # fmt: skip
 
 
 def test_7_an_abandoned_rollout_is_taken_out_of_traffic_before_the_next_one_starts(
@@ -415,6 +420,7 @@ def test_8_api_errors_in_every_phase_converge_on_one_rollout(env: Env, champion:
     faults = env.cluster.access.faults()
     faults.api_errors(0.25, "500", seed=3)
     tries = []
+    started = time.monotonic()
     try:
         with Users(env.gateway, golden_rows(champion.model_name, champion.version)) as users:
             for _ in range(4):  # the task's tries
@@ -435,6 +441,9 @@ def test_8_api_errors_in_every_phase_converge_on_one_rollout(env: Env, champion:
     assert record(env)["phase"] == "done"
     print(f"\nAPI errors: {len(tries)} failed tries before the rollout converged")
     env.versions["stable"] = champion.version
+    table.record("a quarter of API calls fail (500) in every phase", "session",
+                 f"{len(tries)} tries failed, then one rollout converged; nothing half-done",
+                 len(users.failures), time.monotonic() - started)  # fmt: skip
 
 
 def test_9_an_object_helmsman_does_not_manage_is_never_changed(env: Env, champion: Trained) -> None:

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.faults import record
 from tests.mlflow_fixtures import DAYS, FIRST_DAY, run_step
 
 LAST_DAY = FIRST_DAY + dt.timedelta(days=DAYS - 1)
@@ -42,12 +44,17 @@ def test_a_damaged_partition_is_bad_input_naming_the_file_and_the_fix(
     path = Path(DatasetStore(str(root)).features_path(LAST_DAY))
     path.write_bytes(damage(path.read_bytes()))
 
+    started = time.monotonic()
     proc = run_step(step_env, "train", *INTERVAL, "--dataset-uri", str(root),
                     "--window-days", "1", "--model-name", "churn-truncated")  # fmt: skip
 
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"dataset partition {path} ({LAST_DAY}) is unreadable" in proc.stderr
     assert f"helmsman-step etl --start {LAST_DAY} --end" in proc.stderr
+    what = {_cut: "cut off half way", _scrambled_footer: "with a scrambled footer"}[damage]
+    record(f"a dataset partition {what}", "step",
+           "train exits 2 (no retry), naming the file and the etl command that rebuilds it",
+           None, time.monotonic() - started)  # fmt: skip
 
 
 def test_a_partition_that_cannot_be_read_is_not_called_bad_input(
@@ -103,9 +110,17 @@ def test_a_version_whose_files_were_deleted_is_bad_input_naming_the_version(
     where = registry.client().get_model_version_download_uri("churn-gone", version)
     get_artifact_repository(where).delete_artifacts("extra_files")
 
+    started = time.monotonic()
     proc = run_step(step_env, "evaluate", *INTERVAL, "--dataset-uri", dataset,
                     "--model-name", "churn-gone", "--challenger-version", version)  # fmt: skip
 
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"version {version} of model churn-gone has no serving artifact" in proc.stderr
     assert "internal failure" not in proc.stderr
+    record(
+        "a model version's artifacts deleted",
+        "step",
+        "evaluate exits 2 (no retry), naming the version",
+        None,
+        time.monotonic() - started,
+    )
