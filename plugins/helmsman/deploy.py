@@ -256,9 +256,24 @@ class RolloutOperator(BaseOperator):
         owner = f"{context['dag_run'].dag_id}/{context['dag_run'].run_id}"
         models.configure()
         version = models.get(target.model_name, target.model_version)
+
+        def register() -> None:
+            # The registry first, then users: @champion always names what serves everyone.
+            models.tag(version, {
+                contract.ROLLOUT_TAG: "passed",
+                contract.DEPLOYMENT_TAG: f"{target.namespace}/{target.name}",
+                contract.DEPLOYED_BY_TAG: owner,
+            })  # fmt: skip
+            before = models.promote(version, owner)
+            self.log.info(
+                "version %s is @champion (before: %s); promoting it to every user",
+                target.model_version, before.version if before else "none",
+            )  # fmt: skip
+
         session = RolloutSession(
             Kube(kube_api(self.platform), target.namespace), target, owner, settings,
             golden=lambda: models.golden(version), prometheus=prometheus, log=self.log,
+            register=register,
         )  # fmt: skip
         self._session = session
         if defer:
@@ -278,13 +293,7 @@ class RolloutOperator(BaseOperator):
             outcome = session.run()
         except Rejected as exc:
             self._rejected(session, version, target, exc.reasons)
-        report_name = owner.replace("/", "__")
-        models.log_rollout(version, report_name, outcome)
-        models.tag(version, {
-            contract.ROLLOUT_TAG: "passed",
-            contract.DEPLOYMENT_TAG: f"{target.namespace}/{target.name}",
-            contract.DEPLOYED_BY_TAG: owner,
-        })  # fmt: skip
+        models.log_rollout(version, owner.replace("/", "__"), outcome)
         self.log.info("version %s passed every check and serves all traffic (%.0fs)",
                       target.model_version, outcome["seconds"])  # fmt: skip
         return outcome

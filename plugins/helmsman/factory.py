@@ -57,7 +57,9 @@ Built from `models/{name}/model.yaml` (task: {task}, trainer: {trainer}, metric:
    (identity, golden-set parity, probe load), then gets traffic in steps, each judged on its
    live traffic in Prometheus (error rate, p99, prediction divergence from the stable
    version); any failed check sends all traffic back to the stable version at once.
-7. `promote` (worker): moves `@champion`; the old one keeps `@previous-champion`.
+   Once every check passed, the version becomes `@champion` (the old one keeps
+   `@previous-champion`) and only then serves every user.
+7. `promote` (worker): confirms `@champion` (idempotent).
 
 **Triage.** A red `etl`: read its log for the bad-row share and the quarantine report path.
 A red `train`/`evaluate`: the failed pod is kept (`kubectl -n ml get pods -l

@@ -18,7 +18,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,8 +124,9 @@ def challenger(champion: Trained) -> str:
 
 
 def session(
-    env: Env, model: str, version: str, owner: str, image: str = "", **settings: Any
-) -> RolloutSession:
+    env: Env, model: str, version: str, owner: str, image: str = "",
+    register: Callable[[], None] | None = None, **settings: Any,
+) -> RolloutSession:  # fmt: skip
     target = objects.Target(
         settings.pop("instance", INSTANCE), NS, model, version, image=image, replicas=2
     )
@@ -133,7 +134,7 @@ def session(
     return RolloutSession(
         env.kube, target, owner, chosen,
         golden=lambda: models.golden(models.get(model, version)),
-        prometheus=Prometheus(env.prometheus),
+        prometheus=Prometheus(env.prometheus), register=register,
     )  # fmt: skip
 
 
@@ -442,7 +443,7 @@ def test_8_api_errors_in_every_phase_converge_on_one_rollout(env: Env, champion:
     print(f"\nAPI errors: {len(tries)} failed tries before the rollout converged")
     env.versions["stable"] = champion.version
     table.record("a quarter of API calls fail (500) in every phase", "session",
-                 f"{len(tries)} tries failed, then one rollout converged; nothing half-done",
+                 f"one rollout after {len(tries)} failed tries; nothing half-done",
                  len(users.failures), time.monotonic() - started)  # fmt: skip
 
 
@@ -512,3 +513,40 @@ async def first_event(trigger: Any) -> Any:
     async for event in trigger.run():
         return event.payload
     return None
+
+
+def test_12_a_registry_that_cannot_be_written_leaves_the_stable_version_serving(
+    env: Env, champion: Trained, challenger: str
+) -> None:
+    """Every check passed, but the registry cannot record it (@champion, the rollout tag):
+    users go back to the stable version, which the registry still names, and the next try
+    registers, then promotes. The registry and what serves never disagree."""
+    model, slot = champion.model_name, stable_slot(env)
+    assert env.versions["stable"] == champion.version
+    told: list[str] = []
+
+    def registry_down() -> None:
+        told.append("refused")
+        raise ConnectionError("the registry is unreachable")
+
+    with Users(env.gateway, golden_rows(model, champion.version)) as users:
+        with pytest.raises(ConnectionError):
+            session(env, model, challenger, "runs/registry", register=registry_down).run()
+        failed_at = time.monotonic()
+        assert record(env)["phase"] == "registering"
+        assert stable_slot(env) == slot
+        time.sleep(1)  # the Gateway applies the route change it was given
+        answers = len(users.answers)
+        wait_for("requests after the failure", lambda: len(users.answers) > answers + 10)
+        assert {v for v, *_ in users.answers[answers:]} == {champion.version}
+        outcome = session(env, model, challenger, "runs/registry",
+                          register=lambda: told.append("recorded")).run()  # fmt: skip
+        recovered = time.monotonic() - failed_at
+    assert told == ["refused", "recorded"]
+    assert [s["step"] for s in outcome["steps"]] == ["shadow", "20%", "50%"]  # not again
+    assert stable_slot(env) == outcome["slot"] != slot
+    assert users.failures == [], users.failures[:5]
+    env.versions["stable"] = challenger
+    table.record("registry unwritable once every check passed", "session",
+                 "traffic back to the stable version (still @champion); the retry registered "
+                 "and promoted", len(users.failures), recovered)  # fmt: skip

@@ -2,8 +2,8 @@
 
 The session owns the instance's rollout lock and every phase change:
 
-    preview ──> step 1 ──> ... ──> step n ──> promoting ──> done
-       │           │                  │            (any failed check)
+    preview ──> step 1 ──> ... ──> step n ──> registering ──> promoting ──> done
+       │           │                  │             (any failed check)
        └───────────┴──────────────────┴──> aborting ──> aborted
 
 - **preview**: the new version starts in the idle slot behind the preview Service, which no
@@ -12,6 +12,11 @@ The session owns the instance's rollout lock and every phase change:
 - **steps**: the router gives the new version its weight (a shadow step mirrors every request
   to it instead), waits one analysis interval and judges the step on that interval's live
   traffic from Prometheus (:mod:`helmsman.serving.analysis`).
+- **registering**: every check passed; the registry is told so (``register``: the version's
+  rollout tag and ``@champion``) *before* users get the version, so the registry never names a
+  champion that does not serve nor misses one that does. If the registry cannot be written,
+  the session fails like any interrupted one: traffic back to the stable version; the next
+  try registers and promotes.
 - **promoting**: the new slot becomes the stable one, the autoscaler follows it, the old slot
   scales to zero.
 - **aborting**: every request back to the stable version, the new slot to zero.
@@ -159,10 +164,14 @@ class RolloutSession:
         golden: Callable[[], dict[str, Any]],
         prometheus: Prometheus | None,
         log: logging.Logger | Any = None,
+        register: Callable[[], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.kube, self.target, self.owner, self.settings = kube, target, owner, settings
+        # What the registry must say before users get the version (the registering phase);
+        # idempotent: a resumed session calls it again. None: nothing to tell.
+        self.register = register
         self.golden, self.prometheus = functools.cache(golden), prometheus
         self.log = log or logging.getLogger(__name__)
         self.sleep, self.clock = sleep, clock
@@ -357,6 +366,8 @@ class RolloutSession:
                 self._preview()
             elif phase == "step":
                 self._step()
+            elif phase == "registering":
+                self._register()
             elif phase == "promoting":
                 self._promote()
             elif phase == "done":
@@ -395,7 +406,8 @@ class RolloutSession:
         self._write(preview=result.as_dict())
         if not result.passed:
             raise Rejected(result.reasons)
-        self._write(phase="step" if r["steps"] else "promoting", index=0, verified_at=self.clock())
+        self._write(phase="step" if r["steps"] else "registering", index=0,
+                    verified_at=self.clock())  # fmt: skip
 
     def _step(self) -> None:
         r = self.record
@@ -419,7 +431,7 @@ class RolloutSession:
             raise Rejected([f"step {step.name}: {f}" for f in report.failures])
         last = r["index"] + 1 >= len(r["steps"])
         self._write(reports=reports, index=r["index"] + (0 if last else 1),
-                    phase="promoting" if last else "step")  # fmt: skip
+                    phase="registering" if last else "step")  # fmt: skip
 
     def _pause(self, seconds: float) -> None:
         deadline = self.clock() + seconds
@@ -465,6 +477,11 @@ class RolloutSession:
         for pod in self.kube.pods(objects.slot_labels(self.target, slot)):
             found |= parse_prediction_log(self.kube.logs(pod["metadata"]["name"], since_seconds))
         return found
+
+    def _register(self) -> None:
+        if self.register is not None:
+            self.register()
+        self._write(phase="promoting")
 
     def _promote(self) -> None:
         r, t = self.record, self.target
