@@ -211,6 +211,9 @@ class Settings:
     # The DAGs' crons (HELMSMAN_CRON, helmsman.schedules): off for a test stack, whose
     # scenarios must not meet a cron slot; asset events and triggers run either way.
     crons: bool = True
+    # Seconds before a failed task's first retry (Airflow's [core] default_task_retry_delay),
+    # as helm-values/airflow.yaml sets it; a test stack waits less for its fault scenarios.
+    retry_delay_s: int = 60
 
 
 @dataclass
@@ -366,6 +369,7 @@ class Stack:
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "True",
             "HELMSMAN_CRON": "on" if self.settings.crons else "off",
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": "600",
+            "AIRFLOW__CORE__DEFAULT_TASK_RETRY_DELAY": str(self.settings.retry_delay_s),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
             "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps(kube),
             # helmsman.models.configure hands the login to MLflow's own variables.

@@ -159,7 +159,8 @@ def _default_args() -> dict[str, Any]:
     return {
         "owner": "ml-platform",
         "retries": 2,
-        "retry_delay": dt.timedelta(minutes=1),
+        # The first retry's delay is the platform's: Airflow's [core] default_task_retry_delay
+        # (helm-values/airflow.yaml: 60 s; a test stack shortens it), doubled for each next one.
         "retry_exponential_backoff": True,
     }
 

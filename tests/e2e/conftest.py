@@ -21,7 +21,9 @@ def stack() -> Iterator[Stack]:
     # pod mounts its own emptyDir over /tmp.
     root = REPO / ".state" / f"e2e-{uuid.uuid4().hex[:8]}"
     # No cron slot fires in the scenarios (a run at 03:00 would deploy in the middle of one).
-    settings = Settings(rows_per_day=4000, extra_images=faulty_images(), crons=False)
+    # Retries after 5 s, not the platform's minute: the fault scenarios wait for them.
+    settings = Settings(rows_per_day=4000, extra_images=faulty_images(), crons=False,
+                        retry_delay_s=5)  # fmt: skip
     s = Stack(root, Ports.free(), settings)
     try:
         s.up(say=lambda message: None)

@@ -583,7 +583,7 @@ def test_8c_a_scheduler_killed_mid_train_is_restarted_and_the_run_finishes(
     assert champion(registry) == before
     assert loop.failures == [], loop.failures[:5]
     record("scheduler SIGKILLed mid-train, then restarted", "stack",
-           "old workers stopped; train retried once (after its 60 s delay); run succeeded",
+           "old workers stopped; train retried once (5 s retry delay); run succeeded",
            len(loop.failures), recovered)  # fmt: skip
 
 
@@ -607,8 +607,8 @@ def test_8d_a_train_pod_deleted_mid_train_is_replaced_by_the_retry(
     assert champion(registry) == before
     assert loop.failures == [], loop.failures[:5]
     record("train pod deleted mid-train", "stack",
-           "the try failed, its retry trained in a new pod; run succeeded", len(loop.failures),
-           recovered)  # fmt: skip
+           "the try failed, its retry (5 s delay) trained in a new pod; run succeeded",
+           len(loop.failures), recovered)  # fmt: skip
 
 
 @pytest.mark.timeout(1200)
