@@ -307,8 +307,8 @@ class Stack:
         }
 
     def mlflow_client(self) -> Any:
-        """An MLflow client signed in as the admin. MLflow reads credentials from the process's
-        environment only (never from the client), so this sets them there."""
+        """An MLflow client signed in as the admin. MLflow takes credentials from the process's
+        environment (or a credentials file), never from a client, so this sets them there."""
         from mlflow import MlflowClient
 
         os.environ.update(self.mlflow_env())
@@ -654,20 +654,38 @@ class Stack:
 
     def _mlflow_accounts(self) -> None:
         """The pipeline's MLflow account, made by the admin through MLflow's API (once; a
-        restarted server keeps its accounts)."""
+        restarted server keeps its accounts).
+
+        Made in a folder whose MLflow already holds experiments and models (a stack from
+        before MLflow's auth), the account gets MANAGE on each: it made them, unsigned."""
         import requests
 
-        admin = self.mlflow_env(ADMIN_USER)["MLFLOW_TRACKING_PASSWORD"]
+        admin = requests.Session()
+        admin.auth = (ADMIN_USER, self.mlflow_env(ADMIN_USER)["MLFLOW_TRACKING_PASSWORD"])
+        api = f"{self.mlflow_url}/api"
         pipeline = self.mlflow_env(MLFLOW_PIPELINE_USER)["MLFLOW_TRACKING_PASSWORD"]
-        response = requests.post(
-            f"{self.mlflow_url}/api/2.0/mlflow/users/create", auth=(ADMIN_USER, admin),
-            json={"username": MLFLOW_PIPELINE_USER, "password": pipeline}, timeout=30,
-        )  # fmt: skip
-        if not response.ok and "RESOURCE_ALREADY_EXISTS" not in response.text:
+        account = {"username": MLFLOW_PIPELINE_USER, "password": pipeline}
+        response = admin.post(f"{api}/2.0/mlflow/users/create", json=account, timeout=30)
+        if not response.ok and "RESOURCE_ALREADY_EXISTS" in response.text:
+            return
+        if not response.ok:
             raise StackError(
                 f"MLflow refused to create the pipeline's account ({response.status_code}); "
                 f"read its log: {self.log('mlflow')}"
             )
+        models = admin.get(f"{api}/2.0/mlflow/registered-models/search",
+                           params={"max_results": 1000}, timeout=30).json()  # fmt: skip
+        experiments = admin.post(f"{api}/2.0/mlflow/experiments/search",
+                                 json={"max_results": 1000}, timeout=30).json()  # fmt: skip
+        owned = [("registered_model", m["name"]) for m in models.get("registered_models", [])]
+        owned += [("experiment", e["experiment_id"]) for e in experiments.get("experiments", [])]
+        for kind, key in owned:
+            granted = admin.post(f"{api}/3.0/mlflow/users/permissions/grant", timeout=30, json={
+                "username": MLFLOW_PIPELINE_USER, "resource_type": kind, "resource_id": key,
+                "permission": "MANAGE"})  # fmt: skip
+            if not granted.ok:
+                raise StackError(f"MLflow refused the pipeline MANAGE on {kind} {key}: "
+                                 f"{granted.text[:300]}")  # fmt: skip
 
     def kubectl(self, *args: str, input_text: str | None = None) -> str:
         cmd = ["kubectl", "--kubeconfig", str(self.kubeconfig), *args]

@@ -6,21 +6,25 @@ crash or a deferral. The operator:
 
 1. reads the fence's decision (the ``decide`` task's XCom) and skips when it says no;
 2. builds the session's settings from the run's Params and the platform's defaults;
-3. runs the session: preview, steps judged on live traffic, promotion -- in deferrable mode
-   the wait for the new pods happens in the triggerer (:class:`DeploymentAvailableTrigger`);
-4. passed: tags the version, keeps the figures with its MLflow run, returns the outcome (XCom
-   for ``promote``); rejected: the session has already sent all traffic back to the stable
-   version and scaled the new one down; the operator tags the version ``rejected`` with the
-   failing check and its figures and fails the task without retries.
+3. runs the session: preview, steps judged on live traffic, registering (the session calls
+   back here: the version is tagged ``passed`` and becomes ``@champion``), promotion -- in
+   deferrable mode the wait for the new pods happens in the triggerer
+   (:class:`DeploymentAvailableTrigger`);
+4. passed: keeps the figures with its MLflow run, returns the outcome (XCom for ``promote``);
+   rejected: the session has already sent all traffic back to the stable version and scaled
+   the new one down; the operator tags the version ``rejected`` with the failing check and its
+   figures and fails the task without retries.
 
-The ``promote`` task that follows moves ``@champion`` (:func:`promote`): only after a passed
-rollout, never from a backfill (the fence skipped the rollout, and skips cascade).
+The ``promote`` task that follows confirms ``@champion`` (:func:`promote`), never moving it:
+the rollout did, before the version served everyone; a backfill never gets there (the fence
+skipped the rollout, and skips cascade).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -37,6 +41,8 @@ from helmsman.serving.kube import Kube, progress
 from helmsman.serving.session import RolloutSession, Settings
 from helmsman.serving.verify import Checks, Rejected
 from helmsman_steps import contract
+
+log = logging.getLogger(__name__)
 
 POOL = "serving_rollout"  # one slot: one rollout at a time across DAGs (helm-values, demo)
 
@@ -335,10 +341,20 @@ def kube_api(platform: Platform) -> Any:
 
 
 def promote(model_name: str, version: str, owner: str) -> dict[str, Any]:
-    """Move ``@champion`` to the gated version (the old one keeps ``@previous-champion``)."""
+    """Confirm that the rollout made the gated version ``@champion`` (it does so before the
+    version serves everyone). Never moves the alias: a late retry of this task must not take
+    ``@champion`` back from a rollout that came after."""
     models.configure()
-    previous = models.promote(models.get(model_name, version), owner)
-    return {"champion": version, "previous_champion": previous.version if previous else None}
+    champion = models.by_alias(model_name, contract.CHAMPION)
+    previous = models.by_alias(model_name, contract.PREVIOUS_CHAMPION)
+    if champion is None or champion.version != version:
+        now = champion.version if champion else "no version"
+        log.warning("@champion of %s is %s, not %s: a later rollout moved it (%s); nothing to "
+                    "do", model_name, now, version, owner)  # fmt: skip
+    return {
+        "champion": champion.version if champion else None,
+        "previous_champion": previous.version if previous else None,
+    }
 
 
 def choose_version(

@@ -54,3 +54,36 @@ def test_a_fresh_stack_database_is_the_migrated_template_with_the_pools(root: Pa
     wanted = json.loads((REPO / "helm-values" / "airflow-pools.json").read_text())
     assert {name: pools.get(name) for name in wanted} == {n: p["slots"] for n, p in wanted.items()}
     assert len(heads) == 1
+
+
+def test_an_mlflow_from_before_its_auth_stays_the_pipelines_to_write(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stack folder whose MLflow held experiments and models before the server signed calls
+    in: the pipeline's new account may still write them (MANAGE), as it did unsigned."""
+    import requests
+    from mlflow import MlflowClient
+
+    root.mkdir(parents=True)
+    old = MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")  # the store, no server
+    experiment = old.create_experiment("from-before")
+    old.create_registered_model("from-before")
+    stack = Stack(root, Ports.free(), Settings(crons=False))
+    try:
+        stack.up(say=lambda message: None)
+        env = stack.mlflow_env("helmsman")
+        pipeline = requests.Session()
+        pipeline.auth = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+        api = f"{stack.mlflow_url}/api/2.0/mlflow"
+        tagged = pipeline.post(f"{api}/registered-models/set-tag", timeout=10,
+                               json={"name": "from-before", "key": "k", "value": "v"})  # fmt: skip
+        assert tagged.status_code == 200, tagged.text
+        tag = {"experiment_id": experiment, "key": "k", "value": "v"}
+        tagged = pipeline.post(f"{api}/experiments/set-experiment-tag", json=tag, timeout=10)
+        assert tagged.status_code == 200, tagged.text
+        # ... and what it was not given stays the admin's: it still makes no accounts.
+        denied = pipeline.post(f"{api}/users/create", json={"username": "x", "password": "y"},
+                               timeout=10)  # fmt: skip
+        assert denied.status_code == 403
+    finally:
+        stack.down()

@@ -12,11 +12,12 @@ The session owns the instance's rollout lock and every phase change:
 - **steps**: the router gives the new version its weight (a shadow step mirrors every request
   to it instead), waits one analysis interval and judges the step on that interval's live
   traffic from Prometheus (:mod:`helmsman.serving.analysis`).
-- **registering**: every check passed; the registry is told so (``register``: the version's
-  rollout tag and ``@champion``) *before* users get the version, so the registry never names a
-  champion that does not serve nor misses one that does. If the registry cannot be written,
-  the session fails like any interrupted one: traffic back to the stable version; the next
-  try registers and promotes.
+- **registering**: every check passed; what the promotion needs is put in place and checked
+  (the replica router's full-size slot), then the registry is told (``register``: the
+  version's rollout tag and ``@champion``) *before* users get the version, so the registry
+  never names a champion that does not serve nor misses one that does. If the registry cannot
+  be written, the session fails like any interrupted one: traffic back to the stable version;
+  the next try registers and promotes. Once it was written, the session only goes forward.
 - **promoting**: the new slot becomes the stable one, the autoscaler follows it, the old slot
   scales to zero.
 - **aborting**: every request back to the stable version, the new slot to zero.
@@ -37,6 +38,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -182,6 +184,7 @@ class RolloutSession:
         # next call of run() resumes the preview from the record. None: wait here.
         self.defer_ready: Callable[[str, float], None] | None = None
         self._deferring = False
+        self._registered = False  # the registry names the version: only forward from here
         self._lease: Obj | None = None
         self._renewed = 0.0
 
@@ -351,7 +354,7 @@ class RolloutSession:
         """Best effort, for a session that cannot go on: every request back to the stable
         version. Not once promotion began: the version passed every step, and the next try
         finishes the promotion (going back would point users at a slot scaled down)."""
-        if not self.record or self.record.get("phase") in ("promoting", *FINAL):
+        if self._registered or not self.record or self.record.get("phase") in ("promoting", *FINAL):
             return
         self.log.error("rollout interrupted; sending all traffic to the stable version")
         try:
@@ -479,9 +482,31 @@ class RolloutSession:
         return found
 
     def _register(self) -> None:
+        self.router().ready()  # a promotion that cannot happen is rejected before the registry
         if self.register is not None:
-            self.register()
+            self._renewing(self.register)
+        self._registered = True
         self._write(phase="promoting")
+
+    def _renewing(self, call: Callable[[], None]) -> None:
+        """``call()`` in a thread while this one keeps the lock renewed: a registry that answers
+        slowly (its client retries for minutes) must not let the lock expire, or another run
+        would take the rollout over while the registry is being told."""
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                call()
+            except BaseException as exc:  # handed to the session's thread below
+                failed.append(exc)
+
+        worker = threading.Thread(target=run, name="rollout-register", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(self.settings.lease_s / 8)
+            self.heartbeat()
+        if failed:
+            raise failed[0]
 
     def _promote(self) -> None:
         r, t = self.record, self.target

@@ -35,6 +35,10 @@ class Router(Protocol):
 
     def shift(self, weight: int, mirror: bool) -> int: ...
 
+    def ready(self) -> None:
+        """What the promotion needs, in place and checked (raises Rejected): done before the
+        registry names the version, so a promotion that cannot happen moves nothing there."""
+
     def promote(self) -> None: ...
 
     def restore(self) -> None: ...
@@ -69,6 +73,9 @@ class GatewayRouter:
     def shift(self, weight: int, mirror: bool) -> int:
         self._route(weight, mirror)
         return weight
+
+    def ready(self) -> None:
+        """Nothing to add: the new slot runs at full size from its preview on."""
 
     def promote(self) -> None:
         t = self.target
@@ -129,12 +136,17 @@ class ReplicaRouter:
         self.kube.scale(objects.deployment_name(t.name, self.stable), stable)
         return round(100 * new / (new + stable))
 
-    def promote(self) -> None:
+    def ready(self) -> None:
+        """The new slot at full size and available, before the Service selects it alone."""
         t = self.target
         self.kube.scale(objects.deployment_name(t.name, self.new), t.replicas)
         problems = self.wait(objects.deployment_name(t.name, self.new))
         if problems:
             raise Rejected(problems)
+
+    def promote(self) -> None:
+        self.ready()  # already, unless a pod went since: then no user is sent to the slot
+        t = self.target
         self.kube.apply(objects.service(t, t.name, self.new), t.name)
 
     def restore(self) -> None:
