@@ -550,6 +550,21 @@ def train_pods(stack: Stack) -> list[str]:
     return out.split()
 
 
+def retried_once(
+    airflow: AirflowApi, stack: Stack, registry: Any, run_id: str, result: dict[str, Any],
+    before: str, loop: Users,
+) -> None:  # fmt: skip
+    """A fault in training cost one retry of train and nothing else: the run succeeded, no
+    train pod is left (the failed try's went with it; the retry's succeeded), the champion and
+    its users untouched."""
+    states = airflow.task_instances(DAG, run_id)
+    assert result["state"] == "success", states
+    assert states["train"]["try_number"] == 2  # one retry, not a storm
+    assert train_pods(stack) == []
+    assert champion(registry) == before
+    assert loop.failures == [], loop.failures[:5]
+
+
 # Short runs that record a version and deploy nothing: the faults are in training.
 RECORD_ONLY = {"epochs": 20, "deploy": "never"}
 
@@ -576,12 +591,7 @@ def test_8c_a_scheduler_killed_mid_train_is_restarted_and_the_run_finishes(
         recovered = time.monotonic() - killed_at
     assert any("that dead components left behind" in line for line in said), said
     assert [pid for pid in workers if psutil.pid_exists(pid)] == []
-    states = airflow.task_instances(DAG, run_id)
-    assert result["state"] == "success", states
-    assert states["train"]["try_number"] == 2  # one retry, not a storm
-    assert train_pods(stack) == []  # the killed try's pod went with it; the retry's succeeded
-    assert champion(registry) == before
-    assert loop.failures == [], loop.failures[:5]
+    retried_once(airflow, stack, registry, run_id, result, before, loop)
     record("scheduler SIGKILLed mid-train, then restarted", "stack",
            "old workers stopped; train retried once (5 s retry delay); run succeeded",
            len(loop.failures), recovered)  # fmt: skip
@@ -599,13 +609,8 @@ def test_8d_a_train_pod_deleted_mid_train_is_replaced_by_the_retry(
         deleted_at = time.monotonic()
         result = airflow.wait(DAG, run_id, timeout=600)
         recovered = time.monotonic() - deleted_at
-    states = airflow.task_instances(DAG, run_id)
-    assert result["state"] == "success", states
-    assert states["train"]["try_number"] == 2
+    retried_once(airflow, stack, registry, run_id, result, before, loop)
     assert f'pods \\"{name}\\" not found' in airflow.task_log(DAG, run_id, "train", try_number=1)
-    assert train_pods(stack) == []
-    assert champion(registry) == before
-    assert loop.failures == [], loop.failures[:5]
     record("train pod deleted mid-train", "stack",
            "the try failed, its retry (5 s delay) trained in a new pod; run succeeded",
            len(loop.failures), recovered)  # fmt: skip
