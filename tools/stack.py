@@ -307,11 +307,16 @@ class Stack:
         }
 
     def mlflow_client(self) -> Any:
-        """An MLflow client signed in as the admin. MLflow takes credentials from the process's
-        environment (or a credentials file), never from a client, so this sets them there."""
+        """An MLflow client signed in as the admin. MLflow reads credentials from the process's
+        environment at each request, never from a client, so this puts the admin's there, for
+        the rest of the process (a test that must not keep them patches them instead). The
+        server's address goes to this client alone: a process-wide one would redirect every
+        other client in the process to this stack, and keep doing so after it stops."""
         from mlflow import MlflowClient
 
-        os.environ.update(self.mlflow_env())
+        env = self.mlflow_env()
+        del env["MLFLOW_TRACKING_URI"]
+        os.environ.update(env)
         return MlflowClient(tracking_uri=self.mlflow_url)
 
     # -- state on disk ------------------------------------------------------------------------

@@ -80,8 +80,14 @@ def k8s(stack: Stack) -> Iterator[client.ApiClient]:
 
 
 @pytest.fixture(scope="module")
-def registry(stack: Stack) -> Any:
-    return stack.mlflow_client()
+def registry(stack: Stack) -> Iterator[Any]:
+    """The stack's registry, as its admin. The credentials are taken back from the process's
+    environment afterwards: the suites after this one talk to servers of their own."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in stack.mlflow_env().items():
+            if name != "MLFLOW_TRACKING_URI":
+                patch.setenv(name, value)  # and back to what it was at the end
+        yield stack.mlflow_client()
 
 
 def run(airflow: AirflowApi, conf: dict[str, Any], name: str) -> tuple[str, dict[str, Any]]:

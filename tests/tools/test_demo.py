@@ -8,6 +8,7 @@ succeeds, a backfill deploys nothing, and `down` leaves no process and no port b
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.parse
 import uuid
@@ -34,7 +35,10 @@ ARTIFACTS = REPO / "test-artifacts"
 @pytest.fixture(scope="module")
 def demo_root() -> Iterator[Path]:
     root = REPO / ".state" / f"demo-{uuid.uuid4().hex[:8]}"
-    yield root
+    with pytest.MonkeyPatch.context() as patch:  # the demo signs the process in to its MLflow
+        for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            patch.setenv(name, os.environ.get(name, ""))
+        yield root
     demo.down(root)
     shutil.rmtree(root, ignore_errors=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import uuid
@@ -85,5 +86,16 @@ def test_an_mlflow_from_before_its_auth_stays_the_pipelines_to_write(
         denied = pipeline.post(f"{api}/users/create", json={"username": "x", "password": "y"},
                                timeout=10)  # fmt: skip
         assert denied.status_code == 403
+        # The admin's client signs this process in, but sends no other client to this stack
+        # (a process-wide address would outlive the stack: every later client would call it).
+        for name, value in {
+            "MLFLOW_TRACKING_URI": "http://127.0.0.1:9/elsewhere",
+            "MLFLOW_TRACKING_USERNAME": "",
+            "MLFLOW_TRACKING_PASSWORD": "",
+        }.items():
+            monkeypatch.setenv(name, value)
+        admin = stack.mlflow_client()
+        assert [m.name for m in admin.search_registered_models()] == ["from-before"]
+        assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9/elsewhere"
     finally:
         stack.down()
