@@ -23,6 +23,7 @@ from localcluster import (
     auth,
     disruption,
     errors,
+    openapi,
     patch,
     protobuf,
     reviews,
@@ -340,49 +341,32 @@ class ApiServer:
         return json_response({"kind": "APIGroupList", "apiVersion": "v1", "groups": listed})
 
     async def _openapi_index(self, request: web.Request) -> web.Response:
-        """OpenAPI v3 discovery: one document per group-version, as kubectl expects."""
-        gvs = ["api/v1"] + [f"apis/{g}/{v}" for g, versions in groups().items() for v in versions]
-        return json_response(
-            {"paths": {gv: {"serverRelativeURL": f"/openapi/v3/{gv}"} for gv in gvs}}
-        )
+        """OpenAPI v3 discovery: one document per group-version, its URL carrying its hash."""
+        paths = {}
+        for group, version in openapi.group_versions():
+            path = openapi.path_of(group, version)
+            digest = openapi.digest(group, version)
+            paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash={digest}"}
+        return json_response({"paths": paths})
 
     async def _openapi_group_version(self, request: web.Request) -> web.Response:
-        """Paths with their operations' GVK and query parameters.
-
-        Enough for kubectl to see that every PATCH accepts ``fieldValidation`` (so it sends
-        ``fieldValidation=Strict`` and leaves validation to the server); the schemas
-        themselves are not published, and kubectl falls back to its compiled-in types.
-        """
+        """A group-version's document (``localcluster/openapi.py``). Asked for by its current
+        hash, it may be cached for good, as the real server allows; by another hash, the client
+        is sent to the current one."""
         parts = request.match_info["gv"].split("/")
-        group, version = ("", parts[1]) if parts[0] == "api" else (parts[1], parts[2])
-        paths: dict[str, Any] = {}
-        for k in KINDS:
-            if (k.group, k.version) != (group, version):
-                continue
-            gvk = {"group": k.group, "version": k.version, "kind": k.kind}
-            prefix = f"/api/{version}" if not group else f"/apis/{group}/{version}"
-            base = (
-                f"{prefix}/namespaces/{{namespace}}/{k.plural}"
-                if k.namespaced
-                else f"{prefix}/{k.plural}"
+        group, version = ("", parts[-1]) if parts[0] == "api" else (parts[1], parts[-1])
+        if (group, version) not in openapi.group_versions() or len(parts) != 2 + bool(group):
+            raise errors.ApiError(
+                404, "NotFound", "the server could not find the requested resource"
             )
-            params = [
-                {"name": n, "in": "query", "schema": {"type": "string"}}
-                for n in ("dryRun", "fieldManager", "fieldValidation")
-            ]
-            operation = {"x-kubernetes-group-version-kind": gvk, "parameters": params}
-            paths[base] = {"post": {**operation, "x-kubernetes-action": "post"}}
-            paths[f"{base}/{{name}}"] = {
-                "put": {**operation, "x-kubernetes-action": "put"},
-                "patch": {**operation, "x-kubernetes-action": "patch"},
-            }
-        return json_response(
-            {
-                "openapi": "3.0.0",
-                "info": {"title": "localcluster", "version": "v1.32.0"},
-                "paths": paths,
-                "components": {"schemas": {}},
-            }
+        asked, digest = request.query.get("hash"), openapi.digest(group, version)
+        if asked and asked != digest:
+            raise web.HTTPMovedPermanently(f"{request.path}?hash={digest}")
+        cache_control = "public, immutable" if asked else "no-cache, private"
+        return web.Response(
+            body=openapi.document(group, version),
+            content_type="application/json",
+            headers={"Cache-Control": cache_control, "Etag": f'"{digest}"'},
         )
 
     def _validate_fields(self, request: web.Request, target: Target, body: Any) -> None:

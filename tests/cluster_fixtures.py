@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -74,6 +75,13 @@ def kubectl(cluster: Cluster, *args: str) -> str:
     )  # fmt: skip
     assert done.returncode == 0, f"kubectl {' '.join(args)}: {done.stderr}"
     return done.stdout
+
+
+def tool(name: str) -> str:
+    """A client binary beside this interpreter (helm, kubectl-1.35), else on PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} is not installed; `make test-tools` installs it (tools/kube_tools.py)"
+    return found
 
 
 def wait_for(what: str, check: Callable[[], Any], timeout: float = 30) -> Any:

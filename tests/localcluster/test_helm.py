@@ -8,24 +8,16 @@ and runs hook Jobs and test pods; kubectl 1.35 waits through WatchList. The bina
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from tests.cluster_fixtures import Cluster
+from tests.cluster_fixtures import Cluster, tool
 
 CHART = Path(__file__).parent / "charts" / "demo"
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
-    assert found, f"{name} is not installed; `make test-tools` installs it (tools/kube_tools.py)"
-    return found
 
 
 @pytest.fixture
