@@ -99,10 +99,11 @@ def run(root: Path, interval: float, rounds: int, small: bool) -> int:
             root / "cluster", {"restartBackoffSeconds": 0.5, "images": faulty_images()}
         )
         cluster.core.create_namespace({"metadata": {"name": NS}})
-        cluster.core.create_namespaced_secret(NS, {
-            "metadata": {"name": "helmsman-mlflow"},
-            "data": {"MLFLOW_TRACKING_URI": base64.b64encode(uri.encode()).decode()},
-        })  # fmt: skip
+        for secret in ("helmsman-mlflow", "helmsman-mlflow-serving"):
+            cluster.core.create_namespaced_secret(NS, {
+                "metadata": {"name": secret},
+                "data": {"MLFLOW_TRACKING_URI": base64.b64encode(uri.encode()).decode()},
+            })  # fmt: skip
         # The platform's settings, which every serving pod reads (here: where its log goes).
         cluster.core.create_namespaced_config_map(NS, {
             "metadata": {"name": "helmsman-settings"},

@@ -64,6 +64,11 @@ def main() -> None:
             metadata=client.V1ObjectMeta(name="helmsman-mlflow"),
             string_data={"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
         ),
+        # The serving pods' Secret (an MLflow without auth here: the address alone).
+        client.V1Secret(
+            metadata=client.V1ObjectMeta(name="helmsman-mlflow-serving"),
+            string_data={"MLFLOW_TRACKING_URI": "http://mlflow:5000"},
+        ),
         client.V1ConfigMap(
             metadata=client.V1ObjectMeta(name="helmsman-settings"),
             data={"HELMSMAN_DATASET_URI": "/state/datasets",

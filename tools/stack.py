@@ -56,6 +56,10 @@ ADMIN_USER = "admin"
 # MLflow runs its basic-auth app: ADMIN_USER is the person's account (the UI); the pipeline's
 # pods and Airflow's tasks sign in as this account, through the MLflow Secret and connection.
 MLFLOW_PIPELINE_USER = "helmsman"
+# The serving pods' account (the helmsman-mlflow-serving Secret): it reads models and may change
+# none it did not make (MLflow grants nothing beyond its READ default to it).
+MLFLOW_SERVING_USER = "helmsman-serving"
+MLFLOW_USERS = (ADMIN_USER, MLFLOW_PIPELINE_USER, MLFLOW_SERVING_USER)
 GATEWAY = "helmsman-gateway"  # deploy/serving-gateway.yaml
 # The service accounts the Airflow chart runs workers and the triggerer as, in the chart's
 # namespace; deploy/rbac.yaml binds its Role in ml to them (helm-values/airflow.yaml names them).
@@ -640,10 +644,12 @@ class Stack:
         """
         auth = self.root / "mlflow-auth"
         auth.mkdir(mode=0o700, exist_ok=True)
-        if not self.mlflow_credentials_file.exists():
-            _write_private(self.mlflow_credentials_file, json.dumps(
-                {user: secrets.token_urlsafe(18) for user in (ADMIN_USER, MLFLOW_PIPELINE_USER)}
-            ))  # fmt: skip
+        known: dict[str, str] = {}
+        if self.mlflow_credentials_file.exists():
+            known = json.loads(self.mlflow_credentials_file.read_text())
+        if set(MLFLOW_USERS) - set(known):  # a new folder, or one from before an account
+            passwords = {user: secrets.token_urlsafe(18) for user in MLFLOW_USERS} | known
+            _write_private(self.mlflow_credentials_file, json.dumps(passwords))
         if not (auth / "secret").exists():
             _write_private(auth / "secret", secrets.token_urlsafe(32))
         (auth / "auth.ini").write_text("\n".join([
@@ -658,26 +664,30 @@ class Stack:
         ]))  # fmt: skip
 
     def _mlflow_accounts(self) -> None:
-        """The pipeline's MLflow account, made by the admin through MLflow's API (once; a
-        restarted server keeps its accounts).
+        """The pipeline's and the serving pods' MLflow accounts, made by the admin through
+        MLflow's API (once each; a restarted server keeps its accounts).
 
         Made in a folder whose MLflow already holds experiments and models (a stack from
-        before MLflow's auth), the account gets MANAGE on each: it made them, unsigned."""
+        before MLflow's auth), the pipeline's account gets MANAGE on each: it made them,
+        unsigned."""
         import requests
 
         admin = requests.Session()
         admin.auth = (ADMIN_USER, self.mlflow_env(ADMIN_USER)["MLFLOW_TRACKING_PASSWORD"])
         api = f"{self.mlflow_url}/api"
-        pipeline = self.mlflow_env(MLFLOW_PIPELINE_USER)["MLFLOW_TRACKING_PASSWORD"]
-        account = {"username": MLFLOW_PIPELINE_USER, "password": pipeline}
-        response = admin.post(f"{api}/2.0/mlflow/users/create", json=account, timeout=30)
-        if not response.ok and "RESOURCE_ALREADY_EXISTS" in response.text:
+        created = {}
+        for user in (MLFLOW_PIPELINE_USER, MLFLOW_SERVING_USER):
+            password = self.mlflow_env(user)["MLFLOW_TRACKING_PASSWORD"]
+            account = {"username": user, "password": password}
+            response = admin.post(f"{api}/2.0/mlflow/users/create", json=account, timeout=30)
+            created[user] = response.ok
+            if not response.ok and "RESOURCE_ALREADY_EXISTS" not in response.text:
+                raise StackError(
+                    f"MLflow refused to create the account {user} ({response.status_code}); "
+                    f"read its log: {self.log('mlflow')}"
+                )
+        if not created[MLFLOW_PIPELINE_USER]:
             return
-        if not response.ok:
-            raise StackError(
-                f"MLflow refused to create the pipeline's account ({response.status_code}); "
-                f"read its log: {self.log('mlflow')}"
-            )
         models = admin.get(f"{api}/2.0/mlflow/registered-models/search",
                            params={"max_results": 1000}, timeout=30).json()  # fmt: skip
         experiments = admin.post(f"{api}/2.0/mlflow/experiments/search",
@@ -716,8 +726,11 @@ class Stack:
             # stringData: kubectl apply keeps what it sent in an annotation, in plain text.
             {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
              "metadata": {"name": "helmsman-mlflow", "namespace": NAMESPACE},
-             "data": {key: base64.b64encode(value.encode()).decode()
-                      for key, value in self.mlflow_env(MLFLOW_PIPELINE_USER).items()}},
+             "data": self._secret_data(MLFLOW_PIPELINE_USER)},
+            # The serving pods' account: it reads the models it serves.
+            {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+             "metadata": {"name": "helmsman-mlflow-serving", "namespace": NAMESPACE},
+             "data": self._secret_data(MLFLOW_SERVING_USER)},
             {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "helmsman-settings", "namespace": NAMESPACE},
              "data": {"HELMSMAN_DATASET_URI": str(self.root / "datasets"),
@@ -730,6 +743,10 @@ class Stack:
                          d.as_uri() for d in sorted((REPO / "models").glob("*/sample"))}}},
         ]  # fmt: skip
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
+
+    def _secret_data(self, user: str) -> dict[str, str]:
+        return {key: base64.b64encode(value.encode()).decode()
+                for key, value in self.mlflow_env(user).items()}  # fmt: skip
 
     def _write_kubeconfig(self, path: Path, namespace: str, account: str) -> None:
         """A token for a service account (as a chart's pods get one projected), in a kubeconfig

@@ -203,6 +203,7 @@ class RolloutOperator(BaseOperator):
             model_version=version,
             image=self.image or self.platform.image("serve"),
             replicas=int(self.replicas),
+            mlflow_secret=self.platform.serving_mlflow_secret,
             annotations={
                 "helmsman.io/dag-id": dag_run.dag_id,
                 "helmsman.io/dag-run": dag_run.run_id,

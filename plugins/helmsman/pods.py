@@ -56,6 +56,9 @@ class Platform:
     service_account: str = "helmsman-pipeline"
     # MLflow endpoint and credentials: a Secret, never inline values or Airflow Variables.
     mlflow_secret: str = "helmsman-mlflow"  # noqa: S105 - the Secret's name, not a secret
+    # The serving pods' MLflow account, which only reads models: a Secret of its own, so a
+    # serving pod cannot move @champion or change a model (the pipeline's account can).
+    serving_mlflow_secret: str = "helmsman-mlflow-serving"  # noqa: S105 - a name
     # Non-secret settings (dataset URI, model name, source URI): a ConfigMap.
     settings_configmap: str = "helmsman-settings"
     kubernetes_conn_id: str = "kubernetes_default"

@@ -215,7 +215,7 @@ def test_kubectl_applies_everything_and_the_serving_deployment_becomes_available
     assert "gateway.gateway.networking.k8s.io/helmsman-gateway created" in out
     assert "role.rbac.authorization.k8s.io/helmsman-airflow created" in out
     secret = {"apiVersion": "v1", "kind": "Secret",
-              "metadata": {"name": "helmsman-mlflow", "namespace": "ml"},
+              "metadata": {"name": "helmsman-mlflow-serving", "namespace": "ml"},
               "stringData": {"MLFLOW_TRACKING_URI": mlflow_server}}  # fmt: skip
     settings = {"apiVersion": "v1", "kind": "ConfigMap",
                 "metadata": {"name": "helmsman-settings", "namespace": "ml"},

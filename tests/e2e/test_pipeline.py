@@ -750,12 +750,40 @@ def test_9c_mlflow_signs_every_call_in_and_the_pipeline_is_not_its_admin(stack: 
     )  # fmt: skip
     assert permission.ok, permission.text
     assert permission.json()["permission"] == "MANAGE"
-    # No file the runs above wrote holds it: task and pod logs, Airflow's database (XCom,
-    # rendered templates), the cluster's state, the datasets. Only MLflow's own folder does.
+    # The serving pods sign in with an account of their own, which reads the models it serves
+    # and changes none: a serving pod's credentials cannot move @champion.
+    selector = f"app.kubernetes.io/instance={INSTANCE}"
+    served = json.loads(stack.kubectl("-n", NS, "get", "deployments", "-l", selector, "-o", "json"))
+    assert served["items"]
+    for deployment in served["items"]:
+        sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+        secrets = [s["secretRef"]["name"] for s in sources if "secretRef" in s]
+        assert secrets == ["helmsman-mlflow-serving"], deployment["metadata"]["name"]
+    reader_secret = json.loads(
+        stack.kubectl("-n", NS, "get", "secret", "helmsman-mlflow-serving", "-o", "json")
+    )
+    reader_env = {k: base64.b64decode(v).decode() for k, v in reader_secret["data"].items()}
+    reader = requests.Session()
+    reader.auth = (reader_env["MLFLOW_TRACKING_USERNAME"], reader_env["MLFLOW_TRACKING_PASSWORD"])
+    assert reader.auth[0] not in {"admin", user}
+    models = f"{stack.mlflow_url}/api/2.0/mlflow/registered-models"
+    champion = reader.get(f"{models}/alias", params={"name": MODEL, "alias": "champion"},
+                          timeout=10)  # fmt: skip
+    assert champion.status_code == 200, champion.text
+    version = champion.json()["model_version"]["version"]
+    moved = reader.post(f"{models}/alias", timeout=10,
+                        json={"name": MODEL, "alias": "champion", "version": version})  # fmt: skip
+    assert moved.status_code == 403
+    tagged = reader.post(f"{models}/set-tag", json={"name": MODEL, "key": "k", "value": "v"},
+                         timeout=10)  # fmt: skip
+    assert tagged.status_code == 403
+    # No file the runs above wrote holds either password: task and pod logs, Airflow's database
+    # (XCom, rendered templates), the cluster's state, the datasets. Only MLflow's folder does.
     secrets_in = stack.mlflow_credentials_file.parent
+    passwords = [password.encode(), reader_env["MLFLOW_TRACKING_PASSWORD"].encode()]
     leaked = [
         path for path in stack.root.rglob("*")
         if path.is_file() and secrets_in not in path.parents
-        and password.encode() in path.read_bytes()
+        and any(secret in path.read_bytes() for secret in passwords)
     ]  # fmt: skip
     assert not leaked, leaked

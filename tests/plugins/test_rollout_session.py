@@ -74,9 +74,8 @@ def env(
     )
     cluster.core.create_namespace({"metadata": {"name": NS}})
     secret = {"MLFLOW_TRACKING_URI": base64.b64encode(mlflow_server.encode()).decode()}
-    cluster.core.create_namespaced_secret(
-        NS, {"metadata": {"name": "helmsman-mlflow"}, "data": secret}
-    )
+    for name in ("helmsman-mlflow", "helmsman-mlflow-serving"):
+        cluster.core.create_namespaced_secret(NS, {"metadata": {"name": name}, "data": secret})
     # Where the serving pods write their inference log.
     settings = {"HELMSMAN_DATASET_URI": str(root / "datasets")}
     cluster.core.create_namespaced_config_map(

@@ -212,3 +212,23 @@ def test_a_run_started_without_the_api_fails_its_plan_at_once_with_every_problem
                    data_interval_start=None, data_interval_end=None,
                    triggering_asset_events=None)  # fmt: skip
     assert planned["end"] == str(runconf.today_utc())
+
+
+def test_serving_pods_read_mlflow_with_the_serving_secret_the_platform_names() -> None:
+    """Not the pipeline's account: a serving pod only reads models, and its credentials must
+    not move @champion or change a model."""
+    from helmsman.deploy import RolloutOperator
+    from helmsman.serving import objects
+
+    platform = Platform(serving_mlflow_secret="team-a-mlflow-reader")  # noqa: S106 - a name
+    operator = RolloutOperator(task_id="rollout", model_name="churn", image="", replicas=1,
+                               platform=platform)  # fmt: skip
+    context = {"dag_run": SimpleNamespace(dag_id="train_churn", run_id="manual__1")}
+    deployment = objects.deployment(operator._target(context, "3"), "blue", 1)
+    sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    secrets = [s["secretRef"]["name"] for s in sources if "secretRef" in s]
+    assert secrets == ["team-a-mlflow-reader"]
+    assert platform.mlflow_secret not in secrets
+    default = objects.deployment(objects.Target("churn-serving", "ml", "churn", "3"), "blue", 1)
+    sources = default["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+    assert {"secretRef": {"name": Platform().serving_mlflow_secret}} in sources

@@ -44,6 +44,8 @@ class Target:
     image: str = ""
     replicas: int = 2
     annotations: dict[str, str] = field(default_factory=dict)
+    # The Secret with the serving pods' (read-only) MLflow account (Platform.serving_mlflow_secret).
+    mlflow_secret: str = "helmsman-mlflow-serving"  # noqa: S105 - the Secret's name
 
     @property
     def model_uri(self) -> str:
@@ -110,6 +112,9 @@ def deployment(target: Target, slot: str, replicas: int) -> Obj:
     args[args.index("--model-uri") + 1] = target.model_uri
     if target.image:
         container["image"] = target.image
+    for source in container["envFrom"]:
+        if "secretRef" in source:
+            source["secretRef"]["name"] = target.mlflow_secret
     return obj
 
 
