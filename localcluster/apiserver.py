@@ -354,11 +354,16 @@ class ApiServer:
         hash, it may be cached for good, as the real server allows; by another hash, the client
         is sent to the current one."""
         parts = request.match_info["gv"].split("/")
-        group, version = ("", parts[-1]) if parts[0] == "api" else (parts[1], parts[-1])
-        if (group, version) not in openapi.group_versions() or len(parts) != 2 + bool(group):
+        gv: tuple[str, str] | None = None
+        if parts[0] == "api" and len(parts) == 2:
+            gv = ("", parts[1])
+        elif parts[0] == "apis" and len(parts) == 3:
+            gv = (parts[1], parts[2])
+        if gv is None or gv not in openapi.group_versions():
             raise errors.ApiError(
                 404, "NotFound", "the server could not find the requested resource"
             )
+        group, version = gv
         asked, digest = request.query.get("hash"), openapi.digest(group, version)
         if asked and asked != digest:
             raise web.HTTPMovedPermanently(f"{request.path}?hash={digest}")

@@ -177,14 +177,15 @@ def _paths(group: str, version: str) -> dict[str, Any]:
             return {"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk,
                     "parameters": params}  # fmt: skip
 
-        collection = {"get": op("list", [])}
-        item = {"get": op("get", [])}
-        if "create" in k.verbs:
-            collection["post"] = op("post", writes)
-        if "update" in k.verbs:
-            item["put"] = op("put", writes)
-        if "patch" in k.verbs:
-            item["patch"] = op("patch", writes)
+        # POST, PUT and PATCH for every kind, even the create-only reviews: kubectl checks a
+        # kind's PATCH for ``fieldValidation`` before any write, and without one it falls back
+        # to /openapi/v2, which is not served (a real server has both).
+        collection = {"post": op("post", writes)}
+        item = {"put": op("put", writes), "patch": op("patch", writes)}
+        if "list" in k.verbs:
+            collection["get"] = op("list", [])
+        if "get" in k.verbs:
+            item["get"] = op("get", [])
         if "delete" in k.verbs:
             item["delete"] = op("delete", [writes[0]])
         paths[base] = collection

@@ -487,8 +487,10 @@ class Stack:
             waits.append(self._launch("prometheus", server.cmd, server.health_url))
         for server in waits:
             self._ready(server)
-        if "mlflow" not in running:
-            self._mlflow_accounts()
+        # On every start, not only MLflow's or the cluster's: a stack already running from
+        # before an account or its Secret existed gets them (both are idempotent).
+        self._mlflow_accounts()
+        self._apply_mlflow_secrets()
         self.save()
         if airflow:
             self._wait_airflow_healthy()
@@ -675,18 +677,22 @@ class Stack:
         admin = requests.Session()
         admin.auth = (ADMIN_USER, self.mlflow_env(ADMIN_USER)["MLFLOW_TRACKING_PASSWORD"])
         api = f"{self.mlflow_url}/api"
-        created = {}
-        for user in (MLFLOW_PIPELINE_USER, MLFLOW_SERVING_USER):
+
+        def create(user: str) -> bool:
             password = self.mlflow_env(user)["MLFLOW_TRACKING_PASSWORD"]
             account = {"username": user, "password": password}
             response = admin.post(f"{api}/2.0/mlflow/users/create", json=account, timeout=30)
-            created[user] = response.ok
             if not response.ok and "RESOURCE_ALREADY_EXISTS" not in response.text:
                 raise StackError(
                     f"MLflow refused to create the account {user} ({response.status_code}); "
                     f"read its log: {self.log('mlflow')}"
                 )
-        if not created[MLFLOW_PIPELINE_USER]:
+            return response.ok
+
+        # The serving account first: the pipeline's, once made, is never made again, and its
+        # grants below are only given then.
+        create(MLFLOW_SERVING_USER)
+        if not create(MLFLOW_PIPELINE_USER):
             return
         models = admin.get(f"{api}/2.0/mlflow/registered-models/search",
                            params={"max_results": 1000}, timeout=30).json()  # fmt: skip
@@ -707,7 +713,8 @@ class Stack:
         return _run(cmd, f"kubectl {' '.join(args)}", input_text=input_text)
 
     def _setup_cluster(self) -> None:
-        """What a platform team applies once: namespace, RBAC, the Secret and the settings."""
+        """What a platform team applies once: namespace, RBAC, the Gateway and the settings
+        (the MLflow Secrets: ``_apply_mlflow_secrets``)."""
         self.kubectl("apply", "-f", str(REPO / "deploy" / "namespace.yaml"))
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(AIRFLOW_IDENTITIES))
         self.kubectl("apply", "-f", str(REPO / "deploy" / "rbac.yaml"))
@@ -722,15 +729,6 @@ class Stack:
         self.kubectl("apply", "-f", str(REPO / "deploy" / "serving-gateway.yaml"))
         s = self.settings
         objects = [
-            # The pipeline's MLflow account, as its pods read it (envFrom). As data, not
-            # stringData: kubectl apply keeps what it sent in an annotation, in plain text.
-            {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-             "metadata": {"name": "helmsman-mlflow", "namespace": NAMESPACE},
-             "data": self._secret_data(MLFLOW_PIPELINE_USER)},
-            # The serving pods' account: it reads the models it serves.
-            {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-             "metadata": {"name": "helmsman-mlflow-serving", "namespace": NAMESPACE},
-             "data": self._secret_data(MLFLOW_SERVING_USER)},
             {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "helmsman-settings", "namespace": NAMESPACE},
              "data": {"HELMSMAN_DATASET_URI": str(self.root / "datasets"),
@@ -744,9 +742,19 @@ class Stack:
         ]  # fmt: skip
         self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(objects))
 
-    def _secret_data(self, user: str) -> dict[str, str]:
-        return {key: base64.b64encode(value.encode()).decode()
-                for key, value in self.mlflow_env(user).items()}  # fmt: skip
+    def _apply_mlflow_secrets(self) -> None:
+        """The MLflow accounts as pods read them (envFrom): the pipeline's, and the serving
+        pods', which only reads models. As data, not stringData: kubectl apply keeps what it
+        sent in an annotation, in plain text."""
+        secrets = [
+            {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+             "metadata": {"name": name, "namespace": NAMESPACE},
+             "data": {key: base64.b64encode(value.encode()).decode()
+                      for key, value in self.mlflow_env(user).items()}}
+            for name, user in (("helmsman-mlflow", MLFLOW_PIPELINE_USER),
+                               ("helmsman-mlflow-serving", MLFLOW_SERVING_USER))
+        ]  # fmt: skip
+        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump_all(secrets))
 
     def _write_kubeconfig(self, path: Path, namespace: str, account: str) -> None:
         """A token for a service account (as a chart's pods get one projected), in a kubeconfig

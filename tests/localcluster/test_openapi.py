@@ -99,4 +99,17 @@ def test_every_document_is_whole_and_cached_by_its_hash(cluster: Cluster) -> Non
     status, headers, _ = get(cluster, stale)
     assert status == 301
     assert headers["Location"] == index["api/v1"]["serverRelativeURL"]
-    assert get(cluster, "/openapi/v3/apis/nothing.example.com/v1")[0] == 404
+    for wrong in ("/openapi/v3/apis/nothing.example.com/v1", "/openapi/v3/apis", "/openapi/v3/x"):
+        assert get(cluster, wrong)[0] == 404, wrong
+    # Every kind keeps a PATCH that takes fieldValidation, even a create-only one: kubectl
+    # looks for it before any write and has no other schema to fall back on here.
+    reviews = json.loads(
+        get(cluster, index["apis/authorization.k8s.io/v1"]["serverRelativeURL"])[2]
+    )
+    patched = {
+        op["x-kubernetes-group-version-kind"]["kind"]
+        for item in reviews["paths"].values()
+        for method, op in item.items()
+        if method == "patch" and any(p["name"] == "fieldValidation" for p in op["parameters"])
+    }
+    assert "SelfSubjectAccessReview" in patched
