@@ -22,7 +22,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from localcluster.resources import KINDS, Kind
+from localcluster.resources import KINDS, Kind, groups
 
 # The release localcluster reports in /version.
 KUBERNETES_VERSION = "v1.32.0"
@@ -31,6 +31,11 @@ _COMPONENTS = "#/components/schemas/"
 _OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 # Upstream's own format for IntOrString, which the converter leaves out of its oneOf.
 _FORMATS = {"io.k8s.apimachinery.pkg.util.intstr.IntOrString": "int-or-string"}
+# The query parameters of every write (``fieldValidation`` on PATCH is what kubectl looks for).
+_WRITES = [
+    {"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
+    for n in ("dryRun", "fieldManager", "fieldValidation")
+]
 
 
 @cache
@@ -83,20 +88,24 @@ def _referenced(schema: Any) -> set[str]:
     return found
 
 
+def _kinds(group: str, version: str) -> list[Kind]:
+    return [k for k in KINDS if (k.group, k.version) == (group, version)]
+
+
+def _gvk(gvk: dict[str, str]) -> tuple[str, str, str]:
+    return gvk.get("group", ""), gvk["version"], gvk["kind"]
+
+
 def _named(group: str, version: str) -> list[str]:
     """The definitions whose GVK is a kind localcluster serves in this group-version, or that
     kind's list."""
-    served = {k.kind for k in KINDS if (k.group, k.version) == (group, version)}
-    served |= {f"{kind}List" for kind in served}
+    kinds = [k.kind for k in _kinds(group, version)]
+    served = {(group, version, kind) for kind in kinds + [f"{kind}List" for kind in kinds]}
     return [
         name
         for name, schema in _definitions().items()
-        if any(
-            (gvk.get("group", ""), gvk.get("version"), gvk.get("kind")) in
-            {(group, version, kind) for kind in served}
-            for gvk in schema.get("x-kubernetes-group-version-kind", [])
-        )
-    ]  # fmt: skip
+        if any(_gvk(gvk) in served for gvk in schema.get("x-kubernetes-group-version-kind", []))
+    ]
 
 
 def _schemas(group: str, version: str) -> dict[str, Any]:
@@ -105,14 +114,9 @@ def _schemas(group: str, version: str) -> dict[str, Any]:
     definitions = _definitions()
     named = _named(group, version)
     defined = {
-        (gvk.get("group", ""), gvk.get("version"), gvk.get("kind"))
-        for name in named
-        for gvk in definitions[name]["x-kubernetes-group-version-kind"]
+        _gvk(gvk) for name in named for gvk in definitions[name]["x-kubernetes-group-version-kind"]
     }
-    undefined = [
-        k for k in KINDS
-        if (k.group, k.version) == (group, version) and (group, version, k.kind) not in defined
-    ]  # fmt: skip
+    undefined = [k for k in _kinds(group, version) if (group, version, k.kind) not in defined]
     wanted: set[str] = set()
     todo = named + ([_OBJECT_META] if undefined else [])
     while todo:
@@ -155,23 +159,16 @@ def _schemaless(kind: Kind) -> dict[str, Any]:
 
 
 def _paths(group: str, version: str) -> dict[str, Any]:
-    """Each kind's collection and item paths with the operations' GVK and the write
-    parameters (``fieldValidation`` on PATCH is what kubectl looks for)."""
+    """Each kind's collection and item paths with the operations' GVK and parameters."""
     paths: dict[str, Any] = {}
-    prefix = f"/api/{version}" if not group else f"/apis/{group}/{version}"
-    for k in KINDS:
-        if (k.group, k.version) != (group, version):
-            continue
+    prefix = "/" + path_of(group, version)
+    for k in _kinds(group, version):
         gvk = {"group": k.group, "version": k.version, "kind": k.kind}
         base = (
             f"{prefix}/namespaces/{{namespace}}/{k.plural}"
             if k.namespaced
             else f"{prefix}/{k.plural}"
         )
-        writes = [
-            {"name": n, "in": "query", "schema": {"type": "string", "uniqueItems": True}}
-            for n in ("dryRun", "fieldManager", "fieldValidation")
-        ]
 
         def op(action: str, params: list[dict[str, Any]], gvk: dict[str, str] = gvk) -> Any:
             return {"x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk,
@@ -180,14 +177,14 @@ def _paths(group: str, version: str) -> dict[str, Any]:
         # POST, PUT and PATCH for every kind, even the create-only reviews: kubectl checks a
         # kind's PATCH for ``fieldValidation`` before any write, and without one it falls back
         # to /openapi/v2, which is not served (a real server has both).
-        collection = {"post": op("post", writes)}
-        item = {"put": op("put", writes), "patch": op("patch", writes)}
+        collection = {"post": op("post", _WRITES)}
+        item = {"put": op("put", _WRITES), "patch": op("patch", _WRITES)}
         if "list" in k.verbs:
             collection["get"] = op("list", [])
         if "get" in k.verbs:
             item["get"] = op("get", [])
         if "delete" in k.verbs:
-            item["delete"] = op("delete", [writes[0]])
+            item["delete"] = op("delete", [_WRITES[0]])
         paths[base] = collection
         paths[f"{base}/{{name}}"] = item
     return paths
@@ -212,11 +209,8 @@ def digest(group: str, version: str) -> str:
 
 
 def group_versions() -> list[tuple[str, str]]:
-    seen: list[tuple[str, str]] = []
-    for k in KINDS:
-        if (k.group, k.version) not in seen:
-            seen.append((k.group, k.version))
-    return seen
+    """The core group's one version, then every group's, in the order kinds are declared."""
+    return [("", "v1"), *((g, v) for g, versions in groups().items() for v in versions)]
 
 
 def path_of(group: str, version: str) -> str:

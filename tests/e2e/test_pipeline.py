@@ -720,6 +720,12 @@ def test_9b_prometheus_discovers_the_serving_pods_as_its_own_account_and_nothing
     assert any(t["health"] == "up" for t in targets), targets
 
 
+def secret_env(stack: Stack, name: str) -> dict[str, str]:
+    """What a pod reading Secret ``name`` by envFrom gets."""
+    secret = json.loads(stack.kubectl("-n", NS, "get", "secret", name, "-o", "json"))
+    return {key: base64.b64decode(value).decode() for key, value in secret["data"].items()}
+
+
 def test_9c_mlflow_signs_every_call_in_and_the_pipeline_is_not_its_admin(stack: Stack) -> None:
     """The stack's MLflow runs its basic-auth app. Its pods and tasks signed in as the pipeline's
     account (from the Secret and the connection): the models they registered are its to manage,
@@ -729,8 +735,7 @@ def test_9c_mlflow_signs_every_call_in_and_the_pipeline_is_not_its_admin(stack: 
     search = f"{stack.mlflow_url}/api/2.0/mlflow/registered-models/search"
     assert requests.get(search, timeout=10).status_code == 401
     assert requests.get(search, auth=("helmsman", "guessed"), timeout=10).status_code == 401
-    secret = json.loads(stack.kubectl("-n", NS, "get", "secret", "helmsman-mlflow", "-o", "json"))
-    pod_env = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    pod_env = secret_env(stack, "helmsman-mlflow")
     user, password = pod_env["MLFLOW_TRACKING_USERNAME"], pod_env["MLFLOW_TRACKING_PASSWORD"]
     assert user != "admin"
     pipeline = requests.Session()
@@ -759,10 +764,7 @@ def test_9c_mlflow_signs_every_call_in_and_the_pipeline_is_not_its_admin(stack: 
         sources = deployment["spec"]["template"]["spec"]["containers"][0]["envFrom"]
         secrets = [s["secretRef"]["name"] for s in sources if "secretRef" in s]
         assert secrets == ["helmsman-mlflow-serving"], deployment["metadata"]["name"]
-    reader_secret = json.loads(
-        stack.kubectl("-n", NS, "get", "secret", "helmsman-mlflow-serving", "-o", "json")
-    )
-    reader_env = {k: base64.b64decode(v).decode() for k, v in reader_secret["data"].items()}
+    reader_env = secret_env(stack, "helmsman-mlflow-serving")
     reader = requests.Session()
     reader.auth = (reader_env["MLFLOW_TRACKING_USERNAME"], reader_env["MLFLOW_TRACKING_PASSWORD"])
     assert reader.auth[0] not in {"admin", user}
