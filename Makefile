@@ -60,6 +60,13 @@ $(PROMETHEUS):
 	  apt-get install -y -qq prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq prometheus >/dev/null; }; \
 	else echo "note: no $(PROMETHEUS) and no root to install it; install Debian's prometheus package" >&2; fi
 
+# Where the monitor's batch pods push their gauges for Prometheus: Debian's package too.
+PUSHGATEWAY ?= /usr/bin/prometheus-pushgateway
+$(PUSHGATEWAY):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq prometheus-pushgateway >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq prometheus-pushgateway >/dev/null; }; \
+	else echo "note: no $(PUSHGATEWAY) and no root to install it; install Debian's prometheus-pushgateway package" >&2; fi
+
 # The serving bench's load generator (compiled: a Python one saturates before the server does):
 # Debian's wrk package, installed the same way.
 WRK ?= /usr/bin/wrk
@@ -80,7 +87,7 @@ $(AIRFLOW_DB_TEMPLATE): $(VENV)/.installed helm-values/airflow-pools.json
 	$(BIN)/python -c 'from tools.stack import airflow_db_template; airflow_db_template()'
 	@touch $@
 
-setup: $(VENV)/.installed $(PROMETHEUS) $(AIRFLOW_DB_TEMPLATE) ## Create or update what `make demo` needs (idempotent)
+setup: $(VENV)/.installed $(PROMETHEUS) $(PUSHGATEWAY) $(AIRFLOW_DB_TEMPLATE) ## Create or update what `make demo` needs (idempotent)
 
 # What only the tests need: the policy scanner's venv, the browser for the UI test, the
 # serving bench's load generator, and helm with a second kubectl for localcluster's clients.

@@ -19,6 +19,7 @@ import argparse
 import datetime as dt
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = wait_logged(stack, version, since, args.rows // 20, timeout=90)
     print(f"· the inference log holds {rows} of those rows; triggering {MONITOR_DAG}")
     found = detect_and_retrain(api, say=lambda line: print(f"· {line}"))
+    if found.alarm is not None:
+        query = f'helmsman_monitor_feature_psi{{model="{MODEL}"}}'
+        print(f"· Prometheus holds the verdict per feature: {stack.prometheus_url}/graph?"
+              f"{urllib.parse.urlencode({'g0.expr': query, 'g0.tab': '1'})}")  # fmt: skip
     if found.retraining is None:
         return 1
     retrain_id = found.retraining["dag_run_id"]

@@ -11,6 +11,10 @@ the equivalent ``PodMonitor`` for the Prometheus Operator): keep the pods labell
 ``app.kubernetes.io/name=helmsman-serving``, scrape their ``http`` port's ``/metrics``, and
 label every series with the model version (the pod's ``helmsman.io/model-version``
 annotation), the serving instance and the slot, which is what the rollout's analysis queries.
+
+The monitor's pods are batch jobs, gone before a scrape could find them: they push their
+gauges to a Pushgateway (Debian's ``prometheus-pushgateway`` here), and a second job scrapes
+it (``monitor_scrape_job``).
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ from tools.kubeaccess import Access
 from tools.procs import Server
 
 BINARY = "prometheus"
+PUSHGATEWAY_BINARY = "prometheus-pushgateway"  # Debian's name for it
 SD_PATH = "/localcluster/v1/prometheus/pods"  # localcluster/promsd.py
 CREDENTIALS = "localcluster"  # the folder (under Prometheus' root) of its CA and token files
 # Short, so a rollout step of ten seconds has several samples to judge; a cluster's
 # Prometheus typically scrapes every 15-30 s and the rollout's interval grows with it.
 SCRAPE_INTERVAL = "1s"
+# The monitor pushes once an hour; a cluster would scrape its Pushgateway every 30-60 s.
+MONITOR_SCRAPE_INTERVAL = "5s"
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,23 @@ def serving_scrape_job(namespace: str, localcluster: Discovery | None = None) ->
     }  # fmt: skip
 
 
-def config(namespace: str, localcluster: Discovery) -> dict[str, Any]:
+def monitor_scrape_job(pushgateway: str) -> dict[str, Any]:
+    """The scrape job for the monitor's gauges: the Pushgateway (``host:port``) its batch pods
+    push to. ``honor_labels`` keeps the pushed ``job`` and ``model`` labels, as the
+    Pushgateway's documentation asks; without it they would become ``exported_*``."""
+    return {
+        "job_name": "helmsman-monitor",
+        "honor_labels": True,
+        "scrape_interval": MONITOR_SCRAPE_INTERVAL,
+        "static_configs": [{"targets": [pushgateway]}],
+    }
+
+
+def config(namespace: str, localcluster: Discovery, pushgateway: str = "") -> dict[str, Any]:
+    jobs = [serving_scrape_job(namespace, localcluster)]
     return {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
-        "scrape_configs": [serving_scrape_job(namespace, localcluster)],
+        "scrape_configs": jobs + ([monitor_scrape_job(pushgateway)] if pushgateway else []),
     }
 
 
@@ -89,15 +109,38 @@ def available() -> bool:
     return shutil.which(BINARY) is not None
 
 
-def server(root: Path, port: int, namespace: str, kubeconfig: Path) -> Server:
+def pushgateway_server(root: Path, port: int) -> Server:
+    """Debian's Pushgateway, where the monitor's pods push their gauges (a batch pod is gone
+    before Prometheus could scrape it); its state survives a restart in ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    binary = shutil.which(PUSHGATEWAY_BINARY)
+    if binary is None:
+        raise RuntimeError(
+            "The Prometheus Pushgateway is not installed: `make setup` installs Debian's "
+            "prometheus-pushgateway package (as root), or put `prometheus-pushgateway` on PATH"
+        )
+    cmd = [
+        binary,
+        f"--web.listen-address=127.0.0.1:{port}",
+        f"--persistence.file={root / 'pushgateway.data'}",
+        "--persistence.interval=1m",
+        "--log.level=warn",
+    ]
+    return Server("pushgateway", cmd, f"http://127.0.0.1:{port}/-/ready", root / "pushgateway.log")
+
+
+def server(
+    root: Path, port: int, namespace: str, kubeconfig: Path, pushgateway: str = ""
+) -> Server:
     """A Prometheus process with its config, data and log under ``root``, discovering the
-    serving pods of the localcluster that ``kubeconfig`` reaches, with its credentials."""
+    serving pods of the localcluster that ``kubeconfig`` reaches, with its credentials, and
+    scraping the monitor's ``pushgateway`` (``host:port``) when one is given."""
     root.mkdir(parents=True, exist_ok=True)
     access = Access.from_kubeconfig(kubeconfig)
     ca_file, token_file = access.write_credentials(root / CREDENTIALS)
     sd = Discovery(access.server, ca_file, token_file)
     config_file = root / "prometheus.yml"
-    config_file.write_text(yaml.safe_dump(config(namespace, sd), sort_keys=False))
+    config_file.write_text(yaml.safe_dump(config(namespace, sd, pushgateway), sort_keys=False))
     binary = shutil.which(BINARY)
     if binary is None:
         raise RuntimeError(

@@ -112,10 +112,10 @@ def backfill_runs_at_once() -> int:
 
 LOCAL_SETTINGS = "from helmsman.policies import task_instance_mutation_hook  # noqa: F401\n"
 COMPONENTS = (
-    "localcluster", "prometheus", "mlflow", "api-server", "scheduler", "dag-processor",
-    "triggerer",
+    "localcluster", "pushgateway", "prometheus", "mlflow", "api-server", "scheduler",
+    "dag-processor", "triggerer",
 )  # fmt: skip
-AIRFLOW_COMPONENTS = COMPONENTS[3:]
+AIRFLOW_COMPONENTS = COMPONENTS[4:]
 
 
 def inherited_env() -> dict[str, str]:
@@ -195,10 +195,11 @@ class Ports:
     mlflow: int = 5000
     airflow: int = 8080
     prometheus: int = 9090
+    pushgateway: int = 9091
 
     @classmethod
     def free(cls) -> Ports:
-        return cls(free_port(), free_port(), free_port(), free_port())
+        return cls(free_port(), free_port(), free_port(), free_port(), free_port())
 
 
 @dataclass
@@ -242,6 +243,10 @@ class Stack:
     @property
     def mlflow_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.mlflow}"
+
+    @property
+    def pushgateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.pushgateway}"
 
     @property
     def prometheus_url(self) -> str:
@@ -475,12 +480,20 @@ class Stack:
         if "localcluster" not in running:
             self._ready(cluster)
             self._setup_cluster()
+        if "pushgateway" not in running:
+            try:
+                gateway = prometheus.pushgateway_server(self.root / "prometheus",
+                                                        self.ports.pushgateway)  # fmt: skip
+            except RuntimeError as exc:
+                raise StackError(str(exc)) from None
+            waits.append(self._launch("pushgateway", gateway.cmd, gateway.health_url))
         if "prometheus" not in running:
-            say("starting Prometheus (scrapes the serving pods for the rollout's analysis)")
+            say("starting Prometheus (scrapes the serving pods for the rollout's analysis, "
+                "and the monitor's gauges on the Pushgateway)")  # fmt: skip
             try:
                 server = prometheus.server(
                     self.root / "prometheus", self.ports.prometheus, NAMESPACE,
-                    self.prometheus_kubeconfig,
+                    self.prometheus_kubeconfig, f"127.0.0.1:{self.ports.pushgateway}",
                 )  # fmt: skip
             except RuntimeError as exc:
                 raise StackError(str(exc)) from None
@@ -732,6 +745,7 @@ class Stack:
             {"apiVersion": "v1", "kind": "ConfigMap",
              "metadata": {"name": "helmsman-settings", "namespace": NAMESPACE},
              "data": {"HELMSMAN_DATASET_URI": str(self.root / "datasets"),
+                      "HELMSMAN_PUSHGATEWAY_URL": self.pushgateway_url,
                       # Per model: the churn feed's size, and the file-fed models' files here.
                       "HELMSMAN_SOURCE_URI_CHURN":
                           f"synthetic://churn?rows_per_day={s.rows_per_day}&seed={s.seed}",

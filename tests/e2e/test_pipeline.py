@@ -39,6 +39,7 @@ import json
 import subprocess
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -648,6 +649,11 @@ def test_8b_a_shift_in_live_traffic_is_flagged_and_retrains_on_the_shifted_day(
     assert found.alarm["version"] == version
     flagged = {b["what"] for b in found.alarm["breaches"]} - {"prediction"}
     assert flagged == set(sources.SHIFT), found.alarm["breaches"]
+    # Prometheus has the verdict too: the monitor pod pushed it, Prometheus scraped it.
+    series = prometheus_query(stack, f'helmsman_monitor_feature_drifted{{model="{MODEL}"}}')
+    assert {s["metric"]["version"] for s in series} == {version}
+    drifted = {s["metric"]["feature"] for s in series if float(s["value"][1]) == 1}
+    assert drifted == set(sources.SHIFT), series
     assert found.retraining is not None, said
     assert found.retraining["state"] == "success"
     # The event chose the window: it ends after the monitored window's day (today).
@@ -717,7 +723,17 @@ def test_9b_prometheus_discovers_the_serving_pods_as_its_own_account_and_nothing
     targets_url = f"{stack.prometheus_url}/api/v1/targets"
     with urllib.request.urlopen(targets_url, timeout=10) as response:  # noqa: S310 - http
         targets = json.load(response)["data"]["activeTargets"]
-    assert any(t["health"] == "up" for t in targets), targets
+    serving = [t for t in targets if t["labels"]["job"] == "helmsman-serving"]
+    assert any(t["health"] == "up" for t in serving), targets
+
+
+def prometheus_query(stack: Stack, query: str) -> list[dict[str, Any]]:
+    """The stack's Prometheus' answer to an instant ``query``: its series."""
+    url = f"{stack.prometheus_url}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
+    with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - http
+        answer = json.load(response)
+    assert answer["status"] == "success", answer
+    return list(answer["data"]["result"])
 
 
 def secret_env(stack: Stack, name: str) -> dict[str, str]:

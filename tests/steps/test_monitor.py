@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,6 +27,8 @@ from helmsman_steps import contract, etl, inference_log, monitor, onnx_model, re
 from helmsman_steps.modelinfo import ModelInfo
 from helmsman_steps.store import DatasetStore
 from tests.mlflow_fixtures import DAYS, FIRST_DAY, Trained, model_server, run_step
+from tools import prometheus
+from tools.procs import free_port
 
 LIVE_FIRST = FIRST_DAY + dt.timedelta(days=DAYS)  # traffic starts the day after training ends
 WEEK_HOURS = 7 * 24
@@ -54,6 +58,36 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
         start = pd.Timestamp(dt.datetime.combine(day, dt.time(), dt.UTC))
         frames.append(frame.assign(timestamp=start + pd.to_timedelta(offsets, unit="s")))
     return pd.concat(frames, ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Prometheus Pushgateway (Debian's, which `make setup` installs)."""
+    if not shutil.which(prometheus.PUSHGATEWAY_BINARY):
+        pytest.skip("no prometheus-pushgateway on PATH: `make setup` installs it (as root)")
+    server = prometheus.pushgateway_server(tmp_path_factory.mktemp("pushgateway"), free_port())
+    server.start(timeout=30)
+    try:
+        yield server.health_url.removesuffix("/-/ready")
+    finally:
+        server.stop()
+
+
+def pushed(gateway: str, model: str) -> tuple[dict[tuple[str, str], float], set[str]]:
+    """The monitor's gauges the Pushgateway serves for ``model`` ((metric, feature) -> value)
+    and the versions they name; every sample must carry the group's job and model labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values, versions = {}, set()
+    text = httpx.get(f"{gateway}/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith("helmsman_monitor_") and sample.labels["model"] == model:
+                assert sample.labels["job"] == monitor.PUSH_JOB
+                name = sample.name.removeprefix("helmsman_monitor_")
+                values[name, sample.labels.get("feature", "")] = sample.value
+                versions.add(sample.labels["version"])
+    return values, versions
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +211,7 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
     champion: Trained,
     step_env: dict[str, str],
     info: ModelInfo,
+    pushgateway: str,
     tmp_path: Path,
 ) -> None:
     rows = traffic[list(info.raw_columns)].iloc[:600]
@@ -192,11 +227,26 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
         finally:
             server.stop()  # a graceful stop: the log is written
         ends[scenario] = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
-        done = _monitor(step_env, root, f"test/{scenario}", end=ends[scenario])
+        done = _monitor(step_env, root, f"test/{scenario}", "--pushgateway", pushgateway,
+                        end=ends[scenario])  # fmt: skip
         assert done.returncode == 0, done.stderr
         reports[scenario] = report = json.loads(done.stdout)
         assert (report["rows"], report["requests"]) == (600, requests)
         assert report["version"] == champion.version
+        # Prometheus' view: the group holds this window's gauges only, of this version.
+        gauges, versions = pushed(pushgateway, "churn-test")
+        assert report["pushed"] is True
+        assert versions == {champion.version}
+        drifted = {f for (kind, f), v in gauges.items() if kind == "feature_drifted" and v == 1}
+        assert drifted == (set(SHIFTED) if scenario == "shifted" else set())
+        assert {f for kind, f in gauges if kind == "feature_psi"} == set(info.raw_columns)
+        assert gauges[("window_rows", "")] == 600
+        assert gauges[("breaches", "")] == len(report["breaches"])
+        window_end = ends[scenario].replace(second=0, microsecond=0)
+        assert gauges[("window_end_timestamp_seconds", "")] == window_end.timestamp()
+        psi = gauges[("feature_psi", "monthly_charges")]
+        assert psi == pytest.approx(report["columns"]["monthly_charges"]["psi"])
+        assert (psi >= monitor.Thresholds().psi) == (scenario == "shifted")
 
     assert reports["steady"]["breaches"] == []
     shifted = reports["shifted"]
@@ -217,9 +267,16 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
         contract.MONITOR_BREACHES_TAG])  # fmt: skip
     assert {b["what"] for b in breaches} >= set(SHIFTED)
 
-    # The same window again (a task's retry) is the same MLflow run, not a second one.
-    again = _monitor(step_env, tmp_path / "shifted", "test/shifted", end=ends["shifted"])
+    # The same window again (a task's retry) is the same MLflow run, not a second one; a
+    # Pushgateway that does not answer is a warning, not a failed run.
+    gone = f"http://127.0.0.1:{free_port()}"
+    again = _monitor(step_env, tmp_path / "shifted", "test/shifted", "--pushgateway", gone,
+                     end=ends["shifted"])  # fmt: skip
+    assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["mlflow_run_id"] == shifted["mlflow_run_id"]
+    assert json.loads(again.stdout)["pushed"] is False
+    assert "could not push the monitor's gauges" in again.stderr
+    assert gone in again.stderr
 
     # The DAG's alarm: a breach becomes the drift asset event's extra, once per cool-down.
     def alarm(key: str, retrain: bool = True, hours: float = 6) -> dict[str, Any]:

@@ -361,10 +361,19 @@ def monitor(
     ] = 0,
     run_key: RunKey = "",
     model_spec: ModelSpecJson = "",
+    pushgateway: Annotated[
+        str,
+        typer.Option(
+            envvar="HELMSMAN_PUSHGATEWAY_URL",
+            help="A Prometheus Pushgateway (http://host:port) to push the verdict's gauges to; "
+            "empty: MLflow only.",
+        ),
+    ] = "",
 ) -> None:
     """Judge a window of the champion's inference log against its training data's profile:
-    per-column and prediction drift, data quality; recorded in MLflow. Exit 3 (skipped) when
-    there is nothing to judge: no champion, no profile, too little traffic, an unreadable file."""
+    per-column and prediction drift, data quality; recorded in MLflow and, with a Pushgateway,
+    as Prometheus gauges. Exit 3 (skipped) when there is nothing to judge: no champion, no
+    profile, too little traffic, an unreadable file."""
     from helmsman_steps import monitor as stage
     from helmsman_steps.modelinfo import ModelInfo
     from helmsman_steps.store import DatasetStore
@@ -388,7 +397,7 @@ def monitor(
     key = run_key or contract.run_key("local", f"monitor_{end:%Y%m%dT%H}", "monitor")
     # Where the server writes the model's inference log: the model's folder, spec or not.
     store = DatasetStore(f"{dataset_uri.rstrip('/')}/{model_name}")
-    _emit(stage.run(store, info, start, end, thresholds, key))
+    _emit(stage.run(store, info, start, end, thresholds, key, pushgateway))
 
 
 @app.command("sample-data")

@@ -314,9 +314,12 @@ def run(
     end: dt.datetime,
     thresholds: Thresholds,
     run_key: str,
+    pushgateway: str = "",
 ) -> dict[str, Any]:
     """Judge the champion's traffic in [start, end) and record it in MLflow (metrics, the
-    report and its plot, the verdict as tags); ``Skipped`` when there is nothing to judge."""
+    report and its plot, the verdict as tags) and, given a ``pushgateway``, as Prometheus
+    gauges there; ``Skipped`` when there is nothing to judge (nothing is pushed, so the
+    gauges' window end tells how long the model has gone unjudged)."""
     import mlflow
 
     from helmsman_steps import contract, registry
@@ -360,8 +363,76 @@ def run(
         mlflow.log_dict(report, contract.MONITOR_REPORT_ARTIFACT)
         mlflow.log_figure(plot(profile, live, judgement, info), "monitor/drift.png")
         report["mlflow_run_id"] = monitored.info.run_id
+    if pushgateway:
+        report["pushed"] = push(judgement, pushgateway)
     log.info(judgement.summary(), verdict=verdict, drifted=judgement.drifted)
     return report
+
+
+# -- Prometheus ---------------------------------------------------------------------------
+PUSH_JOB = "helmsman-monitor"  # the Pushgateway group's job; its other key is the model
+PUSH_TIMEOUT_S = 10.0
+
+
+def gauges(judgement: Judgement) -> Any:
+    """The judgement as Prometheus gauges, in a registry of their own: per feature (PSI,
+    Jensen-Shannon distance, KS p-value, missing and unseen shares, drifted), the prediction's
+    PSI, the window's rows, the breaches and when the judged window ended. Every series carries
+    the judged ``version``; the Pushgateway group (``push``) adds ``job`` and ``model``."""
+    from prometheus_client import CollectorRegistry, Gauge
+
+    registry = CollectorRegistry()
+    version = {"version": judgement.version}
+
+    def gauge(name: str, doc: str, *labels: str) -> Gauge:
+        return Gauge(f"helmsman_monitor_{name}", doc, ["version", *labels], registry=registry)
+
+    per_feature = {
+        key: gauge(f"feature_{key}", doc, "feature")
+        for key, doc in (
+            ("psi", "Population stability index against training"),
+            ("js_distance", "Jensen-Shannon distance (base 2) against training"),
+            ("ks_pvalue", "Two-sample Kolmogorov-Smirnov p-value against training (numbers)"),
+            ("missing_share", "Share of rows without a value"),
+            ("unseen_share", "Share of values training never saw"),
+            ("drifted", "1 when the feature breaches its drift rule"),
+        )
+    }
+    for name, c in judgement.columns.items():
+        values = {"psi": c.psi, "js_distance": c.js, "ks_pvalue": c.ks_pvalue,
+                  "missing_share": c.missing, "unseen_share": c.unseen,
+                  "drifted": float(c.drifted)}  # fmt: skip
+        for key, value in values.items():
+            if (kept := finite(value)) is not None:  # no KS test for a category
+                per_feature[key].labels(**version, feature=name).set(kept)
+    gauge("prediction_psi", "PSI of the predictions against training").labels(**version).set(
+        judgement.prediction.psi
+    )
+    gauge("window_rows", "Logged rows judged in the window").labels(**version).set(judgement.rows)
+    gauge("breaches", "Thresholds the window breached").labels(**version).set(
+        len(judgement.breaches)
+    )
+    end = dt.datetime.strptime(judgement.window_end, "%Y-%m-%dT%H:%MZ").replace(tzinfo=dt.UTC)
+    gauge("window_end_timestamp_seconds", "End of the last judged window").labels(**version).set(
+        end.timestamp()
+    )
+    return registry
+
+
+def push(judgement: Judgement, gateway: str) -> bool:
+    """Replace the model's group on the Pushgateway with this judgement's gauges (so a feature
+    or version no longer judged leaves no stale series). A Pushgateway that cannot be reached
+    is a warning, not a failed run: MLflow holds the record and the alarm reads it from there."""
+    from prometheus_client import push_to_gateway
+
+    try:
+        push_to_gateway(gateway, job=PUSH_JOB, grouping_key={"model": judgement.model},
+                        registry=gauges(judgement), timeout=PUSH_TIMEOUT_S)  # fmt: skip
+    except Exception as exc:  # URLError, a 4xx/5xx from the gateway, a malformed address
+        log.warning("could not push the monitor's gauges to the Pushgateway; the MLflow run "
+                    "has them", pushgateway=gateway, error=str(exc))  # fmt: skip
+        return False
+    return True
 
 
 def _json(value: Any) -> str:
