@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from helmsman_steps import sources, spec
+from helmsman_steps.contract import BREACH_KINDS
 from helmsman_steps.exitcodes import Skipped
 from helmsman_steps.monitor import read_window
 from helmsman_steps.store import DatasetStore
@@ -114,7 +115,7 @@ def detect_and_retrain(
                      f"{b['threshold']:.3g})" for b in alarm["breaches"])  # fmt: skip
     say(f"{MONITOR_DAG}: breach in {alarm['window_start']}..{alarm['window_end']}: {said}")
     say(f"  {alarm['action']}")
-    if tis["retrain"]["state"] != "success":
+    if not any(tis[f"retrain_on_{kind}"]["state"] == "success" for kind in BREACH_KINDS):
         return Detection(run_id, state, alarm, None)
     deadline = time.monotonic() + 120
     new: list[dict[str, Any]] = []

@@ -137,22 +137,28 @@ def model_dags(
             scale_dag(model, platform), monitor_dag(model, platform))  # fmt: skip
 
 
-def drift_asset(name: str) -> Asset:
-    """What a monitoring breach updates and a model's training is scheduled on (with its cron)."""
-    return Asset(name=f"{name}_drift", uri=contract.drift_asset_uri(name), group="helmsman")
+def breach_assets(name: str) -> dict[str, Asset]:
+    """What a monitoring breach updates, per kind (drift, performance), and a model's training
+    is scheduled on (with its cron)."""
+    return {
+        kind: Asset(name=f"{name}_{kind}", uri=contract.breach_asset_uri(name, kind),
+                    group="helmsman")
+        for kind in contract.BREACH_KINDS
+    }  # fmt: skip
 
 
 def _training_schedule(model: ModelSpec) -> Any:
-    """The cron of model.yaml, or a breach of the model's monitoring (its drift asset) when
-    ``monitoring.retrain`` is on: Airflow's asset-or-time schedule."""
+    """The cron of model.yaml, or a breach of the model's monitoring (either of its breach
+    assets) when ``monitoring.retrain`` is on: Airflow's asset-or-time schedule."""
     if not model.monitoring.retrain:
         return None if model.schedule is None else SlotCron(model.schedule)
+    drift, performance = breach_assets(model.name).values()
     if model.schedule is None:
-        return [drift_asset(model.name)]
+        return drift | performance
     # The SDK types its timetable as an SDK one; a plugin-registered core timetable serializes
     # the same way (airflow.serialization.encoders.encode_timetable).
     cron: Any = SlotCron(model.schedule)
-    return AssetOrTimeSchedule(timetable=cron, assets=drift_asset(model.name))
+    return AssetOrTimeSchedule(timetable=cron, assets=drift | performance)
 
 
 def _default_args() -> dict[str, Any]:
@@ -488,17 +494,21 @@ Every {schedule}: `monitor` (pod) judges the last {hours} hour(s) of the inferen
 `{instance}` writes (a {sample} sample of its requests) against the reference profile
 `@champion` was trained with: per-feature drift (PSI over the training deciles or categories,
 with a Kolmogorov-Smirnov test for numbers), prediction drift and the live missing and unseen
-shares. Its MLflow run (experiment `{experiment}`) holds the figures, `monitor/report.json`
-and `monitor/drift.png`; the task log's last line says what changed.
+shares; where labels of served requests arrive, the live {metric} of the last
+{performance_hours} h against its evaluation figure. Its MLflow run (experiment `{experiment}`)
+holds the figures, `monitor/report.json` and `monitor/drift.png`; the task log's last line
+says what changed.
 
 `alarm` (worker) reads the verdict; a breach sends an alert (the `helmsman_alerts`
-connection) naming each breach and its figure. `retrain` (worker) turns it into an event of the
-`{asset}` asset, on which `train_{name}` is scheduled (and its cron), unless a breach within
-{cooldown} h already started training (the cool-down) or `monitoring.retrain` is off.
+connection) naming each breach and its figure. `retrain_on_drift` turns it into an event of the
+`{drift}` asset (`retrain_on_performance`: of `{performance}`, when only the live
+{metric} fell), on either of which `train_{name}` is scheduled (and its cron), unless a breach
+within {cooldown} h already started training (the cool-down) or `monitoring.retrain` is off.
 
 **Triage.** `monitor` skipped: nothing to judge (no traffic logged in the window, fewer than
 {min_rows} rows, no reference profile, an unreadable file): the reason is its log's last line.
-`alarm` skipped: no breach. `retrain` skipped: the cool-down, or retraining is off.
+`alarm` skipped: no breach. `retrain_on_*` skipped: the cool-down, retraining is off, or the
+other kind's event carries the breach.
 """
 
 
@@ -508,7 +518,7 @@ END = "{{ (dag_run.data_interval_end or dag_run.run_after).strftime('%Y-%m-%dT%H
 
 def monitor_dag(model: ModelSpec, platform: Platform) -> DAG:
     name, settings = model.name, model.monitoring
-    asset = drift_asset(name)
+    assets = breach_assets(name)
     with DAG(
         dag_id=f"monitor_{name}",
         schedule=SlotCron(settings.schedule),
@@ -520,7 +530,10 @@ def monitor_dag(model: ModelSpec, platform: Platform) -> DAG:
             instance=model.instance,
             sample="10%",
             experiment=contract.MONITORING_EXPERIMENT,
-            asset=asset.uri,
+            drift=assets["drift"].uri,
+            performance=assets["performance"].uri,
+            metric=model.evaluation.metric,
+            performance_hours=settings.performance_hours,
             cooldown=settings.cooldown_hours,
             min_rows=settings.min_rows,
         ),
@@ -544,13 +557,21 @@ def monitor_dag(model: ModelSpec, platform: Platform) -> DAG:
                 cooldown=dt.timedelta(hours=settings.cooldown_hours),
             )
 
-        @task(outlets=[asset])
-        def retrain(found: Any, outlet_events: Any = None) -> dict[str, Any]:
-            extra = tasks.request_training(found)
-            outlet_events[asset].extra = extra
-            return extra
-
         found = alarm()
         judge >> found
-        retrain(found)
+        for kind, asset in assets.items():
+            _retrain_task(kind, asset)(found)
     return dag
+
+
+def _retrain_task(kind: str, asset: Asset) -> Any:
+    """``retrain_on_<kind>``: the ``kind`` asset's event, when a breach of that kind starts
+    training (``tasks.request_training``); skipped otherwise, so one breach is one event."""
+
+    @task(task_id=f"retrain_on_{kind}", outlets=[asset])
+    def retrain(found: Any, outlet_events: Any = None) -> dict[str, Any]:
+        extra = tasks.request_training(found, kind)
+        outlet_events[asset].extra = extra
+        return extra
+
+    return retrain

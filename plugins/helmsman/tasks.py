@@ -160,16 +160,27 @@ def alarm(
     }
 
 
-def request_training(found: dict[str, Any]) -> dict[str, Any]:
-    """The drift asset event's extra for a breach that starts training (``alarm``'s answer);
-    AirflowSkipException, and no event, for one that does not. The monitor run is tagged, which
-    is what the next breach's cool-down reads."""
+def event_kind(breaches: list[dict[str, Any]]) -> str:
+    """The asset a monitor run's breaches update: ``drift`` when any input drifted (a drop in
+    performance with it is the same cause), ``performance`` when only the live metric fell. One
+    event per monitor run, so one breach starts at most one training run."""
+    kinds = {b["kind"] for b in breaches}
+    return "drift" if "drift" in kinds or not kinds else "performance"
+
+
+def request_training(found: dict[str, Any], kind: str = "drift") -> dict[str, Any]:
+    """The extra of the ``kind`` asset's event for a breach that starts training (``alarm``'s
+    answer); AirflowSkipException, and no event, for one that does not or that the other kind's
+    event carries. The monitor run is tagged, which is what the next breach's cool-down reads."""
     from airflow.sdk.exceptions import AirflowSkipException
 
     from helmsman_steps import registry
 
     if not found["retrain"]:
         raise AirflowSkipException(found["action"])
+    carrier = event_kind(found["breaches"])
+    if kind != carrier:
+        raise AirflowSkipException(f"the {carrier} asset's event carries this breach")
     models.configure()
     registry.client().set_tag(found["mlflow_run_id"], contract.MONITOR_RETRAIN_TAG, "requested")
     return {k: v for k, v in found.items() if k not in ("retrain", "action")}

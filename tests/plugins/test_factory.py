@@ -65,10 +65,14 @@ def test_each_model_folder_becomes_its_four_dags_with_its_own_params(
     # Retrain off: the cron alone (@hourly, as cron).
     assert fraud["train_fraud"]["schedule"].startswith("SlotCron(expression='0 * * * *'")
     assert "expression='*/30 * * * *'" in fraud["monitor_fraud"]["schedule"]
-    assert fraud["monitor_fraud"]["tasks"] == ["alarm", "monitor", "retrain"]
-    # A breach of churn's monitoring (its drift asset) or its cron starts its training.
+    assert fraud["monitor_fraud"]["tasks"] == [
+        "alarm", "monitor", "retrain_on_drift", "retrain_on_performance"
+    ]  # fmt: skip
+    # A breach of churn's monitoring (either breach asset) or its cron starts its training.
     assert churn["train_churn"]["schedule"].startswith("AssetOrTimeSchedule(")
+    assert "AssetAny(" in churn["train_churn"]["schedule"]
     assert "helmsman://churn/drift" in churn["train_churn"]["schedule"]
+    assert "helmsman://churn/performance" in churn["train_churn"]["schedule"]
     assert CHURN["schedule"] in churn["train_churn"]["schedule"]
     assert fraud["scale_fraud"]["params"] == {"replicas": 5}
     assert fraud["rollback_fraud"]["params"]["strategy"] == "blue-green"

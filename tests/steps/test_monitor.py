@@ -182,13 +182,16 @@ def test_a_week_without_shift_raises_no_alarm_and_a_shift_is_named_within_two_in
         assert judgement.prediction.drifted  # the model now sees riskier customers
 
 
-def _post_rows(url: str, rows: pd.DataFrame, per_request: int) -> int:
+def _post_rows(url: str, rows: pd.DataFrame, per_request: int, ids: str = "") -> int:
+    """Send ``rows``, ``per_request`` in each request; with ``ids``, request ``i`` carries the
+    ``x-request-id`` ``{ids}{i}`` (what a client that later learns outcomes keeps)."""
     records = rows.astype(object).where(rows.notna(), None).to_dict("records")
     sent = 0
     with httpx.Client(timeout=30) as client:
         for i in range(0, len(records), per_request):
             batch = records[i : i + per_request]
-            response = client.post(f"{url}/predict", json={"instances": batch})
+            headers = {"x-request-id": f"{ids}{sent}"} if ids else {}
+            response = client.post(f"{url}/predict", json={"instances": batch}, headers=headers)
             assert response.status_code == 200, response.text
             sent += 1
     return sent
@@ -310,6 +313,102 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
     expected = (window_day.date() + dt.timedelta(days=1)).isoformat()
     assert tasks.drift_data_end({"helmsman://churn-test/drift": [event]}) == expected
     assert tasks.drift_data_end({}) is None  # the cron's run: its own interval
+
+
+def test_labels_of_served_requests_judge_live_performance_and_a_drop_alone_retrains(
+    traffic: pd.DataFrame,
+    champion: Trained,
+    step_env: dict[str, str],
+    info: ModelInfo,
+    pushgateway: str,
+    tmp_path: Path,
+) -> None:
+    """Outcomes of served requests arrive as labels (request id, row, label): the monitor scores
+    the champion's logged predictions with evaluation's metric. True outcomes keep it near the
+    version's evaluation figure; outcomes that no longer follow the features (the relation
+    changed, the inputs did not) breach on performance alone, and that breach is the
+    performance asset's event, not the drift asset's."""
+    import pyarrow as pa
+
+    per_request, rows = 20, traffic.iloc[:3000]
+    logged = ("--log-sample", "1", "--dataset-uri", str(tmp_path / "served"))
+    server = model_server(f"models:/{champion.model_name}@champion", step_env, tmp_path, *logged)
+    url: str = server.url  # type: ignore[attr-defined]
+    try:
+        _post_rows(url, rows[list(info.raw_columns)], per_request, ids="req-")
+    finally:
+        server.stop()
+    end = dt.datetime.now(dt.UTC) + dt.timedelta(minutes=1)
+    truth = rows[info.label].to_numpy()
+    keys = {inference_log.REQUEST_ID: [f"req-{i // per_request}" for i in range(len(rows))],
+            inference_log.ROW: [i % per_request for i in range(len(rows))]}  # fmt: skip
+    run_id = registry.resolve(f"models:/{champion.model_name}/{champion.version}").run_id
+    evaluated = registry.client().get_run(run_id).data.metrics["eval_roc_auc"]
+
+    def judged(scenario: str, labels: Any) -> dict[str, Any]:
+        root = tmp_path / scenario
+        shutil.copytree(tmp_path / "served", root)
+        if labels is not None:
+            table = pa.table({**keys, monitor.LABEL: labels})
+            # The model's folder, where its server writes the inference log.
+            DatasetStore(str(root / "churn-test")).write_labels(
+                f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H}", table
+            )
+        done = _monitor(step_env, root, f"test/labels-{scenario}", "--pushgateway", pushgateway,
+                        end=end)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        assert report["rows"] == len(rows)
+        assert [b for b in report["breaches"] if b["kind"] == "drift"] == []  # same inputs
+        return report
+
+    assert judged("unlabelled", None)["performance"] is None
+
+    true = judged("true", truth)["performance"]
+    assert (true["metric"], true["labelled_rows"], true["evaluated"]) == (
+        "roc_auc",
+        len(rows),
+        evaluated,
+    )
+    assert abs(true["live"] - evaluated) < 0.04, true  # 3,000 rows: a few hundredths at most
+    gauges, _ = pushed(pushgateway, "churn-test")
+    assert gauges[("performance", "")] == pytest.approx(true["live"])
+
+    # The same served rows, their outcomes now the opposite of what the features said.
+    flipped = judged("flipped", 1 - truth)
+    scored = flipped["performance"]
+    assert scored["live"] == pytest.approx(1 - true["live"])
+    (breach,) = flipped["breaches"]
+    assert (breach["kind"], breach["what"]) == ("performance", "roc_auc")
+    assert breach["value"] == pytest.approx((evaluated - scored["live"]) / evaluated)
+    assert breach["value"] > monitor.Thresholds().performance_drop
+    print(f"\nlive roc_auc on {len(rows)} labelled rows: {true['live']:.4f} (evaluated "
+          f"{evaluated:.4f}); with the outcomes reversed {scored['live']:.4f}, a relative drop "
+          f"of {breach['value']:.2f}")  # fmt: skip
+    assert "BREACH performance roc_auc relative drop" in flipped["summary"]
+    found = tasks.alarm(model_name="churn-test", monitor_run_key="test/labels-flipped",
+                        retrain=True, cooldown=dt.timedelta(0))  # fmt: skip
+    assert tasks.event_kind(found["breaches"]) == "performance"
+    with pytest.raises(AirflowSkipException, match="performance asset's event carries"):
+        tasks.request_training(found, "drift")
+    assert tasks.request_training(found, "performance")["breaches"] == flipped["breaches"]
+
+    # Too few labels, or a labels file that cannot be read: no performance verdict, said why;
+    # the drift verdict stands.
+    few = judged("few", None)
+    assert few["performance"] is None
+    store = DatasetStore(str(tmp_path / "few" / "churn-test"))
+    first = {k: v[:50] for k, v in {**keys, monitor.LABEL: truth}.items()}
+    store.write_labels(f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H}", pa.table(first))
+    again = json.loads(_monitor(step_env, tmp_path / "few", "test/labels-few2", end=end).stdout)
+    assert again["performance"]["live"] is None
+    assert "50 served rows have labels, fewer than min_rows 200" in again["performance"]["reason"]
+    broken = Path(store.label_files(end - dt.timedelta(hours=1), end)[0])
+    broken.write_bytes(broken.read_bytes()[:100])
+    done = _monitor(step_env, tmp_path / "few", "test/labels-few3", end=end)
+    assert done.returncode == 0, done.stderr
+    reason = json.loads(done.stdout)["performance"]["reason"]
+    assert f"the labels file {broken} cannot be read" in reason
 
 
 def _skipped(done: Any) -> str:

@@ -103,6 +103,13 @@ def local_run_key(start: str, end: str, stage: str) -> str:
     return run_key("local", f"{start}_{end}", stage)
 
 
-def drift_asset_uri(model_name: str) -> str:
-    """The Airflow asset a monitoring breach of ``model_name`` updates."""
-    return f"helmsman://{model_name}/drift"
+# What a monitoring breach is about, each an Airflow asset of the model: its inputs drifted, or
+# (labels of served requests say so) its live performance fell.
+BREACH_KINDS = ("drift", "performance")
+
+
+def breach_asset_uri(model_name: str, kind: str) -> str:
+    """The Airflow asset a monitoring breach of ``model_name`` of ``kind`` updates."""
+    if kind not in BREACH_KINDS:
+        raise ValueError(f"unknown breach kind {kind!r}; one of {BREACH_KINDS}")
+    return f"helmsman://{model_name}/{kind}"

@@ -23,6 +23,15 @@ profile, with scipy's statistics rather than hand-written ones:
 
 A window with fewer than ``min_rows`` rows is not judged (``Skipped``): a thin window would
 raise false alarms.
+
+**Live performance** (``live_performance``): where labels of served requests arrive (the
+dataset store's ``labels/`` feed: request id, row and the label, by the hour they arrived), the
+champion's logged predictions of the last ``performance_hours`` are joined with the labels that
+arrived in that time and scored with evaluation's own metric; a relative drop of more than
+``performance_drop`` against the version's evaluation figure is a breach. This is what catches
+a change of the relation between features and outcome, which no input drift shows. Fewer than
+``min_rows`` labelled rows, no labels, or an unreadable labels file: no performance verdict
+(said in the report), and the drift verdict stands.
 """
 
 from __future__ import annotations
@@ -67,6 +76,7 @@ class Thresholds:
     unseen_share: float = 0.05
     min_rows: int = 200
     performance_drop: float = 0.05
+    performance_hours: int = 24
 
 
 # -- the reference profile ----------------------------------------------------------------
@@ -143,7 +153,8 @@ class Judgement:
     columns: dict[str, ColumnDrift]
     prediction: ColumnDrift
     breaches: list[dict[str, Any]] = field(default_factory=list)
-    performance: dict[str, float] | None = None
+    # live_performance's answer: the metric, its live and evaluated figures, the labelled rows
+    performance: dict[str, Any] | None = None
 
     @property
     def drifted(self) -> list[str]:
@@ -155,7 +166,10 @@ class Judgement:
         head = f"{self.model} v{self.version}, {self.rows} rows in {window}"
         if not self.breaches:
             worst = max(self.columns.items(), key=lambda kv: kv[1].psi)
-            return f"{head}: no breach (highest PSI {worst[0]} {worst[1].psi:.3f})"
+            scored = self.performance or {}
+            live = (f"; live {scored['metric']} {scored['live']:.3f} on {scored['labelled_rows']} "
+                    f"labelled rows" if scored.get("live") is not None else "")  # fmt: skip
+            return f"{head}: no breach (highest PSI {worst[0]} {worst[1].psi:.3f}{live})"
         said = "; ".join(f"{b['kind']} {b['what']} {b['measure']} {b['value']:.3g} "
                          f"(threshold {b['threshold']:.3g})" for b in self.breaches)  # fmt: skip
         return f"{head}: BREACH {said}"
@@ -291,6 +305,70 @@ def read_window(
     return frame.reset_index(drop=True)
 
 
+# -- live performance ---------------------------------------------------------------------
+LABEL = "label"  # the labels feed's outcome column, valued as the source's records are
+
+
+def live_performance(
+    store: DatasetStore,
+    info: ModelInfo,
+    version: str,
+    evaluated: float | None,
+    end: dt.datetime,
+    thresholds: Thresholds,
+) -> dict[str, Any] | None:
+    """The version's predictions of the ``performance_hours`` up to ``end`` scored against the
+    labels that arrived in that time, with the model's evaluation metric; None when no labels
+    arrived. ``live`` stays None, with the ``reason``, when there is too little to score."""
+    import pandas as pd
+
+    from helmsman_steps.evaluate import gain, metrics
+
+    start = end - dt.timedelta(hours=thresholds.performance_hours)
+    files = store.label_files(start, end)
+    if not files:
+        return None
+    said: dict[str, Any] = {
+        "metric": info.metric, "evaluated": evaluated, "live": None, "labelled_rows": 0,
+        "window_start": f"{start:%Y-%m-%dT%H:%M}Z",
+    }  # fmt: skip
+    key = [inference_log.REQUEST_ID, inference_log.ROW]
+    frames = []
+    for path in files:
+        try:
+            with store.fs.open(path, "rb") as handle:
+                frames.append(pd.read_parquet(handle, columns=[*key, LABEL]))
+        except Exception as exc:  # a truncated or foreign file; pyarrow's errors vary
+            reason = f"the labels file {path} cannot be read ({exc}); move it aside or remove it"
+            return said | {"reason": reason}
+    try:
+        served = read_window(store, start, end, version)
+    except Skipped as exc:  # no traffic logged in the window
+        return said | {"reason": str(exc)}
+    labels = pd.concat(frames, ignore_index=True)
+    # A label sent again (a corrected outcome) replaces the earlier one.
+    labels = labels.dropna(subset=[*key, LABEL]).drop_duplicates(key, keep="last")
+    joined = served.merge(labels, on=key, how="inner")
+    said["labelled_rows"] = rows = len(joined)
+    if rows < thresholds.min_rows:
+        return said | {"reason": f"{rows} served rows have labels, fewer than min_rows "
+                                 f"{thresholds.min_rows}"}  # fmt: skip
+    try:
+        y = info.target(joined[LABEL].to_numpy())
+    except ValueError as exc:
+        return said | {"reason": f"labels that the model cannot score: {exc}"}
+    scores = joined[inference_log.PREDICTION].to_numpy()
+    p = np.stack(scores) if info.task == "multiclass" else scores.astype(np.float64)
+    try:
+        live = metrics(y, p, info.task)[info.metric]
+    except ValueError as exc:  # ROC AUC of labels of one class
+        return said | {"reason": f"{info.metric} cannot be scored: {exc}"}
+    said["live"] = live
+    if evaluated is not None and evaluated != 0:
+        said["drop"] = -gain(info.metric, live, evaluated) / abs(evaluated)
+    return said
+
+
 def thresholds_of(settings: Mapping[str, Any] | None) -> Thresholds:
     known = {f for f in Thresholds.__dataclass_fields__}
     given = {k: v for k, v in (settings or {}).items() if k in known}
@@ -340,6 +418,17 @@ def run(
     )
     live = read_window(store, start, end, champion.version)
     judgement = judge(profile, live, info, champion.version, (start, end), thresholds)
+    evaluated = registry.client().get_run(champion.run_id).data.metrics.get(f"eval_{info.metric}")
+    scored = live_performance(store, info, champion.version, evaluated, end, thresholds)
+    judgement.performance = scored
+    if scored is not None and scored.get("reason"):
+        log.warning("no live performance verdict", reason=scored["reason"])
+    if scored is not None and scored.get("drop", 0) > thresholds.performance_drop:
+        judgement.breaches.append({"kind": "performance", "what": info.metric,
+                                   "measure": "relative drop", "value": scored["drop"],
+                                   "threshold": thresholds.performance_drop,
+                                   "live": scored["live"], "evaluated": evaluated,
+                                   "labelled_rows": scored["labelled_rows"]})  # fmt: skip
     verdict = "breach" if judgement.breaches else "ok"
     report = judgement.to_dict()
     window = f"{judgement.window_start}..{judgement.window_end}"
@@ -358,6 +447,10 @@ def run(
                         f"unseen.{name}": c.unseen}  # fmt: skip
             if c.ks_pvalue is not None:
                 metrics[f"ks_pvalue.{name}"] = c.ks_pvalue
+        if scored is not None:
+            metrics["labelled_rows"] = float(scored["labelled_rows"])
+            if scored["live"] is not None:
+                metrics[f"live.{info.metric}"] = scored["live"]
         mlflow.log_metrics({k: v for k, v in metrics.items() if math.isfinite(v)})
         mlflow.set_tags(tags)
         mlflow.log_dict(report, contract.MONITOR_REPORT_ARTIFACT)
@@ -412,6 +505,18 @@ def gauges(judgement: Judgement) -> Any:
     gauge("breaches", "Thresholds the window breached").labels(**version).set(
         len(judgement.breaches)
     )
+    scored = judgement.performance or {}
+    if scored.get("live") is not None:
+        figures = gauge("performance", "The evaluation metric on labelled live traffic", "metric")
+        figures.labels(**version, metric=scored["metric"]).set(scored["live"])
+        if scored.get("evaluated") is not None:
+            gauge("performance_evaluated", "The same metric at evaluation", "metric").labels(
+                **version, metric=scored["metric"]
+            ).set(scored["evaluated"])
+    if scored:
+        gauge("labelled_rows", "Served rows with a label, scored").labels(**version).set(
+            scored["labelled_rows"]
+        )
     end = dt.datetime.strptime(judgement.window_end, "%Y-%m-%dT%H:%MZ").replace(tzinfo=dt.UTC)
     gauge("window_end_timestamp_seconds", "End of the last judged window").labels(**version).set(
         end.timestamp()

@@ -181,7 +181,11 @@ class Monitoring(_Strict):
     missing_increase: float = Field(default=0.05, gt=0, le=1)
     unseen_share: float = Field(default=0.05, gt=0, le=1)
     min_rows: int = Field(default=200, ge=1, description="a thinner window is not judged")
+    # Where labels of served requests arrive (the dataset store's labels/ feed): the live
+    # metric (evaluation's) over the last `performance_hours` may fall at most this share
+    # below the version's evaluation figure (0.05: 5% worse).
     performance_drop: float = Field(default=0.05, gt=0, le=1)
+    performance_hours: int = Field(default=24, ge=1, le=24 * 28)
     # After a breach starts a training run, further breaches within this many hours start none.
     cooldown_hours: float = Field(default=6, ge=0, le=168)
     retrain: bool = Field(default=True, description="a breach starts a training run")

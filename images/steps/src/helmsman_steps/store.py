@@ -7,6 +7,10 @@ Layout under the root (a local path or ``s3://...``):
   inference/hour=YYYY-MM-DDTHH/part-*.parquet
                                       the serving servers' inference log: sampled requests, the
                                       features as received and the prediction (inference_log.py)
+  labels/hour=YYYY-MM-DDTHH/part-*.parquet
+                                      labels of served requests as they become known (columns
+                                      request_id, row, label), by the hour they arrived: written
+                                      by whoever learns the outcomes, read by the monitor
 
 A file is written under a temporary name in the same folder and then moved over the final
 name, so a reader sees either the old complete file or the new complete file, never a mix;
@@ -122,24 +126,39 @@ class DatasetStore:
     def write_inference(self, hour: str, table: Any) -> str:
         """Write one batch of the inference log (a pyarrow Table) as a new file of ``hour``
         (``YYYY-MM-DDTHH``, UTC); files are never rewritten, so servers write side by side."""
+        return self._write_hourly("inference", hour, table)
+
+    def write_labels(self, hour: str, table: Any) -> str:
+        """Write labels of served requests (a pyarrow Table: request_id, row, label) that
+        arrived in ``hour`` as a new file of it."""
+        return self._write_hourly("labels", hour, table)
+
+    def _write_hourly(self, kind: str, hour: str, table: Any) -> str:
         import pyarrow.parquet as pq
 
         stamp = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
         name = f"part-{stamp}-{uuid.uuid4().hex[:12]}.parquet"
-        path = f"{self._location[1]}/inference/hour={hour}/{name}"
+        path = f"{self._location[1]}/{kind}/hour={hour}/{name}"
         self._write_atomically(path, lambda f: pq.write_table(table, f))
         return path
 
     def inference_files(self, start: dt.datetime, end: dt.datetime) -> list[str]:
         """The inference log's files of the hours that overlap [start, end), oldest first (a
         window that starts mid-hour reads that hour's files; the reader filters by time)."""
+        return self._hourly_files("inference", start, end)
+
+    def label_files(self, start: dt.datetime, end: dt.datetime) -> list[str]:
+        """The files of labels that arrived in the hours that overlap [start, end)."""
+        return self._hourly_files("labels", start, end)
+
+    def _hourly_files(self, kind: str, start: dt.datetime, end: dt.datetime) -> list[str]:
         fs, base = self.fs, self._location[1]
         first = start.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
         last = end.astimezone(dt.UTC)
         # The hours that hold files, listed once: a long window costs one listing, not one
         # glob per hour (a century of hours took minutes).
         hours = []
-        for folder in fs.glob(f"{base}/inference/hour=*"):
+        for folder in fs.glob(f"{base}/{kind}/hour=*"):
             try:
                 hour = dt.datetime.strptime(folder.rsplit("hour=", 1)[1], "%Y-%m-%dT%H")
             except ValueError:
