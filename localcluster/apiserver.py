@@ -56,6 +56,8 @@ class LogSource(Protocol):
 
     def exec_target(self, pod: dict[str, Any], container: str) -> streams.ExecTarget: ...
 
+    def attach_target(self, pod: dict[str, Any], container: str) -> streams.AttachTarget: ...
+
     def pod_metrics(self, namespace: str | None, name: str | None = None) -> list[Any]: ...
 
     def node_metrics(self) -> list[Any]: ...
@@ -480,6 +482,8 @@ class ApiServer:
                 return await self._log(request, target)
             if target.subresource == "exec" and method in ("GET", "POST"):
                 return await self._exec(request, target)
+            if target.subresource == "attach" and method in ("GET", "POST"):
+                return await self._attach(request, target)
             if target.subresource == "portforward" and method in ("GET", "POST"):
                 return await self._portforward(request, target)
             if method == "GET":
@@ -857,6 +861,11 @@ class ApiServer:
             raise errors.bad_request("you must specify at least 1 command")
         pod, container, kubelet = self._container(request, target)
         return await streams.run_exec(request, kubelet.exec_target(pod, container), opts)
+
+    async def _attach(self, request: web.Request, target: Target) -> web.StreamResponse:
+        opts = streams.options(request.query)
+        pod, container, kubelet = self._container(request, target)
+        return await streams.run_attach(request, kubelet.attach_target(pod, container), opts)
 
     async def _portforward(self, request: web.Request, target: Target) -> web.StreamResponse:
         pod = self.store.get(target.kind, target.namespace, target.name)

@@ -36,7 +36,7 @@ from localcluster.quantity import parse as parse_quantity
 from localcluster.resources import NODES, PODS, SERVICES
 from localcluster.scheduler import set_condition
 from localcluster.store import Obj, Store, now
-from localcluster.streams import ExecTarget
+from localcluster.streams import AttachTarget, ExecTarget
 
 # The launcher runs with -S as a script: it is on every container's start path (see launch.py).
 LAUNCHER = [sys.executable, "-S", str(Path(__file__).with_name("launch.py"))]
@@ -96,6 +96,10 @@ class ContainerRun:
     cwd: str = ""
     isolated: bool = False
     runtime: Runtime | None = None
+    # What pods/attach joins: a queue per attached client, fed each line of output, and the
+    # running attempt's standard input when the container asks for one (``stdin: true``).
+    attached: set[asyncio.Queue[bytes | None]] = field(default_factory=set)
+    stdin: asyncio.StreamWriter | None = None
 
     def log_path(self, attempt: int | None = None) -> Path:
         return self.log_dir / f"{self.restart_count if attempt is None else attempt}.log"
@@ -310,7 +314,9 @@ class PodWorker:
                 *argv,
                 env=env,
                 cwd=cwd,
-                stdin=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE
+                if run.spec.get("stdin")
+                else asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,
@@ -336,6 +342,7 @@ class PodWorker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
         run.process, run.env, run.cwd, run.runtime = process, env, cwd, runtime
+        run.stdin = process.stdin
         run.isolated = self.kubelet.unshare is not None
         run.started, run.ready = True, "readinessProbe" not in run.spec
         run.state = {"running": {"startedAt": started[:19] + "Z"}}
@@ -361,9 +368,15 @@ class PodWorker:
             async for line in output:
                 log_file.write(rfc3339_nano().encode() + b" " + line)
                 log_file.flush()
+                for client in run.attached:
+                    with contextlib.suppress(asyncio.QueueFull):  # a client far behind
+                        client.put_nowait(line)
             code = await process.wait()
         finally:
             log_file.close()
+            for client in run.attached:  # the output ended: attached clients detach
+                with contextlib.suppress(asyncio.QueueFull):
+                    client.put_nowait(None)
             for probe in probes:
                 probe.cancel()
         exit_code = 128 - code if code < 0 else code
@@ -733,10 +746,30 @@ class Kubelet:
     # -- exec ------------------------------------------------------------------------------
     def exec_target(self, pod: Obj, container: str) -> ExecTarget:
         """Where ``pods/exec`` runs a command: the running container, entered."""
+        worker, run, process, runtime = self._running(pod, container, "exec into")
+        env = dict(run.env)
+        return ExecTarget(
+            enter=[*LAUNCHER, "--enter", str(process.pid), "--"] if run.isolated else [],
+            env=env,
+            cwd=run.cwd,
+            resolve=lambda argv: _found(resolve(argv, env, runtime)),
+            started=worker.execs,
+        )
+
+    def attach_target(self, pod: Obj, container: str) -> AttachTarget:
+        """What ``pods/attach`` joins: the running container's output and standard input."""
+        _, run, _, _ = self._running(pod, container, "attach")
+        return AttachTarget(run.attached, run.stdin, bool(run.spec.get("stdinOnce")))
+
+    def _running(
+        self, pod: Obj, container: str, verb: str
+    ) -> tuple[PodWorker, ContainerRun, asyncio.subprocess.Process, Runtime]:
+        """The worker, run, process and runtime of a running container; 400 as the API
+        server answers otherwise."""
         name, phase = pod["metadata"]["name"], pod.get("status", {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             raise errors.bad_request(
-                f"cannot exec into a container in a completed pod; current phase is {phase}"
+                f"cannot {verb} a container in a completed pod; current phase is {phase}"
             )
         if not pod["spec"].get("nodeName"):
             raise errors.bad_request(f"pod {name} does not have a host assigned")
@@ -754,14 +787,7 @@ class Kubelet:
             raise errors.bad_request(
                 f'unable to upgrade connection: container not found ("{container}")'
             )
-        env = dict(run.env)
-        return ExecTarget(
-            enter=[*LAUNCHER, "--enter", str(process.pid), "--"] if run.isolated else [],
-            env=env,
-            cwd=run.cwd,
-            resolve=lambda argv: _found(resolve(argv, env, runtime)),
-            started=worker.execs,
-        )
+        return worker, run, process, runtime
 
     # -- logs ------------------------------------------------------------------------------
     def stream_logs(

@@ -1,5 +1,5 @@
-"""``pods/exec`` and ``pods/portforward`` over WebSocket, with the channel protocol kubectl
-and the Kubernetes clients speak (``v5.channel.k8s.io``, ``v4.channel.k8s.io``).
+"""``pods/exec``, ``pods/attach`` and ``pods/portforward`` over WebSocket, with the channel
+protocol kubectl and the Kubernetes clients speak (``v5.channel.k8s.io``, ``v4.channel.k8s.io``).
 
 Every binary message starts with its channel: 0 stdin, 1 stdout, 2 stderr, 3 the error
 channel (one ``Status`` when the command ends: ``Success``, or ``NonZeroExitCode`` with the
@@ -7,6 +7,11 @@ code as its cause), 4 terminal resize; in v5, 255 closes a channel (the client's
 The command runs with the container's environment and working directory, inside its mount and
 PID namespaces (``localcluster.launch --enter``), so it sees the container's volumes and only
 its processes. A closed connection kills what it started.
+
+Attach joins the container's own process: its output from then on (stdout and stderr, as the
+container's log merges them) and, when the container asks for one (``stdin: true``), its
+standard input; ``stdinOnce`` closes that input when the first client that wrote to it
+detaches, as the kubelet does.
 """
 
 from __future__ import annotations
@@ -40,6 +45,18 @@ class ExecTarget:
     cwd: str
     resolve: Any  # Callable[[list[str]], list[str]]: the command's argv as the image runs it
     started: set[asyncio.subprocess.Process] = field(default_factory=set)
+
+
+@dataclass
+class AttachTarget:
+    """What an attach joins: the container's output listeners and its standard input."""
+
+    listeners: set[asyncio.Queue[bytes | None]]
+    stdin: asyncio.StreamWriter | None
+    stdin_once: bool
+
+
+ATTACH_BACKLOG = 4096  # lines an attached client may fall behind before it misses some
 
 
 def options(query: Any) -> dict[str, Any]:
@@ -159,6 +176,50 @@ async def run_exec(
         target.started.discard(process)
         if master >= 0:
             os.close(master)
+        await ws.close()
+    return ws
+
+
+async def run_attach(
+    request: web.Request, target: AttachTarget, opts: dict[str, Any]
+) -> web.StreamResponse:
+    ws = await upgrade(request)
+    output: asyncio.Queue[bytes | None] = asyncio.Queue(ATTACH_BACKLOG)
+    target.listeners.add(output)
+    stdin = target.stdin if opts["stdin"] else None
+
+    async def pump() -> None:
+        while (line := await output.get()) is not None:
+            if opts["stdout"] or opts["tty"]:
+                await _send(ws, STDOUT, line)
+
+    def detach_stdin() -> None:
+        if stdin is not None and target.stdin_once:
+            stdin.close()  # the container reads its end of input
+
+    async def read() -> None:
+        async for message in ws:
+            if message.type not in (WSMsgType.BINARY, WSMsgType.TEXT):
+                continue
+            data = message.data if isinstance(message.data, bytes) else message.data.encode()
+            channel, payload = (data[0], data[1:]) if data else (-1, b"")
+            if channel == STDIN and payload and stdin is not None and not stdin.is_closing():
+                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+                    stdin.write(payload)
+                    await stdin.drain()
+            elif channel == CLOSE and payload[:1] == bytes([STDIN]):
+                detach_stdin()  # the client's input ended; its output keeps coming
+
+    pumping, reading = asyncio.ensure_future(pump()), asyncio.ensure_future(read())
+    try:
+        await asyncio.wait({pumping, reading}, return_when=asyncio.FIRST_COMPLETED)
+        if pumping.done():  # the container exited: its output ended
+            await _send(ws, ERROR, json.dumps({"metadata": {}, "status": "Success"}).encode())
+    finally:
+        target.listeners.discard(output)
+        pumping.cancel()
+        reading.cancel()
+        detach_stdin()
         await ws.close()
     return ws
 

@@ -20,7 +20,7 @@ import pytest
 from kubernetes.stream import stream
 
 from tests.cluster_fixtures import Cluster, pod_manifest, wait_for
-from tests.localcluster.test_pods import processes_with
+from tests.localcluster.test_pods import log_of, processes_with
 
 KUBECTL = shutil.which("kubectl")
 SLEEPER = "import time; time.sleep(600)"
@@ -233,3 +233,63 @@ def test_port_forward_with_the_python_client(cluster: Cluster) -> None:
     assert refused.returncode != 0
     assert "not SPDY" in refused.stderr
     cluster.core.delete_namespaced_pod("web", "default", grace_period_seconds=0)
+
+
+TICKER = """import itertools, time
+for i in itertools.count():
+    print(f"tick {i}", flush=True)
+    time.sleep(0.2)
+"""
+UPPER = """import sys
+for line in sys.stdin:
+    print(line.strip().upper(), flush=True)
+print("eof", flush=True)
+"""
+
+
+def test_attach_streams_the_containers_output_from_then_on(cluster: Cluster) -> None:
+    cluster.core.create_namespaced_pod("default", pod_manifest("ticker", TICKER))
+    running(cluster, "ticker")
+    attached = stream(
+        cluster.core.connect_get_namespaced_pod_attach, "ticker", "default",
+        stdout=True, stderr=True, stdin=False, tty=False, _preload_content=False,
+    )  # fmt: skip
+    seen = ""
+    for _ in range(50):
+        attached.update(timeout=1)
+        seen += attached.read_stdout() if attached.peek_stdout() else ""
+        if seen.count("tick") >= 3:
+            break
+    attached.close()
+    ticks = [int(line.split()[1]) for line in seen.splitlines()]
+    assert len(ticks) >= 3, seen
+    assert ticks == list(range(ticks[0], ticks[0] + len(ticks)))  # in order, none lost
+    # From when it attached, not the whole log: the log already had earlier lines.
+    assert log_of(cluster, "ticker").startswith("tick 0\n")
+    cluster.core.delete_namespaced_pod("ticker", "default", grace_period_seconds=0)
+
+
+def test_kubectl_attach_feeds_the_containers_stdin_once(cluster: Cluster) -> None:
+    assert KUBECTL, "kubectl is not on PATH"
+    base = [KUBECTL, "--kubeconfig", str(cluster.kubeconfig)]
+    manifest = pod_manifest("upper", UPPER, container={"stdin": True, "stdinOnce": True})
+    cluster.core.create_namespaced_pod("default", manifest)
+    running(cluster, "upper")
+    done = subprocess.run(
+        [*base, "attach", "-i", "upper"], input="one\ntwo\n", capture_output=True, text=True,
+        timeout=60, check=False,
+    )  # fmt: skip
+    # The input reached the container's own process; its end (stdinOnce) ended the process.
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["ONE", "TWO", "eof"], (done.stdout, done.stderr)
+
+    def ended() -> bool:
+        return cluster.core.read_namespaced_pod("upper", "default").status.phase == "Succeeded"
+
+    wait_for("the container to end with its input", ended)
+    refused = subprocess.run(
+        [*base, "attach", "upper"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert refused.returncode != 0
+    assert "cannot attach a container in a completed pod" in refused.stderr, refused.stderr
+    cluster.core.delete_namespaced_pod("upper", "default", grace_period_seconds=0)
