@@ -36,7 +36,7 @@ from localcluster.quantity import parse as parse_quantity
 from localcluster.resources import NODES, PODS, SERVICES
 from localcluster.scheduler import set_condition
 from localcluster.store import Obj, Store, now
-from localcluster.streams import AttachTarget, ExecTarget
+from localcluster.streams import ATTACH_BACKLOG, AttachTarget, ExecTarget, offer
 
 # The launcher runs with -S as a script: it is on every container's start path (see launch.py).
 LAUNCHER = [sys.executable, "-S", str(Path(__file__).with_name("launch.py"))]
@@ -369,14 +369,12 @@ class PodWorker:
                 log_file.write(rfc3339_nano().encode() + b" " + line)
                 log_file.flush()
                 for client in run.attached:
-                    with contextlib.suppress(asyncio.QueueFull):  # a client far behind
-                        client.put_nowait(line)
+                    offer(client, line)
             code = await process.wait()
         finally:
             log_file.close()
             for client in run.attached:  # the output ended: attached clients detach
-                with contextlib.suppress(asyncio.QueueFull):
-                    client.put_nowait(None)
+                offer(client, None)
             for probe in probes:
                 probe.cancel()
         exit_code = 128 - code if code < 0 else code
@@ -759,7 +757,10 @@ class Kubelet:
     def attach_target(self, pod: Obj, container: str) -> AttachTarget:
         """What ``pods/attach`` joins: the running container's output and standard input."""
         _, run, _, _ = self._running(pod, container, "attach")
-        return AttachTarget(run.attached, run.stdin, bool(run.spec.get("stdinOnce")))
+        # Registered now, while the attempt is known to run: its end reaches this client.
+        output: asyncio.Queue[bytes | None] = asyncio.Queue(ATTACH_BACKLOG)
+        run.attached.add(output)
+        return AttachTarget(output, run.attached, run.stdin, bool(run.spec.get("stdinOnce")))
 
     def _running(
         self, pod: Obj, container: str, verb: str

@@ -49,14 +49,27 @@ class ExecTarget:
 
 @dataclass
 class AttachTarget:
-    """What an attach joins: the container's output listeners and its standard input."""
+    """What an attach joins: its client's queue of the container's output (registered with
+    the running attempt, which ends it with None), and the container's standard input."""
 
+    output: asyncio.Queue[bytes | None]
     listeners: set[asyncio.Queue[bytes | None]]
     stdin: asyncio.StreamWriter | None
     stdin_once: bool
 
 
 ATTACH_BACKLOG = 4096  # lines an attached client may fall behind before it misses some
+
+
+def offer(queue: asyncio.Queue[bytes | None], item: bytes | None) -> None:
+    """Queue ``item`` for an attached client; one far behind loses its oldest line instead,
+    so the container never waits and the end of output (None) always arrives."""
+    while True:
+        try:
+            queue.put_nowait(item)
+            return
+        except asyncio.QueueFull:
+            queue.get_nowait()
 
 
 def options(query: Any) -> dict[str, Any]:
@@ -183,10 +196,12 @@ async def run_exec(
 async def run_attach(
     request: web.Request, target: AttachTarget, opts: dict[str, Any]
 ) -> web.StreamResponse:
-    ws = await upgrade(request)
-    output: asyncio.Queue[bytes | None] = asyncio.Queue(ATTACH_BACKLOG)
-    target.listeners.add(output)
-    stdin = target.stdin if opts["stdin"] else None
+    output, stdin = target.output, target.stdin if opts["stdin"] else None
+    try:
+        ws = await upgrade(request)
+    except BaseException:
+        target.listeners.discard(output)
+        raise
 
     async def pump() -> None:
         while (line := await output.get()) is not None:
@@ -213,8 +228,12 @@ async def run_attach(
     pumping, reading = asyncio.ensure_future(pump()), asyncio.ensure_future(read())
     try:
         await asyncio.wait({pumping, reading}, return_when=asyncio.FIRST_COMPLETED)
-        if pumping.done():  # the container exited: its output ended
-            await _send(ws, ERROR, json.dumps({"metadata": {}, "status": "Success"}).encode())
+        if pumping.done():  # the container exited (its output ended), or sending failed
+            failed = pumping.exception()
+            status = _failure(f"error attaching to container: {failed}") if failed else {
+                "metadata": {}, "status": "Success"
+            }  # fmt: skip
+            await _send(ws, ERROR, json.dumps(status).encode())
     finally:
         target.listeners.discard(output)
         pumping.cancel()

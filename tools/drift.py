@@ -123,9 +123,9 @@ def detect_and_retrain(
         new = [r for r in asset_runs(api) if r["dag_run_id"] not in before]
         time.sleep(2)
     if not new:
-        raise StackError(f"no {TRAIN_DAG} run started from the drift asset's event in 120 s")
+        raise StackError(f"no {TRAIN_DAG} run started from the breach's asset event in 120 s")
     retrain_id = new[0]["dag_run_id"]
-    say(f"{TRAIN_DAG}: {retrain_id} started from the asset event; following it")
+    say(f"{TRAIN_DAG}: {retrain_id} started from the breach's asset event; following it")
     done = api.wait(TRAIN_DAG, retrain_id, timeout=timeout)
     return Detection(run_id, state, alarm, done)
 

@@ -270,6 +270,14 @@ def test_served_traffic_is_judged_and_the_verdict_recorded_in_mlflow(
         contract.MONITOR_BREACHES_TAG])  # fmt: skip
     assert {b["what"] for b in breaches} >= set(SHIFTED)
 
+    # An earlier window judged again (a cleared task) leaves the later verdict's gauges.
+    earlier = ends["shifted"] - dt.timedelta(minutes=1)
+    rerun = _monitor(step_env, tmp_path / "steady", "test/steady-rerun", "--pushgateway",
+                     pushgateway, end=earlier)  # fmt: skip
+    assert json.loads(rerun.stdout)["pushed"] is False, rerun.stderr
+    gauges, _ = pushed(pushgateway, "churn-test")
+    assert {f for (kind, f), v in gauges.items() if kind == "feature_drifted" and v} == set(SHIFTED)
+
     # The same window again (a task's retry) is the same MLflow run, not a second one; a
     # Pushgateway that does not answer is a warning, not a failed run.
     gone = f"http://127.0.0.1:{free_port()}"
@@ -374,6 +382,13 @@ def test_labels_of_served_requests_judge_live_performance_and_a_drop_alone_retra
     gauges, _ = pushed(pushgateway, "churn-test")
     assert gauges[("performance", "")] == pytest.approx(true["live"])
 
+    # Labels written as text (from a CSV) are the same classes; values that are none of them
+    # are said, not scored as the negative class.
+    assert judged("text", truth.astype(str))["performance"]["live"] == pytest.approx(true["live"])
+    foreign = judged("foreign", np.where(truth == 1, "yes", "no"))["performance"]
+    assert foreign["live"] is None
+    assert "labels ['no', 'yes'] are not among the classes [0, 1]" in foreign["reason"]
+
     # The same served rows, their outcomes now the opposite of what the features said.
     flipped = judged("flipped", 1 - truth)
     scored = flipped["performance"]
@@ -389,6 +404,8 @@ def test_labels_of_served_requests_judge_live_performance_and_a_drop_alone_retra
     found = tasks.alarm(model_name="churn-test", monitor_run_key="test/labels-flipped",
                         retrain=True, cooldown=dt.timedelta(0))  # fmt: skip
     assert tasks.event_kind(found["breaches"]) == "performance"
+    # With drift as well, the drift event carries both (one breach, one event).
+    assert tasks.event_kind([*found["breaches"], {"kind": "drift"}]) == "drift"
     with pytest.raises(AirflowSkipException, match="performance asset's event carries"):
         tasks.request_training(found, "drift")
     assert tasks.request_training(found, "performance")["breaches"] == flipped["breaches"]

@@ -279,10 +279,15 @@ def judge(
 
 
 def read_window(
-    store: DatasetStore, start: dt.datetime, end: dt.datetime, version: str
+    store: DatasetStore,
+    start: dt.datetime,
+    end: dt.datetime,
+    version: str,
+    columns: list[str] | None = None,
 ) -> pd.DataFrame:
-    """The inference log's rows answered by ``version`` in [start, end); a file that cannot be
-    read is ``Skipped`` with its name (judging what is left could raise a false alarm)."""
+    """The inference log's rows answered by ``version`` in [start, end) (only ``columns`` of
+    them, besides the time and version, when given); a file that cannot be read is
+    ``Skipped`` with its name (judging what is left could raise a false alarm)."""
     import pandas as pd
 
     files = store.inference_files(start, end)
@@ -294,7 +299,10 @@ def read_window(
     for path in files:
         try:
             with store.fs.open(path, "rb") as handle:
-                frames.append(pd.read_parquet(handle))
+                wanted = None if columns is None else [
+                    inference_log.TIMESTAMP, inference_log.VERSION, *columns
+                ]  # fmt: skip
+                frames.append(pd.read_parquet(handle, columns=wanted))
         except Exception as exc:  # pyarrow's errors for a truncated or foreign file vary
             raise Skipped(f"the inference log file {path} cannot be read ({exc}); move it "
                           "aside or remove it") from None  # fmt: skip
@@ -341,20 +349,22 @@ def live_performance(
         except Exception as exc:  # a truncated or foreign file; pyarrow's errors vary
             reason = f"the labels file {path} cannot be read ({exc}); move it aside or remove it"
             return said | {"reason": reason}
-    try:
-        served = read_window(store, start, end, version)
+    try:  # the keys and the predictions only: a long window of every column is large
+        served = read_window(store, start, end, version, [*key, inference_log.PREDICTION])
     except Skipped as exc:  # no traffic logged in the window
         return said | {"reason": str(exc)}
-    labels = pd.concat(frames, ignore_index=True)
-    # A label sent again (a corrected outcome) replaces the earlier one.
-    labels = labels.dropna(subset=[*key, LABEL]).drop_duplicates(key, keep="last")
+    try:
+        labels, served = (_keyed(f) for f in (pd.concat(frames, ignore_index=True), served))
+    except (TypeError, ValueError) as exc:
+        return said | {"reason": f"the labels' request_id or row cannot be read ({exc})"}
+    labels = labels.dropna(subset=[LABEL])
     joined = served.merge(labels, on=key, how="inner")
     said["labelled_rows"] = rows = len(joined)
     if rows < thresholds.min_rows:
         return said | {"reason": f"{rows} served rows have labels, fewer than min_rows "
                                  f"{thresholds.min_rows}"}  # fmt: skip
     try:
-        y = info.target(joined[LABEL].to_numpy())
+        y = info.target(_as_classes(joined[LABEL], info))
     except ValueError as exc:
         return said | {"reason": f"labels that the model cannot score: {exc}"}
     scores = joined[inference_log.PREDICTION].to_numpy()
@@ -367,6 +377,35 @@ def live_performance(
     if evaluated is not None and evaluated != 0:
         said["drop"] = -gain(info.metric, live, evaluated) / abs(evaluated)
     return said
+
+
+def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with its join keys as one type on both sides (request id text, row integer)
+    and each key once: a label sent again (a corrected outcome), or a request id a client used
+    twice, keeps its last row."""
+    key = [inference_log.REQUEST_ID, inference_log.ROW]
+    frame = frame.dropna(subset=key)
+    ids, rows = frame[inference_log.REQUEST_ID].astype(str), frame[inference_log.ROW]
+    frame = frame.assign(**{inference_log.REQUEST_ID: ids, inference_log.ROW: rows.astype("int64")})
+    return frame.drop_duplicates(key, keep="last")
+
+
+def _as_classes(labels: pd.Series, info: ModelInfo) -> np.ndarray:
+    """A classifier's labels as its classes, matched by value or by their text (a labels feed
+    written from CSV hands ``1`` back as ``"1"``); ValueError naming values that are neither
+    (a binary model's target would count them as its negative class)."""
+    values: np.ndarray = labels.to_numpy()
+    if info.task == "regression" or not info.classes:
+        return values
+    by_text = {str(c): c for c in info.classes}
+    matched = [v if v in info.classes else by_text.get(str(v), _NONE) for v in values.tolist()]
+    unknown = sorted({str(v) for v, m in zip(values.tolist(), matched, strict=True) if m is _NONE})
+    if unknown:
+        raise ValueError(f"labels {unknown[:5]} are not among the classes {list(info.classes)}")
+    return np.asarray(matched)
+
+
+_NONE = object()
 
 
 def thresholds_of(settings: Mapping[str, Any] | None) -> Thresholds:
@@ -517,11 +556,33 @@ def gauges(judgement: Judgement) -> Any:
         gauge("labelled_rows", "Served rows with a label, scored").labels(**version).set(
             scored["labelled_rows"]
         )
-    end = dt.datetime.strptime(judgement.window_end, "%Y-%m-%dT%H:%MZ").replace(tzinfo=dt.UTC)
     gauge("window_end_timestamp_seconds", "End of the last judged window").labels(**version).set(
-        end.timestamp()
+        _window_end(judgement)
     )
     return registry
+
+
+def _window_end(judgement: Judgement) -> float:
+    end = dt.datetime.strptime(judgement.window_end, "%Y-%m-%dT%H:%MZ").replace(tzinfo=dt.UTC)
+    return end.timestamp()
+
+
+def _pushed_window_end(gateway: str, model: str) -> float | None:
+    """The window end the Pushgateway holds for ``model``'s group, if any."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    base = gateway if "://" in gateway else f"http://{gateway}"  # as push_to_gateway reads it
+    with urllib.request.urlopen(f"{base.rstrip('/')}/metrics", timeout=PUSH_TIMEOUT_S) as answer:  # noqa: S310 - the configured gateway
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if (sample.name == "helmsman_monitor_window_end_timestamp_seconds"
+                    and sample.labels.get("job") == PUSH_JOB
+                    and sample.labels.get("model") == model):  # fmt: skip
+                return float(sample.value)
+    return None
 
 
 def push(judgement: Judgement, gateway: str) -> bool:
@@ -531,6 +592,12 @@ def push(judgement: Judgement, gateway: str) -> bool:
     from prometheus_client import push_to_gateway
 
     try:
+        # A rerun of an earlier window (a cleared task) must not replace a later verdict.
+        held = _pushed_window_end(gateway, judgement.model)
+        if held is not None and held > _window_end(judgement):
+            log.info("the Pushgateway holds a later window's gauges; left as they are",
+                     window_end=judgement.window_end)  # fmt: skip
+            return False
         push_to_gateway(gateway, job=PUSH_JOB, grouping_key={"model": judgement.model},
                         registry=gauges(judgement), timeout=PUSH_TIMEOUT_S)  # fmt: skip
     except Exception as exc:  # URLError, a 4xx/5xx from the gateway, a malformed address
