@@ -10,8 +10,8 @@ its processes. A closed connection kills what it started.
 
 Attach joins the container's own process: its output from then on (stdout and stderr, as the
 container's log merges them) and, when the container asks for one (``stdin: true``), its
-standard input; ``stdinOnce`` closes that input when the first client that wrote to it
-detaches, as the kubelet does.
+standard input; ``stdinOnce`` closes that input when the first client attached to it ends
+its input or detaches, as the kubelet does.
 """
 
 from __future__ import annotations

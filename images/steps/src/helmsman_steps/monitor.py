@@ -296,12 +296,11 @@ def read_window(
                       f"{start:%Y-%m-%d %H:%M}..{end:%Y-%m-%d %H:%M} UTC: no traffic logged "
                       "(is the server's --log-sample above 0?)")  # fmt: skip
     frames = []
+    wanted = None if columns is None else [inference_log.TIMESTAMP, inference_log.VERSION,
+                                           *columns]  # fmt: skip
     for path in files:
         try:
             with store.fs.open(path, "rb") as handle:
-                wanted = None if columns is None else [
-                    inference_log.TIMESTAMP, inference_log.VERSION, *columns
-                ]  # fmt: skip
                 frames.append(pd.read_parquet(handle, columns=wanted))
         except Exception as exc:  # pyarrow's errors for a truncated or foreign file vary
             raise Skipped(f"the inference log file {path} cannot be read ({exc}); move it "
@@ -315,6 +314,7 @@ def read_window(
 
 # -- live performance ---------------------------------------------------------------------
 LABEL = "label"  # the labels feed's outcome column, valued as the source's records are
+KEY = [inference_log.REQUEST_ID, inference_log.ROW]  # what joins a label to its prediction
 
 
 def live_performance(
@@ -340,17 +340,16 @@ def live_performance(
         "metric": info.metric, "evaluated": evaluated, "live": None, "labelled_rows": 0,
         "window_start": f"{start:%Y-%m-%dT%H:%M}Z",
     }  # fmt: skip
-    key = [inference_log.REQUEST_ID, inference_log.ROW]
     frames = []
     for path in files:
         try:
             with store.fs.open(path, "rb") as handle:
-                frames.append(pd.read_parquet(handle, columns=[*key, LABEL]))
+                frames.append(pd.read_parquet(handle, columns=[*KEY, LABEL]))
         except Exception as exc:  # a truncated or foreign file; pyarrow's errors vary
             reason = f"the labels file {path} cannot be read ({exc}); move it aside or remove it"
             return said | {"reason": reason}
     try:  # the keys and the predictions only: a long window of every column is large
-        served = read_window(store, start, end, version, [*key, inference_log.PREDICTION])
+        served = read_window(store, start, end, version, [*KEY, inference_log.PREDICTION])
     except Skipped as exc:  # no traffic logged in the window
         return said | {"reason": str(exc)}
     try:
@@ -358,7 +357,7 @@ def live_performance(
     except (TypeError, ValueError) as exc:
         return said | {"reason": f"the labels' request_id or row cannot be read ({exc})"}
     labels = labels.dropna(subset=[LABEL])
-    joined = served.merge(labels, on=key, how="inner")
+    joined = served.merge(labels, on=KEY, how="inner")
     said["labelled_rows"] = rows = len(joined)
     if rows < thresholds.min_rows:
         return said | {"reason": f"{rows} served rows have labels, fewer than min_rows "
@@ -383,11 +382,10 @@ def _keyed(frame: pd.DataFrame) -> pd.DataFrame:
     """``frame`` with its join keys as one type on both sides (request id text, row integer)
     and each key once: a label sent again (a corrected outcome), or a request id a client used
     twice, keeps its last row."""
-    key = [inference_log.REQUEST_ID, inference_log.ROW]
-    frame = frame.dropna(subset=key)
+    frame = frame.dropna(subset=KEY)
     ids, rows = frame[inference_log.REQUEST_ID].astype(str), frame[inference_log.ROW]
     frame = frame.assign(**{inference_log.REQUEST_ID: ids, inference_log.ROW: rows.astype("int64")})
-    return frame.drop_duplicates(key, keep="last")
+    return frame.drop_duplicates(KEY, keep="last")
 
 
 def _as_classes(labels: pd.Series, info: ModelInfo) -> np.ndarray:
