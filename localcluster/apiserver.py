@@ -25,6 +25,7 @@ from localcluster import (
     errors,
     openapi,
     patch,
+    portforward,
     protobuf,
     reviews,
     selectors,
@@ -869,16 +870,18 @@ class ApiServer:
 
     async def _portforward(self, request: web.Request, target: Target) -> web.StreamResponse:
         pod = self.store.get(target.kind, target.namespace, target.name)
-        streams.require_channels(request)
-        ports = [int(p) for v in request.query.getall("ports", []) for p in v.split(",") if p]
-        if not ports:
-            raise errors.bad_request("at least 1 port must be specified")
+        portforward.require_channels(request)
         ip = pod.get("status", {}).get("podIP")
         if pod.get("status", {}).get("phase") != "Running" or not ip:
             raise errors.bad_request(
                 f"unable to upgrade connection: pod {target.name} is not running"
             )
-        return await streams.run_portforward(request, ip, ports)
+        if portforward.tunnels_spdy(request):  # the ports come with each stream
+            return await portforward.run_spdy(request, ip, f"{target.namespace}/{target.name}")
+        ports = [int(p) for v in request.query.getall("ports", []) for p in v.split(",") if p]
+        if not ports:
+            raise errors.bad_request("at least 1 port must be specified")
+        return await portforward.run_channels(request, ip, ports)
 
     async def _log(self, request: web.Request, target: Target) -> web.StreamResponse:
         pod, container, kubelet = self._container(request, target)

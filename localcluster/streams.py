@@ -1,5 +1,6 @@
-"""``pods/exec``, ``pods/attach`` and ``pods/portforward`` over WebSocket, with the channel
-protocol kubectl and the Kubernetes clients speak (``v5.channel.k8s.io``, ``v4.channel.k8s.io``).
+"""``pods/exec`` and ``pods/attach`` over WebSocket, with the channel protocol kubectl and the
+Kubernetes clients speak (``v5.channel.k8s.io``, ``v4.channel.k8s.io``); port forwarding, which
+shares it, is ``localcluster.portforward``.
 
 Every binary message starts with its channel: 0 stdin, 1 stdout, 2 stderr, 3 the error
 channel (one ``Status`` when the command ends: ``Success``, or ``NonZeroExitCode`` with the
@@ -128,7 +129,7 @@ async def upgrade(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _send(ws: web.WebSocketResponse, channel: int, data: bytes) -> None:
+async def send(ws: web.WebSocketResponse, channel: int, data: bytes) -> None:
     if not ws.closed:
         with contextlib.suppress(ConnectionResetError):
             await ws.send_bytes(bytes([channel]) + data)
@@ -146,7 +147,7 @@ async def run_exec(
             f"error executing command in container: failed to exec in container: exec: "
             f'"{command[0]}": executable file not found in $PATH: {exc}'
         )
-        await _send(ws, ERROR, json.dumps(_failure(message)).encode())
+        await send(ws, ERROR, json.dumps(_failure(message)).encode())
         await ws.close()
         return ws
     master = slave = -1
@@ -180,7 +181,7 @@ async def run_exec(
             _kill(process)
         code = await waiter
         await asyncio.gather(*pumps, return_exceptions=True)
-        await _send(ws, ERROR, json.dumps(_status(code, command)).encode())
+        await send(ws, ERROR, json.dumps(_status(code, command)).encode())
     finally:
         reader.cancel()
         for pump in pumps:
@@ -206,7 +207,7 @@ async def run_attach(
     async def pump() -> None:
         while (line := await output.get()) is not None:
             if opts["stdout"] or opts["tty"]:
-                await _send(ws, STDOUT, line)
+                await send(ws, STDOUT, line)
 
     def detach_stdin() -> None:
         if stdin is not None and target.stdin_once:
@@ -233,7 +234,7 @@ async def run_attach(
             status = _failure(f"error attaching to container: {failed}") if failed else {
                 "metadata": {}, "status": "Success"
             }  # fmt: skip
-            await _send(ws, ERROR, json.dumps(status).encode())
+            await send(ws, ERROR, json.dumps(status).encode())
     finally:
         target.listeners.discard(output)
         pumping.cancel()
@@ -251,7 +252,7 @@ def _kill(process: asyncio.subprocess.Process) -> None:
 
 async def _pump(stream: asyncio.StreamReader, channel: int, ws: web.WebSocketResponse) -> None:
     while chunk := await stream.read(65536):
-        await _send(ws, channel, chunk)
+        await send(ws, channel, chunk)
 
 
 async def _pump_pty(master: int, ws: web.WebSocketResponse) -> None:
@@ -263,7 +264,7 @@ async def _pump_pty(master: int, ws: web.WebSocketResponse) -> None:
             return
         if not chunk:
             return
-        await _send(ws, STDOUT, chunk)
+        await send(ws, STDOUT, chunk)
 
 
 async def _read_client(
@@ -290,65 +291,3 @@ async def _read_client(
             fcntl.ioctl(master, termios.TIOCSWINSZ, winsize)
         elif channel == CLOSE and payload[:1] == bytes([STDIN]) and process.stdin is not None:
             process.stdin.close()
-
-
-def require_channels(request: web.Request) -> None:
-    """400 unless the client offers a channel protocol: kubectl 1.31+ tunnels SPDY through
-    its WebSocket for port forwarding (then falls back to SPDY itself), which is not served."""
-    offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
-    if not set(offered) & set(PROTOCOLS):
-        raise errors.bad_request(
-            "localcluster serves port forwarding over the v4.channel.k8s.io WebSocket protocol "
-            "(the Kubernetes clients' portforward), not SPDY"
-        )
-
-
-async def run_portforward(request: web.Request, host: str, ports: list[int]) -> web.StreamResponse:
-    """``pods/portforward`` as the Kubernetes clients speak it over WebSocket: per port ``i`` a
-    data channel ``2i`` and an error channel ``2i+1``, each opened with the port number (two
-    bytes, little-endian), then the bytes of one TCP connection to the pod's port."""
-    require_channels(request)
-    ws = await upgrade(request)
-    writers: dict[int, asyncio.StreamWriter] = {}
-    pumps = []
-    for index, port in enumerate(ports):
-        prefix = port.to_bytes(2, "little")
-        await _send(ws, 2 * index, prefix)
-        await _send(ws, 2 * index + 1, prefix)
-        try:
-            reader, writer = await asyncio.open_connection(host, port)
-        except OSError as exc:
-            await _send(ws, 2 * index + 1, f"error forwarding port {port} to pod: {exc}".encode())
-            continue
-        writers[2 * index] = writer
-        pumps.append(asyncio.ensure_future(_pump_socket(reader, 2 * index, ws)))
-    closer = asyncio.ensure_future(_close_when_done(pumps, ws)) if pumps else None
-    try:
-        async for frame in ws:
-            if frame.type != WSMsgType.BINARY or not frame.data:
-                continue
-            target = writers.get(frame.data[0])
-            if target is not None and len(frame.data) > 1:
-                target.write(frame.data[1:])
-                with contextlib.suppress(ConnectionResetError, BrokenPipeError):
-                    await target.drain()
-    finally:
-        for pump in [*pumps, *([closer] if closer else [])]:
-            pump.cancel()
-        for writer in writers.values():
-            writer.close()
-        await ws.close()
-    return ws
-
-
-async def _pump_socket(
-    reader: asyncio.StreamReader, channel: int, ws: web.WebSocketResponse
-) -> None:
-    while chunk := await reader.read(65536):
-        await _send(ws, channel, chunk)
-
-
-async def _close_when_done(pumps: list[asyncio.Task[None]], ws: web.WebSocketResponse) -> None:
-    """The pod's side closed every connection: end the stream, as the real server does."""
-    await asyncio.gather(*pumps, return_exceptions=True)
-    await ws.close()

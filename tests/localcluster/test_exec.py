@@ -7,19 +7,27 @@ which the test suite is).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import re
 import shutil
+import signal
+import socket
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.stream import stream
 
-from tests.cluster_fixtures import Cluster, pod_manifest, wait_for
+from tests.cluster_fixtures import Cluster, pod_manifest, tool, wait_for
 from tests.localcluster.test_pods import log_of, processes_with
 
 KUBECTL = shutil.which("kubectl")
@@ -225,14 +233,111 @@ def test_port_forward_with_the_python_client(cluster: Cluster) -> None:
     assert body.endswith("v1 web")
     assert ip  # the pod's own address answered, through the API server
 
-    assert KUBECTL
-    refused = subprocess.run(
-        [KUBECTL, "--kubeconfig", str(cluster.kubeconfig), "port-forward", "pod/web", "18080:8080"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
-    assert refused.returncode != 0
-    assert "not SPDY" in refused.stderr
     cluster.core.delete_namespaced_pod("web", "default", grace_period_seconds=0)
+
+
+ECHO = """import os, socketserver, threading
+class Echo(socketserver.BaseRequestHandler):
+    def handle(self):
+        while data := self.request.recv(65536):
+            self.request.sendall(data)
+server = socketserver.ThreadingTCPServer((os.environ["POD_IP"], 8081), Echo)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+"""
+
+
+@pytest.fixture(scope="module")
+def web(cluster: Cluster) -> Iterator[str]:
+    """A pod serving HTTP on 8080, echoing what it gets on 8081, and nothing on 9999."""
+    from tests.localcluster.test_workloads import SERVER
+
+    pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
+    manifest = pod_manifest("web2", ECHO + SERVER, container={"env": [pod_ip]})
+    cluster.core.create_namespaced_pod("default", manifest)
+    running(cluster, "web2")
+    yield "web2"
+    cluster.core.delete_namespaced_pod("web2", "default", grace_period_seconds=0)
+
+
+@contextlib.contextmanager
+def port_forward(
+    cluster: Cluster, binary: str, pod: str, *ports: str
+) -> Iterator[tuple[dict[int, int], subprocess.Popen[str]]]:
+    """``kubectl port-forward`` running: the local port it chose for each pod port, and it."""
+    command = [tool(binary), "--kubeconfig", str(cluster.kubeconfig), "port-forward", f"pod/{pod}"]
+    forwarder = subprocess.Popen(
+        [*command, *(f":{port}" for port in ports)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        local: dict[int, int] = {}
+        assert forwarder.stdout is not None
+        while len(local) < len(ports):
+            line = forwarder.stdout.readline()  # "Forwarding from 127.0.0.1:41234 -> 8080"
+            assert line, f"kubectl port-forward ended: {forwarder.communicate(timeout=10)[1]}"
+            if match := re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line):
+                local[int(match[2])] = int(match[1])
+        yield local, forwarder
+    finally:
+        if forwarder.poll() is None:
+            os.killpg(forwarder.pid, signal.SIGTERM)
+        forwarder.communicate(timeout=30)
+
+
+@pytest.mark.parametrize("binary", ["kubectl", "kubectl-1.35"])
+def test_kubectl_port_forward_tunnels_spdy_through_the_websocket(
+    cluster: Cluster, web: str, binary: str
+) -> None:
+    """kubectl 1.31+ speaks SPDY inside the WebSocket: connections one after another and at
+    once each reach the pod's own server, a megabyte comes back as sent, and a port nothing
+    listens on is the error kubectl reports before it stops (client-go ends the whole forward
+    on a connection's error, so that a supervisor restarts it)."""
+    with port_forward(cluster, binary, web, "8080", "8081", "9999") as (local, forwarder):
+
+        def get(_: int = 0) -> str:
+            url = f"http://127.0.0.1:{local[8080]}/"
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.read().decode()
+
+        assert get() == f"v1 {web}"
+        with ThreadPoolExecutor(4) as pool:
+            assert set(pool.map(get, range(12))) == {f"v1 {web}"}
+
+        payload = os.urandom(1_000_000)  # many reads' and frames' worth each way
+        with socket.create_connection(("127.0.0.1", local[8081]), timeout=10) as sock:
+            sending = threading.Thread(target=sock.sendall, args=(payload,))
+            sending.start()
+            echoed = b""
+            while len(echoed) < len(payload) and (chunk := sock.recv(65536)):
+                echoed += chunk
+            sending.join()
+        assert echoed == payload
+
+        refused = socket.create_connection(("127.0.0.1", local[9999]), timeout=10)
+        with refused, contextlib.suppress(ConnectionResetError):
+            assert refused.recv(1) == b""
+        _, stderr = forwarder.communicate(timeout=30)
+    assert f"error forwarding port 9999 to pod default/{web}" in stderr
+    assert "connect: connection refused" in stderr
+    assert "lost connection to pod" in stderr
+
+
+def test_a_bare_spdy_upgrade_is_refused_saying_what_is_served(cluster: Cluster, web: str) -> None:
+    """kubectl before 1.31 (or told not to use WebSockets) upgrades HTTP to SPDY itself."""
+    request = cluster.access.request(f"/api/v1/namespaces/default/pods/{web}/portforward")
+    request.method = "POST"
+    for name, value in {
+        "Connection": "Upgrade",
+        "Upgrade": "SPDY/3.1",
+        "X-Stream-Protocol-Version": "portforward.k8s.io",
+    }.items():
+        request.add_header(name, value)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        cluster.access.open(request)
+    assert refused.value.code == 400
+    message = json.loads(refused.value.read())["message"]
+    assert "SPDY/3.1+portforward.k8s.io" in message
+    assert "KUBECTL_PORT_FORWARD_WEBSOCKETS" in message
 
 
 TICKER = """import itertools, time
