@@ -927,7 +927,9 @@ def _event_line(type_: str, obj: dict[str, Any]) -> bytes:
 
 def _scale_of(obj: dict[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
-    selector = obj.get("spec", {}).get("selector", {}).get("matchLabels", {})
+    selector = obj.get("spec", {}).get("selector") or {}
+    if obj.get("kind") != "ReplicationController":  # whose selector is a plain map
+        selector = selector.get("matchLabels") or {}
     return {
         "kind": "Scale",
         "apiVersion": "autoscaling/v1",

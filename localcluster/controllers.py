@@ -14,15 +14,21 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime as dt
-import hashlib
-import json
-import math
 import uuid
 from typing import Any
 
 from localcluster import disruption, errors, events
+from localcluster.daemonsets import DaemonSetController
 from localcluster.jobs import CronJobController, JobController
-from localcluster.objects import owned_by, owner_ref, parse_time, pod_ready
+from localcluster.objects import (
+    owned_by,
+    owner_ref,
+    parse_time,
+    pod_available,
+    pod_ready,
+    resolve_count,
+    template_hash,
+)
 from localcluster.resources import (
     DEPLOYMENTS,
     ENDPOINTS,
@@ -30,8 +36,10 @@ from localcluster.resources import (
     PODS,
     PVCS,
     REPLICASETS,
+    REPLICATION_CONTROLLERS,
     SERVICE_ACCOUNTS,
     SERVICES,
+    Kind,
 )
 from localcluster.selectors import match_label_selector
 from localcluster.store import Obj, Store, now
@@ -40,56 +48,12 @@ REVISION = "deployment.kubernetes.io/revision"
 HASH_LABEL = "pod-template-hash"
 
 
-def pod_available(pod: Obj, min_ready_seconds: int) -> bool:
-    if not pod_ready(pod):
-        return False
-    if not min_ready_seconds:
-        return True
-    ready = next(c for c in pod["status"]["conditions"] if c["type"] == "Ready")
-    since = parse_time(ready["lastTransitionTime"])
-    return (dt.datetime.now(dt.UTC) - since).total_seconds() >= min_ready_seconds
-
-
-def _significant(value: Any) -> Any:
-    """Drop nulls and empty maps/lists, as Go's omitempty does before the real hash sees them."""
-    if isinstance(value, dict):
-        kept = {k: _significant(v) for k, v in value.items()}
-        return {k: v for k, v in kept.items() if v not in (None, {}, [])}
-    if isinstance(value, list):
-        return [_significant(v) for v in value]
-    return value
-
-
-def template_hash(template: Obj) -> str:
-    """A stable short hash of a pod template (the real one is FNV; the shape is what matters).
-
-    ``kubectl rollout undo`` copies a ReplicaSet's template back into the Deployment, so the
-    same template must hash the same after a round trip through the client (which adds
-    ``creationTimestamp: null`` and the like).
-    """
-    body = json.dumps(_significant(template), sort_keys=True).encode()
-    digest = hashlib.sha256(body).hexdigest()
-    alphabet = "bcdfghjklmnpqrstvwxz2456789"  # the real controller's safe alphabet
-    value = int(digest[:15], 16)
-    out = ""
-    for _ in range(10):
-        value, rem = divmod(value, len(alphabet))
-        out += alphabet[rem]
-    return out
-
-
-def _resolve(value: Any, total: int, round_up: bool) -> int:
-    if isinstance(value, str) and value.endswith("%"):
-        fraction = total * int(value[:-1]) / 100
-        return math.ceil(fraction) if round_up else math.floor(fraction)
-    return int(value)
-
-
 class Controllers:
     def __init__(self, store: Store, backoff_seconds: float = 10.0) -> None:
         self.store = store
         self.jobs = JobController(store, backoff_seconds)
         self.cronjobs = CronJobController(store)
+        self.daemonsets = DaemonSetController(store)
 
     async def run(self) -> None:
         while True:
@@ -104,6 +68,10 @@ class Controllers:
         for rs in self.store.list(REPLICASETS):
             with contextlib.suppress(errors.ApiError):
                 self.replicaset(rs)
+        for rc in self.store.list(REPLICATION_CONTROLLERS):
+            with contextlib.suppress(errors.ApiError):
+                self.replicaset(rc, REPLICATION_CONTROLLERS, "replication-controller")
+        self.daemonsets.reconcile()
         for service in self.store.list(SERVICES):
             with contextlib.suppress(errors.ApiError):
                 self.endpoints(service)
@@ -142,8 +110,10 @@ class Controllers:
             PVCS, claim["metadata"]["namespace"], claim["metadata"]["name"], bind, "status"
         )
 
-    # -- ReplicaSet ------------------------------------------------------------------------
-    def replicaset(self, rs: Obj) -> None:
+    # -- ReplicaSet (and the ReplicationController, its older form) ------------------------
+    def replicaset(
+        self, rs: Obj, kind: Kind = REPLICASETS, source: str = "replicaset-controller"
+    ) -> None:
         ns = rs["metadata"]["namespace"]
         if rs["metadata"].get("deletionTimestamp"):
             return
@@ -157,7 +127,7 @@ class Controllers:
         desired = rs["spec"].get("replicas", 1)
         if len(live) < desired:
             for _ in range(desired - len(live)):
-                self._create_pod(rs)
+                self._create_pod(rs, source)
         elif len(live) > desired:
             # Delete not-ready pods first, then the newest: what the real controller prefers.
             order = sorted(
@@ -175,7 +145,7 @@ class Controllers:
                     "Normal",
                     "SuccessfulDelete",
                     f"Deleted pod: {pod['metadata']['name']}",
-                    "replicaset-controller",
+                    source,
                 )
         min_ready = rs["spec"].get("minReadySeconds", 0)
         current = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
@@ -188,14 +158,14 @@ class Controllers:
         }
         if {k: rs.get("status", {}).get(k) for k in status} != status:
             self.store.update(
-                REPLICASETS,
+                kind,
                 ns,
                 rs["metadata"]["name"],
                 lambda o: o.setdefault("status", {}).update(status),
                 "status",
             )
 
-    def _create_pod(self, rs: Obj) -> None:
+    def _create_pod(self, rs: Obj, source: str) -> None:
         template = copy.deepcopy(rs["spec"]["template"])
         meta = template.setdefault("metadata", {})
         name = f"{rs['metadata']['name']}-{uuid.uuid4().hex[:5]}"
@@ -215,7 +185,7 @@ class Controllers:
             "Normal",
             "SuccessfulCreate",
             f"Created pod: {name}",
-            "replicaset-controller",
+            source,
         )
 
     # -- Deployment ------------------------------------------------------------------------
@@ -318,8 +288,8 @@ class Controllers:
             self._scale(d, new, replicas)
 
     def _rolling(self, d: Obj, new: Obj, old: list[Obj], replicas: int, params: Obj) -> None:
-        surge = _resolve(params.get("maxSurge", "25%"), replicas, round_up=True)
-        unavailable = _resolve(params.get("maxUnavailable", "25%"), replicas, round_up=False)
+        surge = resolve_count(params.get("maxSurge", "25%"), replicas, round_up=True)
+        unavailable = resolve_count(params.get("maxUnavailable", "25%"), replicas, round_up=False)
         if surge == 0 and unavailable == 0:
             unavailable = 1
         min_ready = d["spec"].get("minReadySeconds", 0)
@@ -376,7 +346,7 @@ class Controllers:
         }
         status["unavailableReplicas"] = max(replicas - status["availableReplicas"], 0)
         strategy = d["spec"].get("strategy") or {}
-        unavailable = _resolve(
+        unavailable = resolve_count(
             (strategy.get("rollingUpdate") or {}).get("maxUnavailable", "25%"),
             replicas,
             round_up=False,

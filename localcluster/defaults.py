@@ -146,6 +146,27 @@ def apply(kind: str, obj: Obj) -> None:
         spec = obj.setdefault("spec", {})
         spec.setdefault("replicas", 1)
         pod_spec(spec.setdefault("template", {}).setdefault("spec", {}))
+    elif kind == "ReplicationController":
+        # The selector and the object's labels default to the template's labels.
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("replicas", 1)
+        template = spec.setdefault("template", {})
+        labels = (template.get("metadata") or {}).get("labels") or {}
+        if not spec.get("selector"):
+            spec["selector"] = dict(labels)
+        if not obj.setdefault("metadata", {}).get("labels"):
+            obj["metadata"]["labels"] = dict(labels)
+        pod_spec(template.setdefault("spec", {}))
+    elif kind == "DaemonSet":
+        spec = obj.setdefault("spec", {})
+        spec.setdefault("revisionHistoryLimit", 10)
+        strategy = spec.setdefault("updateStrategy", {"type": "RollingUpdate"})
+        if strategy.get("type", "RollingUpdate") == "RollingUpdate":
+            strategy["type"] = "RollingUpdate"
+            rolling = strategy.setdefault("rollingUpdate", {})
+            rolling.setdefault("maxUnavailable", 1)
+            rolling.setdefault("maxSurge", 0)
+        pod_spec(spec.setdefault("template", {}).setdefault("spec", {}))
     elif kind == "Job":
         job_spec(obj.setdefault("spec", {}))
     elif kind == "CronJob":

@@ -73,7 +73,6 @@ KINDS: tuple[Kind, ...] = (
         short_names=("svc",),
         categories=("all",),
     ),
-    # Stored, not run: a manifest with one applies; no controller acts on it.
     Kind(
         "",
         "v1",
@@ -124,7 +123,6 @@ KINDS: tuple[Kind, ...] = (
         short_names=("rs",),
         categories=("all",),
     ),
-    # Stored, not run (no per-node pods on a one-node emulator's workloads here).
     Kind(
         "apps",
         "v1",
@@ -251,6 +249,7 @@ def kind(group: str, version: str, plural: str) -> Kind:
 # The kinds components act on, named once for every module.
 CONFIGMAPS = kind("", "v1", "configmaps")
 CRONJOBS = kind("batch", "v1", "cronjobs")
+DAEMONSETS = kind("apps", "v1", "daemonsets")
 DEPLOYMENTS = kind("apps", "v1", "deployments")
 ENDPOINTS = kind("", "v1", "endpoints")
 EVENTS = kind("", "v1", "events")
@@ -264,6 +263,7 @@ PDBS = kind("policy", "v1", "poddisruptionbudgets")
 PRIORITY_CLASSES = kind("scheduling.k8s.io", "v1", "priorityclasses")
 PVCS = kind("", "v1", "persistentvolumeclaims")
 REPLICASETS = kind("apps", "v1", "replicasets")
+REPLICATION_CONTROLLERS = kind("", "v1", "replicationcontrollers")
 ROUTES = kind("gateway.networking.k8s.io", "v1", "httproutes")
 ROLES = kind("rbac.authorization.k8s.io", "v1", "roles")
 ROLE_BINDINGS = kind("rbac.authorization.k8s.io", "v1", "rolebindings")

@@ -1,10 +1,13 @@
 """The scheduler: bind each pending pod to a node that fits it, or say why none does.
 
-Filters, in the order the real scheduler reports them: node readiness and cordons, node
-selector, taints against tolerations, and resource requests (cpu, memory, nvidia.com/gpu, pod
-count) against what the node has left. A pod that fits nowhere stays Pending with
-``PodScheduled=False`` / ``Unschedulable`` and a ``FailedScheduling`` event whose message has
-the same shape as the real one ("0/2 nodes are available: 1 Insufficient nvidia.com/gpu, ...").
+Filters, in the order the real scheduler reports them: node readiness and cordons (a pod that
+tolerates ``node.kubernetes.io/unschedulable``, as a DaemonSet's do, ignores a cordon), node
+selector and required node affinity (``matchExpressions`` on labels, ``matchFields`` on
+``metadata.name``), taints against tolerations, and resource requests (cpu, memory,
+nvidia.com/gpu, pod count) against what the node has left. A pod that fits nowhere stays
+Pending with ``PodScheduled=False`` / ``Unschedulable`` and a ``FailedScheduling`` event whose
+message has the same shape as the real one ("0/2 nodes are available: 1 Insufficient
+nvidia.com/gpu, ...").
 """
 
 from __future__ import annotations
@@ -53,6 +56,42 @@ def tolerates(taint: dict[str, str], tolerations: list[dict[str, Any]]) -> bool:
     return False
 
 
+UNSCHEDULABLE = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
+
+
+def _requirement(expression: dict[str, Any], value: str | None) -> bool:
+    op, values = expression.get("operator"), expression.get("values") or []
+    if op == "In":
+        return value in values
+    if op == "NotIn":
+        return value not in values
+    if op == "Exists":
+        return value is not None
+    if op == "DoesNotExist":
+        return value is None
+    if op in ("Gt", "Lt") and value is not None and value.lstrip("-").isdigit() and values:
+        return int(value) > int(values[0]) if op == "Gt" else int(value) < int(values[0])
+    return False
+
+
+def affinity_allows(pod: Obj, node: Obj) -> bool:
+    """The pod's required node affinity: any one term, all of that term's requirements."""
+    required = ((pod["spec"].get("affinity") or {}).get("nodeAffinity") or {}).get(
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ) or {}
+    terms = required.get("nodeSelectorTerms") or []
+    if not terms:
+        return True
+    labels = node["metadata"].get("labels") or {}
+    fields = {"metadata.name": node["metadata"]["name"]}
+    return any(
+        (term.get("matchExpressions") or term.get("matchFields"))
+        and all(_requirement(e, labels.get(e["key"])) for e in term.get("matchExpressions") or [])
+        and all(_requirement(e, fields.get(e["key"])) for e in term.get("matchFields") or [])
+        for term in terms
+    )
+
+
 def _active(pod: Obj) -> bool:
     return pod.get("status", {}).get("phase") not in ("Succeeded", "Failed")
 
@@ -76,10 +115,12 @@ class Scheduler:
             if not ready:
                 reasons["1 node(s) were not ready"] += 1
                 continue
-            if node["spec"].get("unschedulable"):
+            if node["spec"].get("unschedulable") and not tolerates(UNSCHEDULABLE, tolerations):
                 reasons["node(s) were unschedulable"] += 1
                 continue
-            if any(labels.get(k) != v for k, v in selector.items()):
+            if any(labels.get(k) != v for k, v in selector.items()) or not affinity_allows(
+                pod, node
+            ):
                 reasons["node(s) didn't match Pod's node affinity/selector"] += 1
                 continue
             blocking = [
