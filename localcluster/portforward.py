@@ -98,13 +98,16 @@ async def _close_when_done(pumps: list[asyncio.Task[None]], ws: web.WebSocketRes
 @dataclass
 class _Pair:
     """One forwarded connection: its two streams, what the client sent before the pod's
-    connection was open (None: the client's end of it), and the task that serves it."""
+    connection was open (None: the client's end of it), the task that serves it and its two
+    copying tasks, and the streams the client reset (nothing more is sent on those)."""
 
     port: int
     error: int = 0
     data: int = 0
     inbound: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     task: asyncio.Task[None] | None = None
+    pumps: list[asyncio.Task[None]] = field(default_factory=list)
+    reset: set[int] = field(default_factory=set)
 
 
 class _Tunnel:
@@ -132,10 +135,14 @@ class _Tunnel:
                 if frame.fin:
                     pair.inbound.put_nowait(None)
         elif frame.kind == spdy.RST_STREAM:
+            # client-go resets the data stream once it has the pod's end, then waits for the
+            # error stream to end: stop copying, and let _forward close what is still open.
             pair = self.by_stream.get(frame.stream_id)
-            if pair is not None and pair.task is not None:
-                pair.task.cancel()
-        elif frame.kind == spdy.PING:
+            if pair is not None:
+                pair.reset.add(frame.stream_id)
+                for pump in pair.pumps:
+                    pump.cancel()
+        elif frame.kind == spdy.PING and frame.value % 2:  # the client's (odd): answer it
             await self.write(self.codec.ping(frame.value))
         elif frame.kind == spdy.GOAWAY:
             return False
@@ -145,13 +152,20 @@ class _Tunnel:
         headers = {name: values[0] for name, values in frame.headers.items() if values}
         kind, request, port = (headers.get(k, "") for k in ("streamtype", "requestid", "port"))
         self.last_stream = max(self.last_stream, frame.stream_id)
-        if kind not in ("error", "data") or not port.isdigit() or not 0 < int(port) < 65536:
+        if (
+            kind not in ("error", "data")
+            or not port.isascii()
+            or not port.isdigit()
+            or not (0 < int(port) < 65536)
+        ):
             await self.write(self.codec.rst_stream(frame.stream_id, spdy.PROTOCOL_ERROR))
             return
         await self.write(self.codec.syn_reply(frame.stream_id))
         pair = self.pairs.setdefault(request, _Pair(int(port)))
         setattr(pair, kind, frame.stream_id)
         self.by_stream[frame.stream_id] = pair
+        if kind == "data" and frame.fin:  # opened and ended at once: nothing to send
+            pair.inbound.put_nowait(None)
         if pair.error and pair.data and pair.task is None:
             pair.task = asyncio.ensure_future(self._forward(request, pair))
 
@@ -167,25 +181,31 @@ class _Tunnel:
                 message = f"error forwarding port {pair.port} to pod {self.pod}: {dial}"
                 await self.write(self.codec.data(pair.error, message.encode()))
                 return
-            upstream = asyncio.ensure_future(self._upstream(pair, writer))
-            downstream = asyncio.ensure_future(self._downstream(pair, reader))
+            pair.pumps = [
+                asyncio.ensure_future(self._upstream(pair, writer)),
+                asyncio.ensure_future(self._downstream(pair, reader)),
+            ]
+            if pair.data in pair.reset:  # reset before the connection was open
+                for pump in pair.pumps:
+                    pump.cancel()
             try:
-                _, pending = await asyncio.wait(
-                    (upstream, downstream), return_when=asyncio.FIRST_COMPLETED
-                )
+                _, pending = await asyncio.wait(pair.pumps, return_when=asyncio.FIRST_COMPLETED)
                 if pending:
                     await asyncio.wait(pending, timeout=LINGER)
             finally:
-                upstream.cancel()
-                downstream.cancel()
+                for pump in pair.pumps:
+                    pump.cancel()
         finally:
             if writer is not None:
                 writer.close()
-            await self.write(self.codec.data(pair.data, b"", fin=True))
-            await self.write(self.codec.data(pair.error, b"", fin=True))
             self.pairs.pop(request, None)
             self.by_stream.pop(pair.error, None)
             self.by_stream.pop(pair.data, None)
+            # Both ends in one message, so nothing can come between them.
+            ends = [self.codec.data(s, b"", fin=True) for s in (pair.data, pair.error)
+                    if s not in pair.reset]  # fmt: skip
+            if ends:
+                await self.write(b"".join(ends))
 
     @staticmethod
     async def _upstream(pair: _Pair, writer: asyncio.StreamWriter) -> None:
@@ -209,7 +229,8 @@ class _Tunnel:
 
 
 async def run_spdy(request: web.Request, host: str, pod: str) -> web.StreamResponse:
-    ws = web.WebSocketResponse(protocols=(SPDY_TUNNEL,), heartbeat=None, max_msg_size=0)
+    # kubectl answers WebSocket pings: a client gone without closing is noticed within 60 s.
+    ws = web.WebSocketResponse(protocols=(SPDY_TUNNEL,), heartbeat=30, max_msg_size=0)
     await ws.prepare(request)
     tunnel = _Tunnel(ws, host, pod)
     try:

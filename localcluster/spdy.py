@@ -5,7 +5,8 @@ kubectl 1.31+ forwards ports by tunnelling SPDY through a WebSocket (the subprot
 per forwarded connection, an error stream and a data stream, and pings the connection. This
 module reads and writes the frames that takes: SYN_STREAM, SYN_REPLY, RST_STREAM, DATA, PING
 and GOAWAY; SETTINGS, HEADERS and WINDOW_UPDATE are read and passed on, as spdystream does
-(it has no flow control, so neither side waits for a window).
+(it has no flow control, so neither side waits for a window); control frames of other types
+are ignored, as the draft asks.
 
 Header blocks are zlib streams with the protocol's dictionary (section 2.6.10.1), one
 compression context per direction for the whole connection, flushed at the end of each frame.
@@ -92,7 +93,10 @@ class Codec:
                 break
             head, body = bytes(self._buffer[:8]), bytes(self._buffer[8 : 8 + length])
             del self._buffer[: 8 + length]
-            frames.append(self._parse(head, body))
+            try:
+                frames.append(self._parse(head, body))
+            except (struct.error, UnicodeDecodeError) as exc:  # a truncated or garbled block
+                raise ProtocolError(f"a malformed frame: {exc}") from exc
         return frames
 
     def _parse(self, head: bytes, body: bytes) -> Frame:
@@ -117,9 +121,9 @@ class Codec:
             return Frame(kind, flags, first & 0x7FFFFFFF, value=second & 0x7FFFFFFF)
         if kind == PING and len(body) == 4:
             return Frame(kind, flags, value=struct.unpack(">I", body)[0])
-        if kind == SETTINGS:
-            return Frame(kind, flags, data=body)
-        raise ProtocolError(f"a control frame of type {kind} and length {len(body)}")
+        if kind in (RST_STREAM, WINDOW_UPDATE, GOAWAY, PING):
+            raise ProtocolError(f"a control frame of type {kind} and length {len(body)}")
+        return Frame(kind, flags, data=body)  # SETTINGS, or a type to ignore (section 2.2.1)
 
     def _headers(self, block: bytes) -> dict[str, list[str]]:
         try:
@@ -147,6 +151,11 @@ class Codec:
     @staticmethod
     def _control(kind: int, flags: int, body: bytes) -> bytes:
         return struct.pack(">HHI", 0x8000 | VERSION, kind, flags << 24 | len(body)) + body
+
+    def syn_stream(self, stream_id: int, headers: dict[str, str], fin: bool = False) -> bytes:
+        """A client's SYN_STREAM (priority 0, no associated stream): what tests send."""
+        body = struct.pack(">IIH", stream_id, 0, 0) + self._block(headers)
+        return self._control(SYN_STREAM, FLAG_FIN if fin else 0, body)
 
     def syn_reply(self, stream_id: int, headers: dict[str, str] | None = None) -> bytes:
         body = struct.pack(">I", stream_id) + self._block(headers or {})

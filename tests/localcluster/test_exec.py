@@ -10,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -252,7 +254,12 @@ def web(cluster: Cluster) -> Iterator[str]:
     from tests.localcluster.test_workloads import SERVER
 
     pod_ip = {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
-    manifest = pod_manifest("web2", ECHO + SERVER, container={"env": [pod_ip]})
+    # Ready once 8080 listens (8081 binds first): a refused first connection would end
+    # kubectl's whole forward.
+    probe = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+    manifest = pod_manifest(
+        "web2", ECHO + SERVER, container={"env": [pod_ip], "readinessProbe": probe}
+    )
     cluster.core.create_namespaced_pod("default", manifest)
     running(cluster, "web2")
     yield "web2"
@@ -272,8 +279,20 @@ def port_forward(
     try:
         local: dict[int, int] = {}
         assert forwarder.stdout is not None
+        lines: queue.Queue[str] = queue.Queue()  # read beside, so a silent kubectl cannot hang us
+
+        def read() -> None:
+            for line in forwarder.stdout or ():
+                lines.put(line)
+            lines.put("")  # it ended
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 30
         while len(local) < len(ports):
-            line = forwarder.stdout.readline()  # "Forwarding from 127.0.0.1:41234 -> 8080"
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError("kubectl port-forward printed no ports in 30 s") from None
             assert line, f"kubectl port-forward ended: {forwarder.communicate(timeout=10)[1]}"
             if match := re.match(r"Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)", line):
                 local[int(match[2])] = int(match[1])
