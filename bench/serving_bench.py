@@ -1,13 +1,17 @@
-"""Serving throughput and latency: Helmsman's model server, `mlflow models serve`, and the
-ceiling of the server stack (a no-op ASGI app on the same uvicorn, uvloop and httptools).
+"""Serving throughput and latency: Helmsman's model server, KServe's ModelServer, `mlflow models
+serve`, the ceiling of the server stack (a no-op ASGI app on the same uvicorn, uvloop and
+httptools) and of any HTTP server here (nginx answering a static 200).
 
-Each serves the same registered model version (one worker each, from the same MLflow store).
+Each serves the same registered model version (one worker each, from the same MLflow store);
+KServe (its own venv, bench/kserve_model.py) scores it with the version's own featurizer and
+ONNX graph, and the bench checks that it answers as Helmsman's server does before measuring.
 wrk (Debian's package; `make test-tools` installs it), a compiled load generator that does not
 saturate before the servers do, sends the same load to each in alternating rounds, so all are
 measured side by side under the same machine conditions; for each batch size and concurrency
-the script prints req/s, rows/s, p50/p99 and the ratios. Goals at batch 1: >= 10x the
-throughput of `mlflow models serve`, >= 60% of the no-op ceiling at concurrency 4, p99 no
-worse than mlflow's; the inference log at a 10% sample costs at most 5% of the throughput.
+the script prints req/s, rows/s, p50/p99 and the ratios. Goals at batch 1: >= 4x KServe's and
+>= 10x `mlflow models serve`'s throughput, >= 60% of the no-op ceiling at concurrency 4, p99 no
+worse than either peer's; at batch 64, >= 5x KServe's rows/s; the inference log at a 10%
+sample costs at most 5% of the throughput.
 
 Each server gets a request of the shape its API takes for one customer: Helmsman's server the
 raw record (it validates and derives features itself), MLflow's the already-encoded input
@@ -29,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +59,84 @@ def train_model(workdir: Path) -> dict[str, str]:
     subprocess.run([*step, "train", *common, "--model-name", "bench", "--window-days", "1"],
                    env=env, cwd=workdir, check=True, capture_output=True)  # fmt: skip
     return env
+
+
+KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
+
+
+def fetch_version(workdir: Path, env: dict[str, str]) -> tuple[str, str | None]:
+    """The registered version's ONNX graph and spec, downloaded as the serving pod does."""
+    found = subprocess.run(
+        [sys.executable, "-m", "helmsman_steps", "fetch-model", "--model-uri", "models:/bench/1",
+         "--dest", str(workdir / "fetched")],
+        env=env, cwd=workdir, check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    paths = json.loads(found)
+    return str(paths["path"]), paths.get("spec_path")  # None: churn's built-in spec
+
+
+def kserve_server(workdir: Path, env: dict[str, str], port: int) -> Server:
+    """KServe's ModelServer (its own venv) serving the same graph with the same featurizer."""
+    if not KSERVE_PYTHON.exists():
+        raise SystemExit("no .venv-kserve: `make test-tools` installs KServe's ModelServer")
+    onnx, spec = fetch_version(workdir, env)
+    return Server(
+        "kserve ModelServer",
+        [str(KSERVE_PYTHON), str(REPO / "bench" / "kserve_model.py"), "--name", "bench",
+         "--onnx", onnx, *(["--spec", spec] if spec else []), "--port", str(port)],
+        f"http://127.0.0.1:{port}/v1/models/bench", workdir / "kserve.log",
+        env={**env, "PYTHONPATH": str(REPO / "images" / "steps" / "src")},
+    )  # fmt: skip
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+NGINX_CONF = """worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ default_type application/json; return 200 '{{"predictions":[0.5]}}'; }}
+    }}
+}}
+"""
+
+
+def nginx_server(workdir: Path, port: int) -> Server:
+    """nginx answering a static 200, one worker: what any HTTP server on this machine can do."""
+    if not Path(NGINX).exists():
+        raise SystemExit("no nginx: `make test-tools` installs Debian's nginx package")
+    folder = workdir / "nginx"
+    folder.mkdir()
+    (folder / "nginx.conf").write_text(NGINX_CONF.format(dir=folder, port=port))
+    return Server(
+        "nginx, static 200",
+        [NGINX, "-p", str(folder), "-c", str(folder / "nginx.conf"),
+         "-e", str(folder / "nginx.log")],
+        f"http://127.0.0.1:{port}/", workdir / "nginx.out",
+    )  # fmt: skip
+
+
+def same_answers(servers: dict[str, tuple[Server, str, Any]]) -> None:
+    """Helmsman's server and KServe's score the same rows alike: the bench compares servers
+    around one model, so a peer that scored differently would compare nothing."""
+    answers = {}
+    for name in ("helmsman", "kserve"):
+        _, url, body = servers[name]
+        request = urllib.request.Request(url, body(3), {"Content-Type": "application/json"})  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback
+            answers[name] = json.loads(response.read())["predictions"]
+    ours, theirs = answers["helmsman"], answers["kserve"]
+    if len(ours) != 3 or any(abs(a - b) > 1e-6 for a, b in zip(ours, theirs, strict=True)):
+        raise SystemExit(f"KServe answers {theirs}, Helmsman's server {ours}: not one model")
 
 
 def encoded_row() -> list[float]:
@@ -120,7 +203,7 @@ def parse_wrk(out: str) -> dict[str, Any]:
 
 def _servers(workdir: Path, env: dict[str, str]) -> dict[str, tuple[Server, str, Any]]:
     """name -> (server, url, body of ``batch`` rows): the same model version behind each."""
-    ours, batched, theirs, noop, logged = (free_port() for _ in range(5))
+    ours, batched, theirs, noop, logged, kserve, nginx = (free_port() for _ in range(7))
     ours_body = lambda batch: json.dumps({"instances": [ROW] * batch}).encode()  # noqa: E731
     return {
         "helmsman": (
@@ -153,6 +236,10 @@ def _servers(workdir: Path, env: dict[str, str]) -> dict[str, tuple[Server, str,
             f"http://127.0.0.1:{theirs}/invocations",
             lambda batch: json.dumps({"inputs": [encoded_row()] * batch}).encode(),
         ),
+        "kserve": (
+            kserve_server(workdir, env, kserve),
+            f"http://127.0.0.1:{kserve}/v1/models/bench:predict", ours_body,
+        ),
         "noop-asgi": (
             Server("no-op ASGI app", [sys.executable, "-m", "uvicorn",
                    "bench.serving_bench:noop_app", "--port", str(noop), "--loop", "uvloop",
@@ -161,6 +248,7 @@ def _servers(workdir: Path, env: dict[str, str]) -> dict[str, tuple[Server, str,
                    f"http://127.0.0.1:{noop}/", workdir / "noop.log", env=env),
             f"http://127.0.0.1:{noop}/predict", ours_body,
         ),
+        "nginx": (nginx_server(workdir, nginx), f"http://127.0.0.1:{nginx}/predict", ours_body),
     }  # fmt: skip
 
 
@@ -186,6 +274,7 @@ def main() -> int:
         try:
             for server, _, _ in servers.values():
                 server.start(timeout=180)
+            same_answers(servers)
             for batch in batches:
                 for concurrency in concurrencies:
                     table[batch, concurrency] = _measure(servers, batch, concurrency, args, workdir)
@@ -237,16 +326,20 @@ def _report(table: dict[tuple[int, int], dict[str, dict[str, float]]], args: Any
                   f"{s['p50_ms']:7.2f} {s['p99_ms']:7.2f} {s['errors']:6.0f}")  # fmt: skip
     print()
     for (batch, concurrency), s in table.items():
-        ours, mlflow, ceiling, batched = s["helmsman"], s["mlflow"], s["noop-asgi"], s["batched"]
+        ours, mlflow, kserve = s["helmsman"], s["mlflow"], s["kserve"]
+        ceiling, nginx, batched = s["noop-asgi"], s["nginx"], s["batched"]
         print(
-            f"batch {batch}, concurrency {concurrency}: helmsman/mlflow "
-            f"{ours['rps'] / mlflow['rps']:.1f}x req/s (goal >= 10x at batch 1), "
-            f"{ours['rows'] / mlflow['rows']:.1f}x rows/s; of the no-op ASGI ceiling "
-            f"{ours['rps'] / ceiling['rps']:.0%} (goal >= 60% at batch 1, concurrency 4); "
-            f"p99 {ours['p99_ms'] / mlflow['p99_ms']:.2f}x mlflow's (goal <= 1x); "
-            f"micro-batching ({BATCH_WINDOW_MS} ms): {batched['rps'] / ours['rps']:.2f}x "
-            f"req/s, p99 {batched['p99_ms'] / ours['p99_ms']:.2f}x; inference log at "
-            f"{LOG_SAMPLE:.0%}: {s['logged']['rps'] / ours['rps']:.2f}x req/s (goal >= 0.95)"
+            f"batch {batch}, concurrency {concurrency}: helmsman/kserve "
+            f"{ours['rps'] / kserve['rps']:.1f}x req/s (goal >= 4x at batch 1), "
+            f"{ours['rows'] / kserve['rows']:.1f}x rows/s (goal >= 5x at batch 64); "
+            f"helmsman/mlflow {ours['rps'] / mlflow['rps']:.1f}x req/s (goal >= 10x at batch 1); "
+            f"p99 {ours['p99_ms'] / min(kserve['p99_ms'], mlflow['p99_ms']):.2f}x the best "
+            f"peer's (goal <= 1x); of the no-op ASGI ceiling {ours['rps'] / ceiling['rps']:.0%} "
+            f"(goal >= 60% at batch 1, concurrency 4), of nginx's static 200 "
+            f"{ours['rps'] / nginx['rps']:.0%}; micro-batching ({BATCH_WINDOW_MS} ms): "
+            f"{batched['rps'] / ours['rps']:.2f}x req/s, p99 "
+            f"{batched['p99_ms'] / ours['p99_ms']:.2f}x; inference log at {LOG_SAMPLE:.0%}: "
+            f"{s['logged']['rps'] / ours['rps']:.2f}x req/s (goal >= 0.95)"
         )
 
 

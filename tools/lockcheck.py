@@ -24,7 +24,12 @@ from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
 # Inputs in dependency order: a lock that another input constrains on comes first.
-LOCK_INPUTS = ("requirements.in", "requirements-dev.in", "requirements-policy.in")
+LOCK_INPUTS = (
+    "requirements.in",
+    "requirements-dev.in",
+    "requirements-policy.in",
+    "requirements-kserve.in",
+)
 IMAGE_INPUTS_GLOB = "images/*/requirements.in"
 PYTHON_VERSION = "3.11"
 # Image locks are resolved under the dev lock, so the images ship the versions the tests ran.
