@@ -18,6 +18,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import pty
 import shlex
 import shutil
 import signal
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localcluster import errors, events, metrics, podlogs, volumes
+from localcluster import errors, events, metrics, podlogs, streams, volumes
 from localcluster.config import Config, Runtime
 from localcluster.dns import ClusterDns
 from localcluster.environment import environment, expand, resolve
@@ -100,6 +101,7 @@ class ContainerRun:
     # running attempt's standard input when the container asks for one (``stdin: true``).
     attached: set[asyncio.Queue[bytes | None]] = field(default_factory=set)
     stdin: asyncio.StreamWriter | None = None
+    terminal: int | None = None  # a tty: true container's terminal (master side), for resizes
 
     def log_path(self, attempt: int | None = None) -> Path:
         return self.log_dir / f"{self.restart_count if attempt is None else attempt}.log"
@@ -310,18 +312,29 @@ class PodWorker:
         try:
             if missing is not None:
                 raise FileNotFoundError(missing)
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                env=env,
-                cwd=cwd,
-                stdin=asyncio.subprocess.PIPE
-                if run.spec.get("stdin")
-                else asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
+            # tty: true runs the container on a terminal of its own, as a runtime does: its
+            # output (with the terminal's line endings) and input go through the master side.
+            master, slave = pty.openpty() if run.spec.get("tty") else (None, None)
+            try:
+                process = await asyncio.create_subprocess_exec(
+                    *argv,
+                    env=env,
+                    cwd=cwd,
+                    stdin=slave
+                    if slave is not None
+                    else asyncio.subprocess.PIPE
+                    if run.spec.get("stdin")
+                    else asyncio.subprocess.DEVNULL,
+                    stdout=slave if slave is not None else asyncio.subprocess.PIPE,
+                    stderr=slave if slave is not None else asyncio.subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            finally:
+                if slave is not None:
+                    os.close(slave)
         except OSError as exc:
+            if master is not None:
+                os.close(master)
             log_file.close()
             message = missing or f"exec: {argv[0]!r}: {exc.strerror}"
             run.state = {
@@ -342,7 +355,10 @@ class PodWorker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
         run.process, run.env, run.cwd, run.runtime = process, env, cwd, runtime
-        run.stdin = process.stdin
+        run.stdin, run.terminal = process.stdin, master
+        output = process.stdout
+        if master is not None:
+            output, run.stdin = await streams.terminal(master)
         run.isolated = self.kubelet.unshare is not None
         run.started, run.ready = True, "readinessProbe" not in run.spec
         run.state = {"running": {"startedAt": started[:19] + "Z"}}
@@ -361,18 +377,21 @@ class PodWorker:
                     self._memory_watch(run, process, int(parse_quantity(limit)), oom)
                 )
             )
-        output = process.stdout
-        if output is None:  # never: stdout is a pipe
+        if output is None:  # never: stdout is a pipe or the terminal
             raise RuntimeError("container stdout is not captured")
         try:
-            async for line in output:
-                log_file.write(rfc3339_nano().encode() + b" " + line)
-                log_file.flush()
-                for client in run.attached:
-                    offer(client, line)
+            with contextlib.suppress(OSError):  # EIO: the terminal's last process closed it
+                async for line in output:
+                    log_file.write(rfc3339_nano().encode() + b" " + line)
+                    log_file.flush()
+                    for client in run.attached:
+                        offer(client, line)
             code = await process.wait()
         finally:
             log_file.close()
+            if master is not None and run.stdin is not None:
+                run.stdin.close()  # the terminal's master closes with its last user
+                run.terminal = None
             for client in run.attached:  # the output ended: attached clients detach
                 offer(client, None)
             for probe in probes:
@@ -760,7 +779,9 @@ class Kubelet:
         # Registered now, while the attempt is known to run: its end reaches this client.
         output: asyncio.Queue[bytes | None] = asyncio.Queue(ATTACH_BACKLOG)
         run.attached.add(output)
-        return AttachTarget(output, run.attached, run.stdin, bool(run.spec.get("stdinOnce")))
+        once = bool(run.spec.get("stdinOnce"))
+        stdin = run.stdin if run.spec.get("stdin") else None
+        return AttachTarget(output, run.attached, stdin, once, run.terminal)
 
     def _running(
         self, pod: Obj, container: str, verb: str

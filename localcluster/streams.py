@@ -57,6 +57,22 @@ class AttachTarget:
     listeners: set[asyncio.Queue[bytes | None]]
     stdin: asyncio.StreamWriter | None
     stdin_once: bool
+    terminal: int | None = None  # a tty container's terminal: the client's resizes go to it
+
+
+async def terminal(master: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A container terminal's master side as a stream to read its output from and one to
+    write its input to (the writer owns a duplicate of the descriptor, the reader the other)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**20)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(master, "rb", buffering=0)
+    )
+    transport, protocol = await loop.connect_write_pipe(
+        lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
+        os.fdopen(os.dup(master), "wb", buffering=0),
+    )
+    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
 
 
 ATTACH_BACKLOG = 4096  # lines an attached client may fall behind before it misses some
@@ -225,6 +241,8 @@ async def run_attach(
                     await stdin.drain()
             elif channel == CLOSE and payload[:1] == bytes([STDIN]):
                 detach_stdin()  # the client's input ended; its output keeps coming
+            elif channel == RESIZE and target.terminal is not None and opts["tty"]:
+                _resize(target.terminal, payload)
 
     pumping, reading = asyncio.ensure_future(pump()), asyncio.ensure_future(read())
     try:
@@ -286,8 +304,14 @@ async def _read_client(
                     process.stdin.write(payload)
                     await process.stdin.drain()
         elif channel == RESIZE and master >= 0:
-            size = json.loads(payload or b"{}")
-            winsize = struct.pack("HHHH", size.get("Height", 24), size.get("Width", 80), 0, 0)
-            fcntl.ioctl(master, termios.TIOCSWINSZ, winsize)
+            _resize(master, payload)
         elif channel == CLOSE and payload[:1] == bytes([STDIN]) and process.stdin is not None:
             process.stdin.close()
+
+
+def _resize(master: int, payload: bytes) -> None:
+    """A terminal resize from the client (``{"Width": 80, "Height": 24}``)."""
+    with contextlib.suppress(ValueError, OSError):  # a bad message, or the terminal is gone
+        size = json.loads(payload or b"{}")
+        winsize = struct.pack("HHHH", size.get("Height", 24), size.get("Width", 80), 0, 0)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, winsize)

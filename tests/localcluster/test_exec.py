@@ -393,6 +393,39 @@ def test_attach_streams_the_containers_output_from_then_on(cluster: Cluster) -> 
     cluster.core.delete_namespaced_pod("ticker", "default", grace_period_seconds=0)
 
 
+TERMINAL = """import os, shutil, sys
+print("tty", os.isatty(0), os.isatty(1), os.isatty(2), flush=True)
+for line in sys.stdin:
+    print("got", line.strip(), shutil.get_terminal_size().columns, flush=True)
+"""
+
+
+def test_a_tty_container_runs_on_a_terminal_that_attach_reaches(cluster: Cluster) -> None:
+    """tty: true gives the container a terminal (stdin, stdout and stderr), as a runtime
+    does: the log has its line endings; an attached client types into it and resizes it."""
+    manifest = pod_manifest("term", TERMINAL, container={"tty": True, "stdin": True})
+    cluster.core.create_namespaced_pod("default", manifest)
+    running(cluster, "term")
+    wait_for("the first line", lambda: "tty" in log_of(cluster, "term"))
+    assert "tty True True True\r\n" in log_of(cluster, "term")
+    attached = stream(
+        cluster.core.connect_get_namespaced_pod_attach, "term", "default",
+        stdout=True, stderr=False, stdin=True, tty=True, _preload_content=False,
+    )  # fmt: skip
+    attached.write_channel(4, json.dumps({"Width": 132, "Height": 40}))
+    attached.write_stdin("hello\n")
+    seen = ""
+    for _ in range(50):
+        attached.update(timeout=1)
+        seen += attached.read_stdout() if attached.peek_stdout() else ""
+        if "got hello" in seen:
+            break
+    attached.close()
+    assert "hello\r\n" in seen  # the terminal echoes what is typed, as a real one does
+    assert "got hello 132\r\n" in seen  # the process read it, on a terminal 132 wide
+    cluster.core.delete_namespaced_pod("term", "default", grace_period_seconds=0)
+
+
 def test_kubectl_attach_feeds_the_containers_stdin_once(cluster: Cluster) -> None:
     assert KUBECTL, "kubectl is not on PATH"
     base = [KUBECTL, "--kubeconfig", str(cluster.kubeconfig)]
