@@ -10,9 +10,11 @@ is deleted and replaced; a pod on a node it may no longer run on is deleted.
 Updates: ``RollingUpdate`` (the default) replaces pods of an older template node by node,
 never leaving more than ``maxUnavailable`` (default 1) of the desired nodes without an
 available pod; ``OnDelete`` replaces a pod only once someone deletes it. The status has the
-fields ``kubectl rollout status ds`` reads. Not modelled: ``maxSurge`` (a new pod beside the
-old one), ControllerRevision objects (so ``kubectl rollout history/undo ds`` have nothing to
-show), and the real controller's backoff before replacing a failed pod.
+fields ``kubectl rollout status ds`` reads. A NotReady node gets no new pod and keeps its old
+one through a rollout; a new NoSchedule taint leaves a running pod be, a NoExecute one evicts
+it; a pod still terminating holds its node until it is gone. Not modelled: ``maxSurge`` (a
+new pod beside the old one), ControllerRevision objects (so ``kubectl rollout history/undo
+ds`` have nothing to show), and the real controller's backoff before replacing a failed pod.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from localcluster.resources import DAEMONSETS, NODES, PODS
 from localcluster.scheduler import affinity_allows, tolerates
 from localcluster.store import Obj, Store
 
+ENDED = ("Succeeded", "Failed")
 HASH_LABEL = "controller-revision-hash"
 GENERATION_LABEL = "pod-template-generation"
 SOURCE = "daemonset-controller"
@@ -49,20 +52,30 @@ TOLERATIONS = [
 ]
 
 
-def runs_on(template: Obj, node: Obj) -> bool:
-    """Whether the template's pod belongs on ``node``: selector, affinity, taints."""
+def runs_on(template: Obj, node: Obj, *, staying: bool = False) -> bool:
+    """Whether the template's pod belongs on ``node``: its ``nodeName``, selector, affinity
+    and taints. A new pod needs a Ready node and every NoSchedule and NoExecute taint
+    tolerated (a NotReady node counts as tainted ``not-ready:NoSchedule``, as the node
+    lifecycle controller taints it); a pod already there (``staying``) is evicted only by an
+    untolerated NoExecute taint, as the real controller decides."""
     spec = template.get("spec") or {}
     labels = node["metadata"].get("labels") or {}
+    if spec.get("nodeName") and spec["nodeName"] != node["metadata"]["name"]:
+        return False
     if any(labels.get(k) != v for k, v in (spec.get("nodeSelector") or {}).items()):
         return False
     if not affinity_allows({"spec": spec}, node):
         return False
-    tolerations = [*(spec.get("tolerations") or []), *TOLERATIONS]
-    return all(
-        tolerates(taint, tolerations)
-        for taint in node["spec"].get("taints") or []
-        if taint.get("effect") in ("NoSchedule", "NoExecute")
+    taints = list(node["spec"].get("taints") or [])
+    ready = any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in node.get("status", {}).get("conditions") or []
     )
+    if not ready:
+        taints.append({"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"})
+    effects = ("NoExecute",) if staying else ("NoSchedule", "NoExecute")
+    tolerations = [*(spec.get("tolerations") or []), *TOLERATIONS]
+    return all(tolerates(t, tolerations) for t in taints if t.get("effect") in effects)
 
 
 def _pinned(spec: Obj, node: str) -> Obj:
@@ -104,7 +117,8 @@ class DaemonSetController:
     def reconcile(self) -> None:
         nodes = self.store.list(NODES)
         for ds in self.store.list(DAEMONSETS):
-            with contextlib.suppress(errors.ApiError):
+            # A malformed object is skipped, never the end of the controller.
+            with contextlib.suppress(errors.ApiError, ValueError, KeyError, TypeError):
                 self.daemonset(ds, nodes)
 
     def daemonset(self, ds: Obj, nodes: list[Obj]) -> None:
@@ -112,36 +126,56 @@ class DaemonSetController:
             return
         ns, template = ds["metadata"]["namespace"], ds["spec"]["template"]
         digest = template_hash(template)
-        pods = [
-            p
-            for p in self.store.list(PODS, ns)
-            if owned_by(p, ds) and not p["metadata"].get("deletionTimestamp")
-        ]
-        for pod in [p for p in pods if p.get("status", {}).get("phase") == "Failed"]:
-            self._delete(ds, pod, "Deleted failed pod")
+        owned = [p for p in self.store.list(PODS, ns) if owned_by(p, ds)]
+        # A pod still terminating holds its node: a new one waits (host ports, one agent).
+        leaving = {_node_of(p) for p in owned if p["metadata"].get("deletionTimestamp")}
+        pods = [p for p in owned if not p["metadata"].get("deletionTimestamp")]
+        for pod in [p for p in pods if p.get("status", {}).get("phase") in ENDED]:
+            self._delete(ds, pod, "Deleted pod that ended")  # daemons run until deleted
             pods.remove(pod)
-        wanted = {n["metadata"]["name"] for n in nodes if runs_on(template, n)}
+            leaving.add(_node_of(pod))
         by_node: dict[str, list[Obj]] = {}
         for pod in sorted(pods, key=lambda p: p["metadata"]["creationTimestamp"]):
             by_node.setdefault(_node_of(pod), []).append(pod)
+        named = {n["metadata"]["name"]: n for n in nodes}
+        fresh = {name for name, node in named.items() if runs_on(template, node)}
+        kept = {
+            name
+            for name in by_node
+            if name in named and runs_on(template, named[name], staying=True)
+        }
+        wanted = fresh | kept
         for node, on_node in by_node.items():
             extra = on_node if node not in wanted else on_node[1:]  # the oldest one stays
             for pod in extra:
                 self._delete(ds, pod, "Deleted pod")
         current = {node: by_node[node][0] for node in wanted if by_node.get(node)}
-        for node in sorted(wanted - current.keys()):
+        for node in sorted(wanted - current.keys() - leaving):
             self._create(ds, node, digest)
         if (ds["spec"].get("updateStrategy") or {}).get("type", "RollingUpdate") == "RollingUpdate":
-            self._roll(ds, current, len(wanted), digest)
+            # Only where a new pod can start: an old pod on a NotReady node stays.
+            rollable = {node: pod for node, pod in current.items() if node in fresh}
+            self._roll(ds, rollable, current, len(wanted), digest)
         self._status(ds, current, len(wanted), digest, misscheduled=len(by_node.keys() - wanted))
 
-    def _roll(self, ds: Obj, current: dict[str, Obj], desired: int, digest: str) -> None:
+    def _roll(
+        self,
+        ds: Obj,
+        rollable: dict[str, Obj],
+        current: dict[str, Obj],
+        desired: int,
+        digest: str,
+    ) -> None:
         """Replace pods of an older template, keeping ``maxUnavailable`` of the nodes at most
         without an available pod (an old pod that is not available anyway goes first)."""
         rolling = (ds["spec"].get("updateStrategy") or {}).get("rollingUpdate") or {}
-        budget = max(resolve_count(rolling.get("maxUnavailable", 1), desired, round_up=True), 1)
+        try:
+            wanted = resolve_count(rolling.get("maxUnavailable", 1), desired, round_up=True)
+        except ValueError:  # not an int or a percentage: the API server's validation would say
+            wanted = 1
+        budget = max(wanted, 1)
         min_ready = ds["spec"].get("minReadySeconds", 0)
-        old = [p for p in current.values() if p["metadata"]["labels"].get(HASH_LABEL) != digest]
+        old = [p for p in rollable.values() if p["metadata"]["labels"].get(HASH_LABEL) != digest]
         unavailable = desired - sum(pod_available(p, min_ready) for p in current.values())
         for pod in sorted(old, key=lambda p: pod_available(p, min_ready)):
             if pod_available(pod, min_ready):

@@ -70,6 +70,9 @@ COMPONENT = "kubelet"
 MAX_BACKOFF = 300.0
 
 
+OUTPUT_DRAIN_SECONDS = 2.0  # how long a container's output is read after it exits
+
+
 def rfc3339_nano(moment: dt.datetime | None = None) -> str:
     moment = moment or dt.datetime.now(dt.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") + "000Z"
@@ -309,6 +312,7 @@ class PodWorker:
             return 1
         log_file = run.log_path().open("ab")
         started = rfc3339_nano()
+        master = slave = None
         try:
             if missing is not None:
                 raise FileNotFoundError(missing)
@@ -356,9 +360,9 @@ class PodWorker:
                 os.killpg(process.pid, signal.SIGKILL)
         run.process, run.env, run.cwd, run.runtime = process, env, cwd, runtime
         run.stdin, run.terminal = process.stdin, master
-        output = process.stdout
-        if master is not None:
-            output, run.stdin = await streams.terminal(master)
+        output, close_terminal = process.stdout, None
+        if master is not None:  # the kubelet keeps master (resizes); reader and writer dups
+            output, run.stdin, close_terminal = await streams.terminal(master)
         run.isolated = self.kubelet.unshare is not None
         run.started, run.ready = True, "readinessProbe" not in run.spec
         run.state = {"running": {"startedAt": started[:19] + "Z"}}
@@ -379,19 +383,29 @@ class PodWorker:
             )
         if output is None:  # never: stdout is a pipe or the terminal
             raise RuntimeError("container stdout is not captured")
+
+        async def copy_output() -> None:
+            async for line in streams.lines(output):
+                ended = line if line.endswith(b"\n") else line + b"\n"  # one log line each
+                log_file.write(rfc3339_nano().encode() + b" " + ended)
+                log_file.flush()
+                for client in run.attached:
+                    offer(client, line)
+
+        copying = asyncio.ensure_future(copy_output())
         try:
-            with contextlib.suppress(OSError):  # EIO: the terminal's last process closed it
-                async for line in output:
-                    log_file.write(rfc3339_nano().encode() + b" " + line)
-                    log_file.flush()
-                    for client in run.attached:
-                        offer(client, line)
             code = await process.wait()
+            # What it wrote last is read; a child it left holding the output cannot keep
+            # the container running.
+            with contextlib.suppress(TimeoutError, OSError):
+                await asyncio.wait_for(asyncio.shield(copying), OUTPUT_DRAIN_SECONDS)
         finally:
+            copying.cancel()
             log_file.close()
-            if master is not None and run.stdin is not None:
-                run.stdin.close()  # the terminal's master closes with its last user
+            if close_terminal is not None and master is not None:
                 run.terminal = None
+                close_terminal()
+                os.close(master)
             for client in run.attached:  # the output ended: attached clients detach
                 offer(client, None)
             for probe in probes:
@@ -781,7 +795,7 @@ class Kubelet:
         run.attached.add(output)
         once = bool(run.spec.get("stdinOnce"))
         stdin = run.stdin if run.spec.get("stdin") else None
-        return AttachTarget(output, run.attached, stdin, once, run.terminal)
+        return AttachTarget(output, run.attached, stdin, once, lambda: run.terminal)
 
     def _running(
         self, pod: Obj, container: str, verb: str

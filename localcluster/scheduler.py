@@ -69,8 +69,12 @@ def _requirement(expression: dict[str, Any], value: str | None) -> bool:
         return value is not None
     if op == "DoesNotExist":
         return value is None
-    if op in ("Gt", "Lt") and value is not None and value.lstrip("-").isdigit() and values:
-        return int(value) > int(values[0]) if op == "Gt" else int(value) < int(values[0])
+    if op in ("Gt", "Lt") and value is not None and values:
+        try:
+            have, bound = int(value), int(values[0])
+        except ValueError:  # not integers: no match, as the real scheduler decides
+            return False
+        return have > bound if op == "Gt" else have < bound
     return False
 
 
@@ -86,8 +90,13 @@ def affinity_allows(pod: Obj, node: Obj) -> bool:
     fields = {"metadata.name": node["metadata"]["name"]}
     return any(
         (term.get("matchExpressions") or term.get("matchFields"))
-        and all(_requirement(e, labels.get(e["key"])) for e in term.get("matchExpressions") or [])
-        and all(_requirement(e, fields.get(e["key"])) for e in term.get("matchFields") or [])
+        and all(
+            _requirement(e, labels.get(e.get("key", "")))
+            for e in term.get("matchExpressions") or []
+        )
+        and all(
+            _requirement(e, fields.get(e.get("key", ""))) for e in term.get("matchFields") or []
+        )
         for term in terms
     )
 

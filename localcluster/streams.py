@@ -26,6 +26,7 @@ import pty
 import signal
 import struct
 import termios
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,22 +58,55 @@ class AttachTarget:
     listeners: set[asyncio.Queue[bytes | None]]
     stdin: asyncio.StreamWriter | None
     stdin_once: bool
-    terminal: int | None = None  # a tty container's terminal: the client's resizes go to it
+    # A tty container's terminal, as it is when asked (None once its attempt ended): the
+    # client's resizes go to it.
+    terminal: Callable[[], int | None] = lambda: None
 
 
-async def terminal(master: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """A container terminal's master side as a stream to read its output from and one to
-    write its input to (the writer owns a duplicate of the descriptor, the reader the other)."""
+class _TerminalProtocol(asyncio.StreamReaderProtocol):
+    """A terminal's master reads EIO once no process holds its other side: that is its end of
+    output, not an error (what was read before it still reaches the reader)."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(None)
+
+
+async def terminal(
+    master: int,
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Callable[[], None]]:
+    """A container terminal's master side as a stream of its output and one for its input,
+    each on a duplicate of ``master`` (the caller keeps it, for resizes), and what closes
+    both."""
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=2**20)
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(master, "rb", buffering=0)
+    reader = asyncio.StreamReader()
+    reading, _ = await loop.connect_read_pipe(
+        lambda: _TerminalProtocol(reader), os.fdopen(os.dup(master), "rb", buffering=0)
     )
     transport, protocol = await loop.connect_write_pipe(
         lambda: asyncio.StreamReaderProtocol(asyncio.StreamReader()),
         os.fdopen(os.dup(master), "wb", buffering=0),
     )
-    return reader, asyncio.StreamWriter(transport, protocol, None, loop)
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+
+    def close() -> None:
+        writer.close()
+        reading.close()
+
+    return reader, writer, close
+
+
+async def lines(stream: asyncio.StreamReader, cap: int = 65536) -> AsyncIterator[bytes]:
+    """A container's output line by line, a line longer than ``cap`` in pieces of ``cap``
+    (a progress bar redrawn with ``\\r`` has no newline for a long time)."""
+    pending = b""
+    while chunk := await stream.read(65536):
+        pending += chunk
+        while (end := pending.find(b"\n")) >= 0 or len(pending) >= cap:
+            cut = end + 1 if 0 <= end < cap else cap
+            yield pending[:cut]
+            pending = pending[cut:]
+    if pending:
+        yield pending
 
 
 ATTACH_BACKLOG = 4096  # lines an attached client may fall behind before it misses some
@@ -241,8 +275,8 @@ async def run_attach(
                     await stdin.drain()
             elif channel == CLOSE and payload[:1] == bytes([STDIN]):
                 detach_stdin()  # the client's input ended; its output keeps coming
-            elif channel == RESIZE and target.terminal is not None and opts["tty"]:
-                _resize(target.terminal, payload)
+            elif channel == RESIZE and opts["tty"] and (master := target.terminal()) is not None:
+                _resize(master, payload)
 
     pumping, reading = asyncio.ensure_future(pump()), asyncio.ensure_future(read())
     try:

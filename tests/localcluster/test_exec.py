@@ -426,6 +426,22 @@ def test_a_tty_container_runs_on_a_terminal_that_attach_reaches(cluster: Cluster
     cluster.core.delete_namespaced_pod("term", "default", grace_period_seconds=0)
 
 
+@pytest.mark.parametrize("tty", [False, True])
+def test_a_container_whose_command_is_missing_fails_to_start(cluster: Cluster, tty: bool) -> None:
+    name = f"missing-{str(tty).lower()}"
+    manifest = pod_manifest(name, "", container={"command": ["no-such-binary"], "tty": tty})
+    cluster.core.create_namespaced_pod("default", manifest)
+
+    def terminated() -> Any:
+        statuses = cluster.core.read_namespaced_pod(name, "default").status.container_statuses
+        return statuses and statuses[0].state.terminated
+
+    state = wait_for("the start to fail", terminated)
+    assert (state.reason, state.exit_code) == ("StartError", 128)
+    assert "no-such-binary" in state.message
+    cluster.core.delete_namespaced_pod(name, "default", grace_period_seconds=0)
+
+
 def test_kubectl_attach_feeds_the_containers_stdin_once(cluster: Cluster) -> None:
     assert KUBECTL, "kubectl is not on PATH"
     base = [KUBECTL, "--kubeconfig", str(cluster.kubeconfig)]
