@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -121,8 +122,10 @@ def distributed(processes: int, rows: int, epochs: int, device: str) -> float:
                           check=False)  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"torchrun failed:\n{proc.stderr[-3000:]}")
-    rates = [json.loads(line)["samples_per_s"] for line in proc.stdout.splitlines()
-             if line.startswith("{")]  # fmt: skip
+    # One object a rank; the ranks share torchrun's stdout, so two may land on one line.
+    rates = [json.loads(found)["samples_per_s"] for found in re.findall(r"\{[^{}]*\}", proc.stdout)]
+    if len(rates) != processes:
+        raise SystemExit(f"torchrun reported {len(rates)} of {processes} ranks:\n{proc.stdout}")
     return sum(rates)
 
 
