@@ -1,18 +1,20 @@
 """A container's environment and command line, as the kubelet builds them: the image's
-variables, Service variables, ``envFrom``, ``env`` with ``valueFrom`` (fieldRef, secretKeyRef,
-configMapKeyRef) and ``$(VAR)`` expansion, and the command resolved through the image map."""
+variables, Service variables, ``envFrom``, ``env`` with ``valueFrom`` (fieldRef,
+resourceFieldRef, secretKeyRef, configMapKeyRef) and ``$(VAR)`` expansion, and the command
+resolved through the image map."""
 
 from __future__ import annotations
 
 import base64
+import math
 import os
 import re
 import shutil
 from typing import Any
 
-from localcluster import errors
+from localcluster import errors, quantity
 from localcluster.config import Runtime
-from localcluster.resources import CONFIGMAPS, SECRETS, Kind
+from localcluster.resources import CONFIGMAPS, NODES, SECRETS, Kind
 from localcluster.store import Obj, Store
 
 
@@ -49,7 +51,7 @@ def environment(
         env.update({prefix + k: v for k, v in data.items()})
     for var in spec.get("env") or []:
         if "valueFrom" in var:
-            value = value_from(store, ns, pod, ip, var["valueFrom"])
+            value = value_from(store, ns, pod, ip, var["valueFrom"], spec["name"])
             if value is None:
                 continue
             env[var["name"]] = value
@@ -71,8 +73,11 @@ def data_of(store: Store, ns: str, kind: Kind, ref: dict[str, Any], decode: bool
     return data
 
 
-def value_from(store: Store, ns: str, pod: Obj, ip: str, source: dict[str, Any]) -> str | None:
-    """An ``env[].valueFrom``: a field of the pod, a resource, a Secret's or ConfigMap's key."""
+def value_from(
+    store: Store, ns: str, pod: Obj, ip: str, source: dict[str, Any], container: str = ""
+) -> str | None:
+    """An ``env[].valueFrom`` (of ``container``'s env) or a downward API volume's item: a field
+    of the pod, a container's resource, a Secret's or ConfigMap's key."""
     if "fieldRef" in source:
         path = source["fieldRef"]["fieldPath"]
         live = {
@@ -87,7 +92,7 @@ def value_from(store: Store, ns: str, pod: Obj, ip: str, source: dict[str, Any])
             value = value.get(part, "") if isinstance(value, dict) else ""
         return str(value)
     if "resourceFieldRef" in source:
-        return "0"
+        return resource_field(store, pod, source["resourceFieldRef"], container)
     for key, source_kind, decode in (
         ("secretKeyRef", SECRETS, True),
         ("configMapKeyRef", CONFIGMAPS, False),
@@ -103,6 +108,28 @@ def value_from(store: Store, ns: str, pod: Obj, ip: str, source: dict[str, Any])
                 )
             return data[ref["key"]]
     return None
+
+
+def resource_field(store: Store, pod: Obj, ref: dict[str, Any], container: str) -> str:
+    """A container's request or limit as the kubelet gives it: rounded up to a whole number of
+    ``divisor`` (1 by default: 250m of CPU is "1"); a request not set is the limit, a limit not
+    set is the node's allocatable."""
+    name = ref.get("containerName") or container
+    spec = pod["spec"]
+    found = [c for c in [*spec.get("initContainers", []), *spec.get("containers", [])]
+             if c.get("name") == name]  # fmt: skip
+    if not found:
+        raise errors.bad_request(f"resourceFieldRef: no container {name!r} in the pod")
+    kind, _, resource = ref["resource"].partition(".")
+    resources = found[0].get("resources") or {}
+    value = (resources.get(kind) or {}).get(resource)
+    if value is None and kind == "requests":
+        value = (resources.get("limits") or {}).get(resource)
+    if value is None and kind == "limits":
+        node = store.find(NODES, "", spec.get("nodeName") or "")
+        value = ((node or {}).get("status", {}).get("allocatable") or {}).get(resource)
+    divisor = quantity.parse(str(ref.get("divisor") or "1"))
+    return str(math.ceil(quantity.parse(str(value or "0")) / divisor))
 
 
 def resolve(argv: list[str], env: dict[str, str], runtime: Runtime) -> list[str]:

@@ -82,6 +82,31 @@ def test_a_pod_runs_to_success_with_its_own_ip_and_logs(cluster: Cluster) -> Non
     assert "T" in stamp
 
 
+def test_resource_fields_are_rounded_up_as_the_kubelet_gives_them(cluster: Cluster) -> None:
+    """The downward API's ``resourceFieldRef``: a request or limit in whole ``divisor``s,
+    rounded up; a limit not set is the node's allocatable (what the serving Deployment's worker
+    count is read from)."""
+    fields = {"CPU": {"resource": "requests.cpu"},
+              "MILLICPU": {"resource": "requests.cpu", "divisor": "1m"},
+              "MEMORY_MI": {"resource": "limits.memory", "divisor": "1Mi"},
+              "CPU_LIMIT": {"resource": "limits.cpu"}}  # fmt: skip
+    env = [{"name": n, "valueFrom": {"resourceFieldRef": r}} for n, r in fields.items()]
+    resources = {"requests": {"cpu": "1250m", "memory": "64Mi"}, "limits": {"memory": "100M"}}
+    script = (
+        "import os; print(*(os.environ[n] for n in ['CPU', 'MILLICPU', 'MEMORY_MI', 'CPU_LIMIT']))"
+    )
+    cluster.core.create_namespaced_pod(
+        "default", pod_manifest("sized", script, container={"env": env, "resources": resources})
+    )
+    assert finished(cluster, "sized") == "Succeeded"
+    node = cluster.core.read_node(
+        cluster.core.read_namespaced_pod("sized", "default").spec.node_name
+    )
+    allocatable = node.status.allocatable["cpu"]
+    # 1.25 CPUs -> 2; 1250 millicores; 100 MB is 95.37 MiB -> 96; no CPU limit: the node's
+    assert log_of(cluster, "sized").split() == ["2", "1250", "96", allocatable]
+
+
 def test_a_failing_container_fails_the_pod_with_its_exit_code(cluster: Cluster) -> None:
     cluster.core.create_namespaced_pod("default", pod_manifest("bad", "import sys; sys.exit(3)"))
     assert finished(cluster, "bad") == "Failed"
