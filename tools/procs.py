@@ -95,6 +95,13 @@ class Server:
         return self.proc.returncode
 
 
+def listeners(port: int) -> int:
+    """How many sockets listen on ``port`` (IPv4), from the kernel's table: a server whose
+    workers share a port (SO_REUSEPORT) has one each."""
+    rows = [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
+    return sum(1 for row in rows if row[1].endswith(f":{port:04X}") and row[3] == "0A")
+
+
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs; a child of ours that exited is reaped (a zombie is not alive)."""
     with contextlib.suppress(ChildProcessError):

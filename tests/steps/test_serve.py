@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -17,7 +19,7 @@ import pytest
 
 from helmsman_steps import contract, registry
 from tests.mlflow_fixtures import Trained, model_server, serve_cmd
-from tools.procs import Server, free_port
+from tools.procs import Server, alive, free_port, listeners
 
 ROW = {"age": 30, "tenure_months": 3, "monthly_charges": 95.5, "total_charges": 300,
        "support_calls": 4, "plan": "basic", "region": "south"}  # fmt: skip
@@ -222,8 +224,10 @@ def test_a_few_scores_land_in_the_buckets_a_batch_of_them_would() -> None:
     at_once = PredictionHistogram()
     at_once.observe(scores)
     expected = score_counts(scores, PROBABILITY_BUCKETS)
-    assert one_by_one.counts.tolist() == at_once.counts.tolist() == expected.tolist()
-    assert one_by_one.total == pytest.approx(at_once.total)
+    # a count per bucket, then the sum of the scores
+    assert one_by_one.counts[:-1].tolist() == at_once.counts[:-1].tolist() == expected.tolist()
+    assert one_by_one.counts[-1] == pytest.approx(at_once.counts[-1])
+    assert at_once.counts[-1] == pytest.approx(float(scores.sum()))
 
 
 def test_micro_batching_scores_concurrent_requests_together_each_getting_its_own_rows(
@@ -256,3 +260,86 @@ def test_micro_batching_scores_concurrent_requests_together_each_getting_its_own
     (calls,) = (float(line.split()[1]) for line in metrics.splitlines()
                 if line.startswith("helmsman_model_calls_total "))  # fmt: skip
     assert 1 <= calls < len(requests) / 2  # 16 requests within the window: a few model calls
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                found.append(int(stat.parent.name))
+    return found
+
+
+def _sample(metrics: str, name: str) -> float:
+    (value,) = (float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                if line.startswith(name + " "))  # fmt: skip
+    return value
+
+
+def _wait(condition: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_workers_share_the_port_their_metrics_add_up_and_a_lost_one_is_replaced(
+    champion: Trained, step_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Two workers: both take connections, any one's /metrics counts every worker's requests
+    and scored rows, a killed worker is replaced, and SIGTERM stops them all and leaves no
+    files behind."""
+    from prometheus_client.mmap_dict import MmapedDict
+
+    srv = model_server(f"models:/{champion.model_name}/{champion.version}", step_env, tmp_path,
+                       "--workers", "2", "--drain-seconds", "1")  # fmt: skip
+    assert srv.proc is not None
+    url, port = srv.url, int(srv.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    ok = 'helmsman_requests_total{code="200",endpoint="/predict"}'
+
+    def scraped(name: str) -> float:  # over a new connection: any worker may answer
+        return _sample(httpx.get(f"{url}/metrics", headers={"connection": "close"}).text, name)
+
+    try:
+        _wait(lambda: listeners(port) == 2, "the second worker to listen")
+        (worker,) = _children(srv.proc.pid)
+        # the folder the first worker made for the metrics; the others inherit it
+        environ = Path(f"/proc/{worker}/environ").read_bytes().decode().split("\0")
+        (folder,) = [Path(v.split("=", 1)[1]) for v in environ
+                     if v.startswith("PROMETHEUS_MULTIPROC_DIR=")]  # fmt: skip
+        sent = 60
+        for _ in range(sent):  # a connection each: the kernel spreads them over the listeners
+            answer = httpx.post(f"{url}/predict", json={"instances": [ROW]},
+                                headers={"connection": "close"})  # fmt: skip
+            assert answer.status_code == 200
+        answered = {}  # pid -> the /predict 200s its own file counts
+        for pid in (srv.proc.pid, worker):
+            values = MmapedDict.read_all_values_from_file(str(folder / f"counter_{pid}.db"))
+            predicts = [v for key, v, *_ in values
+                        if "helmsman_requests_total" in key and '"/predict"' in key]  # fmt: skip
+            answered[pid] = sum(predicts)
+        assert all(answered.values()), f"both workers answer requests: {answered}"
+        for _ in range(6):  # whichever worker answers the scrape counts them all
+            # a request is counted just after its answer is sent: wait for the last one
+            _wait(lambda: scraped(ok) == sent, f"{sent} requests counted")
+            assert scraped("helmsman_predicted_rows_total") == sent
+            assert scraped("helmsman_prediction_count") == sent
+
+        os.kill(worker, signal.SIGKILL)
+        _wait(lambda: listeners(port) == 1, "the killed worker's socket to close")
+        _wait(lambda: listeners(port) == 2, "a new worker")
+        (replacement,) = _children(srv.proc.pid)
+        assert replacement != worker
+        for _ in range(6):  # the lost worker's counts stay: a counter never goes down
+            assert scraped("helmsman_predicted_rows_total") == sent
+        assert httpx.post(f"{url}/predict", json={"instances": [ROW]}).status_code == 200
+
+        srv.proc.send_signal(signal.SIGTERM)  # the first worker alone, as the kubelet sends it
+        assert srv.proc.wait(timeout=30) == 0, srv.log()
+        assert not alive(replacement), "the first worker stopped the others before it ended"
+        assert not folder.exists()
+    finally:
+        srv.stop(grace=20)

@@ -498,12 +498,25 @@ def serve(
             help="Root of the dataset store (a path or fsspec URL): where the inference log goes.",
         ),
     ] = "",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=64,
+            clamp=True,
+            envvar="HELMSMAN_WORKERS",
+            help="Worker processes on the one port (the serving Deployment passes the CPUs "
+            "its container requests; 0, no request, is one): one core each; their metrics "
+            "add up.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve one model version over HTTP until SIGTERM."""
     from helmsman_steps import serve as stage
 
-    code = stage.serve(model_uri, host, port, graceful_seconds, drain_seconds,
-                       batch_window_ms, batch_max_rows, log_sample, dataset_uri)  # fmt: skip
+    settings = stage.Settings(model_uri, host, port, graceful_seconds, drain_seconds,
+                              batch_window_ms, batch_max_rows, log_sample, dataset_uri)  # fmt: skip
+    code = stage.serve(settings, workers)
     if code:
         raise typer.Exit(code)
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from helmsman_steps import logs
 from helmsman_steps.store import DatasetStore
+from helmsman_steps.tally import Tally
 
 log = logs.get(__name__)
 
@@ -54,6 +55,9 @@ CHUNK = 256
 
 _pack = msgspec.msgpack.Encoder().encode
 _unpack = msgspec.msgpack.Decoder().decode
+
+
+OUTCOMES = ("sampled", "written", "dropped")
 
 
 class InferenceLog:
@@ -84,8 +88,8 @@ class InferenceLog:
         # deque appends and pops are atomic: the event loop appends, the writer pops.
         self.pending: collections.deque[_Record] = collections.deque()
         # Records (requests) by outcome; Prometheus reads them when scraped (``collect``), so
-        # the request path touches no metric.
-        self.counts = {"sampled": 0, "written": 0, "dropped": 0}
+        # the request path touches no metric. A ``Tally``: they add up across workers.
+        self.tally = Tally("inference_log", len(OUTCOMES))
         self._warm_up()
         self._wake = threading.Event()
         self._stop = False
@@ -103,11 +107,11 @@ class InferenceLog:
         if self.sample < 1 and random.random() >= self.sample:  # noqa: S311 - not security
             return
         if len(self.pending) >= self.capacity:
-            self.counts["dropped"] += 1
+            self._count("dropped")
             return
         packed = _pack((columns, predictions.tolist()))
         self.pending.append((time.time(), request_id, version, packed))
-        self.counts["sampled"] += 1
+        self._count("sampled")
         if len(self.pending) == self.flush_records:
             self._wake.set()
 
@@ -118,8 +122,13 @@ class InferenceLog:
         self._thread.join(timeout)
         if self._thread.is_alive():
             log.error("the inference log's writer did not finish", queued=len(self.pending))
-        log.info("inference log closed", **self.counts)
-        return dict(self.counts)
+        counts = self.counts()
+        log.info("inference log closed", **counts)
+        return counts
+
+    def counts(self) -> dict[str, int]:
+        """This process's records by outcome."""
+        return {outcome: int(n) for outcome, n in zip(OUTCOMES, self.tally.values, strict=True)}
 
     def _warm_up(self) -> None:
         """Import pyarrow and write one table to memory now, while the server is not ready
@@ -143,13 +152,13 @@ class InferenceLog:
             "the store refused them)",
             labels=["outcome"],
         )
-        for outcome, count in self.counts.items():
-            family.add_metric([outcome], count)
+        for outcome, count in zip(OUTCOMES, self.tally.totals(), strict=True):
+            family.add_metric([outcome], float(count))
         yield family
 
     # -- the writer thread ---------------------------------------------------------------
     def _count(self, outcome: str, n: int = 1) -> None:
-        self.counts[outcome] += n
+        self.tally.values[OUTCOMES.index(outcome)] += n
 
     def _run(self) -> None:
         failed: list[_Record] = []  # a batch the store refused: tried again next time

@@ -32,7 +32,8 @@ The model is the version's ONNX graph on ONNX Runtime (helmsman_steps.runtime; a
 before ONNX: its numpy export), with the featurizer and request type derived from the spec the
 version was trained with; it is loaded after the port is bound so /healthz answers during the
 download; the server is a bare ASGI app on uvicorn with
-uvloop and httptools, and requests are decoded and validated in one pass by msgspec.
+uvloop and httptools, and requests are decoded and validated in one pass by msgspec. With
+``--workers N`` it runs N such processes on the one port (``serve``), their metrics summed.
 """
 
 from __future__ import annotations
@@ -42,16 +43,21 @@ import bisect
 import contextlib
 import gc
 import json
+import logging
 import math
+import os
 import re
+import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 import numpy as np
@@ -62,6 +68,7 @@ from helmsman_steps.inference_log import InferenceLog
 from helmsman_steps.modelinfo import PROBABILITY_BUCKETS, ModelInfo, score_counts
 from helmsman_steps.runtime import Predictor, load_scorer
 from helmsman_steps.store import DatasetStore
+from helmsman_steps.tally import MULTIPROC_ENV, Tally
 
 log = logs.get(__name__)
 
@@ -153,11 +160,23 @@ class Metrics:
     """Prometheus collectors in a registry of their own (no process-global state)."""
 
     registry: Any = field(init=False)
+    exposed: Any = field(init=False)
 
     def __post_init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+        # Collectors live in ``registry``; ``/metrics`` renders ``exposed``: the same registry
+        # in one process; with several workers (multiprocess mode, its folder in the
+        # environment before prometheus_client is imported), every worker's files summed.
         self.registry = CollectorRegistry()
+        folder = os.environ.get(MULTIPROC_ENV)
+        if folder:
+            from prometheus_client.multiprocess import MultiProcessCollector
+
+            self.exposed = CollectorRegistry()
+            MultiProcessCollector(self.exposed, folder)  # type: ignore[no-untyped-call]
+        else:
+            self.exposed = self.registry
         self.requests = Counter(
             "helmsman_requests", "HTTP requests by endpoint and status code",
             ["endpoint", "code"], registry=self.registry,
@@ -173,10 +192,10 @@ class Metrics:
             registry=self.registry,
         )  # fmt: skip
         self.predictions = PredictionHistogram()
-        self.registry.register(self.predictions)
+        self.exposed.register(self.predictions)
         self.model = Gauge(
             "helmsman_model_info", "The model version being served (value 1)",
-            ["name", "version", "run_id"], registry=self.registry,
+            ["name", "version", "run_id"], registry=self.registry, multiprocess_mode="max",
         )  # fmt: skip
         self._children: dict[tuple[str, int], tuple[Any, Any]] = {}
 
@@ -249,7 +268,8 @@ VERIFY_HEADER = contract.VERIFY_HEADER.encode()  # the platform's own checks: no
 class PredictionHistogram:
     """``helmsman_prediction``: a Prometheus histogram of predicted scores, counted per batch
     with numpy (one ``observe`` per row would cost more than the model for large batches).
-    Its buckets are the model's (``ModelInfo.prediction_buckets``), set before it serves."""
+    Its buckets are the model's (``ModelInfo.prediction_buckets``), set before it serves. The
+    counts are a ``Tally``: they add up across the server's workers."""
 
     def __init__(self, bounds: tuple[float, ...] = PROBABILITY_BUCKETS) -> None:
         self.lock = threading.Lock()
@@ -258,31 +278,34 @@ class PredictionHistogram:
     def reset(self, bounds: tuple[float, ...]) -> None:
         with self.lock:
             self.bounds = bounds
-            self.counts = np.zeros(len(bounds) + 1, dtype=np.int64)
-            self.total = 0.0
+            # a count per bucket (the last one past every bound), then the sum of the scores
+            self.tally = Tally("prediction", len(bounds) + 2)
+            self.counts = self.tally.values
 
     def observe(self, scores: np.ndarray) -> None:
+        total = len(self.bounds) + 1
         if len(scores) <= 4:  # a request's row or few: bisect, no arrays (same buckets)
             values = scores.tolist()
             with self.lock:
                 for value in values:
                     self.counts[bisect.bisect_left(self.bounds, value)] += 1
-                    self.total += value
+                    self.counts[total] += value
             return
         counts = score_counts(scores, self.bounds)
         with self.lock:
-            self.counts += counts
-            self.total += float(scores.sum())
+            self.counts[:total] += counts
+            self.counts[total] += float(scores.sum())
 
     def collect(self) -> Any:
         from prometheus_client.core import HistogramMetricFamily
 
         with self.lock:
-            cumulative = np.cumsum(self.counts).tolist()
-            total, bounds = self.total, self.bounds
+            tally, bounds = self.tally, self.bounds
+        totals = tally.totals()
+        cumulative = np.cumsum(totals[:-1]).tolist()
         buckets = [(str(b), c) for b, c in zip(bounds, cumulative, strict=False)]
         family = HistogramMetricFamily("helmsman_prediction", "Predicted scores")
-        family.add_metric([], [*buckets, ("+Inf", cumulative[-1])], total)
+        family.add_metric([], [*buckets, ("+Inf", cumulative[-1])], float(totals[-1]))
         yield family
 
 
@@ -308,6 +331,14 @@ def fetch(model_uri: str, destination: str) -> tuple[registry.ResolvedModel, str
         found["name"], found["version"], found["run_id"], tuple(found["aliases"])
     )
     return resolved, str(found["path"]), found.get("spec_path")
+
+
+class Fetched(NamedTuple):
+    """A model version on local disk: what it resolved to, its model and spec files."""
+
+    resolved: registry.ResolvedModel
+    path: str
+    spec_path: str | None
 
 
 def _last_error(stderr: str) -> str:
@@ -350,11 +381,20 @@ class App:
         self.draining = False  # SIGTERM received: answer, but leave the endpoints
 
     # -- model loading -------------------------------------------------------------------
-    def load(self) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            resolved, path, spec_path = fetch(self.model_uri, tmp)
-            info = ModelInfo.from_file(spec_path, resolved.name)
-            model = Predictor(info, load_scorer(path))
+    def load(self, folder: str | None = None) -> Fetched:
+        """Fetch the model (into ``folder``, kept for workers; else a temporary one) and load
+        it; what was fetched, for the workers to load in turn."""
+        with contextlib.ExitStack() as stack:
+            folder = folder or stack.enter_context(tempfile.TemporaryDirectory())
+            fetched = Fetched(*fetch(self.model_uri, folder))
+            self.load_fetched(fetched)
+        return fetched
+
+    def load_fetched(self, fetched: Fetched) -> None:
+        """Load and warm a fetched model; then the server is ready."""
+        resolved, path, spec_path = fetched
+        info = ModelInfo.from_file(spec_path, resolved.name)
+        model = Predictor(info, load_scorer(path))
         self.decoder = msgspec.json.Decoder(request_type(info.raw_columns))
         self.rows_type = list[instance_type(info.raw_columns)]  # type: ignore[misc]
         self.columns = tuple(info.input_columns)
@@ -374,7 +414,7 @@ class App:
             types = {c: info.raw_columns[c]["type"] for c in self.columns}
             classes = info.n_outputs if info.task == "multiclass" else None
             self.inference_log = InferenceLog(store, types, self.log_sample, classes)
-            self.metrics.registry.register(self.inference_log)
+            self.metrics.exposed.register(self.inference_log)
         self.resolved, self.model = resolved, model
         # What is loaded now lives as long as the process: out of the garbage collector's
         # sight, a full collection (measured: 25 ms with pyarrow loaded) costs about 1 ms.
@@ -442,7 +482,7 @@ class App:
         if path == "/metrics":
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-            return 200, generate_latest(self.metrics.registry), CONTENT_TYPE_LATEST.encode()
+            return 200, generate_latest(self.metrics.exposed), CONTENT_TYPE_LATEST.encode()
         if path == "/predict":
             if method != "POST":
                 return self._json(405, {"error": "use POST with a JSON body"})
@@ -647,17 +687,26 @@ class App:
                                 "model_version": self.resolved.version})  # fmt: skip
 
 
-def serve(
-    model_uri: str,
-    host: str,
-    port: int,
-    graceful_seconds: int = 20,
-    drain_seconds: float = 0,
-    batch_window_ms: float = 0,
-    batch_max_rows: int = 64,
-    log_sample: float = 0,
-    dataset_uri: str = "",
-) -> int:
+@dataclass(frozen=True)
+class Settings:
+    """How ``serve`` runs; its workers get the same."""
+
+    model_uri: str
+    host: str
+    port: int
+    graceful_seconds: int = 20
+    drain_seconds: float = 0
+    batch_window_ms: float = 0
+    batch_max_rows: int = 64
+    log_sample: float = 0
+    dataset_uri: str = ""
+
+    def app(self) -> App:
+        return App(self.model_uri, self.batch_window_ms, self.batch_max_rows, self.log_sample,
+                   self.dataset_uri)  # fmt: skip
+
+
+def serve(settings: Settings, workers: int = 1) -> int:
     """Bind, load the model in the background, serve until SIGTERM; return the exit code.
 
     On SIGTERM the server first drains for ``drain_seconds``: ``/readyz`` answers 503 (so the
@@ -669,50 +718,229 @@ def serve(
     With ``log_sample`` above 0, that share of the scored requests goes to the inference log
     in the model's folder under ``dataset_uri`` (``helmsman_steps.inference_log``); what is
     queued is written after the graceful shutdown, before the process ends.
+
+    With ``workers`` above 1, this process fetches and loads the model, then starts the other
+    workers (``Workers``): each loads the same files and listens on the same port
+    (SO_REUSEPORT: the kernel spreads connections over the listeners) once it is ready. Their
+    metrics add up in Prometheus' multiprocess mode; a SIGTERM reaches every worker, which
+    drains as this one does; a worker that dies is replaced.
     """
-    if log_sample > 0 and not dataset_uri:
+    if settings.log_sample > 0 and not settings.dataset_uri:
         raise BadInputError(
             "--log-sample needs the dataset store (--dataset-uri or HELMSMAN_DATASET_URI), "
             "where the inference log goes"
         )
+    pool: Workers | None = None
+    if workers > 1:
+        # Before prometheus_client is imported (by App): each process's metrics go to files
+        # in this folder, fresh for this server, and /metrics sums them.
+        if "prometheus_client" in sys.modules:
+            raise RuntimeError("several workers need prometheus_client imported after serve()")
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="helmsman-metrics-")
+        pool = Workers(settings, workers - 1)
+    try:
+        app = settings.app()
+        server = _server(app, settings, pool)
+    except BaseException:
+        if pool is not None:
+            pool.stop(0)
+        raise
+
+    if pool is not None:
+        pool.on_give_up = lambda: setattr(server, "should_exit", True)
+
+    def load() -> None:
+        try:
+            if pool is None:
+                app.load()
+            else:
+                pool.start(app.load(pool.folder))
+        except BaseException as exc:
+            app.load_error = exc
+            log.error("model failed to load; shutting down", model_uri=settings.model_uri,
+                      error=str(exc))  # fmt: skip
+            server.should_exit = True
+
+    threading.Thread(target=load, name="model-loader", daemon=True).start()
+    log.info("serving", host=settings.host, port=settings.port, model_uri=settings.model_uri,
+             workers=workers)  # fmt: skip
+    try:
+        server.run(sockets=[listen(settings.host, settings.port)] if pool else None)
+    finally:
+        if pool is not None:
+            pool.stop(settings.graceful_seconds + settings.drain_seconds + 5)
+    if app.inference_log is not None:  # every request has been answered: write what is queued
+        app.inference_log.close()
+    if isinstance(app.load_error, BadInputError):
+        return ExitCode.BAD_INPUT
+    if app.load_error is not None or (pool is not None and pool.failed):
+        return ExitCode.INTERNAL
+    return ExitCode.OK
+
+
+def _server(app: App, settings: Settings, pool: Workers | None = None, worker: bool = False) -> Any:
+    """A uvicorn server for ``app`` that drains on SIGTERM (``serve``) and passes the signal
+    on to the other workers. A second signal while draining stops at once, except in a worker,
+    which may get each shutdown twice (from its process group and from the first worker)."""
     import uvicorn
 
+    drain_seconds = settings.drain_seconds
+
     class Server(uvicorn.Server):
+        signalled = False
+
         def handle_exit(self, sig: int, frame: Any) -> None:
-            if drain_seconds > 0 and not app.draining:
+            if pool is not None:
+                pool.signal(sig)
+            first, self.signalled = not self.signalled, True
+            if worker and not first:  # its process group's signal and the first worker's
+                return
+            if first and drain_seconds > 0:
                 app.draining = True
                 log.info("draining before shutdown", seconds=drain_seconds)
-                timer = threading.Timer(drain_seconds, self.handle_exit, (sig, frame))
+                timer = threading.Timer(drain_seconds, self.stop, (sig, frame))
                 timer.daemon = True
                 timer.start()
                 return
+            self.stop(sig, frame)
+
+        def stop(self, sig: int, frame: Any) -> None:
             super().handle_exit(sig, frame)
             # uvicorn re-raises the signal after a graceful shutdown, so the process would end
             # "killed by SIGTERM" (143). A drained shutdown is the normal end of a pod: exit 0.
             self._captured_signals.clear()
 
-    app = App(model_uri, batch_window_ms, batch_max_rows, log_sample, dataset_uri)
     config = uvicorn.Config(
-        app, host=host, port=port, loop="uvloop", http="httptools", lifespan="on",
-        access_log=False, log_level="warning", timeout_graceful_shutdown=graceful_seconds,
+        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        lifespan="on", access_log=False, log_level="warning",
+        timeout_graceful_shutdown=settings.graceful_seconds,
     )  # fmt: skip
-    server = Server(config)
+    return Server(config)
 
-    def load() -> None:
-        try:
-            app.load()
-        except BaseException as exc:
-            app.load_error = exc
-            log.error("model failed to load; shutting down", model_uri=model_uri, error=str(exc))
-            server.should_exit = True
 
-    threading.Thread(target=load, name="model-loader", daemon=True).start()
-    log.info("serving", host=host, port=port, model_uri=model_uri)
-    server.run()
-    if app.inference_log is not None:  # every request has been answered: write what is queued
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket that other workers may bind too (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
+class Workers:
+    """The server's other worker processes (``python -m helmsman_steps.serve SPEC``)."""
+
+    CHECK_SECONDS = 1.0
+    # A worker that ends within this long of its start failed to start; after this many such
+    # failures in a row the server gives up (exit 70: the pod restarts, with the kubelet's
+    # back-off), rather than load the model again and again while one worker serves.
+    SHORT_LIFE_SECONDS = 30.0
+    MAX_FAILED_STARTS = 5
+
+    def __init__(self, settings: Settings, count: int) -> None:
+        self.settings, self.count = settings, count
+        self.folder = tempfile.mkdtemp(prefix="helmsman-model-")  # the fetched model, kept
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.started: list[float] = []
+        self.failed_starts = 0
+        self.failed = False  # gave up replacing workers
+        self.on_give_up: Callable[[], None] = lambda: None
+        self.spec = ""
+        self.stopping = False
+        self.lock = threading.RLock()  # reentrant: a signal may arrive while it is held
+
+    def start(self, fetched: Fetched) -> None:
+        self.spec = json.dumps({"settings": asdict(self.settings), "parent": os.getpid(),
+                                "log_level": logging.getLevelName(logging.getLogger().level),
+                                "fetched": [asdict(fetched.resolved), fetched.path,
+                                            fetched.spec_path]})  # fmt: skip
+        with self.lock:
+            if self.stopping:
+                return
+            self.procs = [self._spawn() for _ in range(self.count)]
+            self.started = [time.monotonic()] * self.count
+        threading.Thread(target=self._watch, name="workers", daemon=True).start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "helmsman_steps.serve", self.spec])  # noqa: S603
+
+    def _watch(self) -> None:
+        """Replace a worker that ends before the server does, waiting longer after each one
+        that failed to start; give up after ``MAX_FAILED_STARTS`` of them in a row."""
+        pause = self.CHECK_SECONDS
+        while True:
+            time.sleep(pause)
+            pause = self.CHECK_SECONDS
+            with self.lock:
+                if self.stopping:
+                    return
+                for i, proc in enumerate(self.procs):
+                    if proc.poll() is None:
+                        continue
+                    lived = time.monotonic() - self.started[i]
+                    short = lived < self.SHORT_LIFE_SECONDS
+                    self.failed_starts = self.failed_starts + 1 if short else 0
+                    log.error("a worker ended", pid=proc.pid, exit_code=proc.returncode,
+                              seconds=round(lived, 1))  # fmt: skip
+                    if self.failed_starts >= self.MAX_FAILED_STARTS:
+                        log.error("workers keep failing to start; stopping the server",
+                                  failed_starts=self.failed_starts)  # fmt: skip
+                        self.failed = True
+                        self.on_give_up()
+                        return
+                    self.procs[i], self.started[i] = self._spawn(), time.monotonic()
+                    pause = max(pause, 2.0**self.failed_starts if short else 0)
+
+    def signal(self, sig: int) -> None:
+        """Pass a shutdown signal on; from now on no worker is replaced."""
+        with self.lock:
+            self.stopping = True
+            for proc in self.procs:
+                if proc.poll() is None:
+                    proc.send_signal(sig)
+
+    def stop(self, timeout: float) -> None:
+        """Stop the workers (SIGTERM, and SIGKILL for any still running after ``timeout``)
+        and remove the model's files and the metrics folder."""
+        if not self.stopping:
+            self.signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("a worker did not stop in time; killing it", pid=proc.pid)
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        shutil.rmtree(os.environ.pop(MULTIPROC_ENV, ""), ignore_errors=True)
+
+
+def _worker(spec: str) -> int:
+    """One more worker of a server: load what the first one fetched, listen on its port."""
+    found = json.loads(spec)
+    logs.configure(found["log_level"])
+    settings = Settings(**found["settings"])
+    resolved, path, spec_path = found["fetched"]
+    resolved["aliases"] = tuple(resolved["aliases"])
+    app = settings.app()
+    app.load_fetched(Fetched(registry.ResolvedModel(**resolved), path, spec_path))
+    server = _server(app, settings, worker=True)
+
+    def orphaned() -> None:  # the first worker is gone (SIGKILL): do not outlive it
+        while os.getppid() == found["parent"]:
+            time.sleep(1)
+        log.error("the server's first worker is gone; stopping")
+        server.should_exit = True
+
+    threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
+    server.run(sockets=[listen(settings.host, settings.port)])
+    if app.inference_log is not None:
         app.inference_log.close()
-    if isinstance(app.load_error, BadInputError):
-        return ExitCode.BAD_INPUT
-    if app.load_error is not None:
-        return ExitCode.INTERNAL
     return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(_worker(sys.argv[1]))
