@@ -69,6 +69,10 @@ def check(dag_file: Path) -> dict[str, Any]:
                 "params": dag.params.dump(),
                 "schedule": None if dag.schedule is None else str(dag.schedule),
                 "tasks": sorted(t.task_id for t in dag.tasks),
+                # what the rollout task gives a serving pod (the model's serving.resources)
+                "serving_resources": next(
+                    (t.serving_resources for t in dag.tasks if t.task_id == "rollout"), None
+                ),
             }
         )
     return {

@@ -160,6 +160,7 @@ class RolloutOperator(BaseOperator):
         shadow: bool | str = True,
         image: str = "",
         replicas: int | str = 2,
+        serving_resources: dict[str, str] | None = None,
         platform: Platform | None = None,
         ready_timeout: float = 120,
         thresholds: dict[str, Any] | None = None,
@@ -173,6 +174,7 @@ class RolloutOperator(BaseOperator):
         self.instance = instance or contract.serving_instance(model_name)
         self.strategy, self.steps, self.interval, self.shadow = strategy, steps, interval, shadow
         self.image, self.replicas = image, replicas
+        self.serving_resources = dict(serving_resources or {})  # a serving pod's cpu, memory
         self.platform = platform or Platform()
         self.ready_timeout = ready_timeout
         self.thresholds, self.checks = thresholds or {}, checks or {}
@@ -203,6 +205,7 @@ class RolloutOperator(BaseOperator):
             model_version=version,
             image=self.image or self.platform.image("serve"),
             replicas=int(self.replicas),
+            **{k: str(v) for k, v in self.serving_resources.items() if k in ("cpu", "memory")},
             mlflow_secret=self.platform.serving_mlflow_secret,
             annotations={
                 "helmsman.io/dag-id": dag_run.dag_id,

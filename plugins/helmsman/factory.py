@@ -403,6 +403,7 @@ def _rollout(model: ModelSpec, platform: Platform, **extra: Any) -> deploy.Rollo
         interval="{{ params.analysis_interval }}",
         shadow="{{ params.shadow }}",
         thresholds=dict(model.serving.thresholds),
+        serving_resources=model.serving.resources.model_dump(),
         platform=platform,
         max_active_tis_per_dag=1,
         **extra,

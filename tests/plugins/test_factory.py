@@ -48,7 +48,8 @@ def test_each_model_folder_becomes_its_four_dags_with_its_own_params(
     files = [
         add_model(tmp_path, "churn"),
         add_model(tmp_path, "fraud", gpus=0, schedule="@hourly",
-                  serving={"replicas": 5, "strategy": "blue-green", "canary_steps": [10, 50]},
+                  serving={"replicas": 5, "strategy": "blue-green", "canary_steps": [10, 50],
+                           "resources": {"cpu": "2", "memory": "1Gi"}},
                   trainer={"kind": "mlp", "params": {"epochs": 3, "hidden": "128"}},
                   evaluation={"metric": "roc_auc", "floor": 0.7, "min_improvement": 0.01},
                   monitoring={"schedule": "*/30 * * * *", "window_hours": 2, "retrain": False}),
@@ -75,6 +76,8 @@ def test_each_model_folder_becomes_its_four_dags_with_its_own_params(
     assert "helmsman://churn/performance" in churn["train_churn"]["schedule"]
     assert CHURN["schedule"] in churn["train_churn"]["schedule"]
     assert fraud["scale_fraud"]["params"] == {"replicas": 5}
+    assert fraud["train_fraud"]["serving_resources"] == {"cpu": "2", "memory": "1Gi"}
+    assert churn["train_churn"]["serving_resources"] == CHURN["serving"]["resources"]
     assert fraud["rollback_fraud"]["params"]["strategy"] == "blue-green"
     assert churn["train_churn"]["params"]["epochs"] == CHURN["trainer"]["params"]["epochs"]
     assert churn["train_churn"]["tasks"] == [

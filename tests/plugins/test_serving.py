@@ -276,6 +276,21 @@ def test_only_helmsmans_own_objects_of_the_instance_are_owned() -> None:
     assert owned(legacy, "churn-serving")  # objects from releases before the managed-by label
 
 
+def test_a_serving_pod_requests_the_models_resources_and_runs_a_worker_per_cpu() -> None:
+    """serving.resources of model.yaml become the pod's requests (the memory limit twice the
+    request), and the server's worker count is the CPU request, through the downward API."""
+    default = objects.deployment(TARGET, "blue", 1)["spec"]["template"]["spec"]["containers"][0]
+    assert default["resources"] == {"requests": {"cpu": "250m", "memory": "256Mi"},
+                                    "limits": {"memory": "512Mi"}}  # fmt: skip
+    big = objects.Target("churn-serving", "ml", "churn", "7", cpu="2", memory="1Gi")
+    container = objects.deployment(big, "blue", 1)["spec"]["template"]["spec"]["containers"][0]
+    assert container["resources"] == {"requests": {"cpu": "2", "memory": "1Gi"},
+                                      "limits": {"memory": "2Gi"}}  # fmt: skip
+    (workers,) = [e for e in container["env"] if e["name"] == "HELMSMAN_WORKERS"]
+    field = workers["valueFrom"]["resourceFieldRef"]
+    assert (field["resource"], field["divisor"]) == ("requests.cpu", "1")
+
+
 def test_rendered_objects_pass_their_schemas_and_pss_restricted() -> None:
     gateway = objects.GatewayRef("helmsman-gateway")
     deployment = objects.deployment(TARGET, "green", 3)

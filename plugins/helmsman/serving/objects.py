@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,10 @@ class Target:
     model_version: str
     image: str = ""
     replicas: int = 2
+    # A serving pod's requests (the model's serving.resources); the server runs a worker per
+    # CPU requested, rounded up, and the memory limit is twice the request.
+    cpu: str = "250m"
+    memory: str = "256Mi"
     annotations: dict[str, str] = field(default_factory=dict)
     # The Secret with the serving pods' (read-only) MLflow account (Platform.serving_mlflow_secret).
     mlflow_secret: str = "helmsman-mlflow-serving"  # noqa: S105 - the Secret's name
@@ -112,6 +117,9 @@ def deployment(target: Target, slot: str, replicas: int) -> Obj:
     args[args.index("--model-uri") + 1] = target.model_uri
     if target.image:
         container["image"] = target.image
+    number, unit = re.fullmatch(r"([0-9]+)(\D*)", target.memory).groups()  # type: ignore[union-attr]
+    container["resources"] = {"requests": {"cpu": target.cpu, "memory": target.memory},
+                              "limits": {"memory": f"{int(number) * 2}{unit}"}}  # fmt: skip
     for source in container["envFrom"]:
         if "secretRef" in source:
             source["secretRef"]["name"] = target.mlflow_secret
