@@ -296,14 +296,15 @@ def test_workers_share_the_port_their_metrics_add_up_and_a_lost_one_is_replaced(
 
     srv = model_server(f"models:/{champion.model_name}/{champion.version}", step_env, tmp_path,
                        "--workers", "2", "--drain-seconds", "1")  # fmt: skip
-    assert srv.proc is not None
-    url, port = srv.url, int(srv.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    url: str = srv.url  # type: ignore[attr-defined]
+    port = int(url.rsplit(":", 1)[1])
     ok = 'helmsman_requests_total{code="200",endpoint="/predict"}'
 
     def scraped(name: str) -> float:  # over a new connection: any worker may answer
         return _sample(httpx.get(f"{url}/metrics", headers={"connection": "close"}).text, name)
 
     try:
+        assert srv.proc is not None
         _wait(lambda: listeners(port) == 2, "the second worker to listen")
         (worker,) = _children(srv.proc.pid)
         # the folder the first worker made for the metrics; the others inherit it
