@@ -5,7 +5,7 @@ localcluster's image map sends ``helmsman-serve:*-<fault>`` to this module with
 version that passed evaluation is served wrong, the way real serving builds go wrong:
 
 - ``skewed``: every score 0.2 higher (train/serve skew in preprocessing);
-- ``slow``: every prediction takes 0.4 s longer;
+- ``slow``: every prediction takes 2 s longer;
 - ``errors``: one prediction request in ten answers 500;
 - ``crash``: exits at start, before binding its port;
 - ``liar``: reports Ready at once but never answers ``/metadata`` or ``/predict``;
@@ -20,9 +20,9 @@ Test-only: no product code knows of it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
-import time
 from typing import Any
 
 import numpy as np
@@ -44,17 +44,17 @@ def _rows(self: runtime.Predictor, columns: Any) -> Any:
     return scores
 
 
-def _faulty_predict(self: serve.App, body: Any, headers: Any = ()) -> Any:
+async def _faulty_predict(self: serve.App, body: Any, headers: Any = ()) -> Any:
     global _calls
     _calls += 1
-    if FAULT == "slow":
-        time.sleep(0.4)
+    if FAULT == "slow":  # slow to answer, not stuck: probes still get through
+        await asyncio.sleep(2.0)
     live = any(name == b"x-request-id" for name, _ in headers)
     if (FAULT == "errors" and _calls % 10 == 0) or (
         FAULT == "errors-live" and live and _calls % 4 == 0
     ):
         return self._json(500, {"error": "injected fault"})
-    return _predict(self, body, headers)
+    return await _predict(self, body, headers)
 
 
 async def _liar_route(self: serve.App, path: str, method: str, receive: Any, headers: Any) -> Any:

@@ -95,6 +95,12 @@ POOLS_FILE = REPO / "helm-values" / "airflow-pools.json"
 PARALLELISM = 2
 
 
+# The preview's probe-load p99 on this stack (a cluster's default is 250 ms): every request
+# crosses localcluster's userspace proxy, and the pods share two cores with Airflow, MLflow
+# and the API emulator, where one request in a hundred can wait 300 ms for a core. A serving
+# build that is really slow (tests/faulty_serve.py's `slow`, 2 s) is still caught.
+LOCAL_PROBE_P99_MS = 1000.0
+
 BACKFILL_POOL = "gpu_backfill"  # helmsman.policies.BACKFILL_GPU_POOL (tests check they agree)
 
 
@@ -377,6 +383,7 @@ class Stack:
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{ADMIN_USER}:admin",
             "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "10",
+            "HELMSMAN_ROLLOUT_CHECKS": json.dumps({"max_probe_p99_ms": LOCAL_PROBE_P99_MS}),
             # The scheduler creates the runs of crons and of asset events (a monitoring breach
             # starts training) as in production; a DAG unpaused here waits for its next cron
             # slot rather than firing the one it missed (helmsman.schedules).

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -141,6 +142,23 @@ def parse_steps(steps: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
     return tuple(int(w) for w in steps)
 
 
+CHECKS_ENV = "HELMSMAN_ROLLOUT_CHECKS"
+
+
+def environment_checks() -> dict[str, Any]:
+    """The preview checks' defaults for this Airflow deployment: a JSON object of
+    ``helmsman.serving.verify.Checks`` fields in ``HELMSMAN_ROLLOUT_CHECKS`` (the local stack
+    sets a probe p99 that one shared machine and localcluster's proxy can keep); the
+    operator's own ``checks`` win over it."""
+    raw = os.environ.get(CHECKS_ENV, "").strip()
+    if not raw:
+        return {}
+    found = json.loads(raw)
+    if not isinstance(found, dict):
+        raise ValueError(f"{CHECKS_ENV} must be a JSON object of check settings, got {raw!r}")
+    return found
+
+
 class RolloutOperator(BaseOperator):
     """Roll the version the ``decide`` task chose out: verified before any user request, then
     exposed step by step, each step judged on live traffic."""
@@ -226,7 +244,7 @@ class RolloutOperator(BaseOperator):
                 ready_timeout_s=self.ready_timeout,
                 gateway=self.platform.gateway_ref(),
                 thresholds=Thresholds(**self.thresholds),
-                checks=Checks(**self.checks),
+                checks=Checks(**{**environment_checks(), **self.checks}),
             )
         except (TypeError, ValueError) as exc:
             raise AirflowFailException(f"rollout settings: {exc}") from exc

@@ -37,13 +37,14 @@ from helmsman.serving.session import (
     RolloutSession,
     Settings,
 )
-from helmsman.serving.verify import Rejected
+from helmsman.serving.verify import Checks, Rejected
 from helmsman_steps import contract
 from tests import faults as table
 from tests.cluster_fixtures import Cluster, faulty_image, faulty_images, start_cluster, wait_for
 from tests.mlflow_fixtures import DAYS, Trained
 from tools import prometheus
 from tools.procs import Server, free_port
+from tools.stack import LOCAL_PROBE_P99_MS
 from tools.users import Users
 
 NS = "ml"
@@ -52,7 +53,8 @@ REPO = Path(__file__).resolve().parents[2]
 GROUP, VERSION = "gateway.networking.k8s.io", "v1"
 # Quick steps: the client below sends ~40 requests/s, so a 4 s step at 20% gives the new
 # version a few dozen requests to be judged on.
-FAST = {"interval_s": 4.0, "steps": (20, 50), "ready_timeout_s": 60.0, "lease_s": 30}
+FAST = {"interval_s": 4.0, "steps": (20, 50), "ready_timeout_s": 60.0, "lease_s": 30,
+        "checks": Checks(max_probe_p99_ms=LOCAL_PROBE_P99_MS)}  # fmt: skip
 
 
 @dataclass
