@@ -41,7 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "images" / "steps" / "src")]
 
-from tools.procs import Server, free_port, listeners  # noqa: E402 - needs the path set above
+from bench.kserve_model import KSERVE_PYTHON  # noqa: E402 - needs the path set above
+from tools.procs import Server, free_port, listeners  # noqa: E402
 
 ROW = {"age": 30.0, "tenure_months": 3.0, "monthly_charges": 95.5, "total_charges": 300.0,
        "support_calls": 4.0, "plan": "basic", "region": "south"}  # fmt: skip
@@ -60,9 +61,6 @@ def train_model(workdir: Path) -> dict[str, str]:
     subprocess.run([*step, "train", *common, "--model-name", "bench", "--window-days", "1"],
                    env=env, cwd=workdir, check=True, capture_output=True)  # fmt: skip
     return env
-
-
-KSERVE_PYTHON = REPO / ".venv-kserve" / "bin" / "python"
 
 
 def fetch_version(workdir: Path, env: dict[str, str]) -> tuple[str, str | None]:
@@ -85,8 +83,7 @@ def kserve_server(workdir: Path, env: dict[str, str], port: int) -> Server:
         "kserve ModelServer",
         [str(KSERVE_PYTHON), str(REPO / "bench" / "kserve_model.py"), "--name", "bench",
          "--onnx", onnx, *(["--spec", spec] if spec else []), "--port", str(port)],
-        f"http://127.0.0.1:{port}/v1/models/bench", workdir / "kserve.log",
-        env={**env, "PYTHONPATH": str(REPO / "images" / "steps" / "src")},
+        f"http://127.0.0.1:{port}/v1/models/bench", workdir / "kserve.log", env=env,
     )  # fmt: skip
 
 

@@ -26,3 +26,14 @@ def test_the_benchmark_runs_in_smoke_mode(bench: str) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "goal" in proc.stdout  # it got as far as printing its ratios
+
+
+def test_the_kserve_peer_serves_in_smoke_mode() -> None:
+    """bench/kserve_model.py, the serving bench's peer, starts KServe's ModelServer in its own
+    venv and answers as Helmsman's Predictor does (its --smoke serves a small model)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.kserve_model", "--smoke"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "answers as Helmsman's Predictor does" in proc.stdout
