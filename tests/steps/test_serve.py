@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from helmsman_steps import contract, registry
+from tests.cluster_fixtures import wait_for
 from tests.mlflow_fixtures import Trained, model_server, serve_cmd
 from tools.procs import Server, alive, free_port, listeners
 
@@ -279,13 +280,6 @@ def _sample(metrics: str, name: str) -> float:
     return value
 
 
-def _wait(condition: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
 def test_workers_share_the_port_their_metrics_add_up_and_a_lost_one_is_replaced(
     champion: Trained, step_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -305,7 +299,7 @@ def test_workers_share_the_port_their_metrics_add_up_and_a_lost_one_is_replaced(
 
     try:
         assert srv.proc is not None
-        _wait(lambda: listeners(port) == 2, "the second worker to listen")
+        wait_for("the second worker to listen", lambda: listeners(port) == 2, timeout=60)
         (worker,) = _children(srv.proc.pid)
         # the folder the first worker made for the metrics; the others inherit it
         environ = Path(f"/proc/{worker}/environ").read_bytes().decode().split("\0")
@@ -325,13 +319,13 @@ def test_workers_share_the_port_their_metrics_add_up_and_a_lost_one_is_replaced(
         assert all(answered.values()), f"both workers answer requests: {answered}"
         for _ in range(6):  # whichever worker answers the scrape counts them all
             # a request is counted just after its answer is sent: wait for the last one
-            _wait(lambda: scraped(ok) == sent, f"{sent} requests counted")
+            wait_for(f"{sent} requests counted", lambda: scraped(ok) == sent, timeout=60)
             assert scraped("helmsman_predicted_rows_total") == sent
             assert scraped("helmsman_prediction_count") == sent
 
         os.kill(worker, signal.SIGKILL)
-        _wait(lambda: listeners(port) == 1, "the killed worker's socket to close")
-        _wait(lambda: listeners(port) == 2, "a new worker")
+        wait_for("the killed worker's socket to close", lambda: listeners(port) == 1, timeout=60)
+        wait_for("a new worker", lambda: listeners(port) == 2, timeout=60)
         (replacement,) = _children(srv.proc.pid)
         assert replacement != worker
         for _ in range(6):  # the lost worker's counts stay: a counter never goes down

@@ -421,6 +421,11 @@ class App:
         gc.freeze()
         log.info("model ready", model=resolved.name, version=resolved.version)
 
+    def close(self) -> None:
+        """After the last request is answered: write what the inference log has queued."""
+        if self.inference_log is not None:
+            self.inference_log.close()
+
     # -- HTTP ----------------------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -769,8 +774,7 @@ def serve(settings: Settings, workers: int = 1) -> int:
     finally:
         if pool is not None:
             pool.stop(settings.graceful_seconds + settings.drain_seconds + 5)
-    if app.inference_log is not None:  # every request has been answered: write what is queued
-        app.inference_log.close()
+    app.close()
     if isinstance(app.load_error, BadInputError):
         return ExitCode.BAD_INPUT
     if app.load_error is not None or (pool is not None and pool.failed):
@@ -852,7 +856,7 @@ class Workers:
         self.lock = threading.RLock()  # reentrant: a signal may arrive while it is held
 
     def start(self, fetched: Fetched) -> None:
-        self.spec = json.dumps({"settings": asdict(self.settings), "parent": os.getpid(),
+        self.spec = json.dumps({"settings": asdict(self.settings),
                                 "log_level": logging.getLevelName(logging.getLogger().level),
                                 "fetched": [asdict(fetched.resolved), fetched.path,
                                             fetched.spec_path]})  # fmt: skip
@@ -929,16 +933,17 @@ def _worker(spec: str) -> int:
     app.load_fetched(Fetched(registry.ResolvedModel(**resolved), path, spec_path))
     server = _server(app, settings, worker=True)
 
+    parent = os.getppid()
+
     def orphaned() -> None:  # the first worker is gone (SIGKILL): do not outlive it
-        while os.getppid() == found["parent"]:
+        while os.getppid() == parent:
             time.sleep(1)
         log.error("the server's first worker is gone; stopping")
         server.should_exit = True
 
     threading.Thread(target=orphaned, name="parent-watch", daemon=True).start()
     server.run(sockets=[listen(settings.host, settings.port)])
-    if app.inference_log is not None:
-        app.inference_log.close()
+    app.close()
     return ExitCode.OK
 
 
