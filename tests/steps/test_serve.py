@@ -231,6 +231,52 @@ def test_a_few_scores_land_in_the_buckets_a_batch_of_them_would() -> None:
     assert at_once.counts[-1] == pytest.approx(float(scores.sum()))
 
 
+class _Doubler:
+    """Stands in for a Predictor inside the batcher (this test is about batching, not the
+    model): a row's score is its ``x`` doubled; each call's row count is kept."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def predict(self, columns: dict[str, list[float]]) -> np.ndarray:
+        self.calls.append(len(columns["x"]))
+        return np.asarray(columns["x"], dtype=np.float32) * 2
+
+
+@pytest.mark.parametrize(("max_rows", "calls"), [(64, [9]), (4, [4, 5]), (1, [1, 2] * 3)])
+def test_requests_waiting_together_share_a_call_without_a_window(
+    max_rows: int, calls: list[int]
+) -> None:
+    """The default window is 0: requests that wait on the same turn of the event loop share a
+    model call until it reaches ``max_rows`` rows (a request is never split; 1: every request
+    alone); a request alone waits for
+    nothing and gets its own call."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from helmsman_steps.serve import MicroBatcher
+
+    model = _Doubler()
+    counted = Counter("calls", "model calls", registry=CollectorRegistry())
+    batcher = MicroBatcher(model, 0, max_rows, counted)  # type: ignore[arg-type]
+    requests = [[float(i), i + 0.5][: 1 + i % 2] for i in range(6)]  # 1 or 2 rows, 9 in all
+
+    async def together() -> list[np.ndarray]:
+        return await asyncio.gather(*(batcher.predict({"x": r}, len(r)) for r in requests))
+
+    async def one_after_another() -> list[np.ndarray]:
+        return [await batcher.predict({"x": r}, len(r)) for r in requests[:2]]
+
+    answers = asyncio.run(together())
+    assert [a.tolist() for a in answers] == [[2 * x for x in r] for r in requests]
+    assert model.calls == calls
+    assert counted._value.get() == len(calls)  # helmsman_model_calls_total
+    model.calls.clear()
+    assert [a.tolist() for a in asyncio.run(one_after_another())] == [[0.0], [2.0, 3.0]]
+    assert model.calls == [1, 2]
+
+
 def test_micro_batching_scores_concurrent_requests_together_each_getting_its_own_rows(
     champion: Trained, step_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -468,8 +468,9 @@ def serve(
             min=0,
             max=50,
             envvar="HELMSMAN_BATCH_WINDOW_MS",
-            help="Micro-batching: score requests that arrive within this many milliseconds "
-            "of each other in one model call (0: off; it adds up to this much latency).",
+            help="Micro-batching: the requests waiting at the same moment share one model "
+            "call; above 0, a batch also waits this many milliseconds (whole ones) for more, "
+            "adding up to that much latency.",
         ),
     ] = 0,
     batch_max_rows: Annotated[
@@ -478,7 +479,8 @@ def serve(
             min=1,
             max=10_000,
             envvar="HELMSMAN_BATCH_MAX_ROWS",
-            help="Micro-batching: a batch that reaches this many rows is scored at once.",
+            help="Micro-batching: a batch that reaches this many rows is scored at once "
+            "(1: every request alone).",
         ),
     ] = 64,
     log_sample: Annotated[

@@ -107,53 +107,45 @@ class Featurizer:
         present (ETL stores them; a request does not send them); a missing value is NaN, a
         missing or unknown category all zeros.
 
-        Filled in place, one column at a time: a served request is one row, where building
-        and stacking an array per column cost more than the model itself."""
+        Every number goes through float64 and is rounded to float32 once, whatever the
+        columns' containers (a request's lists, ETL's arrays). The numeric columns are
+        converted in one numpy call: a served request is one row, where an array per column
+        costs more than the model itself."""
         merged: dict[str, Any] = dict(columns)
         if any(n not in columns for n in self.derived):
             merged |= self.derive(columns)
         numeric = (*self.numeric, *self.derived)
         rows = len(merged[numeric[0] if numeric else next(iter(self.categories))])
         width = len(numeric) + sum(len(v) for v in self.categories.values())
-        if rows <= SMALL_BATCH:
-            return self._small(merged, numeric, rows, width)
         matrix = np.zeros((rows, width), dtype=np.float32)
-        for j, name in enumerate(numeric):
-            matrix[:, j] = _floats(merged[name])
+        if numeric:
+            matrix[:, : len(numeric)] = _numbers([merged[name] for name in numeric]).T
         for column, positions in self._positions.items():
             listed = _listed(merged[column])
-            hot = np.fromiter((positions.get(v, -1) if isinstance(v, str) else -1
-                               for v in listed), dtype=np.int64, count=rows)  # fmt: skip
+            if rows <= SMALL_BATCH:  # a few rows: no arrays
+                for i, value in enumerate(listed):
+                    if isinstance(value, str) and value in positions:
+                        matrix[i, positions[value]] = 1.0
+                continue
+            hot = np.array([positions.get(v, -1) if isinstance(v, str) else -1 for v in listed],
+                           dtype=np.int64)  # fmt: skip
             known = np.flatnonzero(hot >= 0)
             matrix[known, hot[known]] = 1.0
         return matrix
 
-    def _small(
-        self, merged: dict[str, Any], numeric: tuple[str, ...], rows: int, width: int
-    ) -> npt.NDArray[np.float32]:
-        """A few rows as Python lists, one array at the end (the same values as the columnar
-        path: float64 numbers, NaN for a missing one, rounded to float32 once)."""
-        data = [[0.0] * width for _ in range(rows)]
-        for j, name in enumerate(numeric):
-            for row, value in zip(data, _listed(merged[name]), strict=True):
-                row[j] = _number(value)
-        for column, positions in self._positions.items():
-            for row, value in zip(data, _listed(merged[column]), strict=True):
-                if isinstance(value, str) and value in positions:
-                    row[positions[value]] = 1.0
-        return np.array(data, dtype=np.float64).astype(np.float32)
+
+def _numbers(columns: list[Any]) -> npt.NDArray[np.float64]:
+    """Numeric columns (lists or arrays of one length) as float64, a column a row; None,
+    pandas' NA or anything else that is not a number is NaN."""
+    try:  # numpy makes None NaN itself
+        return np.array(columns, dtype=np.float64)
+    except (TypeError, ValueError):  # pandas.NA, a string: value by value
+        return np.array([[_number(v) for v in _listed(c)] for c in columns], dtype=np.float64)
 
 
 def _listed(values: Any) -> list[Any]:
     """A column's values as a Python list (a request's list as it is)."""
     return values.tolist() if isinstance(values, np.ndarray) else list(values)
-
-
-def _floats(values: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    array = np.asarray(values)
-    if array.dtype == object:  # a nullable column: None (a request) or pandas' NA -> NaN
-        array = np.array([_number(v) for v in array], dtype=np.float64)
-    return array.astype(np.float64)
 
 
 def _number(value: Any) -> float:
