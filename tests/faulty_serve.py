@@ -32,6 +32,7 @@ from helmsman_steps import cli, runtime, serve
 FAULT = os.environ.get("HELMSMAN_TEST_FAULT", "")
 FAULTS = ("skewed", "slow", "errors", "crash", "liar", "errors-live", "skew-live")
 _predict_rows = runtime.Predictor.predict
+_batched_rows = serve.MicroBatcher.predict
 _predict = serve.App._predict
 _route = serve.App._route
 _calls = 0
@@ -39,9 +40,13 @@ _calls = 0
 
 def _rows(self: runtime.Predictor, columns: Any) -> Any:
     scores = _predict_rows(self, columns)
-    if FAULT == "skewed" or (FAULT == "skew-live" and len(scores) == 1):
-        return np.clip(scores + (0.2 if FAULT == "skewed" else 0.3), 0.0, 1.0)
-    return scores
+    return np.clip(scores + 0.2, 0.0, 1.0) if FAULT == "skewed" else scores
+
+
+async def _batched(self: serve.MicroBatcher, columns: Any, rows: int) -> Any:
+    """Per request, not per model call: micro-batching scores concurrent single rows together."""
+    scores = await _batched_rows(self, columns, rows)
+    return np.clip(scores + 0.3, 0.0, 1.0) if FAULT == "skew-live" and rows == 1 else scores
 
 
 async def _faulty_predict(self: serve.App, body: Any, headers: Any = ()) -> Any:
@@ -66,6 +71,7 @@ async def _liar_route(self: serve.App, path: str, method: str, receive: Any, hea
 
 
 runtime.Predictor.predict = _rows  # type: ignore[method-assign]
+serve.MicroBatcher.predict = _batched  # type: ignore[method-assign]
 serve.App._predict = _faulty_predict  # type: ignore[method-assign]
 if FAULT == "liar":
     serve.App._route = _liar_route  # type: ignore[method-assign]
