@@ -219,8 +219,8 @@ class MicroBatcher:
     With ``window_s`` 0 (the default) nothing waits: the batch is scored on the event loop's
     next turn, after the requests already read in this one. One client alone gets its own
     call; under load the batches grow by themselves, and so do the savings (measured in
-    bench/serving_bench.py: 1.2x the throughput under 4 clients and 1.8x under 32, p99 lower
-    at both). A window above 0 also waits that long for more, which pays only where clients
+    bench/serving_bench.py: 1.1-1.4x the throughput under 4 clients and 1.6-1.8x under 32,
+    p99 lower at both). A window above 0 also waits that long for more, which pays only where clients
     outnumber what the model can take per call. uvloop times callbacks in whole
     milliseconds: 0.5 rounds to 0, 1.5 to 2. ``max_rows`` 1 scores every request alone.
 
