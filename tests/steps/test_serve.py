@@ -249,8 +249,7 @@ def test_requests_waiting_together_share_a_call_without_a_window(
 ) -> None:
     """The default window is 0: requests that wait on the same turn of the event loop share a
     model call until it reaches ``max_rows`` rows (a request is never split; 1: every request
-    alone); a request alone waits for
-    nothing and gets its own call."""
+    alone); a request alone waits for nothing and gets its own call."""
     import asyncio
 
     from prometheus_client import CollectorRegistry, Counter
@@ -275,6 +274,67 @@ def test_requests_waiting_together_share_a_call_without_a_window(
     model.calls.clear()
     assert [a.tolist() for a in asyncio.run(one_after_another())] == [[0.0], [2.0, 3.0]]
     assert model.calls == [1, 2]
+
+
+class _Broken(_Doubler):
+    """A model call that fails (``raises``) or answers one score short."""
+
+    def __init__(self, raises: bool) -> None:
+        super().__init__()
+        self.raises = raises
+
+    def predict(self, columns: dict[str, list[float]]) -> np.ndarray:
+        if self.raises:
+            raise ValueError("the model failed")
+        return super().predict(columns)[:-1]
+
+
+def test_a_full_batch_is_scored_on_the_next_turn_and_a_failed_call_fails_each_request() -> None:
+    """The request that fills a batch does not score it itself: the call runs on the event
+    loop's next turn (so one request cannot hold the loop). A call that fails, or answers a
+    different number of scores than rows, fails every request of its batch with that error,
+    and a request whose client went away (cancelled) does not stop the others' answers."""
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    from helmsman_steps.serve import MicroBatcher
+
+    def batcher(model: _Doubler) -> MicroBatcher:
+        counted = Counter("calls", "model calls", registry=CollectorRegistry())
+        return MicroBatcher(model, 0, 2, counted)  # type: ignore[arg-type]
+
+    async def full_batch() -> tuple[list[int], list[float]]:
+        model = _Doubler()
+        scoring = asyncio.ensure_future(batcher(model).predict({"x": [1.0, 2.0]}, 2))
+        await asyncio.sleep(0)  # the request ran: it filled the batch and is waiting
+        seen = list(model.calls)
+        return seen, (await scoring).tolist()
+
+    assert asyncio.run(full_batch()) == ([], [2.0, 4.0])
+
+    async def failing(raises: bool) -> list[Any]:
+        shared = batcher(_Broken(raises))
+        sent = [shared.predict({"x": [1.0]}, 1), shared.predict({"x": [2.0]}, 1)]
+        return await asyncio.gather(*sent, return_exceptions=True)
+
+    for raises, message in [(True, "the model failed"), (False, "1 scores for 2 rows")]:
+        errors = asyncio.run(failing(raises))
+        assert [type(e) for e in errors] == [ValueError if raises else RuntimeError] * 2
+        assert all(message in str(e) for e in errors)
+
+    async def one_goes_away() -> list[float]:
+        model = _Doubler()
+        shared = batcher(model)
+        gone = asyncio.ensure_future(shared.predict({"x": [1.0]}, 1))
+        stays = asyncio.ensure_future(shared.predict({"x": [2.0]}, 1))
+        await asyncio.sleep(0)  # both wait on the same batch
+        gone.cancel()
+        answer = (await stays).tolist()
+        assert model.calls == [2]
+        return answer
+
+    assert asyncio.run(one_goes_away()) == [4.0]
 
 
 def test_micro_batching_scores_concurrent_requests_together_each_getting_its_own_rows(

@@ -220,9 +220,10 @@ class MicroBatcher:
     next turn, after the requests already read in this one. One client alone gets its own
     call; under load the batches grow by themselves, and so do the savings (measured in
     bench/serving_bench.py: 1.1-1.4x the throughput under 4 clients and 1.6-1.8x under 32,
-    p99 lower at both). A window above 0 also waits that long for more, which pays only where clients
-    outnumber what the model can take per call. uvloop times callbacks in whole
-    milliseconds: 0.5 rounds to 0, 1.5 to 2. ``max_rows`` 1 scores every request alone.
+    p99 lower at both). A window above 0 also waits that long for more, which pays only
+    where clients outnumber what the model can take per call. uvloop times callbacks in
+    whole milliseconds: 0.5 rounds to 0, 1.5 to 2. ``max_rows`` 1 scores every request
+    alone (still on the loop's next turn, as a full batch is).
 
     A full batch, too, is scored on the loop's next turn rather than inside the request that
     filled it: requests scored without ever yielding to the event loop held the tail up
@@ -258,13 +259,16 @@ class MicroBatcher:
     def _score(self, batch: list[Any]) -> None:
         if not batch:
             return
-        first = batch[0][0]
-        columns = first if len(batch) == 1 else {
-            c: [v for cols, _, _ in batch for v in cols[c]] for c in first
-        }  # fmt: skip
-        self.calls.inc()
         try:
+            first = batch[0][0]
+            columns = first if len(batch) == 1 else {
+                c: [v for cols, _, _ in batch for v in cols[c]] for c in first
+            }  # fmt: skip
+            self.calls.inc()
             scores = self.model.predict(columns)
+            total = sum(rows for _, rows, _ in batch)
+            if len(scores) != total:
+                raise RuntimeError(f"the model returned {len(scores)} scores for {total} rows")
         except Exception as exc:  # every waiting request answers it (a 500, and is counted)
             for _, _, future in batch:
                 if not future.done():
