@@ -5,14 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pytest
 
 from helmsman_steps import features
 
 
 def test_a_requests_few_rows_get_the_matrix_a_partition_would() -> None:
-    """A few rows are built from Python lists (serving's path), more column by column (ETL's
-    and training's); for the same rows both give the same matrix, bit for bit, with missing
-    numbers (NaN) and missing or unknown categories (all zeros)."""
+    """A few rows, as a request's lists, set their categories value by value (serving's path);
+    more, as a partition's arrays, by index arrays (ETL's and training's). For the same rows
+    both give the same matrix, bit for bit, with missing numbers (NaN) and missing or unknown
+    categories (all zeros)."""
     rng = np.random.default_rng(5)
     n = features.SMALL_BATCH * 4
     columns: dict[str, Any] = {
@@ -34,3 +36,23 @@ def test_a_requests_few_rows_get_the_matrix_a_partition_would() -> None:
         np.testing.assert_array_equal(featurizer.to_matrix(few), whole[start : start + 3])
     assert np.isnan(whole[0, 0])  # a missing number
     assert whole[0, -8:-4].sum() == 0  # a missing plan: no plan column set
+
+
+def test_columns_of_another_length_or_holding_sequences_are_an_error_not_nan() -> None:
+    """A shape problem is never read as missing values: a column shorter or longer than the
+    others, or a cell holding a list, is an error that names it."""
+    featurizer = features.Featurizer.churn()
+    row: dict[str, Any] = {
+        "age": [30.0], "tenure_months": [3.0], "monthly_charges": [20.0],
+        "total_charges": [60.0], "support_calls": [1.0], "plan": ["basic"], "region": ["north"],
+    }  # fmt: skip
+    assert featurizer.to_matrix(row).shape == (1, len(features.input_names()))
+    for name, values, message in [
+        ("age", [30.0, 31.0], "numeric columns"),
+        ("age", [None, 31.0], "numeric columns"),  # the value-by-value path, too
+        ("support_calls", [[1.0]], "list"),
+        ("region", ["north", "south"], "'region' has 2 values"),
+        ("plan", [], "'plan' has 0 values"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            featurizer.to_matrix(row | {name: values})

@@ -23,8 +23,8 @@ import numpy.typing as npt
 from helmsman_steps.schema import CATEGORIES, NUMERIC_INPUTS, NUMERIC_RANGES
 
 Columns = Mapping[str, npt.ArrayLike]
-# Up to this many rows (a served request, mostly one) the matrix is built from Python lists:
-# per-column numpy arrays cost more than the model there.
+# Up to this many rows (a served request, mostly one) the one-hot columns are set value by
+# value: an index array per category column costs more than the model there.
 SMALL_BATCH = 16
 Derive = Callable[[Columns], Mapping[str, npt.ArrayLike]]
 
@@ -119,9 +119,11 @@ class Featurizer:
         width = len(numeric) + sum(len(v) for v in self.categories.values())
         matrix = np.zeros((rows, width), dtype=np.float32)
         if numeric:
-            matrix[:, : len(numeric)] = _numbers([merged[name] for name in numeric]).T
+            matrix[:, : len(numeric)] = _numbers([merged[name] for name in numeric], rows).T
         for column, positions in self._positions.items():
             listed = _listed(merged[column])
+            if len(listed) != rows:
+                raise ValueError(f"column {column!r} has {len(listed)} values, not {rows}")
             if rows <= SMALL_BATCH:  # a few rows: no arrays
                 for i, value in enumerate(listed):
                     if isinstance(value, str) and value in positions:
@@ -134,13 +136,21 @@ class Featurizer:
         return matrix
 
 
-def _numbers(columns: list[Any]) -> npt.NDArray[np.float64]:
-    """Numeric columns (lists or arrays of one length) as float64, a column a row; None,
-    pandas' NA or anything else that is not a number is NaN."""
+def _numbers(columns: list[Any], rows: int) -> npt.NDArray[np.float64]:
+    """Numeric columns (lists or arrays of ``rows`` values each) as float64, a column a row;
+    None, pandas' NA or a string that is not a number is NaN. Columns of another length, or
+    holding sequences, are an error, never NaN."""
     try:  # numpy makes None NaN itself
-        return np.array(columns, dtype=np.float64)
-    except (TypeError, ValueError):  # pandas.NA, a string: value by value
-        return np.array([[_number(v) for v in _listed(c)] for c in columns], dtype=np.float64)
+        matrix = np.array(columns, dtype=np.float64)
+    except (TypeError, ValueError):  # pandas.NA, a string, ragged columns: value by value
+        listed = [_listed(c) for c in columns]
+        if any(len(c) != rows for c in listed):
+            lengths = sorted({len(c) for c in listed})
+            raise ValueError(f"numeric columns hold {lengths} values, not {rows} each") from None
+        matrix = np.array([[_number(v) for v in c] for c in listed], dtype=np.float64)
+    if matrix.shape != (len(columns), rows):
+        raise ValueError(f"numeric columns must hold {rows} numbers each, not {matrix.shape}")
+    return matrix
 
 
 def _listed(values: Any) -> list[Any]:
@@ -149,6 +159,8 @@ def _listed(values: Any) -> list[Any]:
 
 
 def _number(value: Any) -> float:
+    if isinstance(value, (list, tuple, dict, np.ndarray)):
+        raise ValueError(f"a numeric column holds a {type(value).__name__}, not a number")
     try:
         return float(value)
     except (TypeError, ValueError):  # None, pandas.NA
