@@ -113,7 +113,6 @@ def test_the_server_logs_every_answered_request_even_when_stopped_under_load(
     server = model_server(
         f"models:/{champion.model_name}/{champion.version}", step_env, tmp_path,
         "--log-sample", "1", "--dataset-uri", str(datasets), "--drain-seconds", "1",
-        "--batch-window-ms", "1",
     )  # fmt: skip
     assert server.proc is not None
     answered: dict[str, list[float]] = {}
