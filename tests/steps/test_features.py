@@ -48,11 +48,15 @@ def test_columns_of_another_length_or_holding_sequences_are_an_error_not_nan() -
     }  # fmt: skip
     assert featurizer.to_matrix(row).shape == (1, len(features.input_names()))
     for name, values, message in [
-        ("age", [30.0, 31.0], "numeric columns"),
-        ("age", [None, 31.0], "numeric columns"),  # the value-by-value path, too
+        ("age", [30.0, 31.0], "numeric columns hold"),
+        ("age", [None, 31.0], "numeric columns hold"),
         ("support_calls", [[1.0]], "list"),
         ("region", ["north", "south"], "'region' has 2 values"),
         ("plan", [], "'plan' has 0 values"),
     ]:
         with pytest.raises(ValueError, match=message):
             featurizer.to_matrix(row | {name: values})
+    # every numeric cell a one-number list: numpy converts it in one call, to the wrong shape
+    nested = row | {n: [[row[n][0]]] for n in features.Featurizer.churn().numeric}
+    with pytest.raises(ValueError, match="must hold 1 numbers each"):
+        featurizer.to_matrix(nested)

@@ -309,18 +309,23 @@ def test_a_full_batch_is_scored_on_the_next_turn_and_a_failed_call_fails_each_re
         scoring = asyncio.ensure_future(batcher(model).predict({"x": [1.0, 2.0]}, 2))
         await asyncio.sleep(0)  # the request ran: it filled the batch and is waiting
         seen = list(model.calls)
-        return seen, (await scoring).tolist()
+        return seen, (await asyncio.wait_for(scoring, 5)).tolist()
 
     assert asyncio.run(full_batch()) == ([], [2.0, 4.0])
 
-    async def failing(raises: bool) -> list[Any]:
-        shared = batcher(_Broken(raises))
-        sent = [shared.predict({"x": [1.0]}, 1), shared.predict({"x": [2.0]}, 1)]
-        return await asyncio.gather(*sent, return_exceptions=True)
+    async def failing(model: _Doubler, second: str) -> list[Any]:
+        shared = batcher(model)
+        sent = [shared.predict({"x": [1.0]}, 1), shared.predict({second: [2.0]}, 1)]
+        # a bounded wait: an error lost in a loop callback would leave them waiting forever
+        return await asyncio.wait_for(asyncio.gather(*sent, return_exceptions=True), 5)
 
-    for raises, message in [(True, "the model failed"), (False, "1 scores for 2 rows")]:
-        errors = asyncio.run(failing(raises))
-        assert [type(e) for e in errors] == [ValueError if raises else RuntimeError] * 2
+    for model, second, error, message in [
+        (_Broken(raises=True), "x", ValueError, "the model failed"),
+        (_Broken(raises=False), "x", RuntimeError, "1 scores for 2 rows"),
+        (_Doubler(), "y", KeyError, "x"),  # the batch's columns cannot be merged
+    ]:
+        errors = asyncio.run(failing(model, second))
+        assert [type(e) for e in errors] == [error] * 2
         assert all(message in str(e) for e in errors)
 
     async def one_goes_away() -> list[float]:
@@ -330,7 +335,7 @@ def test_a_full_batch_is_scored_on_the_next_turn_and_a_failed_call_fails_each_re
         stays = asyncio.ensure_future(shared.predict({"x": [2.0]}, 1))
         await asyncio.sleep(0)  # both wait on the same batch
         gone.cancel()
-        answer = (await stays).tolist()
+        answer = (await asyncio.wait_for(stays, 5)).tolist()
         assert model.calls == [2]
         return answer
 

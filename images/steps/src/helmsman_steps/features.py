@@ -110,7 +110,8 @@ class Featurizer:
         Every number goes through float64 and is rounded to float32 once, whatever the
         columns' containers (a request's lists, ETL's arrays). The numeric columns are
         converted in one numpy call: a served request is one row, where an array per column
-        costs more than the model itself."""
+        costs more than the model itself. A column of another length than the others, or a
+        cell holding a sequence (list, tuple, dict, array), is a ``ValueError``."""
         merged: dict[str, Any] = dict(columns)
         if any(n not in columns for n in self.derived):
             merged |= self.derive(columns)
