@@ -374,7 +374,10 @@ class Stack:
             # One api-server process, one DAG parser at a time: a handful of DAG files.
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            # Airflow puts SQLite in WAL mode (readers and the writer do not block each other);
+            # writers still take turns, and sqlite3's default wait for a turn is 5 s. A writer
+            # here waits up to 30 s, as a PostgreSQL client waits for a row lock.
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=30",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
             "AIRFLOW__API__BASE_URL": self.airflow_url,
             "AIRFLOW__API__PORT": str(self.ports.airflow),
