@@ -27,6 +27,7 @@ import shutil
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ def backfill(api: AirflowApi, first: dt.date, days: int, at_once: int) -> tuple[
     backfill_id = api.backfill(DAG, f"{first}T00:00:00Z", f"{last}T23:59:59Z",
                                max_active_runs=at_once, conf=CONF)  # fmt: skip
     deadline = started + 3600
+    runs: list[Any] = []
     while time.monotonic() < deadline:
         runs = [r for r in api.runs(DAG) if r["run_type"] == "backfill"
                 and str(first) <= r["data_interval_start"][:10] <= str(last)]  # fmt: skip
@@ -61,7 +63,13 @@ def backfill(api: AirflowApi, first: dt.date, days: int, at_once: int) -> tuple[
             api.wait_for_backfill(backfill_id)  # the next backfill may start only after
             return wall, runs
         time.sleep(0.5)
-    raise SystemExit(f"the backfill of {days} days did not finish in an hour")
+    states = Counter(r["state"] for r in runs)
+    raise SystemExit(
+        f"the backfill of {days} days from {first} did not finish in an hour: {len(runs)} runs "
+        f"made, by state {dict(states)}; unfinished: "
+        + ", ".join(f"{r['dag_run_id']} ({r['state']})" for r in runs
+                    if r["state"] not in ("success", "failed"))
+    )  # fmt: skip
 
 
 def busy_seconds() -> float:

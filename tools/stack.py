@@ -378,6 +378,13 @@ class Stack:
             # writers still take turns, and sqlite3's default wait for a turn is 5 s. A writer
             # here waits up to 30 s, as a PostgreSQL client waits for a row lock.
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}?timeout=30",
+            # A task's supervisor sleeps up to this long between looks at its task process; when
+            # the process's sockets close just before it can be reaped, the supervisor notices
+            # the exit only after a whole interval, holding an executor slot (and the task's
+            # end) that long: 5 s after one task in seven with two backfill runs at once here,
+            # each stalling the other run. 1 s bounds that at the cost of a heartbeat a second
+            # per running task.
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "1",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
             "AIRFLOW__API__BASE_URL": self.airflow_url,
             "AIRFLOW__API__PORT": str(self.ports.airflow),
