@@ -45,6 +45,7 @@ DAG = "train_churn"
 # Small, fast runs: the bench measures how runs overlap, not how long training takes.
 CONF = {"window_days": 2, "epochs": 2, "hidden": "16", "gpus": 1, "deploy": "auto"}
 FIRST = dt.date(2026, 4, 1)
+FINISHED = ("success", "failed")
 
 
 def backfill(api: AirflowApi, first: dt.date, days: int, at_once: int) -> tuple[float, list[Any]]:
@@ -58,7 +59,7 @@ def backfill(api: AirflowApi, first: dt.date, days: int, at_once: int) -> tuple[
     while time.monotonic() < deadline:
         runs = [r for r in api.runs(DAG) if r["run_type"] == "backfill"
                 and str(first) <= r["data_interval_start"][:10] <= str(last)]  # fmt: skip
-        if len(runs) == days and all(r["state"] in ("success", "failed") for r in runs):
+        if len(runs) == days and all(r["state"] in FINISHED for r in runs):
             wall = time.monotonic() - started
             api.wait_for_backfill(backfill_id)  # the next backfill may start only after
             return wall, runs
@@ -68,7 +69,7 @@ def backfill(api: AirflowApi, first: dt.date, days: int, at_once: int) -> tuple[
         f"the backfill of {days} days from {first} did not finish in an hour: {len(runs)} runs "
         f"made, by state {dict(states)}; unfinished: "
         + ", ".join(f"{r['dag_run_id']} ({r['state']})" for r in runs
-                    if r["state"] not in ("success", "failed"))
+                    if r["state"] not in FINISHED)
     )  # fmt: skip
 
 
