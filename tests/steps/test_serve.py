@@ -120,12 +120,29 @@ def test_wrong_method_and_path(http: httpx.Client) -> None:
 def test_metrics_count_requests_errors_and_name_the_version(
     http: httpx.Client, champion: Trained
 ) -> None:
-    http.post("/predict", json={"instances": [ROW]})
+    """Each answer counts once under its endpoint and code, in the latency histogram (its
+    buckets cumulative, ``+Inf`` the count), and a scored request's rows and model call."""
+    ok = 'helmsman_requests_total{code="200",endpoint="/predict"}'
+    bad = 'helmsman_requests_total{code="400",endpoint="/predict"}'
+    names = [ok, bad, 'helmsman_request_seconds_count{endpoint="/predict"}',
+             'helmsman_request_seconds_bucket{endpoint="/predict",le="+Inf"}',
+             "helmsman_predicted_rows_total", "helmsman_model_calls_total"]  # fmt: skip
+
+    def counts() -> list[float]:
+        text = http.get("/metrics").text
+        return [_sample(text, n) if n + " " in text else 0.0 for n in names]
+
+    before = counts()
+    http.post("/predict", json={"instances": [ROW, ROW, ROW]})
     http.post("/predict", json={"instances": []})
+    after = counts()
+    assert [a - b for a, b in zip(after, before, strict=True)] == [1, 1, 2, 2, 3, 1]
     text = http.get("/metrics").text
-    assert 'helmsman_requests_total{code="200",endpoint="/predict"}' in text
-    assert 'helmsman_requests_total{code="400",endpoint="/predict"}' in text
-    assert 'helmsman_request_seconds_bucket{endpoint="/predict",le="0.005"}' in text
+    buckets = [_sample(text, f'helmsman_request_seconds_bucket{{endpoint="/predict",le="{le}"}}')
+               for le in ("0.0005", "0.001", "0.005", "0.1", "1.0", "+Inf")]  # fmt: skip
+    assert buckets == sorted(buckets)
+    assert buckets[-1] == after[2]
+    assert 0 < _sample(text, 'helmsman_request_seconds_sum{endpoint="/predict"}') < after[2]
     assert f'version="{champion.version}"' in text
     assert "helmsman_model_info{" in text
 
@@ -252,13 +269,11 @@ def test_requests_waiting_together_share_a_call_without_a_window(
     alone); a request alone waits for nothing and gets its own call."""
     import asyncio
 
-    from prometheus_client import CollectorRegistry, Counter
-
     from helmsman_steps.serve import MicroBatcher
 
     model = _Doubler()
-    counted = Counter("calls", "model calls", registry=CollectorRegistry())
-    batcher = MicroBatcher(model, 0, max_rows, counted)  # type: ignore[arg-type]
+    scored: list[list[float]] = []  # what each call's scores the metrics are handed
+    batcher = MicroBatcher(model, 0, max_rows, lambda s: scored.append(s.tolist()))  # type: ignore[arg-type]
     requests = [[float(i), i + 0.5][: 1 + i % 2] for i in range(6)]  # 1 or 2 rows, 9 in all
 
     async def together() -> list[np.ndarray]:
@@ -270,7 +285,8 @@ def test_requests_waiting_together_share_a_call_without_a_window(
     answers = asyncio.run(together())
     assert [a.tolist() for a in answers] == [[2 * x for x in r] for r in requests]
     assert model.calls == calls
-    assert counted._value.get() == len(calls)  # helmsman_model_calls_total
+    assert [len(s) for s in scored] == calls  # each call counted once, with all its scores
+    assert sorted(x for s in scored for x in s) == sorted(2 * x for r in requests for x in r)
     model.calls.clear()
     assert [a.tolist() for a in asyncio.run(one_after_another())] == [[0.0], [2.0, 3.0]]
     assert model.calls == [1, 2]
@@ -296,13 +312,10 @@ def test_a_full_batch_is_scored_on_the_next_turn_and_a_failed_call_fails_each_re
     and a request whose client went away (cancelled) does not stop the others' answers."""
     import asyncio
 
-    from prometheus_client import CollectorRegistry, Counter
-
     from helmsman_steps.serve import MicroBatcher
 
     def batcher(model: _Doubler) -> MicroBatcher:
-        counted = Counter("calls", "model calls", registry=CollectorRegistry())
-        return MicroBatcher(model, 0, 2, counted)  # type: ignore[arg-type]
+        return MicroBatcher(model, 0, 2, lambda scores: None)  # type: ignore[arg-type]
 
     async def full_batch() -> tuple[list[int], list[float]]:
         model = _Doubler()
@@ -397,7 +410,7 @@ def test_workers_share_the_port_their_metrics_add_up_and_a_lost_one_is_replaced(
     """Two workers: both take connections, any one's /metrics counts every worker's requests
     and scored rows, a killed worker is replaced, and SIGTERM stops them all and leaves no
     files behind."""
-    from prometheus_client.mmap_dict import MmapedDict
+    from helmsman_steps.serve import ENDPOINTS
 
     srv = model_server(f"models:/{champion.model_name}/{champion.version}", step_env, tmp_path,
                        "--workers", "2", "--drain-seconds", "1")  # fmt: skip
@@ -421,12 +434,11 @@ def test_workers_share_the_port_their_metrics_add_up_and_a_lost_one_is_replaced(
             answer = httpx.post(f"{url}/predict", json={"instances": [ROW]},
                                 headers={"connection": "close"})  # fmt: skip
             assert answer.status_code == 200
-        answered = {}  # pid -> the /predict 200s its own file counts
+        answered = {}  # pid -> the /predict answers its own file counts
         for pid in (srv.proc.pid, worker):
-            values = MmapedDict.read_all_values_from_file(str(folder / f"counter_{pid}.db"))
-            predicts = [v for key, v, *_ in values
-                        if "helmsman_requests_total" in key and '"/predict"' in key]  # fmt: skip
-            answered[pid] = sum(predicts)
+            (path,) = folder.glob(f"tally_requests_*_{pid}.npy")
+            counts = np.load(path).reshape(len(ENDPOINTS), -1)  # a row an endpoint
+            answered[pid] = counts[ENDPOINTS.index("/predict")].sum()
         assert all(answered.values()), f"both workers answer requests: {answered}"
         for _ in range(6):  # whichever worker answers the scrape counts them all
             # a request is counted just after its answer is sent: wait for the last one
