@@ -248,6 +248,11 @@ def test_a_few_scores_land_in_the_buckets_a_batch_of_them_would() -> None:
     assert at_once.counts[-1] == pytest.approx(float(scores.sum()))
 
 
+def _x(rows: list[Any]) -> dict[str, list[float]]:
+    """The batcher's rows -> columns, for rows that are each a number: column ``x``."""
+    return {"x": [float(r) for r in rows]}
+
+
 class _Doubler:
     """Stands in for a Predictor inside the batcher (this test is about batching, not the
     model): a row's score is its ``x`` doubled; each call's row count is kept."""
@@ -273,14 +278,14 @@ def test_requests_waiting_together_share_a_call_without_a_window(
 
     model = _Doubler()
     scored: list[list[float]] = []  # what each call's scores the metrics are handed
-    batcher = MicroBatcher(model, 0, max_rows, lambda s: scored.append(s.tolist()))  # type: ignore[arg-type]
+    batcher = MicroBatcher(model, 0, max_rows, _x, lambda s: scored.append(s.tolist()))  # type: ignore[arg-type]
     requests = [[float(i), i + 0.5][: 1 + i % 2] for i in range(6)]  # 1 or 2 rows, 9 in all
 
     async def together() -> list[np.ndarray]:
-        return await asyncio.gather(*(batcher.predict({"x": r}, len(r)) for r in requests))
+        return await asyncio.gather(*(batcher.predict(r) for r in requests))
 
     async def one_after_another() -> list[np.ndarray]:
-        return [await batcher.predict({"x": r}, len(r)) for r in requests[:2]]
+        return [await batcher.predict(r) for r in requests[:2]]
 
     answers = asyncio.run(together())
     assert [a.tolist() for a in answers] == [[2 * x for x in r] for r in requests]
@@ -315,27 +320,27 @@ def test_a_full_batch_is_scored_on_the_next_turn_and_a_failed_call_fails_each_re
     from helmsman_steps.serve import MicroBatcher
 
     def batcher(model: _Doubler) -> MicroBatcher:
-        return MicroBatcher(model, 0, 2, lambda scores: None)  # type: ignore[arg-type]
+        return MicroBatcher(model, 0, 2, _x, lambda scores: None)  # type: ignore[arg-type]
 
     async def full_batch() -> tuple[list[int], list[float]]:
         model = _Doubler()
-        scoring = asyncio.ensure_future(batcher(model).predict({"x": [1.0, 2.0]}, 2))
+        scoring = asyncio.ensure_future(batcher(model).predict([1.0, 2.0]))
         await asyncio.sleep(0)  # the request ran: it filled the batch and is waiting
         seen = list(model.calls)
         return seen, (await asyncio.wait_for(scoring, 5)).tolist()
 
     assert asyncio.run(full_batch()) == ([], [2.0, 4.0])
 
-    async def failing(model: _Doubler, second: str) -> list[Any]:
+    async def failing(model: _Doubler, second: Any) -> list[Any]:
         shared = batcher(model)
-        sent = [shared.predict({"x": [1.0]}, 1), shared.predict({second: [2.0]}, 1)]
+        sent = [shared.predict([1.0]), shared.predict([second])]
         # a bounded wait: an error lost in a loop callback would leave them waiting forever
         return await asyncio.wait_for(asyncio.gather(*sent, return_exceptions=True), 5)
 
     for model, second, error, message in [
-        (_Broken(raises=True), "x", ValueError, "the model failed"),
-        (_Broken(raises=False), "x", RuntimeError, "1 scores for 2 rows"),
-        (_Doubler(), "y", KeyError, "x"),  # the batch's columns cannot be merged
+        (_Broken(raises=True), 2.0, ValueError, "the model failed"),
+        (_Broken(raises=False), 2.0, RuntimeError, "1 scores for 2 rows"),
+        (_Doubler(), "y", ValueError, "'y'"),  # the batch's rows cannot be made columns
     ]:
         errors = asyncio.run(failing(model, second))
         assert [type(e) for e in errors] == [error] * 2
@@ -344,8 +349,8 @@ def test_a_full_batch_is_scored_on_the_next_turn_and_a_failed_call_fails_each_re
     async def one_goes_away() -> list[float]:
         model = _Doubler()
         shared = batcher(model)
-        gone = asyncio.ensure_future(shared.predict({"x": [1.0]}, 1))
-        stays = asyncio.ensure_future(shared.predict({"x": [2.0]}, 1))
+        gone = asyncio.ensure_future(shared.predict([1.0]))
+        stays = asyncio.ensure_future(shared.predict([2.0]))
         await asyncio.sleep(0)  # both wait on the same batch
         gone.cancel()
         answer = (await asyncio.wait_for(stays, 5)).tolist()

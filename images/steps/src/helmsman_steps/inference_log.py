@@ -24,7 +24,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -98,14 +98,17 @@ class InferenceLog:
 
     def record(
         self,
-        columns: Mapping[str, Sequence[Any]],
+        columns: Mapping[str, Sequence[Any]] | Callable[[], Mapping[str, Sequence[Any]]],
         predictions: np.ndarray,
         version: str,
         request_id: str | None,
     ) -> None:
-        """Log one answered request with probability ``sample``; never blocks."""
+        """Log one answered request with probability ``sample``; never blocks. ``columns``
+        may be a function that makes them: it is called only for a request that is logged."""
         if self.sample < 1 and random.random() >= self.sample:  # noqa: S311 - not security
             return
+        if callable(columns):
+            columns = columns()
         if len(self.pending) >= self.capacity:
             self._count("dropped")
             return
