@@ -229,23 +229,59 @@ def test_a_missing_model_exits_with_bad_input(step_env: dict[str, str]) -> None:
     assert "models:/no-such-model/1 does not exist" in proc.stderr
 
 
-def test_a_few_scores_land_in_the_buckets_a_batch_of_them_would() -> None:
-    """A request's row or few are counted without arrays; the buckets must not move (a score
-    on a bound belongs to the bucket it bounds, as Prometheus' ``le`` says)."""
+def test_scores_are_binned_together_when_enough_wait_when_their_time_is_up_or_when_scraped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A call's scores wait and are binned with the others: at a scrape, ``FOLD_SECONDS``
+    after the first waited (so another worker's scrape sees them), or once ``FOLD_ROWS``
+    wait; whichever way, the buckets are those of all the scores at once (a score on a bound
+    belongs to the bucket it bounds, as Prometheus' ``le`` says)."""
+    import asyncio
+
     from helmsman_steps.modelinfo import PROBABILITY_BUCKETS, score_counts
     from helmsman_steps.serve import PredictionHistogram
 
     scores = np.array([0.0, 0.05, 0.050001, 0.5, 0.95, 0.97, 1.0, 0.3333], dtype=np.float32)
-    one_by_one = PredictionHistogram()
-    for i in range(len(scores)):
-        one_by_one.observe(scores[i : i + 1])
-    at_once = PredictionHistogram()
-    at_once.observe(scores)
-    expected = score_counts(scores, PROBABILITY_BUCKETS)
-    # a count per bucket, then the sum of the scores
-    assert one_by_one.counts[:-1].tolist() == at_once.counts[:-1].tolist() == expected.tolist()
-    assert one_by_one.counts[-1] == pytest.approx(at_once.counts[-1])
-    assert at_once.counts[-1] == pytest.approx(float(scores.sum()))
+    expected = score_counts(scores, PROBABILITY_BUCKETS).tolist()
+    monkeypatch.setattr(PredictionHistogram, "FOLD_SECONDS", 0.05)
+
+    async def one_request_at_a_time(histogram: PredictionHistogram) -> list[float]:
+        for i in range(len(scores)):
+            histogram.observe(scores[i : i + 1])
+        waited = histogram.counts.tolist()
+        await asyncio.sleep(0.2)  # the timer
+        return waited
+
+    timed = PredictionHistogram()
+    assert asyncio.run(one_request_at_a_time(timed)) == [0.0] * len(timed.counts)
+    assert timed.counts[:-1].tolist() == expected
+    assert timed.counts[-1] == pytest.approx(float(scores.sum()))
+
+    scraped = PredictionHistogram()
+    monkeypatch.setattr(PredictionHistogram, "FOLD_SECONDS", 60)
+
+    async def then_scraped() -> list[float]:
+        for i in range(len(scores)):
+            scraped.observe(scores[i : i + 1])
+        (family,) = scraped.collect()
+        return [s.value for s in family.samples if s.name == "helmsman_prediction_bucket"]
+
+    cumulative = asyncio.run(then_scraped())
+    assert cumulative == np.cumsum(expected).tolist()
+
+    monkeypatch.setattr(PredictionHistogram, "FOLD_ROWS", 4)
+    full = PredictionHistogram()
+
+    async def until_full() -> list[float]:
+        for i in range(5):
+            full.observe(scores[i : i + 1])
+        return full.counts[:-1].tolist()
+
+    assert asyncio.run(until_full()) == score_counts(scores[:4], PROBABILITY_BUCKETS).tolist()
+    # outside an event loop (nothing to wait on) they are counted at once
+    alone = PredictionHistogram()
+    alone.observe(scores)
+    assert alone.counts[:-1].tolist() == expected
 
 
 def _x(rows: list[Any]) -> dict[str, list[float]]:
@@ -449,6 +485,10 @@ def test_workers_share_the_port_their_metrics_add_up_and_a_lost_one_is_replaced(
             # a request is counted just after its answer is sent: wait for the last one
             wait_for(f"{sent} requests counted", lambda: scraped(ok) == sent, timeout=60)
             assert scraped("helmsman_predicted_rows_total") == sent
+        # a worker bins its scores within FOLD_SECONDS (1 s): then every scrape counts them
+        wait_for("the scores binned", lambda: scraped("helmsman_prediction_count") == sent,
+                 timeout=10)  # fmt: skip
+        for _ in range(6):
             assert scraped("helmsman_prediction_count") == sent
 
         os.kill(worker, signal.SIGKILL)

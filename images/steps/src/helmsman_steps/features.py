@@ -12,6 +12,7 @@ what versions registered before model.yaml were trained with.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
@@ -130,8 +131,11 @@ class Featurizer:
                     if isinstance(value, str) and value in positions:
                         matrix[i, positions[value]] = 1.0
                 continue
-            hot = np.array([positions.get(v, -1) if isinstance(v, str) else -1 for v in listed],
-                           dtype=np.int64)  # fmt: skip
+            try:  # the lookups in C: a third of the time of a loop in Python
+                hot = np.fromiter(map(positions.get, listed, itertools.repeat(-1)), np.int64, rows)
+            except TypeError:  # an unhashable value (a list): not a category, like any other
+                hot = np.array([positions.get(v, -1) if isinstance(v, str) else -1
+                                for v in listed], dtype=np.int64)  # fmt: skip
             known = np.flatnonzero(hot >= 0)
             matrix[known, hot[known]] = 1.0
         return matrix
