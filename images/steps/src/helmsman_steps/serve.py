@@ -278,8 +278,9 @@ class MicroBatcher:
     microseconds: a poll of the sockets); under load the batches grow by themselves, and so
     do the savings. Scoring on the very next turn instead cut the batches short: under 4
     clients the requests arrive a few microseconds apart, just after that turn's poll
-    (measured in bench/serving_bench.py, 4 clients of one row: 2.2 requests a call and 6,048
-    req/s scored on the next turn; 7,974 waiting up to one more, 8,092 up to two). A window
+    (measured with wrk as bench/serving_bench.py runs it, 4 clients of one row: 2.2 requests a
+    call and 6,048 req/s scored on the next turn; 7,974 waiting up to one more turn, 8,092 and
+    4.0 requests a call up to two). A window
     above 0 also waits that long for more, which pays only where clients outnumber what the
     model can take per call. uvloop times callbacks in whole milliseconds: 0.5 rounds to 0,
     1.5 to 2. ``max_rows`` 1 scores every request alone (on the loop's next turn, as a full

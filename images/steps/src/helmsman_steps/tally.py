@@ -1,10 +1,11 @@
 """Counts that add up across the worker processes of one server.
 
 Prometheus' own counters and histograms do this in multiprocess mode (a file per process in
-``PROMETHEUS_MULTIPROC_DIR``, summed when scraped). Two of the server's metrics are counted
-per batch with numpy instead (the prediction histogram, the inference log's outcomes): a
-``Tally`` keeps them in a numpy array that, in multiprocess mode, is a file of its own in that
-same directory, mapped into memory, so any worker's ``/metrics`` sums every worker's counts.
+``PROMETHEUS_MULTIPROC_DIR``, summed when scraped), at a cost per update that the request
+path cannot afford. The server's own counts (requests, latency, rows and calls, the
+prediction histogram, the inference log's outcomes) are kept as plain increments of a numpy
+array instead: a ``Tally``, which in multiprocess mode is a file of its own in that same
+directory, mapped into memory, so any worker's ``/metrics`` sums every worker's counts.
 Dead workers' files stay, as Prometheus' do: a counter never goes down.
 """
 
