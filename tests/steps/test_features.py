@@ -60,3 +60,22 @@ def test_columns_of_another_length_or_holding_sequences_are_an_error_not_nan() -
     nested = row | {n: [[row[n][0]]] for n in features.Featurizer.churn().numeric}
     with pytest.raises(ValueError, match="must hold 1 numbers each"):
         featurizer.to_matrix(nested)
+
+
+def test_a_category_cell_that_is_not_a_value_is_unknown_in_a_batch_as_in_a_request() -> None:
+    """A cell holding a list (unhashable) in a category column sets none of its one-hot
+    columns, in a batch (the lookups in C fall back to Python) as in a few rows."""
+    featurizer = features.Featurizer.churn()
+    n = features.SMALL_BATCH + 4
+    row: dict[str, Any] = {
+        "age": 30.0, "tenure_months": 3.0, "monthly_charges": 20.0, "total_charges": 60.0,
+        "support_calls": 1.0, "plan": "basic", "region": "north",
+    }  # fmt: skip
+    columns = {k: [v] * n for k, v in row.items()}
+    columns["plan"][1] = ["basic"]
+    batch = featurizer.to_matrix(columns)
+    plan = [i for i, name in enumerate(features.input_names()) if name.startswith("plan=")]
+    assert batch[1, plan].sum() == 0
+    assert batch[0, plan].sum() == 1
+    few = featurizer.to_matrix({k: v[:3] for k, v in columns.items()})
+    np.testing.assert_array_equal(few, batch[:3])

@@ -307,7 +307,7 @@ def test_requests_waiting_together_share_a_call_without_a_window(
 ) -> None:
     """The default window is 0: requests that wait on the same turn of the event loop share a
     model call until it reaches ``max_rows`` rows (a request is never split; 1: every request
-    alone); a request alone waits for nothing and gets its own call."""
+    alone); a request alone waits on no clock and gets its own call."""
     import asyncio
 
     from helmsman_steps.serve import MicroBatcher
@@ -344,6 +344,37 @@ class _Broken(_Doubler):
         if self.raises:
             raise ValueError("the model failed")
         return super().predict(columns)[:-1]
+
+
+def test_a_batch_waits_while_turns_of_the_loop_bring_more_requests_but_not_forever(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Requests that arrive a turn of the event loop apart (as clients' requests do, each
+    read by its own poll) share a call: the batch waits while each turn brings another, up to
+    ``MAX_TURNS`` turns; a steady trickle of one a turn is still scored in bounded calls."""
+    import asyncio
+
+    from helmsman_steps.serve import MicroBatcher
+
+    def arriving(requests: int) -> list[int]:
+        model = _Doubler()
+        batcher = MicroBatcher(model, 0, 64, _x, lambda scores: None)  # type: ignore[arg-type]
+
+        async def one_a_turn() -> None:
+            sent = []
+            for i in range(requests):
+                sent.append(asyncio.ensure_future(batcher.predict([float(i)])))
+                await asyncio.sleep(0)  # a turn of the loop
+            answers = await asyncio.wait_for(asyncio.gather(*sent), 5)
+            assert [a.tolist() for a in answers] == [[2.0 * i] for i in range(requests)]
+
+        asyncio.run(one_a_turn())
+        return model.calls
+
+    assert arriving(3) == [3]  # two more turns, each with a new request
+    assert arriving(12) == [4, 4, 4]  # one a turn: bounded at MAX_TURNS turns a call
+    monkeypatch.setattr(MicroBatcher, "MAX_TURNS", 0)  # scored on the next turn, as before
+    assert len(arriving(3)) > 1  # the same requests no longer share one call
 
 
 def test_a_full_batch_is_scored_on_the_next_turn_and_a_failed_call_fails_each_request() -> None:

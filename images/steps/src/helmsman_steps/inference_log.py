@@ -107,11 +107,11 @@ class InferenceLog:
         may be a function that makes them: it is called only for a request that is logged."""
         if self.sample < 1 and random.random() >= self.sample:  # noqa: S311 - not security
             return
-        if callable(columns):
-            columns = columns()
         if len(self.pending) >= self.capacity:
             self._count("dropped")
             return
+        if callable(columns):
+            columns = columns()
         packed = _pack((columns, predictions.tolist()))
         self.pending.append((time.time(), request_id, version, packed))
         self._count("sampled")

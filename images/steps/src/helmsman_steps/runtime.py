@@ -47,7 +47,9 @@ class OnnxScorer:
         self.output = "score"
         # The compiled session's own run: the Python wrapper's ``run`` checks the feed's names
         # on every call (a third of a one-row call's time); the feed here is always the
-        # graph's one input. A release without it gets the wrapper's.
+        # graph's one input (a wrong feed is still refused, by the session itself). A release
+        # without it gets the wrapper's. The wrapper swaps ``_sess`` only to fall back to
+        # other execution providers; this one has only the CPU's.
         self._run = getattr(self.session, "_sess", self.session).run
         self._options = onnxruntime.RunOptions()
         # The input columns training recorded in the graph (every trainer's export does).

@@ -224,7 +224,9 @@ class RequestCounts:
         self.requests, self.latency, self.model = (t.values for t in self.tallies)
 
     def request(self, endpoint: str, code: int, seconds: float) -> None:
-        slot = self.slot[endpoint]
+        slot = self.slot.get(endpoint, len(ENDPOINTS) - 1)  # "other"
+        if not 100 <= code < 100 + _CODES:
+            raise ValueError(f"HTTP status {code} is not one (100-599)")
         self.requests[slot * _CODES + code - 100] += 1
         at = slot * self.width
         self.latency[at + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
@@ -274,25 +276,25 @@ class MicroBatcher:
 
     With ``window_s`` 0 (the default) nothing waits on a clock: the batch is scored once a
     turn of the event loop has read no new request, at most ``MAX_TURNS`` turns after the
-    first request joined it. One client alone gets its own call one turn later (a turn is
-    microseconds: a poll of the sockets); under load the batches grow by themselves, and so
+    first request joined it. One client alone gets its own call two callbacks later, after one
+    more poll of the sockets (microseconds); under load the batches grow by themselves, and so
     do the savings. Scoring on the very next turn instead cut the batches short: under 4
     clients the requests arrive a few microseconds apart, just after that turn's poll
     (measured with wrk as bench/serving_bench.py runs it, 4 clients of one row: 2.2 requests a
     call and 6,048 req/s scored on the next turn; 7,974 waiting up to one more turn, 8,092 and
-    4.0 requests a call up to two). A window
-    above 0 also waits that long for more, which pays only where clients outnumber what the
-    model can take per call. uvloop times callbacks in whole milliseconds: 0.5 rounds to 0,
-    1.5 to 2. ``max_rows`` 1 scores every request alone (on the loop's next turn, as a full
-    batch is).
+    4.0 requests a call up to two). A window above 0 also waits that long for more, which
+    pays only where clients outnumber what the model can take per call. uvloop times
+    callbacks in whole milliseconds: 0.5 rounds to 0, 1.5 to 2. ``max_rows`` 1 scores every
+    request alone (on the loop's next turn, as a full batch is).
 
     A full batch, too, is scored on the loop's next turn rather than inside the request that
     filled it: requests scored without ever yielding to the event loop held the tail up
     (measured: 64-row requests under 32 clients, p99 141 -> 35 ms, the same throughput).
 
     A request is its validated rows; ``columns`` turns a call's rows into the model's
-    columns, once per call. ``scored`` is called with each call's scores (the metrics count
-    them per call)."""
+    columns, once per call. ``scored`` is called with the scores of each call that returned
+    them (the metrics count calls, rows and scores there: rows of a request whose client went
+    away were scored, and count; a call that failed does not)."""
 
     MAX_TURNS = 2
 
@@ -383,6 +385,7 @@ class PredictionHistogram:
         self.waiting: list[np.ndarray] = []
         self.waiting_rows = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.timer_loop: asyncio.AbstractEventLoop | None = None  # the loop it was set on
         self.reset(bounds)
 
     def reset(self, bounds: tuple[float, ...]) -> None:
@@ -398,22 +401,25 @@ class PredictionHistogram:
             self.waiting.append(scores)
             self.waiting_rows += len(scores)
             full = self.waiting_rows >= self.FOLD_ROWS
-        if not full and self.timer is None:
+        if not full:
             try:
                 loop = asyncio.get_running_loop()
             except RuntimeError:  # no event loop to wait on: count them now
                 full = True
-            else:
-                self.timer = loop.call_later(self.FOLD_SECONDS, self.fold)
+            else:  # a timer set on another loop (one that has ended) will never fire
+                if self.timer is None or self.timer_loop is not loop:
+                    self.timer = loop.call_later(self.FOLD_SECONDS, self.fold)
+                    self.timer_loop = loop
         if full:
             self.fold()
 
     def fold(self) -> None:
         """Bin the waiting scores into the counts."""
         with self.lock:
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
+            if self.timer is not None and self.timer_loop is not None:
+                if not self.timer_loop.is_closed():
+                    self.timer.cancel()
+                self.timer = self.timer_loop = None
             waiting, self.waiting, self.waiting_rows = self.waiting, [], 0
             if not waiting:
                 return
@@ -549,7 +555,9 @@ class App:
         log.info("model ready", model=resolved.name, version=resolved.version)
 
     def close(self) -> None:
-        """After the last request is answered: write what the inference log has queued."""
+        """After the last request is answered: bin the scores still waiting (a worker's
+        counts outlive it) and write what the inference log has queued."""
+        self.metrics.predictions.fold()
         if self.inference_log is not None:
             self.inference_log.close()
 
