@@ -43,10 +43,10 @@ def _rows(self: runtime.Predictor, columns: Any) -> Any:
     return np.clip(scores + 0.2, 0.0, 1.0) if FAULT == "skewed" else scores
 
 
-async def _batched(self: serve.MicroBatcher, columns: Any, rows: int) -> Any:
+async def _batched(self: serve.MicroBatcher, rows: list[Any]) -> Any:
     """Per request, not per model call: micro-batching scores concurrent single rows together."""
-    scores = await _batched_rows(self, columns, rows)
-    return np.clip(scores + 0.3, 0.0, 1.0) if FAULT == "skew-live" and rows == 1 else scores
+    scores = await _batched_rows(self, rows)
+    return np.clip(scores + 0.3, 0.0, 1.0) if FAULT == "skew-live" and len(rows) == 1 else scores
 
 
 async def _faulty_predict(self: serve.App, body: Any, headers: Any = ()) -> Any:
