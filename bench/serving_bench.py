@@ -12,7 +12,11 @@ the script prints req/s, rows/s, p50/p99 and the ratios. Goals at batch 1: >= 4x
 >= 10x `mlflow models serve`'s throughput, >= 60% of the no-op ceiling at concurrency 4, p99 no
 worse than either peer's; at batch 64, >= 5x KServe's rows/s; the inference log at a 10%
 sample costs at most 5% of the throughput. Two worker processes, and one without micro-batching
-(every request its own model call), are measured beside the default server.
+(every request its own model call), are measured beside the default server; so is the server
+with its model call taken out (bench/nomodel_serve.py: a constant score a row), which splits
+our time a request into the request path's and the model call's (the featurizer and the
+graph, the same code KServe's peer runs): the bound any change to the rest of the path can
+reach.
 
 Each server gets a request of the shape its API takes for one customer: Helmsman's server the
 raw record (it validates and derives features itself), MLflow's the already-encoded input
@@ -201,7 +205,9 @@ def parse_wrk(out: str) -> dict[str, Any]:
 
 def _servers(workdir: Path, env: dict[str, str]) -> dict[str, tuple[Server, str, Any]]:
     """name -> (server, url, body of ``batch`` rows): the same model version behind each."""
-    ours, alone, theirs, noop, logged, kserve, nginx, workers = (free_port() for _ in range(8))
+    ours, alone, bare, theirs, noop, logged, kserve, nginx, workers = (
+        free_port() for _ in range(9)
+    )
     ours_body = lambda batch: json.dumps({"instances": [ROW] * batch}).encode()  # noqa: E731
     return {
         "helmsman": (
@@ -218,6 +224,15 @@ def _servers(workdir: Path, env: dict[str, str]) -> dict[str, tuple[Server, str,
                    "--batch-max-rows", "1"],
                    f"http://127.0.0.1:{alone}/readyz", workdir / "unbatched.log", env=env),
             f"http://127.0.0.1:{alone}/predict", ours_body,
+        ),
+        # The model call taken out (bench/nomodel_serve.py: a constant score a row): what the
+        # request path costs alone, and so what the featurizer and the graph cost in it.
+        "no-model": (
+            Server("helmsman, no model work", [sys.executable, "-m", "bench.nomodel_serve",
+                   "serve", "--model-uri", "models:/bench/1", "--port", str(bare)],
+                   f"http://127.0.0.1:{bare}/readyz", workdir / "nomodel.log",
+                   env={**env, "PYTHONPATH": f"{REPO}{os.pathsep}{env['PYTHONPATH']}"}),
+            f"http://127.0.0.1:{bare}/predict", ours_body,
         ),
         # Two worker processes on the one port (a pod that requests two CPUs): on this 2-core
         # machine they share the cores with wrk, so this says what they cost, not what they
@@ -354,6 +369,17 @@ def _report(table: dict[tuple[int, int], dict[str, dict[str, float]]], args: Any
             f"{s['logged']['rps'] / ours['rps']:.2f}x req/s (goal >= 0.95); two workers: "
             f"{s['2-workers']['rps'] / ours['rps']:.2f}x req/s, p99 "
             f"{s['2-workers']['p99_ms'] / ours['p99_ms']:.2f}x"
+        )
+        # The server's one core is what limits it: 1 / req/s is its time a request.
+        bare = s["no-model"]
+        print(
+            f"  where the time goes: the no-op app {1e6 / ceiling['rps']:.0f} us a request; our "
+            f"request path without the model call {1e6 / bare['rps']:.0f} us "
+            f"({bare['rps'] / ceiling['rps']:.0%} of the ceiling, "
+            f"{bare['rows'] / kserve['rows']:.1f}x KServe's rows/s); with it "
+            f"{1e6 / ours['rps']:.0f} us, so the model call (featurizer and ONNX Runtime, the "
+            f"code KServe's peer runs too) costs {1e6 / ours['rps'] - 1e6 / bare['rps']:.0f} us "
+            f"a request"
         )
 
 
