@@ -333,6 +333,18 @@ def test_requests_waiting_together_share_a_call_without_a_window(
     assert model.calls == [1, 2]
 
 
+def test_the_cli_defaults_to_the_servers_own_bound_on_a_call() -> None:
+    """``serve --batch-max-rows`` defaults to the server's bound (the CLI imports a stage only
+    when it runs, so it repeats the number; this keeps the two from parting)."""
+    import inspect
+
+    from helmsman_steps import cli, serve
+
+    cli_default = inspect.signature(cli.serve).parameters["batch_max_rows"].default
+    assert cli_default == serve.BATCH_MAX_ROWS == 256
+    assert serve.Settings("models:/m/1", "127.0.0.1", 1).batch_max_rows == serve.BATCH_MAX_ROWS
+
+
 class _Broken(_Doubler):
     """A model call that fails (``raises``) or answers one score short."""
 

@@ -482,7 +482,7 @@ def serve(
             help="Micro-batching: a batch that reaches this many rows is scored at once "
             "(1: every request alone).",
         ),
-    ] = 64,
+    ] = 256,  # serve.BATCH_MAX_ROWS: stages are imported only when they run
     log_sample: Annotated[
         float,
         typer.Option(

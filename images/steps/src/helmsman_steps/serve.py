@@ -79,6 +79,12 @@ Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 MAX_BATCH = 10_000
+# Micro-batching's default bound on a call's rows. Four 64-row requests share a call: the
+# model call's cost is mostly per call at these sizes (measured with wrk, 64-row requests, one
+# worker: 1.50x the rows/s of a 64-row bound under 4 clients, 1.27x under 32, and a lower p99
+# under both; 512 and 1024 rows gave the same within the noise). Batch 1 is unchanged: its
+# calls hold one row per client.
+BATCH_MAX_ROWS = 256
 MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
@@ -491,7 +497,7 @@ class App:
         self,
         model_uri: str,
         batch_window_ms: float = 0,
-        batch_max_rows: int = 64,
+        batch_max_rows: int = BATCH_MAX_ROWS,
         log_sample: float = 0,
         dataset_uri: str = "",
     ) -> None:
@@ -840,7 +846,7 @@ class Settings:
     graceful_seconds: int = 20
     drain_seconds: float = 0
     batch_window_ms: float = 0
-    batch_max_rows: int = 64
+    batch_max_rows: int = BATCH_MAX_ROWS
     log_sample: float = 0
     dataset_uri: str = ""
 
