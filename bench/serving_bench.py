@@ -370,15 +370,17 @@ def _report(table: dict[tuple[int, int], dict[str, dict[str, float]]], args: Any
             f"{s['2-workers']['rps'] / ours['rps']:.2f}x req/s, p99 "
             f"{s['2-workers']['p99_ms'] / ours['p99_ms']:.2f}x"
         )
-        # The server's one core is what limits it: 1 / req/s is its time a request.
+        # 1 / req/s: the time a request takes in wrk's closed loop (the server's time and the
+        # client's turnaround), not CPU time alone; the same loop for every server.
         bare = s["no-model"]
         print(
-            f"  where the time goes: the no-op app {1e6 / ceiling['rps']:.0f} us a request; our "
+            f"  where the time goes (1 / req/s): the no-op app {1e6 / ceiling['rps']:.0f} us a "
+            f"request; our "
             f"request path without the model call {1e6 / bare['rps']:.0f} us "
             f"({bare['rps'] / ceiling['rps']:.0%} of the ceiling, "
             f"{bare['rows'] / kserve['rows']:.1f}x KServe's rows/s); with it "
             f"{1e6 / ours['rps']:.0f} us, so the model call (featurizer and ONNX Runtime, the "
-            f"code KServe's peer runs too) costs {1e6 / ours['rps'] - 1e6 / bare['rps']:.0f} us "
+            f"code KServe's peer runs too) adds {1e6 / ours['rps'] - 1e6 / bare['rps']:.0f} us "
             f"a request"
         )
 
