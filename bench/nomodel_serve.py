@@ -6,20 +6,30 @@ what the request path costs on its own, so the bench can split the gap to the no
 into the path's share and the model call's (the featurizer and the graph, the same code as
 KServe's peer runs).
 
-Bench-only: no product code knows of it. Run as ``python -m bench.nomodel_serve serve ...``
-with the arguments of ``python -m helmsman_steps serve``, one worker only: further workers
-start as the product's own module, which would score with the model.
+``--smoke`` (what `make test` runs) checks that the patched model answers churn's (binary) and
+wine's (multiclass) shapes without calling the scorer; the serving bench's own smoke run
+serves through it.
+
+Bench-only: no product code knows of it. One worker only: further workers start as the
+product's own module, which would score with the model.
+
+Usage: python bench/nomodel_serve.py serve --model-uri URI --port N [serve's other options]
+       python bench/nomodel_serve.py --smoke
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from helmsman_steps import cli, runtime
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "images" / "steps" / "src")]
+
+from helmsman_steps import cli, runtime  # noqa: E402 - needs the path set above
 
 
 def _constant(self: runtime.Predictor, columns: Any) -> Any:
@@ -33,7 +43,34 @@ def _constant(self: runtime.Predictor, columns: Any) -> Any:
 
 runtime.Predictor.predict = _constant  # type: ignore[method-assign]
 
+
+class _Unused:
+    """A scorer that fails if the patched model ever calls it."""
+
+    inputs = None
+
+    def predict_matrix(self, x: Any) -> Any:
+        raise AssertionError("the no-model build called the scorer")
+
+
+def smoke() -> int:
+    """churn's and wine's answers have their shapes, and no scorer is called."""
+    from helmsman_steps import spec
+    from helmsman_steps.modelinfo import ModelInfo
+
+    for info in (ModelInfo.churn(), ModelInfo.of(spec.load(REPO / "models" / "wine"))):
+        scores = runtime.Predictor(info, _Unused()).predict(info.sample(3))
+        expected = (3, info.n_outputs) if info.task == "multiclass" else (3,)
+        if scores.shape != expected:
+            print(f"{info.name}: answered shape {scores.shape}, not {expected}")
+            return 1
+        print(f"{info.name} ({info.task}): answers {scores.shape} without model work")
+    return 0
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["--smoke"]:
+        sys.exit(smoke())
     if any(a.startswith("--workers") for a in sys.argv) or os.environ.get("HELMSMAN_WORKERS"):
-        sys.exit("bench.nomodel_serve runs one worker: drop --workers and HELMSMAN_WORKERS")
+        sys.exit("bench/nomodel_serve.py runs one worker: drop --workers and HELMSMAN_WORKERS")
     cli.main()

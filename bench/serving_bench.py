@@ -228,10 +228,10 @@ def _servers(workdir: Path, env: dict[str, str]) -> dict[str, tuple[Server, str,
         # The model call taken out (bench/nomodel_serve.py: a constant score a row): what the
         # request path costs alone, and so what the featurizer and the graph cost in it.
         "no-model": (
-            Server("helmsman, no model work", [sys.executable, "-m", "bench.nomodel_serve",
-                   "serve", "--model-uri", "models:/bench/1", "--port", str(bare)],
-                   f"http://127.0.0.1:{bare}/readyz", workdir / "nomodel.log",
-                   env={**env, "PYTHONPATH": f"{REPO}{os.pathsep}{env['PYTHONPATH']}"}),
+            Server("helmsman, no model work", [sys.executable, str(REPO / "bench" /
+                   "nomodel_serve.py"), "serve", "--model-uri", "models:/bench/1", "--port",
+                   str(bare)], f"http://127.0.0.1:{bare}/readyz", workdir / "nomodel.log",
+                   env=env),
             f"http://127.0.0.1:{bare}/predict", ours_body,
         ),
         # Two worker processes on the one port (a pod that requests two CPUs): on this 2-core

@@ -28,6 +28,17 @@ def test_the_benchmark_runs_in_smoke_mode(bench: str) -> None:
     assert "goal" in proc.stdout  # it got as far as printing its ratios
 
 
+def test_the_no_model_bound_runs_in_smoke_mode() -> None:
+    """bench/nomodel_serve.py, the serving bench's bound, answers a binary and a multiclass
+    model's shapes without calling a scorer (its --smoke), run as its usage says."""
+    proc = subprocess.run(
+        [sys.executable, "bench/nomodel_serve.py", "--smoke"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "wine (multiclass): answers (3, 3) without model work" in proc.stdout
+
+
 def test_the_kserve_peer_serves_in_smoke_mode() -> None:
     """bench/kserve_model.py, the serving bench's peer, starts KServe's ModelServer in its own
     venv and answers as Helmsman's Predictor does (its --smoke serves a small model)."""
