@@ -53,11 +53,38 @@ def get_or_start_run(
     """Start (or resume) the run for ``run_key`` in ``experiment`` as the active run."""
     import mlflow
 
-    mlflow.set_experiment(experiment)
+    experiment_id = ensure_experiment(experiment)
+    mlflow.set_experiment(experiment_id=experiment_id)
     existing = find_run(experiment, run_key)
     if existing is not None:
         return mlflow.start_run(run_id=existing.info.run_id)
-    return mlflow.start_run(run_name=run_name, tags={**tags, RUN_KEY_TAG: run_key})
+    return mlflow.start_run(
+        experiment_id=experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: run_key}
+    )
+
+
+def ensure_experiment(name: str) -> str:
+    """The id of the experiment ``name``, created if missing, also when another process
+    creates it at the same moment (two backfill runs' first steps on a new server).
+
+    ``mlflow.set_experiment(name)`` loses that race quietly: the process whose create is
+    refused as a duplicate gets the experiment back but is left with no active experiment,
+    so its next ``start_run`` lands in the Default experiment, where no lookup by
+    ``run_key`` finds it (mlflow/mlflow#12259)."""
+    from mlflow.exceptions import MlflowException
+
+    found = client().get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    try:
+        return str(client().create_experiment(name))
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    created = client().get_experiment_by_name(name)
+    if created is None:  # created and deleted again in between: nothing sane to do but say so
+        raise RuntimeError(f"experiment {name!r} was created by another process, then is gone")
+    return str(created.experiment_id)
 
 
 def find_run(experiment: str, run_key: str) -> Run | None:
