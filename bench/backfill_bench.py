@@ -34,9 +34,10 @@ from typing import Any
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO)]
+sys.path[:0] = [str(REPO), str(REPO / "images" / "steps" / "src")]
 
-from tools import demo  # noqa: E402 - needs the path set above
+from helmsman_steps import contract  # noqa: E402 - needs the path set above
+from tools import demo  # noqa: E402
 from tools.airflow_api import AirflowApi, ApiError  # noqa: E402
 from tools.stack import Ports, Settings, Stack, backfill_runs_at_once  # noqa: E402
 
@@ -90,8 +91,13 @@ def why_failed(api: AirflowApi, stack: Stack, run: dict[str, Any]) -> str:
     database: a bench that only counts failures leaves the next reader nothing to go on."""
     run_id = run["dag_run_id"]
     lines = [f"run {run_id} {run['state']}:"]
-    for task_id, ti in api.task_instances(DAG, run_id).items():
-        if ti["state"] in ("success", "skipped"):
+    tasks = api.task_instances(DAG, run_id)
+    # Every task's tries, and train's last lines even when it succeeded: a step that fails
+    # for want of what train wrote is explained by train's end as often as by its own.
+    lines.append("  tasks: " + ", ".join(f"{t} {ti['state']} (try {ti['try_number']})"
+                                          for t, ti in tasks.items()))  # fmt: skip
+    for task_id, ti in tasks.items():
+        if ti["state"] == "skipped" or (ti["state"] == "success" and task_id != "train"):
             continue
         lines.append(f"  task {task_id} {ti['state']} (try {ti['try_number']})")
         if ti["try_number"]:  # an upstream_failed task never ran: it has no log
@@ -100,12 +106,32 @@ def why_failed(api: AirflowApi, stack: Stack, run: dict[str, Any]) -> str:
             except ApiError as exc:
                 log = f"(its log could not be read: {exc})"
             lines += [f"    {line}" for line in log.splitlines()[-15:]]
+    lines += training_runs(stack, contract.run_key(DAG, run_id, "train"))
     for component in ("scheduler", "api-server", "dag-processor"):
         path = stack.log(component)
         if path.exists():
             locked = [x for x in path.read_text(errors="replace").splitlines() if "locked" in x]
             lines += [f"  {path.name}: {x}" for x in locked[-5:]]
     return "\n".join(lines)
+
+
+def training_runs(stack: Stack, run_key: str) -> list[str]:
+    """The MLflow runs that carry a training run key, as evaluate looks them up: more than one,
+    or one without a model version after train succeeded, says where the lookup went wrong."""
+    try:
+        client = stack.mlflow_client()
+        experiment = client.get_experiment_by_name(contract.TRAINING_EXPERIMENT)
+        runs = client.search_runs(
+            [experiment.experiment_id], f"tags.`{contract.RUN_KEY_TAG}` = '{run_key}'"
+        ) if experiment else []  # fmt: skip
+    except Exception as exc:  # the bench is failing already: say why this could not be read
+        return [f"  MLflow runs of {run_key!r} could not be read: {exc}"]
+    lines = [f"  MLflow runs of {run_key!r}: {len(runs)}"]
+    for r in runs:
+        version = r.data.tags.get(contract.MODEL_VERSION_TAG, "none")
+        lines.append(f"    {r.info.run_id} {r.info.status} start {r.info.start_time} "
+                     f"end {r.info.end_time} model version {version}")  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
