@@ -116,21 +116,24 @@ def why_failed(api: AirflowApi, stack: Stack, run: dict[str, Any]) -> str:
 
 
 def training_runs(stack: Stack, run_key: str) -> list[str]:
-    """The MLflow runs that carry a training run key, as evaluate looks them up: more than one,
-    or one without a model version after train succeeded, says where the lookup went wrong."""
+    """The MLflow runs that carry a training run key, in any experiment: evaluate looks in the
+    training experiment alone, so a run elsewhere, more than one run, or one without a model
+    version after train succeeded says where the lookup went wrong."""
     try:
         client = stack.mlflow_client()
-        experiment = client.get_experiment_by_name(contract.TRAINING_EXPERIMENT)
+        experiments = {e.experiment_id: e.name for e in client.search_experiments()}
         runs = client.search_runs(
-            [experiment.experiment_id], f"tags.`{contract.RUN_KEY_TAG}` = '{run_key}'"
-        ) if experiment else []  # fmt: skip
+            list(experiments), f"tags.`{contract.RUN_KEY_TAG}` = '{run_key}'"
+        )  # fmt: skip
     except Exception as exc:  # the bench is failing already: say why this could not be read
         return [f"  MLflow runs of {run_key!r} could not be read: {exc}"]
-    lines = [f"  MLflow runs of {run_key!r}: {len(runs)}"]
+    lines = [f"  MLflow runs of {run_key!r}: {len(runs)} (evaluate looks in experiment "
+             f"{contract.TRAINING_EXPERIMENT!r})"]  # fmt: skip
     for r in runs:
         version = r.data.tags.get(contract.MODEL_VERSION_TAG, "none")
-        lines.append(f"    {r.info.run_id} {r.info.status} start {r.info.start_time} "
-                     f"end {r.info.end_time} model version {version}")  # fmt: skip
+        lines.append(f"    {r.info.run_id} in {experiments[r.info.experiment_id]!r} "
+                     f"{r.info.status} start {r.info.start_time} end {r.info.end_time} "
+                     f"model version {version}")  # fmt: skip
     return lines
 
 

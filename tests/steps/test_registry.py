@@ -33,6 +33,10 @@ def test_a_run_whose_experiment_another_process_creates_meanwhile_lands_in_that_
     with registry.get_or_start_run(name, "race/train", "train", {}) as run:
         experiment_id = run.info.experiment_id
     monkeypatch.undo()
+    # MLflow keeps the active experiment in a global and the environment: give the tests after
+    # this one back what they had, not this throwaway experiment.
+    monkeypatch.setattr("mlflow.tracking.fluent._active_experiment_id", None)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
 
     assert raced, "the lookup the race needs was never made"
     assert experiment_id == raced[0]
